@@ -1,0 +1,42 @@
+# One-command set-up: `make demo` builds .venv from requirements.lock and runs the pipeline
+# on the offline synthetic data; `make test` runs the test suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(abspath $(VENV)/bin)
+STAMP := $(VENV)/.installed-from-lock
+CORES ?= 2
+# Rules call the `distmis` console script, so the venv's bin comes first on PATH.
+RUN := PATH=$(BIN):$$PATH
+
+.PHONY: venv demo report test test-fast lint bench clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "DistMIS needs Python 3.11, got " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(RUN) $(BIN)/snakemake --cores $(CORES)
+
+test: venv
+	$(RUN) $(BIN)/pytest
+
+test-fast: venv
+	$(RUN) $(BIN)/pytest -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(RUN) $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules/
+
+bench: venv
+	$(RUN) $(BIN)/python benchmarks/convert.py
+
+clean:
+	rm -rf results/data results/tfrecords logs .snakemake

@@ -1,0 +1,16 @@
+# DistMIS: how far distributed training speeds up hyperparameter tuning of a 3D U-Net on BraTS.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        TFRECORD_DIR + "/info.json",

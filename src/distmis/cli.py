@@ -1,0 +1,150 @@
+"""The ``distmis`` command: every pipeline stage, runnable by hand.
+
+Each subcommand is a thin caller of the library; bad input ends with a one-line
+reason on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from distmis.errors import DistmisError
+
+log = logging.getLogger("distmis")
+
+
+def _three_ints(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
+    parser.add_argument(flag, nargs=3, type=int, metavar=("X", "Y", "Z"), **kwargs)
+
+
+def _cmd_synthesize(args: argparse.Namespace) -> None:
+    from distmis.data.synthetic import synthesize_dataset
+
+    task = synthesize_dataset(
+        Path(args.out), args.cases, tuple(args.shape), args.seed, workers=args.workers
+    )
+    print(task)
+
+
+def _cmd_download(args: argparse.Namespace) -> None:
+    from distmis.data.download import fetch_msd
+
+    task = fetch_msd(
+        Path(args.out),
+        url=args.url,
+        md5=args.md5,
+        archive=Path(args.archive) if args.archive else None,
+    )
+    print(task)
+
+
+def _convert_params(args: argparse.Namespace):
+    from distmis.config import load_config
+    from distmis.data.convert import ConvertParams
+
+    config = load_config(Path(args.config) if args.config else None)
+    preprocess = config["data"]["preprocess"]
+    # Command-line flags override the config file, key by key.
+    if args.shape:
+        preprocess["shape"] = args.shape
+    if args.labels:
+        preprocess["labels"] = args.labels
+    if args.split:
+        preprocess["split"] = dict(zip(("train", "val", "test"), args.split, strict=True))
+    if args.seed is not None:
+        preprocess["split_seed"] = args.seed
+    if args.shards:
+        preprocess["shards"] = dict(zip(("train", "val", "test"), args.shards, strict=True))
+    if args.compression:
+        preprocess["compression"] = args.compression
+    if args.image_dtype:
+        preprocess["image_dtype"] = args.image_dtype
+    if args.skip_bad_cases:
+        preprocess["skip_bad_cases"] = True
+    return ConvertParams.from_config(preprocess)
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from distmis.data.convert import convert_dataset
+
+    info = convert_dataset(Path(args.msd_dir), Path(args.out), _convert_params(args), args.workers)
+    counts = {split: entry["count"] for split, entry in info["splits"].items()}
+    print(json.dumps({"out": args.out, "records": counts, "skipped": len(info["skipped"])}))
+
+
+def _cmd_inspect(args: argparse.Namespace) -> None:
+    from distmis.data.inspect import inspect_dataset
+
+    print(json.dumps(inspect_dataset(Path(args.dir)), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distmis", description="Distributed hyperparameter tuning of a 3D U-Net on BraTS."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synthesize", help="write an offline BraTS-like dataset (MSD layout)")
+    p.add_argument("--out", required=True, help="folder to hold Task01_BrainTumour/")
+    p.add_argument("--cases", type=int, default=24)
+    _three_ints(p, "--shape", default=[40, 40, 28], help="volume size in voxels")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.set_defaults(func=_cmd_synthesize)
+
+    p = sub.add_parser("download", help="fetch, verify and extract MSD Task01_BrainTumour")
+    p.add_argument(
+        "--out", required=True, help="folder to hold the archive and Task01_BrainTumour/"
+    )
+    p.add_argument("--url", default=None, help="archive URL (default: the MSD mirror)")
+    p.add_argument("--md5", default=None, help="expected md5 (default: the official one)")
+    p.add_argument("--archive", default=None, help="use this local tar instead of downloading")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("convert", help="NIfTI → TFRecord shards + info.json")
+    p.add_argument(
+        "--msd-dir", required=True, help="the task folder (holding dataset.json) or its parent"
+    )
+    p.add_argument("--out", required=True, help="output folder for shards and info.json")
+    p.add_argument("--config", default=None, help="config.yaml to take data.preprocess from")
+    _three_ints(p, "--shape", default=None, help="stored volume size after crop/pad")
+    p.add_argument("--labels", choices=["binary", "regions"], default=None)
+    p.add_argument("--split", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"), default=None)
+    p.add_argument("--seed", type=int, default=None, help="split seed")
+    p.add_argument("--shards", nargs=3, type=int, metavar=("TRAIN", "VAL", "TEST"), default=None)
+    p.add_argument("--compression", choices=["none", "gzip"], default=None)
+    p.add_argument("--image-dtype", choices=["float32", "float16"], default=None)
+    p.add_argument("--skip-bad-cases", action="store_true")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("inspect", help="JSON statistics of converted shards")
+    p.add_argument("dir", help="folder holding info.json and the shards")
+    p.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Callable[[argparse.Namespace], None] = args.func
+    try:
+        handler(args)
+    except (DistmisError, ValueError) as exc:
+        print(f"distmis {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Loading and validating config.yaml: the JSON schema, then the checks a schema cannot express."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from distmis.errors import ConfigError
+
+SCHEMA_RESOURCE = "schemas/config.schema.yaml"
+
+
+def schema_path() -> Path:
+    """Filesystem path of the config schema (Snakemake's ``validate`` wants a path)."""
+    return Path(str(resources.files("distmis").joinpath(SCHEMA_RESOURCE)))
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(schema_path().read_text())
+
+
+def _fill_defaults(validator_class):
+    """Extend a jsonschema validator to write ``default`` values into the instance."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def check_semantics(config: Mapping[str, Any]) -> None:
+    """Checks across keys that JSON schema cannot express; raise ConfigError naming the key."""
+    preprocess = config["data"]["preprocess"]
+    split = preprocess["split"]
+    total = sum(split.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(
+            f"data.preprocess.split: fractions must sum to 1, got {total:g} ({split})"
+        )
+
+
+def validate_config(config: dict) -> dict:
+    """Validate ``config`` in place against the schema (filling defaults) and return it."""
+    schema = load_schema()
+    validator = _fill_defaults(jsonschema.validators.validator_for(schema))(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        raise ConfigError(f"config key {_key_path(first)}: {first.message}")
+    check_semantics(config)
+    return config
+
+
+def load_config(path: Path | None) -> dict:
+    """Read a YAML config file (or the schema defaults when ``path`` is None) and validate it."""
+    raw: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return validate_config(raw)

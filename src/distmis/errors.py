@@ -1,0 +1,32 @@
+"""Exceptions the CLI turns into a one-line reason and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class DistmisError(Exception):
+    """Base class: a user-facing problem with inputs, config or environment."""
+
+
+class ConfigError(DistmisError):
+    """config.yaml (or a CLI override) is invalid; the message names the key."""
+
+
+class DownloadError(DistmisError):
+    """Fetching, verifying or extracting the dataset archive failed."""
+
+
+class DatasetError(DistmisError):
+    """The MSD dataset folder is unusable as a whole (layout, dataset.json)."""
+
+
+class CaseError(DistmisError):
+    """One case cannot be converted; skippable with skip_bad_cases."""
+
+    def __init__(self, case_id: str, problem: str) -> None:
+        super().__init__(f"case {case_id}: {problem}")
+        self.case_id = case_id
+        self.problem = problem
+
+
+class ContractError(DistmisError):
+    """A file passed between stages is missing or malformed; names the file and its maker."""

@@ -1,0 +1,50 @@
+"""Whole-or-nothing file writes: every stage output goes through a temp name and a rename."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success.
+
+    The temp file lives in the same directory so the final ``os.replace`` is atomic on
+    POSIX file systems; on any exception it is removed and ``target`` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(target: str | os.PathLike[str], payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike[str], made_by: str) -> Any:
+    """Read a JSON contract file, raising ContractError that names the file and the rule making it."""
+    from distmis.errors import ContractError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ContractError(f"{path} is missing (it is written by {made_by})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{path} is not valid JSON ({exc}); rerun {made_by}") from exc

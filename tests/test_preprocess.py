@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distmis.data.preprocess import (
+    center_crop_start,
+    crop_or_pad,
+    map_labels,
+    preprocess_case,
+    to_ras,
+    zscore_nonzero,
+)
+
+RAS = np.diag([1.0, 1.0, 1.0, 1.0])
+# Same scanner grid stored in LPS order: x and y axes flipped, origin moved to the far corner.
+LPS = np.array([[-1.0, 0, 0, 9.0], [0, -1.0, 0, 7.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+
+
+def test_crop_or_pad_hand_computed():
+    volume = np.arange(5 * 4 * 3).reshape(5, 4, 3)
+    start = center_crop_start(volume.shape, (3, 6, 3))
+    assert start == (1, -1, 0)
+    out = crop_or_pad(volume, (3, 6, 3), start)
+    assert out.shape == (3, 6, 3)
+    np.testing.assert_array_equal(out[:, 0], 0)
+    np.testing.assert_array_equal(out[:, 5], 0)
+    np.testing.assert_array_equal(out[:, 1:5], volume[1:4])
+
+
+def test_crop_or_pad_keeps_channels_and_memory_order():
+    volume = np.asfortranarray(np.random.default_rng(0).random((6, 6, 6, 4), dtype=np.float32))
+    out = crop_or_pad(volume, (4, 4, 8), center_crop_start(volume.shape[:3], (4, 4, 8)))
+    assert out.shape == (4, 4, 8, 4)
+    assert out.flags.f_contiguous
+    np.testing.assert_array_equal(out[:, :, 1:7], volume[1:5, 1:5, :])
+
+
+def test_zscore_nonzero_exact():
+    image = np.zeros((2, 2, 1, 2), dtype=np.float32)
+    image[..., 0] = [[[1.0], [3.0]], [[0.0], [0.0]]]  # nonzero values 1, 3: mean 2, std 1
+    out = zscore_nonzero(image)
+    np.testing.assert_allclose(out[..., 0].ravel(), [-1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(out[..., 1], 0)  # an all-zero channel stays zero
+
+
+def test_map_labels_binary_and_regions():
+    label = np.array([0, 1, 2, 3], dtype=np.uint8).reshape(4, 1, 1)
+    np.testing.assert_array_equal(map_labels(label, "binary").ravel(), [0, 1, 1, 1])
+    regions = map_labels(label, "regions").reshape(4, 3)
+    np.testing.assert_array_equal(regions, [[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]])
+    with pytest.raises(ValueError, match="unknown label mode"):
+        map_labels(label, "multiclass")
+
+
+def test_to_ras_undoes_lps_flip():
+    ras_volume = np.arange(10 * 8 * 3).reshape(10, 8, 3)
+    lps_volume = ras_volume[::-1, ::-1, :]
+    reoriented, _ = to_ras(lps_volume, LPS)
+    np.testing.assert_array_equal(reoriented, ras_volume)
+
+
+def test_lps_case_preprocesses_to_same_arrays_as_ras_twin():
+    rng = np.random.default_rng(1)
+    image = rng.uniform(1, 2, (10, 8, 6, 4)).astype(np.float32)
+    label = rng.integers(0, 4, (10, 8, 6)).astype(np.uint8)
+    ras = preprocess_case(image, label, RAS, (8, 8, 8), "regions", np.dtype("<f4"))
+    lps = preprocess_case(
+        image[::-1, ::-1], label[::-1, ::-1], LPS, (8, 8, 8), "regions", np.dtype("<f4")
+    )
+    np.testing.assert_array_equal(ras[0], lps[0])
+    np.testing.assert_array_equal(ras[1], lps[1])
+    assert ras[0].flags.c_contiguous and ras[0].dtype == np.float32
+
+
+def test_label_counts_preserved_inside_crop():
+    label = np.zeros((12, 12, 12), dtype=np.uint8)
+    label[4:8, 4:8, 4:8] = 1
+    label[5:7, 5:7, 5:7] = 2
+    label[6, 6, 6] = 3
+    label[0, 0, 0] = 1  # outside the crop window: must be the only voxel lost
+    image = np.ones((12, 12, 12, 4), dtype=np.float32)
+    _, out, geometry = preprocess_case(image, label, RAS, (8, 8, 8), "regions", np.dtype("<f4"))
+    assert geometry.crop_start == (2, 2, 2)
+    assert out[..., 0].sum() == (label > 0).sum() - 1
+    assert out[..., 1].sum() == ((label == 2) | (label == 3)).sum()
+    assert out[..., 2].sum() == 1
