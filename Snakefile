@@ -13,4 +13,4 @@ include: "rules/data.smk"
 
 rule all:
     input:
-        TFRECORD_DIR + "/info.json",
+        "results/tfrecords/info.json",

@@ -8,17 +8,17 @@ localrules:
 rule synthesize_brats:
     output:
         task=directory("results/data/synthetic/Task01_BrainTumour"),
+    log:
+        "logs/synthesize_brats.log",
+    conda:
+        "../envs/data.yaml"
+    threads: 2
+    resources:
+        runtime=30,
     params:
         cases=DATA["synthetic"]["cases"],
         shape=" ".join(map(str, DATA["synthetic"]["shape"])),
         seed=DATA["synthetic"]["seed"],
-    log:
-        "logs/synthesize_brats.log",
-    threads: 2
-    resources:
-        runtime=30,
-    conda:
-        "../envs/data.yaml"
     shell:
         "python -m distmis.cli synthesize --out $(dirname {output.task}) --cases {params.cases} "
         "--shape {params.shape} --seed {params.seed} --workers {threads} > {log} 2>&1"
@@ -28,14 +28,14 @@ rule synthesize_brats:
 rule download_brats:
     output:
         task=directory("results/data/msd/Task01_BrainTumour"),
-    params:
-        url=DATA["download"]["url"],
-        md5=DATA["download"]["md5"] or "",
-        archive=DATA["download"]["archive"] or "",
     log:
         "logs/download_brats.log",
     conda:
         "../envs/data.yaml"
+    params:
+        url=DATA["download"]["url"],
+        md5=DATA["download"]["md5"] or "",
+        archive=DATA["download"]["archive"] or "",
     script:
         "../workflow_scripts/download_brats.py"
 
@@ -44,13 +44,13 @@ rule plan_tfrecords:
     input:
         task=TASK_DIR,
     output:
-        plan=TFRECORD_DIR + "/plan.json",
-    params:
-        preprocess=PREPROCESS,
+        plan="results/tfrecords/plan.json",
     log:
         "logs/plan_tfrecords.log",
     conda:
         "../envs/data.yaml"
+    params:
+        preprocess=PREPROCESS,
     script:
         "../workflow_scripts/plan_tfrecords.py"
 
@@ -58,32 +58,32 @@ rule plan_tfrecords:
 # One job per shard, so conversion uses every core locally and spreads over SLURM nodes.
 rule convert_tfrecords:
     input:
-        plan=TFRECORD_DIR + "/plan.json",
+        plan="results/tfrecords/plan.json",
     output:
-        shard=TFRECORD_DIR + "/{split}-{index}-of-{total}.{ext}",
-        manifest=TFRECORD_DIR + "/manifests/{split}-{index}-of-{total}.{ext}.json",
+        shard="results/tfrecords/{split}-{index}-of-{total}.{ext}",
+        manifest="results/tfrecords/manifests/{split}-{index}-of-{total}.{ext}.json",
+    log:
+        "logs/convert_tfrecords/{split}-{index}-of-{total}.{ext}.log",
     wildcard_constraints:
         split="train|val|test",
         index=r"\d+",
         total=r"\d+",
         ext=r"tfrecord(\.gz)?",
-    log:
-        "logs/convert_tfrecords/{split}-{index}-of-{total}.{ext}.log",
+    conda:
+        "../envs/data.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/data.yaml"
     script:
         "../workflow_scripts/convert_tfrecords.py"
 
 
 rule index_tfrecords:
     input:
-        plan=TFRECORD_DIR + "/plan.json",
-        manifests=expand(TFRECORD_DIR + "/manifests/{name}.json", name=shard_names()),
+        plan="results/tfrecords/plan.json",
+        manifests=expand("results/tfrecords/manifests/{name}.json", name=shard_names()),
     output:
-        info=TFRECORD_DIR + "/info.json",
+        info="results/tfrecords/info.json",
     log:
         "logs/index_tfrecords.log",
     conda:

@@ -1,0 +1,60 @@
+"""The distmis console script, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distmis.cli", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_synthesize_convert_inspect(tmp_path):
+    result = run_cli("synthesize", "--out", str(tmp_path / "raw"), "--cases", "8", "--shape", "20", "20", "18", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    task = Path(result.stdout.strip())
+    assert (task / "dataset.json").is_file()
+
+    result = run_cli(
+        "convert", "--msd-dir", str(tmp_path / "raw"), "--out", str(tmp_path / "tfr"),
+        "--shape", "16", "16", "16", "--labels", "regions", "--split", "0.5", "0.25", "0.25",
+        "--shards", "2", "1", "1", "--seed", "3", "--workers", "2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["records"] == {"train": 4, "val": 2, "test": 2}
+
+    result = run_cli("inspect", str(tmp_path / "tfr"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["train"]["records"] == 4
+    assert report["train"]["image_shapes"] == [[16, 16, 16, 4]]
+    assert report["val"]["label_shapes"] == [[16, 16, 16, 3]]
+    assert abs(report["train"]["channel_mean"]["FLAIR"]) < 1e-3
+    assert abs(report["train"]["channel_std"]["t1gd"] - 1) < 1e-3
+    voxels = report["train"]["label_voxels"]
+    assert voxels["WT"] >= voxels["TC"] >= voxels["ET"] > 0
+    assert voxels["background"] + voxels["WT"] == 4 * 16**3
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["convert", "--msd-dir", "/nonexistent", "--out", "/tmp/x"], "does not exist"),
+        (["convert", "--msd-dir", ".", "--out", "/tmp/x", "--split", "0.5", "0.5", "0.5"], "sum"),
+        (["inspect", "/nonexistent"], "info.json is missing"),
+        (["synthesize", "--out", "/tmp/x", "--cases", "0"], "cases"),
+        (["download", "--out", "/tmp/x", "--archive", "/nonexistent.tar"], "nonexistent.tar"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_line(args, reason, tmp_path):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("distmis ")]
+    assert len(lines) == 1 and reason in lines[0], result.stderr
