@@ -20,6 +20,7 @@ with P processes. A benchmark, not a test: it always exits 0 unless something br
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import importlib.metadata
 import io
@@ -50,6 +51,32 @@ TARGET_EFFICIENCY = 0.9  # P processes must give at least 0.9·P times one proce
 _barrier = None  # set in each worker by _init_worker
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up chatter ignores
+    TF_CPP_MIN_LOG_LEVEL. Python exceptions still propagate (and print) after it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _warm_up(warm_plan: dict, out: Path) -> None:
+    """Import TensorFlow and convert one tiny case (imports, lazy .so loads, first-call setup)."""
+    with _quiet_stderr():
+        import tensorflow  # noqa: F401
+
+        convert_shard(warm_plan, "train", 0, out)
+    out.unlink()
+
+
 # ---------------------------------------------------------------- worker side (picklable)
 
 
@@ -57,11 +84,7 @@ def _init_worker(barrier, warm_plan: dict, warm_dir: str) -> None:
     """Import TensorFlow and convert one tiny case, so nothing timed pays for start-up."""
     global _barrier
     _barrier = barrier
-    import tensorflow  # noqa: F401
-
-    out = Path(warm_dir) / f"warm-{os.getpid()}.tfrecord"
-    convert_shard(warm_plan, "train", 0, out)
-    out.unlink()
+    _warm_up(warm_plan, Path(warm_dir) / f"warm-{os.getpid()}.tfrecord")
 
 
 def _ready() -> int:
@@ -212,11 +235,7 @@ def _verdict(ok: bool) -> str:
 
 def _profile(task: Path, out_shape: tuple[int, int, int], warm_plan: dict, workdir: Path) -> None:
     """cProfile one case: load only, then a one-case conversion, in this process."""
-    import tensorflow  # noqa: F401  (imported before profiling, as in the workers)
-
-    warm_out = workdir / "warmup-out" / "warm-profile.tfrecord"
-    convert_shard(warm_plan, "train", 0, warm_out)
-    warm_out.unlink()
+    _warm_up(warm_plan, workdir / "warmup-out" / "warm-profile.tfrecord")
 
     plan = plan_conversion(task, _params(out_shape, 1))
     plan["shards"]["train"][0]["cases"] = plan["shards"]["train"][0]["cases"][:1]
