@@ -12,9 +12,14 @@ Worker processes are started (``spawn``), import TensorFlow and convert one tiny
 the timer starts, so process start-up and imports are not timed. Every source file is read
 once beforehand so both modes read from the page cache. Prints a table and the ratios the
 converter is held to: conversion ≤ 1.3× the load floor per case, and ≥ 0.9·P× throughput
-with P processes. A benchmark, not a test: it always exits 0 unless something breaks.
+with P processes. Beside wall time it reports the workers' user/sys CPU time and minor page
+faults (from getrusage), which tell a busy machine (cpu/wall below the process count) from a
+slow converter, and memory churn (sys time) from computation (user time). ``--profile`` adds
+a cProfile of loading and of converting one case. A benchmark, not a test: it exits 0 unless
+something breaks.
 
     python benchmarks/convert.py [--cases 6] [--repeats 2] [--workdir DIR] [--profile]
+                                 [--shape X Y Z] [--out-shape X Y Z] [--processes 1 2]
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ import multiprocessing
 import os
 import platform
 import pstats
+import resource
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by the spawned workers
@@ -93,14 +100,50 @@ def _ready() -> int:
     return os.getpid()
 
 
-def _load_share(cases: Sequence[msd.CaseFiles]) -> int:
+@dataclass(frozen=True)
+class Usage:
+    """Resources one worker (all its threads) spent on a job."""
+
+    cases: int
+    user: float
+    sys: float
+    faults: int  # minor page faults: freshly touched memory, 4 KiB each unless huge pages
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.cases + other.cases,
+            self.user + other.user,
+            self.sys + other.sys,
+            self.faults + other.faults,
+        )
+
+
+def _measured(job: Callable[[], int]) -> Usage:
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    cases = job()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return Usage(
+        cases,
+        after.ru_utime - before.ru_utime,
+        after.ru_stime - before.ru_stime,
+        after.ru_minflt - before.ru_minflt,
+    )
+
+
+def _load_cases(cases: Sequence[msd.CaseFiles]) -> int:
     for case in cases:
         msd.load_case(case)
     return len(cases)
 
 
-def _convert_one_shard(plan: dict, index: int, out_path: str) -> int:
-    return convert_shard(plan, "train", index, Path(out_path))["records"]
+def _load_share(cases: Sequence[msd.CaseFiles]) -> Usage:
+    """The load floor for one process: load (decompress and validate) ``cases``."""
+    return _measured(lambda: _load_cases(cases))
+
+
+def _convert_one_shard(plan: dict, index: int, out_path: str) -> Usage:
+    """Convert train shard ``index`` of ``plan`` to ``out_path``."""
+    return _measured(lambda: convert_shard(plan, "train", index, Path(out_path))["records"])
 
 
 # ---------------------------------------------------------------- driver
@@ -172,12 +215,29 @@ def _params(out_shape: tuple[int, int, int], shards: int) -> ConvertParams:
     )
 
 
-def _timed(pool: ProcessPoolExecutor, fn: Callable, jobs: list[tuple]) -> tuple[float, int]:
-    """Run ``fn(*job)`` for every job at once; seconds around the parallel section only."""
+@dataclass(frozen=True)
+class Run:
+    seconds: float  # wall clock around the parallel section
+    usage: Usage  # summed over the workers
+
+
+def _timed(pool: ProcessPoolExecutor, fn: Callable[..., Usage], jobs: list[tuple]) -> Run:
+    """Run ``fn(*job)`` for every job at once; time the parallel section only."""
     started = time.perf_counter()
     futures = [pool.submit(fn, *job) for job in jobs]
-    done = sum(f.result() for f in futures)
-    return time.perf_counter() - started, done
+    usages = [f.result() for f in futures]
+    seconds = time.perf_counter() - started
+    total = usages[0]
+    for usage in usages[1:]:
+        total += usage
+    return Run(seconds, total)
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def _bench_processes(
@@ -187,8 +247,8 @@ def _bench_processes(
     repeats: int,
     warm_plan: dict,
     workdir: Path,
-) -> dict[str, float]:
-    """Best-of-``repeats`` seconds for load and conversion with ``processes`` warm workers."""
+) -> dict[str, Run]:
+    """Best-of-``repeats`` runs of load and conversion with ``processes`` warm workers."""
     plan = plan_conversion(task, _params(out_shape, processes))
     entries = plan["shards"]["train"]
     # The load floor loads exactly the cases each conversion worker gets.
@@ -201,7 +261,7 @@ def _bench_processes(
 
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes)
-    best = {"load": float("inf"), "convert": float("inf")}
+    best: dict[str, Run] = {}
     started = time.perf_counter()
     with ProcessPoolExecutor(
         processes,
@@ -218,14 +278,21 @@ def _bench_processes(
         )
         for repeat in range(repeats):
             # Interleave the modes so drift (thermal, page cache, writeback) hits both alike.
-            seconds, count = _timed(pool, _load_share, load_jobs)
-            best["load"] = min(best["load"], seconds)
-            print(f"    repeat {repeat + 1}: load    {count} cases {seconds:7.2f} s")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            seconds, count = _timed(pool, _convert_one_shard, convert_jobs)
-            best["convert"] = min(best["convert"], seconds)
-            print(f"    repeat {repeat + 1}: convert {count} cases {seconds:7.2f} s")
-            shutil.rmtree(out_dir)
+            for mode, fn, jobs in (
+                ("load", _load_share, load_jobs),
+                ("convert", _convert_one_shard, convert_jobs),
+            ):
+                out_dir.mkdir(parents=True, exist_ok=True)
+                run = _timed(pool, fn, jobs)
+                if mode not in best or run.seconds < best[mode].seconds:
+                    best[mode] = run
+                u = run.usage
+                print(
+                    f"    repeat {repeat + 1}: {mode:<7} {u.cases} cases {run.seconds:6.2f} s"
+                    f"  (worker user {u.user:5.2f} s, sys {u.sys:5.2f} s;"
+                    f" load average {_loadavg()})"
+                )
+                shutil.rmtree(out_dir)
     return best
 
 
@@ -234,34 +301,52 @@ def _verdict(ok: bool) -> str:
 
 
 def _profile(task: Path, out_shape: tuple[int, int, int], warm_plan: dict, workdir: Path) -> None:
-    """cProfile one case: load only, then a one-case conversion, in this process."""
+    """cProfile one case in this process: load only, then a one-case conversion.
+
+    The profiler's clock is this process's CPU time, so other load on the machine does not
+    inflate the numbers.
+    """
     _warm_up(warm_plan, workdir / "warmup-out" / "warm-profile.tfrecord")
 
     plan = plan_conversion(task, _params(out_shape, 1))
-    plan["shards"]["train"][0]["cases"] = plan["shards"]["train"][0]["cases"][:1]
-    first = plan["shards"]["train"][0]["cases"][0]
-    case = msd.CaseFiles(first["case_id"], Path(first["image"]), Path(first["label"]))
-    out = workdir / "profile-out" / plan["shards"]["train"][0]["file"]
+    entry = plan["shards"]["train"][0]
+    entry["cases"] = entry["cases"][:1]
+    case = msd.CaseFiles(
+        entry["cases"][0]["case_id"],
+        Path(entry["cases"][0]["image"]),
+        Path(entry["cases"][0]["label"]),
+    )
+    out = workdir / "profile-out" / entry["file"]
 
-    for title, call in (
-        (f"load_case({case.case_id})", lambda: msd.load_case(case)),
-        (
-            f"convert_shard of one case ({case.case_id})",
-            lambda: convert_shard(plan, "train", 0, out),
-        ),
+    def load() -> int:
+        msd.load_case(case)
+        return 1
+
+    def convert() -> int:
+        return convert_shard(plan, "train", 0, out)["records"]
+
+    for title, job in (
+        (f"load_case({case.case_id})", load),
+        (f"convert_shard of one case ({case.case_id})", convert),
     ):
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.process_time)
         started = time.perf_counter()
         profiler.enable()
-        call()
+        usage = _measured(job)
         profiler.disable()
         seconds = time.perf_counter() - started
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(15)
-        print(f"\nprofile: {title}: {seconds:.2f} s wall (under cProfile), top 15 by cumulative")
-        lines = text.getvalue().splitlines()
-        start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-        print("\n".join(line for line in lines[start:] if line.strip()))
+        print(
+            f"\nprofile: {title}: {seconds:.2f} s wall, user {usage.user:.2f} s, sys"
+            f" {usage.sys:.2f} s, {usage.faults / 1000:.0f}k minor page faults"
+            " (under cProfile; its clock is CPU time)"
+        )
+        for key, count in (("cumulative", 15), ("tottime", 10)):
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(key).print_stats(count)
+            lines = text.getvalue().splitlines()
+            start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+            print(f"  top {count} by {key}:")
+            print("\n".join(line for line in lines[start:] if line.strip()))
     shutil.rmtree(out.parent, ignore_errors=True)
 
 
@@ -325,7 +410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" best of {args.repeats}"
         )
 
-        print("\nruns")
+        print(f"\nruns (load average before: {_loadavg()})")
+        if os.getloadavg()[0] > 0.5:
+            print(
+                "  WARNING: other processes are using the CPUs; wall times and scaling will"
+                " suffer (compare the cpu/wall column with the process count)"
+            )
         results = {
             p: _bench_processes(p, task, args.out_shape, args.repeats, warm_plan, workdir)
             for p in args.processes
@@ -333,17 +423,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cases = args.cases
         print(f"\nresults: {cases} cases {args.shape} -> {args.out_shape}, binary labels")
-        print(f"  {'mode':<8}{'procs':>6}{'cases':>7}{'seconds':>10}{'cases/s':>10}{'s/case':>9}")
+        print(
+            f"  {'mode':<8}{'procs':>6}{'cases':>7}{'seconds':>9}{'cases/s':>9}{'s/case':>8}"
+            f"{'cpu/wall':>10}{'user/case':>11}{'sys/case':>10}{'kfaults/case':>14}"
+        )
         for p, best in results.items():
             for mode in ("load", "convert"):
-                sec = best[mode]
+                sec, u = best[mode].seconds, best[mode].usage
                 print(
-                    f"  {mode:<8}{p:>6}{cases:>7}{sec:>10.2f}{cases / sec:>10.3f}{sec / cases:>9.3f}"
+                    f"  {mode:<8}{p:>6}{cases:>7}{sec:>9.2f}{cases / sec:>9.3f}{sec / cases:>8.3f}"
+                    f"{(u.user + u.sys) / sec:>10.2f}{u.user / cases:>11.3f}{u.sys / cases:>10.3f}"
+                    f"{u.faults / 1000 / cases:>14.0f}"
                 )
+        print(
+            "  cpu/wall: worker CPU seconds (user + sys, all threads) / wall seconds; about equal"
+            " to procs when the workers are CPU-bound and have the cores to themselves."
+            " kfaults: thousands of minor page faults, i.e. fresh memory the kernel had to map"
+            " and zero (4 KiB each, or 2 MiB where transparent huge pages apply)."
+        )
 
         print("\nratios")
         for p, best in results.items():
-            ratio = best["convert"] / best["load"]
+            ratio = best["convert"].seconds / best["load"].seconds
             print(
                 f"  conversion / load time per case, {p} proc: {ratio:5.2f}"
                 f"  (target <= {TARGET_CONVERT_OVER_LOAD})"
@@ -352,11 +453,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in args.processes[1:]:
             target = TARGET_EFFICIENCY * p
             for mode in ("convert", "load"):
-                speedup = results[1][mode] / results[p][mode]
+                speedup = results[1][mode].seconds / results[p][mode].seconds
                 print(
                     f"  {mode:<7} throughput {p} proc / 1 proc: {speedup:5.2f}"
                     f"  (target >= {target:.2f})  {_verdict(speedup >= target)}"
                 )
+        one = results[1]
+        cpu_ratio = (one["convert"].usage.user + one["convert"].usage.sys) / (
+            one["load"].usage.user + one["load"].usage.sys
+        )
+        print(
+            f"  (for reference, not a target: conversion / load CPU seconds per case, 1 proc:"
+            f" {cpu_ratio:.2f}; CPU time is less disturbed by other load on the machine)"
+        )
         if any(cases % p for p in args.processes):
             print("  note: cases do not divide evenly among the processes; shares are unequal")
 

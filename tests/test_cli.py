@@ -17,18 +17,54 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def test_synthesize_convert_inspect(tmp_path):
-    result = run_cli("synthesize", "--out", str(tmp_path / "raw"), "--cases", "8", "--shape", "20", "20", "18", "--seed", "1")
+    result = run_cli(
+        "synthesize",
+        "--out",
+        str(tmp_path / "raw"),
+        "--cases",
+        "8",
+        "--shape",
+        "20",
+        "20",
+        "18",
+        "--seed",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     task = Path(result.stdout.strip())
     assert (task / "dataset.json").is_file()
 
     result = run_cli(
-        "convert", "--msd-dir", str(tmp_path / "raw"), "--out", str(tmp_path / "tfr"),
-        "--shape", "16", "16", "16", "--labels", "regions", "--split", "0.5", "0.25", "0.25",
-        "--shards", "2", "1", "1", "--seed", "3", "--workers", "2",
+        "convert",
+        "--msd-dir",
+        str(tmp_path / "raw"),
+        "--out",
+        str(tmp_path / "tfr"),
+        "--shape",
+        "16",
+        "16",
+        "16",
+        "--labels",
+        "regions",
+        "--split",
+        "0.5",
+        "0.25",
+        "0.25",
+        "--shards",
+        "2",
+        "1",
+        "1",
+        "--seed",
+        "3",
+        "--workers",
+        "2",
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1])["records"] == {"train": 4, "val": 2, "test": 2}
+    assert json.loads(result.stdout.splitlines()[-1])["records"] == {
+        "train": 4,
+        "val": 2,
+        "test": 2,
+    }
 
     result = run_cli("inspect", str(tmp_path / "tfr"))
     assert result.returncode == 0, result.stderr

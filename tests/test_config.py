@@ -21,8 +21,10 @@ def test_shipped_config_is_valid():
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"data": {"preprocess": {"split": {"train": 0.5, "val": 0.2, "test": 0.2}}}},
-         "data.preprocess.split: fractions must sum to 1"),
+        (
+            {"data": {"preprocess": {"split": {"train": 0.5, "val": 0.2, "test": 0.2}}}},
+            "data.preprocess.split: fractions must sum to 1",
+        ),
         ({"data": {"preprocess": {"shape": [32, -4, 8]}}}, "config key data.preprocess.shape.1"),
         ({"data": {"synthetic": {"cases": "many"}}}, "config key data.synthetic.cases"),
         ({"data": {"colour": "blue"}}, "'colour' was unexpected"),

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
-def snakemake(*args: str, workdir: Path, configfile: Path | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    *args: str, workdir: Path, configfile: Path | None = None
+) -> subprocess.CompletedProcess:
     command = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
     command += ["--configfile", str(configfile or ROOT / "config.yaml")]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -73,9 +75,15 @@ def test_invalid_config_stops_before_any_job(tmp_path, change, message):
 
 def test_lint_is_clean_but_for_the_justified_pythonpath_note(tmp_path):
     result = snakemake("--lint", workdir=ROOT)
-    findings = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.startswith("    * ")]
+    findings = [
+        line.strip()
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.startswith("    * ")
+    ]
     assert len(findings) == 1, findings
-    assert findings[0].startswith("* Environment variable PYTHONPATH used but not asserted"), findings
+    assert findings[0].startswith("* Environment variable PYTHONPATH used but not asserted"), (
+        findings
+    )
 
 
 @pytest.mark.slow

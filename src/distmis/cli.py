@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from distmis.errors import DistmisError
@@ -84,6 +85,31 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
     print(json.dumps(inspect_dataset(Path(args.dir)), indent=2))
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from distmis.config import load_config
+    from distmis.train.run import run_training
+    from distmis.train.settings import TrainSettings
+
+    config = load_config(Path(args.config) if args.config else None)
+    gpus = args.g if args.g is not None else args.gpus
+    settings = TrainSettings.from_config(
+        config["train"],
+        mode=args.mode,
+        gpus=gpus or 1,
+        tfrecord_dir=Path(args.data),
+        out_dir=Path(args.out),
+    )
+    if args.seed_config:
+        settings = settings.with_seed_config(Path(args.seed_config))
+        if args.g is not None:
+            settings = replace(settings, gpus=args.g)
+    if args.epochs is not None:
+        settings = replace(settings, epochs=args.epochs)
+    summary = run_training(settings)
+    keys = ("mode", "gpus", "makespan_seconds", "trial_count", "failed_count", "best")
+    print(json.dumps({k: summary[k] for k in keys}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distmis", description="Distributed hyperparameter tuning of a 3D U-Net on BraTS."
@@ -125,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     p.set_defaults(func=_cmd_convert)
 
+    p = sub.add_parser("train", help="train the grid in one parallelism mode on G GPUs/workers")
+    p.add_argument("--mode", choices=["data", "experiment"], required=True)
+    p.add_argument("--gpus", type=int, default=None, help="G: GPUs (CPU workers without GPUs)")
+    p.add_argument("-g", type=int, default=None, help="same as --gpus (the original's flag)")
+    p.add_argument("--data", required=True, help="folder with info.json and the shards")
+    p.add_argument("--out", required=True, help="results folder, e.g. results/train/data/2gpu")
+    p.add_argument("--config", default=None, help="config.yaml (its train section)")
+    p.add_argument(
+        "--seed-config",
+        default=None,
+        help="original-DistMIS JSON: num_replicas, batch_size_per_replica, num_epochs, debug",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("inspect", help="JSON statistics of converted shards")
     p.add_argument("dir", help="folder holding info.json and the shards")
     p.set_defaults(func=_cmd_inspect)
@@ -132,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter buries the one line a user needs.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -1,0 +1,108 @@
+"""One training job: one mode at one G, from Ray start-up to trials.csv and summary.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+
+from distmis.data.info import DatasetInfo
+from distmis.fileio import read_json, write_json
+from distmis.train.results import build_summary, write_summary, write_trials
+from distmis.train.runtime import start_ray, stop_ray
+from distmis.train.settings import TrainSettings
+from distmis.train.trials import devices_seen, save_best_model
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "run_state.json"
+
+
+def _fingerprint(settings: TrainSettings, info: DatasetInfo) -> str:
+    """Identity of a run: settings and the exact shards; a change means a fresh start."""
+    payload = {k: v for k, v in settings.to_json().items() if k not in ("ray_address",)}
+    payload["shards"] = {s: [x.sha256 for x in shards] for s, shards in info.splits.items()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _prepare_state(settings: TrainSettings, fingerprint: str) -> bool:
+    """Decide between resuming an interrupted run and starting fresh; returns ``resumed``.
+
+    A run that finished (state ``complete``) or had other settings or data is cleared, so
+    ``--forcerun`` retrains; one that was interrupted keeps its finished trials.
+    """
+    state_path = settings.out_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    if state is not None and not state["complete"] and state["fingerprint"] == fingerprint:
+        log.info("resuming the interrupted run in %s", settings.out_dir)
+        return True
+    for stale in ("trials", "ray", "tensorboard"):
+        shutil.rmtree(settings.out_dir / stale, ignore_errors=True)
+    write_json(state_path, {"fingerprint": fingerprint, "complete": False, "started": time.time()})
+    return False
+
+
+def run_training(settings: TrainSettings) -> dict:
+    """Run the whole grid in ``settings.mode`` on ``settings.gpus`` GPUs (or CPU workers).
+
+    Writes ``trials.csv`` after every finished configuration and ``summary.json``,
+    ``best_model.keras`` and ``best_model.json`` at the end; returns the summary.
+    """
+    from distmis.train.data_parallel import run_data_parallel
+    from distmis.train.experiment_parallel import run_experiment_parallel
+
+    info = DatasetInfo.from_dir(settings.tfrecord_dir)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    grid = settings.grid()
+    resumed = _prepare_state(settings, _fingerprint(settings, info))
+    workers = settings.gpus
+    resources = start_ray(
+        settings.ray_address,
+        num_cpus=workers * settings.cpus_per_worker,
+        num_gpus=workers if settings.use_gpu else 0,
+    )
+    finished = []
+
+    def on_record(record) -> None:
+        finished.append(record)
+        write_trials(settings.out_dir / "trials.csv", finished)
+
+    try:
+        makespan_start = time.time()
+        if settings.mode == "data":
+            records = run_data_parallel(settings, grid, on_record)
+        else:
+            records = run_experiment_parallel(settings, grid, on_record)
+        makespan_end = time.time()
+    finally:
+        stop_ray()
+    if resumed:
+        # The honest span of a resumed run covers every trial, earlier ones included.
+        makespan_start = min([makespan_start, *(r.start_time for r in records)])
+    write_trials(settings.out_dir / "trials.csv", records)
+    save_best_model(settings, records)
+    summary = build_summary(
+        mode=settings.mode,
+        gpus=settings.gpus,
+        trials=records,
+        makespan_start=makespan_start,
+        makespan_end=makespan_end,
+        resources={
+            "requested": {
+                "cpus": workers * settings.cpus_per_worker,
+                "gpus": workers if settings.use_gpu else 0,
+                "cpus_per_worker": settings.cpus_per_worker,
+                "use_gpu": settings.use_gpu,
+            },
+            "ray_cluster": resources,
+        },
+        settings=settings.to_json(),
+        devices_seen=devices_seen(settings, records),
+        resumed=resumed,
+    )
+    write_summary(settings.out_dir / "summary.json", summary)
+    state = read_json(settings.out_dir / STATE_FILE, "distmis train")
+    write_json(settings.out_dir / STATE_FILE, {**state, "complete": True})
+    return summary

@@ -1,0 +1,43 @@
+"""Starting or joining Ray with exactly the resources a training job was given."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from distmis.model import LEGACY_KERAS_ENV
+
+log = logging.getLogger(__name__)
+
+WORKER_ENV = {**LEGACY_KERAS_ENV, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def start_ray(address: str | None, num_cpus: int, num_gpus: int) -> dict[str, float]:
+    """Join the cluster at ``address``, or start a local Ray limited to the job's share.
+
+    The dashboard stays off: its job API runs code for anyone who can reach its port.
+    Returns the cluster's total resources, recorded in summary.json.
+    """
+    import ray
+
+    runtime_env = {"env_vars": {**WORKER_ENV, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=True,
+        )
+    resources = dict(ray.cluster_resources())
+    log.info("ray resources: %s", resources)
+    return resources
+
+
+def stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
