@@ -47,7 +47,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by the spawned workers
 
 from distmis.data import msd  # noqa: E402
-from distmis.data.convert import ConvertParams, convert_shard, plan_conversion  # noqa: E402
+from distmis.data.convert import (  # noqa: E402
+    ConvertParams,
+    convert_shard,
+    plan_conversion,
+    tune_allocator,
+)
 from distmis.data.synthetic import TASK_NAME, synthesize_dataset  # noqa: E402
 
 SEED = 0
@@ -91,6 +96,9 @@ def _init_worker(barrier, warm_plan: dict, warm_dir: str) -> None:
     """Import TensorFlow and convert one tiny case, so nothing timed pays for start-up."""
     global _barrier
     _barrier = barrier
+    # Both the floor and the conversion run with the allocator settings the converter's
+    # own processes use, so the ratio compares like with like.
+    tune_allocator()
     _warm_up(warm_plan, Path(warm_dir) / f"warm-{os.getpid()}.tfrecord")
 
 

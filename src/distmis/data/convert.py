@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import multiprocessing
@@ -117,6 +118,25 @@ def _source_description(task: msd.MsdTask) -> dict:
         else {}
     )
     return {"dataset": task.name, "task_dir": str(task.root), **provenance}
+
+
+def tune_allocator() -> None:
+    """Keep freed large buffers in this process's heap instead of returning them to the OS.
+
+    Every case allocates several arrays of ~140 MB (BraTS size). glibc serves blocks that
+    large with fresh ``mmap`` calls and unmaps them on free, so each case paid for ~1.5 GiB
+    of page faults and zeroing; measured here that was over half the conversion time.
+    Turning off mmap for large blocks and never trimming the heap lets each case reuse the
+    previous case's memory. Only for dedicated conversion processes (the heap then keeps
+    its peak size until exit); a no-op where glibc is absent.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def plan_conversion(msd_dir: Path, params: ConvertParams) -> dict:
@@ -311,7 +331,9 @@ def convert_dataset(
     started = time.perf_counter()
     with (
         context.Manager() as manager,
-        ProcessPoolExecutor(max(1, workers), mp_context=context) as pool,
+        ProcessPoolExecutor(
+            max(1, workers), mp_context=context, initializer=tune_allocator
+        ) as pool,
     ):
         ticks = manager.Queue()
         futures = [

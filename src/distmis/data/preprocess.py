@@ -82,24 +82,32 @@ def crop_or_pad(
     return result
 
 
-def zscore_nonzero(image: np.ndarray) -> np.ndarray:
+def zscore_nonzero(image: np.ndarray, out_dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
     """Z-score each channel of ``(X, Y, Z, C)`` over its nonzero voxels; zeros stay zero.
 
     MRI background is exactly zero after skull stripping (BraTS), so the statistics
     describe brain tissue only. A channel with no nonzero voxel or zero spread is left
-    as zeros rather than divided by zero.
+    as zeros rather than divided by zero. Returns a C-ordered (channels-last) array in
+    ``out_dtype``: the layout change is fused into the normalisation.
     """
-    out = np.zeros_like(image, dtype=np.float32)
+    out = np.empty(image.shape, dtype=out_dtype, order="C")
     for c in range(image.shape[3]):
         channel = image[..., c]
         mask = channel != 0
-        values = channel[mask]
-        if values.size == 0:
-            continue
-        std = float(values.std())
+        count = int(np.count_nonzero(mask))
+        # Zero voxels add nothing to the sums, so the statistics need no masked copy;
+        # float64 accumulators keep them exact enough for ~10^7 voxels.
+        total = float(channel.sum(dtype=np.float64))
+        squares = float(np.einsum("ijk,ijk->", channel, channel, dtype=np.float64))
+        mean = total / count if count else 0.0
+        std = float(np.sqrt(max(squares / count - mean * mean, 0.0))) if count else 0.0
         if std == 0.0:
+            out[..., c] = 0
             continue
-        out[..., c][mask] = (values - values.mean()) / std
+        scaled = channel - np.float32(mean)
+        scaled *= np.float32(1.0 / std)
+        scaled *= mask
+        out[..., c] = scaled
     return out
 
 
@@ -132,7 +140,7 @@ def preprocess_case(
     label_ras, _ = to_ras(label, affine)
     start = center_crop_start(image_ras.shape[:3], out_shape)
     # Crop first so normalisation and the layout copy touch only the kept voxels.
-    image_out = zscore_nonzero(crop_or_pad(image_ras, out_shape, start))
+    image_out = zscore_nonzero(crop_or_pad(image_ras, out_shape, start), image_dtype)
     label_out = map_labels(crop_or_pad(label_ras, out_shape, start), label_mode)
     geometry = Geometry(
         source_shape=tuple(int(s) for s in image.shape[:3]),
@@ -140,8 +148,4 @@ def preprocess_case(
         orientation_transform=tuple((float(a), float(b)) for a, b in transform),
         crop_start=tuple(int(s) for s in start),
     )
-    return (
-        np.ascontiguousarray(image_out, dtype=image_dtype),
-        np.ascontiguousarray(label_out),
-        geometry,
-    )
+    return image_out, np.ascontiguousarray(label_out), geometry
