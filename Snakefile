@@ -9,8 +9,10 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/train.smk"
 
 
 rule all:
     input:
         "results/tfrecords/info.json",
+        train_outputs(),

@@ -42,3 +42,27 @@ def shard_names():
         for split in SPLITS
         for index in range(PREPROCESS["shards"][split])
     ]
+
+
+TRAIN = config["train"]
+# Wall-clock limit asked of a scheduler for one training job; generous for the grid.
+TRAIN_RUNTIME_MINUTES = 24 * 60
+
+
+def train_outputs():
+    """summary.json of every (mode, G) the config asks for."""
+    return [
+        f"results/train/{mode}/{gpus}gpu/summary.json"
+        for mode in TRAIN["modes"]
+        for gpus in TRAIN["gpu_counts"]
+    ]
+
+
+def train_gpus(wildcards):
+    """GPUs a training job requests: G with GPUs, none on CPU-only hosts."""
+    return int(wildcards.gpus) if TRAIN["use_gpu"] else 0
+
+
+def train_nodes(wildcards):
+    """Nodes a job for G GPUs spans: ceil(G / gpus_per_node)."""
+    return -(-int(wildcards.gpus) // TRAIN["gpus_per_node"])

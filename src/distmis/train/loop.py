@@ -139,6 +139,14 @@ def _train(config: Mapping[str, Any], started: float) -> None:
         else tf.distribute.get_strategy()
     )
     trial_dir = Path(settings["out_dir"]) / "trials" / config["trial_id"]
+    finished = trial_dir / "result.json"
+    if finished.is_file():
+        # Belt and braces for resumption: Tune restores from its last saved experiment
+        # state, which can lag a trial that finished just before the job was killed.
+        # A trial whose result is on disk is reported again, never trained again.
+        stored = json.loads(finished.read_text())
+        report({**stored["metrics"], "epoch": stored["epochs"], "time": stored["end_time"]})
+        return
     if rank == 0:
         trial_dir.mkdir(parents=True, exist_ok=True)
         with (trial_dir / "attempts.log").open("a") as fh:

@@ -1,0 +1,162 @@
+"""Both parallelism modes for real: Ray Train and Ray Tune on CPU workers, tiny volumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distmis.config import validate_config
+from distmis.data.convert import ConvertParams, convert_dataset
+from distmis.data.synthetic import synthesize_dataset
+from distmis.train.settings import TrainSettings
+
+pytestmark = pytest.mark.slow
+
+GRID = {"lr": [0.001, 0.005, 0.01], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
+
+
+@pytest.fixture(scope="module")
+def tfrecords(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    task = synthesize_dataset(root / "raw", 10, (24, 24, 20), seed=3, progress=False)
+    out = root / "tfr"
+    convert_dataset(task, out, ConvertParams(shape=(16, 16, 16), shards=(2, 1, 1)), progress=False)
+    return out
+
+
+def make_settings(tfrecords: Path, out: Path, mode: str, gpus: int, **train) -> TrainSettings:
+    config = validate_config({"train": {"epochs": 1, "search_space": GRID, **train}})
+    return TrainSettings.from_config(
+        config["train"], mode=mode, gpus=gpus, tfrecord_dir=tfrecords, out_dir=out
+    )
+
+
+def read_trials(out: Path) -> dict[str, dict]:
+    return {row["trial_id"]: row for row in csv.DictReader((out / "trials.csv").open())}
+
+
+def overlap(a: dict, b: dict) -> float:
+    return min(float(a["end_time"]), float(b["end_time"])) - max(
+        float(a["start_time"]), float(b["start_time"])
+    )
+
+
+def test_experiment_mode_runs_two_at_once_and_records_a_failure(tfrecords, tmp_path):
+    from distmis.train.run import run_training
+
+    settings = make_settings(tfrecords, tmp_path / "exp", "experiment", 2, max_failures=1)
+    grid = settings.grid()
+    failing = grid[1].trial_id
+    summary = run_training(replace(settings, fail_trials=(failing,)))
+
+    trials = read_trials(settings.out_dir)
+    assert len(trials) == 3
+    assert trials[failing]["status"] == "failed"
+    assert "InjectedFailure" in trials[failing]["error"]
+    assert trials[failing]["attempts"] == "2"  # one retry, then recorded
+    first, third = trials[grid[0].trial_id], trials[grid[2].trial_id]
+    assert first["status"] == third["status"] == "ok"
+    # Two trials ran at the same time: their intervals overlap.
+    assert max(overlap(first, trials[failing]), overlap(first, third)) > 0
+    assert float(first["val_dice"]) >= 0 and float(first["volumes_per_second"]) > 0
+    assert (summary["trial_count"], summary["failed_count"]) == (3, 1)
+    assert summary["best"]["trial_id"] in {grid[0].trial_id, grid[2].trial_id}
+    assert summary["makespan_seconds"] >= max(float(t["end_time"]) for t in trials.values()) - min(
+        float(t["start_time"]) for t in trials.values()
+    )
+    assert {"tensorflow", "keras", "ray", "python"} <= set(summary["versions"])
+    assert (settings.out_dir / "best_model.keras").is_file()
+    assert any((settings.out_dir / "tensorboard" / grid[0].trial_id).rglob("events.out.tfevents.*"))
+
+
+def test_data_mode_uses_two_workers_with_the_per_replica_batch(tfrecords, tmp_path):
+    import tf_keras as keras
+
+    from distmis.train.run import run_training
+
+    settings = make_settings(
+        tfrecords,
+        tmp_path / "dp",
+        "data",
+        2,
+        batch_size_per_replica=2,
+        search_space={**GRID, "lr": [0.005]},
+    )
+    summary = run_training(settings)
+    ((trial_id, row),) = read_trials(settings.out_dir).items()
+    assert row["status"] == "ok", row["error"]
+    assert (row["workers"], row["batch_size_per_replica"], row["global_batch_size"]) == (
+        "2",
+        "2",
+        "4",
+    )
+    workers = [
+        json.loads(p.read_text())
+        for p in sorted((settings.out_dir / "trials" / trial_id / "workers").glob("*.json"))
+    ]
+    assert [w["rank"] for w in workers] == [0, 1]
+    assert len({w["pid"] for w in workers}) == 2
+    assert all(w["batch_size_per_replica"] == 2 and w["global_batch_size"] == 4 for w in workers)
+    assert summary["workers"] == 2 and summary["mode"] == "data"
+    model = keras.models.load_model(settings.out_dir / "best_model.keras", compile=False)
+    assert model.output_shape == (None, 16, 16, 16, 1)
+
+
+def test_killed_experiment_resumes_without_retraining_finished_trials(tfrecords, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"train": {"epochs": 2, "search_space": {**GRID, "lr": [0.001, 0.005]}}})
+    )
+    out = tmp_path / "exp1"
+    command = [
+        sys.executable,
+        "-m",
+        "distmis.cli",
+        "train",
+        "--mode",
+        "experiment",
+        "--gpus",
+        "1",
+        "--data",
+        str(tfrecords),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+    ]
+    first_id = "lr=0.001_norm=batch_beta2=0.999_amsgrad=0"
+    second_id = "lr=0.005_norm=batch_beta2=0.999_amsgrad=0"
+    job = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 240
+        while not (out / "trials" / first_id / "result.json").is_file():
+            assert job.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline, "first trial never finished"
+            time.sleep(0.5)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # like a SLURM time limit: the whole job goes
+        job.wait()
+    assert not (out / "summary.json").exists()
+    first_result = (out / "trials" / first_id / "result.json").read_text()
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    trials = read_trials(out)
+    assert set(trials) == {first_id, second_id}
+    assert all(row["status"] == "ok" for row in trials.values())
+    # The finished trial was not trained again: one attempt, result untouched.
+    assert (out / "trials" / first_id / "attempts.log").read_text().count("\n") == 1
+    assert (out / "trials" / first_id / "result.json").read_text() == first_result
+    assert json.loads((out / "summary.json").read_text())["resumed"] is True

@@ -1,0 +1,9 @@
+"""Rule train_experiment_parallel: the whole grid in experiment-parallel mode on {gpus} GPUs."""
+
+from distmis.workflow import start_script
+
+start_script(snakemake)  # noqa: F821 - injected by Snakemake
+
+from distmis.train.workflow import train_from_rule  # noqa: E402
+
+train_from_rule(snakemake, "experiment")  # noqa: F821
