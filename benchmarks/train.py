@@ -26,7 +26,7 @@ table and two ratios with targets: RAY / BARE >= 0.9 and PIPELINE / RAY >= 5. A 
 not a test: it exits 0 unless something breaks.
 
     python benchmarks/train.py [--cases 12] [--shape 32 32 24] [--source-shape 40 40 28]
-                               [--batch 2] [--steps 40] [--repeats 3] [--cpus N]
+                               [--batch 2] [--steps 40] [--repeats 5] [--cpus N]
                                [--workdir DIR]
 """
 
@@ -41,6 +41,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -357,7 +358,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per run (default 40)")
-    parser.add_argument("--repeats", type=int, default=3, help="best of R runs (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="best of R runs (default 5)")
     parser.add_argument(
         "--cpus", type=int, help="cores given to both fits and to Ray (default: all usable)"
     )
@@ -457,12 +458,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  (a) bare: {time.perf_counter() - start:.1f} s")
             print(f"  (b) ray:  {ray.get(actor.warm_up.remote()):.1f} s")
 
-            print(f"\nruns: fit(steps_per_epoch={steps}, epochs=1), (a) and (b) alternating")
+            print(
+                f"\nruns: fit(steps_per_epoch={steps}, epochs=1), (a) and (b) alternating,"
+                " order swapped every repeat (a b, b a, ...)"
+            )
             best: dict[str, Timing] = {}
+            runs: dict[str, list[Timing]] = {"bare": [], "ray": []}
             for repeat in range(args.repeats):
-                bare = _timed_fit(model, x, batch, steps, y=y, batch_size=batch, shuffle=True)
-                ray_run = ray.get(actor.timed_fit.remote(steps))
-                for name, run in (("bare", bare), ("ray", ray_run)):
+                order = ("bare", "ray") if repeat % 2 == 0 else ("ray", "bare")
+                for name in order:
+                    if name == "bare":
+                        run = _timed_fit(
+                            model, x, batch, steps, y=y, batch_size=batch, shuffle=True
+                        )
+                    else:
+                        run = ray.get(actor.timed_fit.remote(steps))
+                    runs[name].append(run)
                     if name not in best or run.seconds < best[name].seconds:
                         best[name] = run
                     print(
@@ -517,6 +528,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  (c) / (b) pipeline / ray fit:      {pipeline_over_ray:6.2f}"
             f"  (target >= {TARGET_PIPELINE_OVER_RAY:g})"
             f"  {_verdict(pipeline_over_ray >= TARGET_PIPELINE_OVER_RAY)}"
+        )
+        median_ratio = statistics.median(r.rate for r in runs["ray"]) / statistics.median(
+            r.rate for r in runs["bare"]
+        )
+        cpu_ratio = (best["bare"].cpu / best["bare"].volumes) / (
+            best["ray"].cpu / best["ray"].volumes
+        )
+        print(
+            f"  (for reference, not targets: (b) / (a) of the median runs {median_ratio:.2f};"
+            f" (b) / (a) in volumes per CPU second, best runs, {cpu_ratio:.2f}, which other"
+            " load on the machine disturbs far less than wall time)"
         )
     finally:
         if own_workdir:

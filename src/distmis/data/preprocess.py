@@ -82,7 +82,7 @@ def crop_or_pad(
     return result
 
 
-def zscore_nonzero(image: np.ndarray, out_dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
+def zscore_nonzero(image: np.ndarray, out_dtype: np.dtype | type = np.float32) -> np.ndarray:
     """Z-score each channel of ``(X, Y, Z, C)`` over its nonzero voxels; zeros stay zero.
 
     MRI background is exactly zero after skull stripping (BraTS), so the statistics
