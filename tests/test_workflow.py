@@ -29,6 +29,7 @@ def write_config(path: Path, **preprocess) -> Path:
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["data"]["synthetic"].update(cases=10, shape=[20, 20, 18])
     config["data"]["preprocess"].update({"shape": [16, 16, 16], **preprocess})
+    config["train"].update(epochs=1, search_space={**config["train"]["search_space"], "lr": [0.005]})
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -42,8 +43,9 @@ def test_dry_run_lists_one_conversion_job_per_shard(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    # Demo config: 2 train + 1 val + 1 test shards.
+    # Demo config: 2 train + 1 val + 1 test shards; both modes at G = 1 and 2.
     assert counts["convert_tfrecords"] == 4
+    assert counts["train_data_parallel"] == 2 and counts["train_experiment_parallel"] == 2
     assert counts["synthesize_brats"] == 1 and counts["index_tfrecords"] == 1
     assert "download_brats" not in counts
 
@@ -93,7 +95,34 @@ def test_pipeline_runs_offline_and_reruns_nothing(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((tmp_path / "results/tfrecords/info.json").read_text())
     assert sum(split["count"] for split in info["splits"].values()) == 10
+    for mode in ("data", "experiment"):
+        for gpus in (1, 2):
+            summary = json.loads((tmp_path / f"results/train/{mode}/{gpus}gpu/summary.json").read_text())
+            assert (summary["mode"], summary["gpus"], summary["ok_count"]) == (mode, gpus, 1)
     assert (tmp_path / "logs/plan_tfrecords.log").exists()
     again = snakemake("-n", "--cores", "2", workdir=tmp_path, configfile=configfile)
     assert "Nothing to be done" in again.stdout + again.stderr
     shutil.rmtree(tmp_path / "results")
+
+
+def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["train"].update(gpu_counts=[1, 2, 4, 8, 16, 32], use_gpu=True, gpus_per_node=4)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--forceall", workdir=tmp_path, configfile=tmp_path / "c.yaml")
+    assert result.returncode == 0, result.stderr
+    requested = {}
+    rule = None
+    for line in (result.stdout + result.stderr).splitlines():
+        line = line.strip()
+        if line.startswith("rule "):
+            rule = line.removeprefix("rule ").rstrip(":")
+        elif line.startswith("wildcards: gpus=") and rule and rule.startswith("train_"):
+            gpus = int(line.removeprefix("wildcards: gpus="))
+        elif line.startswith("resources:") and rule and rule.startswith("train_"):
+            fields = dict(item.split("=", 1) for item in line.removeprefix("resources: ").split(", "))
+            requested[(rule, gpus)] = (int(fields["gpu"]), int(fields["nodes"]))
+    for rule in ("train_data_parallel", "train_experiment_parallel"):
+        assert {g: requested[(rule, g)] for g in (1, 2, 4, 8, 16, 32)} == {
+            1: (1, 1), 2: (2, 1), 4: (4, 1), 8: (8, 2), 16: (16, 4), 32: (32, 8)
+        }

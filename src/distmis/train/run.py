@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 
@@ -97,6 +98,8 @@ def run_training(settings: TrainSettings) -> dict:
                 "use_gpu": settings.use_gpu,
             },
             "ray_cluster": resources,
+            # Cores this job's process may run on (its cgroup/affinity share, e.g. SLURM's).
+            "cpus_visible_to_job": len(os.sched_getaffinity(0)),
         },
         settings=settings.to_json(),
         devices_seen=devices_seen(settings, records),
