@@ -22,6 +22,12 @@ venv: $(STAMP)
 
 demo: venv
 	$(RUN) $(BIN)/snakemake --cores $(CORES)
+	$(RUN) $(BIN)/snakemake --cores $(CORES) --report results/report.html
+
+# Redraw the table and figures from the existing timings; retrains nothing.
+report: venv
+	$(RUN) $(BIN)/snakemake --cores $(CORES) --forcerun scaling plot_scaling
+	$(RUN) $(BIN)/snakemake --cores $(CORES) --report results/report.html
 
 test: venv
 	$(RUN) $(BIN)/pytest
@@ -37,6 +43,7 @@ lint: venv
 
 bench: venv
 	$(RUN) $(BIN)/python benchmarks/convert.py
+	$(RUN) $(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf results/data results/tfrecords logs .snakemake

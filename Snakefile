@@ -7,12 +7,17 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         "results/tfrecords/info.json",
         train_outputs(),
+        rules.plot_scaling.output,

@@ -17,17 +17,20 @@ Both fits use the same thread settings (``tf.config.threading`` intra = N, inter
 ``distmis.train.loop`` sets them for a worker of N CPUs) and the same initial weights. Each
 fit first runs one untimed warm-up epoch (tracing, first-call set-up, and a full pass that
 fills the tf.data cache), then ``fit(steps_per_epoch=S, epochs=1)`` is timed with
-``perf_counter``; (a) and (b) alternate, best of ``--repeats``. The pipeline is timed after
-an untimed full pass, so with ``cache=True`` it measures the cached steady state. Beside
-wall time each fit reports the process's CPU time (user + sys, all threads) per wall second,
-which shows whether both processes kept the same number of cores busy. Prints the machine,
-the environment of both processes (the thread variables Ray sets in workers included), a
-table and two ratios with targets: RAY / BARE >= 0.9 and PIPELINE / RAY >= 5. A benchmark,
-not a test: it exits 0 unless something breaks.
+``perf_counter``; (a) and (b) alternate (order swapped every repeat), best of ``--repeats``.
+The pipeline is timed after an untimed full pass, so with ``cache=True`` it measures the
+cached steady state. Beside wall time each fit reports the process's CPU time (user + sys,
+all threads) per wall second, which shows whether both processes got the same number of
+cores, and CPU time per volume, which shows whether they did the same work. Prints the
+machine, what decides each process's share of the cores (affinity, nice value, CFS autogroup,
+TF thread pools, the thread variables Ray sets in workers), a table and two ratios with
+targets: RAY / BARE >= 0.9 and PIPELINE / RAY >= 5. Ray starts its workers at nice 15
+(its ``worker_niceness``); ``--worker-niceness 0`` passes ``RAY_worker_niceness=0`` in the
+actor's env_vars to compare. A benchmark, not a test: it exits 0 unless something breaks.
 
     python benchmarks/train.py [--cases 12] [--shape 32 32 24] [--source-shape 40 40 28]
                                [--batch 2] [--steps 40] [--repeats 5] [--cpus N]
-                               [--workdir DIR]
+                               [--worker-niceness N] [--workdir DIR]
 """
 
 from __future__ import annotations

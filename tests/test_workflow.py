@@ -29,7 +29,9 @@ def write_config(path: Path, **preprocess) -> Path:
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["data"]["synthetic"].update(cases=10, shape=[20, 20, 18])
     config["data"]["preprocess"].update({"shape": [16, 16, 16], **preprocess})
-    config["train"].update(epochs=1, search_space={**config["train"]["search_space"], "lr": [0.005]})
+    config["train"].update(
+        epochs=1, search_space={**config["train"]["search_space"], "lr": [0.005]}
+    )
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -46,6 +48,7 @@ def test_dry_run_lists_one_conversion_job_per_shard(tmp_path):
     # Demo config: 2 train + 1 val + 1 test shards; both modes at G = 1 and 2.
     assert counts["convert_tfrecords"] == 4
     assert counts["train_data_parallel"] == 2 and counts["train_experiment_parallel"] == 2
+    assert counts["scaling"] == 1 and counts["plot_scaling"] == 1
     assert counts["synthesize_brats"] == 1 and counts["index_tfrecords"] == 1
     assert "download_brats" not in counts
 
@@ -97,11 +100,33 @@ def test_pipeline_runs_offline_and_reruns_nothing(tmp_path):
     assert sum(split["count"] for split in info["splits"].values()) == 10
     for mode in ("data", "experiment"):
         for gpus in (1, 2):
-            summary = json.loads((tmp_path / f"results/train/{mode}/{gpus}gpu/summary.json").read_text())
+            summary = json.loads(
+                (tmp_path / f"results/train/{mode}/{gpus}gpu/summary.json").read_text()
+            )
             assert (summary["mode"], summary["gpus"], summary["ok_count"]) == (mode, gpus, 1)
+    assert (tmp_path / "results/plot_scaling/speedup.png").stat().st_size > 0
+    report = snakemake(
+        "--cores", "2", "--report", "report.html", workdir=tmp_path, configfile=configfile
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "speedup.png" in (tmp_path / "report.html").read_text(errors="replace")
     assert (tmp_path / "logs/plan_tfrecords.log").exists()
     again = snakemake("-n", "--cores", "2", workdir=tmp_path, configfile=configfile)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # Redrawing the figures retrains nothing.
+    redraw = snakemake(
+        "-n",
+        "--cores",
+        "2",
+        "--forcerun",
+        "plot_scaling",
+        "--quiet",
+        "rules",
+        workdir=tmp_path,
+        configfile=configfile,
+    )
+    jobs = redraw.stdout + redraw.stderr
+    assert "plot_scaling" in jobs and "train_" not in jobs and "convert_tfrecords" not in jobs
     shutil.rmtree(tmp_path / "results")
 
 
@@ -120,9 +145,16 @@ def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
         elif line.startswith("wildcards: gpus=") and rule and rule.startswith("train_"):
             gpus = int(line.removeprefix("wildcards: gpus="))
         elif line.startswith("resources:") and rule and rule.startswith("train_"):
-            fields = dict(item.split("=", 1) for item in line.removeprefix("resources: ").split(", "))
+            fields = dict(
+                item.split("=", 1) for item in line.removeprefix("resources: ").split(", ")
+            )
             requested[(rule, gpus)] = (int(fields["gpu"]), int(fields["nodes"]))
     for rule in ("train_data_parallel", "train_experiment_parallel"):
         assert {g: requested[(rule, g)] for g in (1, 2, 4, 8, 16, 32)} == {
-            1: (1, 1), 2: (2, 1), 4: (4, 1), 8: (8, 2), 16: (16, 4), 32: (32, 8)
+            1: (1, 1),
+            2: (2, 1),
+            4: (4, 1),
+            8: (8, 2),
+            16: (16, 4),
+            32: (32, 8),
         }

@@ -110,6 +110,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps({k: summary[k] for k in keys}))
 
 
+def _cmd_scaling(args: argparse.Namespace) -> None:
+    from distmis.analysis.run import run_scaling
+    from distmis.config import load_config
+
+    config = load_config(Path(args.config) if args.config else None)
+    written = run_scaling(Path(args.results), Path(args.out), config["report"]["references"])
+    print(
+        json.dumps(
+            {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in written.items()}
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distmis", description="Distributed hyperparameter tuning of a 3D U-Net on BraTS."
@@ -165,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("scaling", help="speedup table and figures from the training results")
+    p.add_argument("--results", default="results/train", help="folder holding {mode}/{G}gpu/")
+    p.add_argument("--out", default="results/scaling", help="folder for scaling.csv and figures")
+    p.add_argument("--config", default=None, help="config.yaml (its report.references)")
+    p.set_defaults(func=_cmd_scaling)
 
     p = sub.add_parser("inspect", help="JSON statistics of converted shards")
     p.add_argument("dir", help="folder holding info.json and the shards")

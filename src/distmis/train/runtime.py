@@ -9,7 +9,8 @@ from distmis.model import LEGACY_KERAS_ENV
 
 log = logging.getLogger(__name__)
 
-WORKER_ENV = {**LEGACY_KERAS_ENV, "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Ray starts workers at nice 15; a timed trial must not yield its cores to other work.
+WORKER_ENV = {**LEGACY_KERAS_ENV, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_worker_niceness": "0"}
 
 
 def start_ray(address: str | None, num_cpus: int, num_gpus: int) -> dict[str, float]:

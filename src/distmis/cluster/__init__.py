@@ -1,0 +1,1 @@
+"""Cluster support: SLURM resource arithmetic and a Ray cluster across a job's nodes."""
