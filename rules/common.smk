@@ -7,6 +7,7 @@ from snakemake.utils import validate
 # The workflow imports its own library from the checkout, installed or not.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
+from distmis.cluster.resources import job_shape
 from distmis.config import check_semantics, schema_path
 from distmis.data.split import SPLITS, shard_filename
 from distmis.errors import ConfigError
@@ -58,11 +59,35 @@ def train_outputs():
     ]
 
 
-def train_gpus(wildcards):
-    """GPUs a training job requests: G with GPUs, none on CPU-only hosts."""
-    return int(wildcards.gpus) if TRAIN["use_gpu"] else 0
+def _shape(wildcards):
+    return job_shape(
+        int(wildcards.gpus),
+        TRAIN["gpus_per_node"],
+        TRAIN["cpus_per_worker"],
+        TRAIN["use_gpu"],
+    )
 
 
-def train_nodes(wildcards):
-    """Nodes a job for G GPUs spans: ceil(G / gpus_per_node)."""
-    return -(-int(wildcards.gpus) // TRAIN["gpus_per_node"])
+def training_threads(wildcards):
+    """Locally, every core Snakemake was given, so two timed jobs never overlap; on a cluster
+    (no --cores: each job has its own allocation), the CPUs of one node of the job."""
+    # `workflow.cores` raises when --cores is unset (cluster runs, --report); read the setting.
+    cores = workflow._cores
+    return cores if cores else _shape(wildcards).cpus_per_node
+
+
+# What a training job for G GPUs asks a scheduler for (profiles/slurm maps these onto
+# sbatch): ceil(G / gpus_per_node) nodes, one task per node holding that node's workers'
+# CPUs, and GPUs per node as GRES. GRES rather than the `gpu` resource, which the SLURM
+# plugin turns into a job-wide --gpus=G that SLURM may spread unevenly over the nodes.
+TRAIN_RESOURCES = {
+    "nodes": lambda wildcards: _shape(wildcards).nodes,
+    "tasks": lambda wildcards: _shape(wildcards).nodes,
+    "cpus_per_task": lambda wildcards: _shape(wildcards).cpus_per_node,
+    "gres": lambda wildcards: (
+        f"gpu:{_shape(wildcards).gpus_per_node}" if TRAIN["use_gpu"] else ""
+    ),
+    # Keeps the plugin from adding --ntasks-per-gpu for GPU jobs (one task per node here).
+    "tasks_per_gpu": 0,
+    "runtime": TRAIN_RUNTIME_MINUTES,
+}

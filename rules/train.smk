@@ -1,6 +1,6 @@
 # Training: the same grid, for every G, with data parallelism (Ray Train) and experiment
 # parallelism (Ray Tune). Each job's timings are the product, so a job must not share its
-# cores or GPUs with another: `threads: workflow.cores` makes a local run serialise them.
+# cores or GPUs with another: `threads: training_threads` makes a local run serialise them.
 
 
 rule train_data_parallel:
@@ -14,11 +14,9 @@ rule train_data_parallel:
         "logs/train_data_parallel/{gpus}gpu.log",
     conda:
         "../envs/train.yaml"
-    threads: workflow.cores
+    threads: training_threads
     resources:
-        gpu=lambda wildcards: train_gpus(wildcards),
-        nodes=lambda wildcards: train_nodes(wildcards),
-        runtime=TRAIN_RUNTIME_MINUTES,
+        **TRAIN_RESOURCES,
     params:
         out=lambda wildcards: f"results/train/data/{wildcards.gpus}gpu",
         train=TRAIN,
@@ -37,11 +35,9 @@ rule train_experiment_parallel:
         "logs/train_experiment_parallel/{gpus}gpu.log",
     conda:
         "../envs/train.yaml"
-    threads: workflow.cores
+    threads: training_threads
     resources:
-        gpu=lambda wildcards: train_gpus(wildcards),
-        nodes=lambda wildcards: train_nodes(wildcards),
-        runtime=TRAIN_RUNTIME_MINUTES,
+        **TRAIN_RESOURCES,
     params:
         out=lambda wildcards: f"results/train/experiment/{wildcards.gpus}gpu",
         train=TRAIN,

@@ -132,29 +132,45 @@ def test_pipeline_runs_offline_and_reruns_nothing(tmp_path):
 
 def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    config["train"].update(gpu_counts=[1, 2, 4, 8, 16, 32], use_gpu=True, gpus_per_node=4)
+    config["train"].update(
+        gpu_counts=[1, 2, 4, 8, 16, 32], use_gpu=True, gpus_per_node=4, cpus_per_worker=10
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake("-n", "--forceall", workdir=tmp_path, configfile=tmp_path / "c.yaml")
+    # The real profile, as a cluster user runs it (-n: nothing is submitted).
+    result = snakemake(
+        "-n",
+        "--forceall",
+        "--profile",
+        str(ROOT / "profiles/slurm"),
+        workdir=tmp_path,
+        configfile=tmp_path / "c.yaml",
+    )
     assert result.returncode == 0, result.stderr
     requested = {}
-    rule = None
+    rule = gpus = None
     for line in (result.stdout + result.stderr).splitlines():
         line = line.strip()
-        if line.startswith("rule "):
-            rule = line.removeprefix("rule ").rstrip(":")
-        elif line.startswith("wildcards: gpus=") and rule and rule.startswith("train_"):
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[-1].rstrip(":")
+        elif line.startswith("wildcards: gpus="):
             gpus = int(line.removeprefix("wildcards: gpus="))
         elif line.startswith("resources:") and rule and rule.startswith("train_"):
             fields = dict(
                 item.split("=", 1) for item in line.removeprefix("resources: ").split(", ")
             )
-            requested[(rule, gpus)] = (int(fields["gpu"]), int(fields["nodes"]))
+            requested[(rule, gpus)] = (
+                fields["nodes"],
+                fields["tasks"],
+                fields["gres"],
+                fields["cpus_per_task"],
+            )
+    expected = {
+        1: ("1", "1", "gpu:1", "10"),
+        2: ("1", "1", "gpu:2", "20"),
+        4: ("1", "1", "gpu:4", "40"),
+        8: ("2", "2", "gpu:4", "40"),
+        16: ("4", "4", "gpu:4", "40"),
+        32: ("8", "8", "gpu:4", "40"),
+    }
     for rule in ("train_data_parallel", "train_experiment_parallel"):
-        assert {g: requested[(rule, g)] for g in (1, 2, 4, 8, 16, 32)} == {
-            1: (1, 1),
-            2: (2, 1),
-            4: (4, 1),
-            8: (8, 2),
-            16: (16, 4),
-            32: (32, 8),
-        }
+        assert {g: requested[(rule, g)] for g in expected} == expected

@@ -123,6 +123,19 @@ def _cmd_scaling(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_ray_cluster(args: argparse.Namespace) -> None:
+    from distmis.cluster.ray_cluster import run_with_ray_cluster
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise ValueError("give the command to run after --")
+    status = run_with_ray_cluster(
+        command, cpus_per_node=args.cpus_per_node, gpus_per_node=args.gpus_per_node
+    )
+    if status != 0:
+        raise SystemExit(status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distmis", description="Distributed hyperparameter tuning of a 3D U-Net on BraTS."
@@ -184,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/scaling", help="folder for scaling.csv and figures")
     p.add_argument("--config", default=None, help="config.yaml (its report.references)")
     p.set_defaults(func=_cmd_scaling)
+
+    p = sub.add_parser(
+        "ray-cluster",
+        help="inside a SLURM job: start Ray on all its nodes, run a command, stop Ray",
+    )
+    p.add_argument("--cpus-per-node", type=int, required=True)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    p.set_defaults(func=_cmd_ray_cluster)
 
     p = sub.add_parser("inspect", help="JSON statistics of converted shards")
     p.add_argument("dir", help="folder holding info.json and the shards")

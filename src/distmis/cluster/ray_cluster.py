@@ -119,7 +119,7 @@ class RayCluster:
     temp_dir: Path
     cpus_per_node: int
     gpus_per_node: int
-    ray_bin: str
+    node_wrapper: Sequence[str]  # runs `ray <args>` and cleans up its process tree
     env: dict[str, str]
     processes: list[subprocess.Popen]
 
@@ -138,7 +138,7 @@ class RayCluster:
             )
         common = [f"--temp-dir={self.temp_dir}", "--disable-usage-stats", "--block"]
         head_cmd = [
-            self.ray_bin,
+            *self.node_wrapper,
             "start",
             "--head",
             f"--node-ip-address={self.address}",
@@ -158,7 +158,7 @@ class RayCluster:
                 "--nodes=1",
                 "--ntasks=1",
                 f"--nodelist={node}",
-                self.ray_bin,
+                *self.node_wrapper,
                 "start",
                 f"--address={self.gcs_address}",
                 f"--node-ip-address={node_address(node)}",
@@ -248,7 +248,7 @@ def run_with_ray_cluster(
     if here in nodes:
         nodes.remove(here)
         nodes.insert(0, here)
-    ray_bin = str(Path(sys.executable).with_name("ray"))
+    node_wrapper = [sys.executable, "-m", "distmis.cluster.ray_node"]
     # A token per job: only processes of this job (which inherit it) can join or submit work.
     environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     os.environ.update(
@@ -261,7 +261,7 @@ def run_with_ray_cluster(
         temp_dir=Path(f"/tmp/ray-job{job_id}"),
         cpus_per_node=cpus_per_node,
         gpus_per_node=gpus_per_node,
-        ray_bin=ray_bin,
+        node_wrapper=node_wrapper,
         env=environ,
         processes=[],
     )

@@ -12,7 +12,7 @@ import time
 from distmis.data.info import DatasetInfo
 from distmis.fileio import read_json, write_json
 from distmis.train.results import build_summary, write_summary, write_trials
-from distmis.train.runtime import start_ray, stop_ray
+from distmis.train.runtime import scheduler_allocation, start_ray, stop_ray
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import devices_seen, save_best_model
 
@@ -100,6 +100,7 @@ def run_training(settings: TrainSettings) -> dict:
             "ray_cluster": resources,
             # Cores this job's process may run on (its cgroup/affinity share, e.g. SLURM's).
             "cpus_visible_to_job": len(os.sched_getaffinity(0)),
+            "slurm": scheduler_allocation(),
         },
         settings=settings.to_json(),
         devices_seen=devices_seen(settings, records),

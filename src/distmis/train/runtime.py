@@ -21,6 +21,8 @@ def start_ray(address: str | None, num_cpus: int, num_gpus: int) -> dict[str, fl
     """
     import ray
 
+    # Inside `distmis ray-cluster` (SLURM jobs) the launcher exports the cluster's address.
+    address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": {**WORKER_ENV, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
@@ -35,6 +37,23 @@ def start_ray(address: str | None, num_cpus: int, num_gpus: int) -> dict[str, fl
     resources = dict(ray.cluster_resources())
     log.info("ray resources: %s", resources)
     return resources
+
+
+SLURM_VARIABLES = (
+    "SLURM_JOB_ID",
+    "SLURM_JOB_NUM_NODES",
+    "SLURM_JOB_NODELIST",
+    "SLURM_CPUS_ON_NODE",
+    "SLURM_GPUS_ON_NODE",
+    "SLURM_JOB_GPUS",
+    "SLURM_GPUS",
+    "SLURM_JOB_PARTITION",
+)
+
+
+def scheduler_allocation() -> dict[str, str]:
+    """What SLURM gave this job (empty outside SLURM), recorded in summary.json."""
+    return {name: os.environ[name] for name in SLURM_VARIABLES if name in os.environ}
 
 
 def stop_ray() -> None:

@@ -1,0 +1,201 @@
+"""Against a real SLURM (tests/slurm/start_slurm.sh; .ci/run starts it): the demo pipeline
+through `snakemake --profile profiles/slurm`, the Ray launcher inside jobs, and scancel."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distmis.train.results import TRIAL_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def slurm_is_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    result = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return result.returncode == 0 and any(s in result.stdout for s in ("idle", "mix", "alloc"))
+
+
+# CI sets DISTMIS_REQUIRE_SLURM=1 after starting SLURM, so a broken set-up fails, not skips.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not slurm_is_up() and os.environ.get("DISTMIS_REQUIRE_SLURM") != "1",
+        reason="no SLURM here (run tests/slurm/start_slurm.sh)",
+    ),
+]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def scontrol_job(job_id: str) -> str:
+    return subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True
+    ).stdout
+
+
+def test_demo_pipeline_through_the_slurm_profile(tmp_path):
+    # Test-only overrides: the real partition, no conda (none on the test machine).
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    profile.pop("software-deployment-method")
+    profile["default-resources"]["slurm_partition"] = "debug"
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(profile))
+    config = {
+        "data": {
+            "synthetic": {"cases": 10, "shape": [20, 20, 18]},
+            "preprocess": {"shape": [16, 16, 16]},
+        },
+        "train": {
+            "use_gpu": True,
+            "gpus_per_node": 4,
+            "gpu_counts": [1, 2],
+            "epochs": 1,
+            "search_space": {
+                "lr": [0.005],
+                "norm": ["batch"],
+                "beta_2": [0.999],
+                "amsgrad": [False],
+            },
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [
+            str(BIN / "snakemake"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+            "--profile",
+            str(tmp_path / "profile"),
+            "--slurm-status-command",
+            "squeue",
+            "--slurm-init-seconds-before-status-checks",
+            "1",
+            "--slurm-keep-successful-logs",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=tmp_path,
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    submitted = re.findall(
+        r"has been submitted with SLURM jobid (\d+)", result.stdout + result.stderr
+    )
+    assert len(submitted) >= 10  # everything but the local rules went through sbatch
+
+    for mode in ("data", "experiment"):
+        for gpus in (1, 2):
+            run = tmp_path / f"results/train/{mode}/{gpus}gpu"
+            summary = json.loads((run / "summary.json").read_text())
+            slurm = summary["resources"]["slurm"]
+            # The job really ran under SLURM, with G (fake) GPUs on one node ...
+            assert slurm["SLURM_JOB_ID"] in submitted
+            assert slurm["SLURM_GPUS_ON_NODE"] == str(gpus)
+            job = scontrol_job(slurm["SLURM_JOB_ID"])
+            assert "NumNodes=1 " in job and f"TresPerNode=gres:gpu:{gpus}" in job
+            # ... inside the job's own Ray cluster, which saw those GPUs ...
+            assert summary["resources"]["ray_cluster"]["GPU"] == gpus
+            # ... and wrote the same contract as a local run.
+            with (run / "trials.csv").open() as fh:
+                rows = list(csv.DictReader(fh))
+            assert tuple(rows[0]) == TRIAL_COLUMNS and rows[0]["status"] == "ok"
+            assert (summary["mode"], summary["gpus"], summary["ok_count"]) == (mode, gpus, 1)
+    assert (tmp_path / "results/scaling/scaling.csv").is_file()
+    assert not leftover_ray_processes("")
+
+
+def leftover_ray_processes(marker: str) -> list[str]:
+    """Command lines of Ray processes still running (containing ``marker``)."""
+    found = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if (
+            "raylet" in cmdline
+            or "gcs_server" in cmdline
+            or "ray::" in cmdline
+            or "distmis.cluster.ray_node" in cmdline
+        ) and marker in cmdline:
+            found.append(cmdline[:200])
+    return found
+
+
+def sbatch(tmp_path: Path, command: str, **options: str) -> str:
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    result = subprocess.run(
+        ["sbatch", "--parsable", f"--output={tmp_path}/%j.out", *args, "--wrap", command],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=tmp_path,
+        check=True,
+    )
+    return result.stdout.strip().split(";")[0]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def job_gone(job_id: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout
+    return job_id not in out
+
+
+def test_launcher_runs_a_ray_program_across_the_allocation_and_cleans_up(tmp_path):
+    program = "import ray; ray.init(); print('nodes', len(ray.nodes()), 'cpus', ray.cluster_resources()['CPU'])"
+    job_id = sbatch(
+        tmp_path,
+        f'{sys.executable} -m distmis.cli ray-cluster --cpus-per-node 2 -- {sys.executable} -c "{program}"',
+        cpus_per_task="2",
+    )
+    wait_for(lambda: job_gone(job_id), 180, "the job to finish")
+    output = (tmp_path / f"{job_id}.out").read_text()
+    assert "nodes 1 cpus 2.0" in output, output[-3000:]
+    assert "all 1 nodes joined" in output
+    assert "COMPLETED" in scontrol_job(job_id) or "JobState=COMPLETED" in scontrol_job(job_id)
+    wait_for(lambda: not leftover_ray_processes(f"ray-job{job_id}"), 30, "Ray processes to exit")
+
+
+def test_scancel_leaves_no_ray_process_behind(tmp_path):
+    job_id = sbatch(
+        tmp_path,
+        f"{sys.executable} -m distmis.cli ray-cluster --cpus-per-node 1 -- sleep 600",
+        cpus_per_task="1",
+    )
+    out = tmp_path / f"{job_id}.out"
+    wait_for(lambda: out.is_file() and "all 1 nodes joined" in out.read_text(), 180, "Ray to start")
+    assert leftover_ray_processes(f"ray-job{job_id}"), "Ray was not running inside the job"
+    subprocess.run(["scancel", job_id], check=True)
+    wait_for(lambda: job_gone(job_id), 60, "the job to end")
+    wait_for(lambda: not leftover_ray_processes(f"ray-job{job_id}"), 30, "Ray processes to exit")
+    # No raylet/GCS of any job survives either (they name their session dir, not the job).
+    wait_for(lambda: not leftover_ray_processes(""), 30, "all Ray processes to exit")
