@@ -142,6 +142,10 @@ def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
         "--forceall",
         "--profile",
         str(ROOT / "profiles/slurm"),
+        # No conda on the test machine, which the profile's env deployment checks for;
+        # env-modules stands in (no rule uses modules): the resources are what is tested.
+        "--sdm",
+        "env-modules",
         workdir=tmp_path,
         configfile=tmp_path / "c.yaml",
     )
