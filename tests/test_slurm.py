@@ -199,3 +199,83 @@ def test_scancel_leaves_no_ray_process_behind(tmp_path):
     wait_for(lambda: not leftover_ray_processes(f"ray-job{job_id}"), 30, "Ray processes to exit")
     # No raylet/GCS of any job survives either (they name their session dir, not the job).
     wait_for(lambda: not leftover_ray_processes(""), 30, "all Ray processes to exit")
+
+
+TWO_NODES = Path("/run/distmis-slurm/two_nodes").exists()
+
+
+@pytest.mark.skipif(
+    not TWO_NODES and os.environ.get("DISTMIS_REQUIRE_SLURM") != "1",
+    reason="no 2-node SLURM here (tests/slurm/start_slurm.sh makes one in network namespaces)",
+)
+def test_two_node_jobs_span_both_nodes(tmp_path):
+    assert TWO_NODES, "tests/slurm/start_slurm.sh could not make the 2-node cluster"
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    profile.pop("software-deployment-method")
+    profile["default-resources"]["slurm_partition"] = "debug"
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(profile))
+    config = {
+        "data": {
+            "synthetic": {"cases": 10, "shape": [20, 20, 18]},
+            "preprocess": {"shape": [16, 16, 16]},
+        },
+        # One GPU per node: G = 2 needs both nodes of partition "twonode".
+        "train": {
+            "use_gpu": True,
+            "gpus_per_node": 1,
+            "gpu_counts": [2],
+            "epochs": 1,
+            "search_space": {
+                "lr": [0.001, 0.005],
+                "norm": ["batch"],
+                "beta_2": [0.999],
+                "amsgrad": [False],
+            },
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [
+            str(BIN / "snakemake"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+            "--profile",
+            str(tmp_path / "profile"),
+            "--slurm-status-command",
+            "squeue",
+            "--slurm-init-seconds-before-status-checks",
+            "1",
+            "--set-resources",
+            "train_data_parallel:slurm_partition=twonode",
+            "train_experiment_parallel:slurm_partition=twonode",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=tmp_path,
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    for mode in ("data", "experiment"):
+        run = tmp_path / f"results/train/{mode}/2gpu"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["resources"]["slurm"]["SLURM_JOB_NODELIST"] == "node[1-2]"
+        assert "NumNodes=2 " in scontrol_job(summary["resources"]["slurm"]["SLURM_JOB_ID"])
+        # One Ray cluster over both nodes ...
+        assert summary["resources"]["ray_cluster"]["GPU"] == 2
+        assert summary["nodes_seen"] == ["node1", "node2"], summary["nodes_seen"]
+        with (run / "trials.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert all(row["status"] == "ok" for row in rows), rows
+        if mode == "experiment":
+            # ... with the two trials placed on different nodes, one GPU each.
+            assert sorted(row["node"] for row in rows) == ["node1", "node2"]
+        else:
+            # ... or both workers of each data-parallel trial, one per node.
+            assert all(row["node"] == "node1;node2" for row in rows)
+    assert not leftover_ray_processes("")
