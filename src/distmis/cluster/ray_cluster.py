@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -83,6 +84,28 @@ def expand_nodelist(nodelist: str) -> list[str]:
     if result.returncode != 0:
         raise ClusterError(f"scontrol show hostnames {nodelist!r} failed: {result.stderr.strip()}")
     return result.stdout.split()
+
+
+def job_nodes(job_id: str, environ: Mapping[str, str]) -> list[str]:
+    """Every node of the job's allocation.
+
+    Asked of the controller, not read from SLURM_JOB_NODELIST: inside a job step (Snakemake's
+    SLURM jobstep plugin runs each job under ``srun -n1`` with the SLURM variables cleared)
+    that variable can name only the step's node.
+    """
+    result = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner", job_id],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"(?:^|\s)NodeList=(\S+)", result.stdout)
+    if result.returncode == 0 and match and match.group(1) != "(null)":
+        return expand_nodelist(match.group(1))
+    nodelist = environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        raise ClusterError(f"cannot find the nodes of SLURM job {job_id}: {result.stderr.strip()}")
+    return expand_nodelist(nodelist)
 
 
 def node_address(host: str) -> str:
@@ -238,11 +261,10 @@ def run_with_ray_cluster(
 ) -> int:
     """Start Ray across the allocation, run ``command`` on the head, stop Ray; return its status."""
     environ = dict(os.environ if env is None else env)
-    job_id = int(environ.get("SLURM_JOB_ID", "0"))
-    nodelist = environ.get("SLURM_JOB_NODELIST")
-    if not nodelist:
-        raise ClusterError("not inside a SLURM allocation (SLURM_JOB_NODELIST is unset)")
-    nodes = expand_nodelist(nodelist)
+    if "SLURM_JOB_ID" not in environ:
+        raise ClusterError("not inside a SLURM allocation (SLURM_JOB_ID is unset)")
+    job_id = int(environ["SLURM_JOB_ID"])
+    nodes = job_nodes(str(job_id), environ)
     # The job script runs on the first node of the allocation: that node is the head.
     here = socket.gethostname()
     if here in nodes:

@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 
+from distmis.cluster.ray_cluster import ClusterError
 from distmis.data.info import DatasetInfo
 from distmis.fileio import read_json, write_json
 from distmis.train.results import build_summary, write_summary, write_trials
@@ -64,6 +65,15 @@ def run_training(settings: TrainSettings) -> dict:
         num_cpus=workers * settings.cpus_per_worker,
         num_gpus=workers if settings.use_gpu else 0,
     )
+    needed_cpus = workers * settings.cpus_per_worker
+    needed_gpus = workers if settings.use_gpu else 0
+    if resources.get("CPU", 0) < needed_cpus or resources.get("GPU", 0) < needed_gpus:
+        stop_ray()
+        # Ray would otherwise wait forever for workers it can never place.
+        raise ClusterError(
+            f"the Ray cluster has {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs;"
+            f" {workers} workers need {needed_cpus} CPUs and {needed_gpus} GPUs"
+        )
     finished = []
 
     def on_record(record) -> None:
