@@ -192,11 +192,15 @@ def test_scancel_leaves_no_ray_process_behind(tmp_path):
         cpus_per_task="1",
     )
     out = tmp_path / f"{job_id}.out"
-    wait_for(lambda: out.is_file() and "all 1 nodes joined" in out.read_text(), 180, "Ray to start")
+    wait_for(lambda: out.is_file() and "running sleep 600" in out.read_text(), 180, "Ray to start")
     assert leftover_ray_processes(f"ray-job{job_id}"), "Ray was not running inside the job"
     subprocess.run(["scancel", job_id], check=True)
     wait_for(lambda: job_gone(job_id), 60, "the job to end")
-    wait_for(lambda: not leftover_ray_processes(f"ray-job{job_id}"), 30, "Ray processes to exit")
+    wait_for(
+        lambda: not leftover_ray_processes(f"ray-job{job_id}"),
+        30,
+        f"Ray processes to exit: {leftover_ray_processes(f'ray-job{job_id}')}",
+    )
     # No raylet/GCS of any job survives either (they name their session dir, not the job).
     wait_for(lambda: not leftover_ray_processes(""), 30, "all Ray processes to exit")
 

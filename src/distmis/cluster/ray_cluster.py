@@ -37,7 +37,9 @@ PORT_BASE = 20000
 PORT_BLOCK = 100  # ports per job: 10 service ports + 90 worker ports
 PORT_BLOCKS = 400  # 20000..59999
 JOIN_TIMEOUT_SECONDS = 300.0
-STOP_GRACE_SECONDS = 20.0
+# Teardown must finish inside SLURM's KillWait, after which everything is SIGKILLed and
+# processes that left the step's process tree would survive.
+STOP_GRACE_SECONDS = 4.0
 
 
 class ClusterError(DistmisError):
@@ -302,12 +304,18 @@ def run_with_ray_cluster(
         log.warning("received %s: stopping the command and Ray", exc)
         return 128 + signal.SIGTERM
     finally:
+        # A second SIGTERM (SLURM signals every process of the step) must not interrupt the
+        # teardown itself.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        # Stop the command and every node at once rather than one after the other.
         if child is not None and child.poll() is None:
             child.terminate()
+        cluster.stop()
+        if child is not None and child.poll() is None:
             try:
                 child.wait(timeout=STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 child.kill()
-        cluster.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

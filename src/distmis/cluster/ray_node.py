@@ -9,14 +9,19 @@ and, on SIGTERM/SIGINT/SIGHUP or when it exits, terminates the whole tree it sta
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 
-GRACE_SECONDS = 10.0
+# Ray drains for up to 30 s on SIGTERM; a cancelled job has no work worth draining, and
+# SLURM SIGKILLs the step after KillWait (often 30 s, 5 s in the tests), so be quick.
+GRACE_SECONDS = 2.0
 
 
 def _tree(root: psutil.Process) -> list[psutil.Process]:
@@ -32,17 +37,41 @@ def terminate_tree(pid: int, grace: float = GRACE_SECONDS) -> None:
         root = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return
-    processes = _tree(root)
-    for proc in processes:
+    terminate_processes(_tree(root), grace)
+
+
+def terminate_processes(processes: list[psutil.Process], grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM ``processes`` (psutil guards against reused pids), SIGKILL survivors."""
+    alive = [p for p in processes if p.is_running()]
+    for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=grace)
-    for proc in alive:
+    _, survivors = psutil.wait_procs(alive, timeout=grace)
+    for proc in survivors:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
 
 
+def _die_with_parent() -> None:
+    """Get SIGTERM when the launcher that started us dies, however it dies (Linux).
+
+    If SLURM SIGKILLs the launcher before it has stopped Ray, this wrapper would be orphaned,
+    leave the job step's process tree, and keep Ray running; with the parent-death signal it
+    takes its tree down instead.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def main(argv: list[str]) -> int:
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        return 1
     ray_bin = str(Path(sys.executable).with_name("ray"))
     child = subprocess.Popen([ray_bin, *argv], start_new_session=True)
 
@@ -51,10 +80,24 @@ def main(argv: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, stop)
+    # Remember the tree while it is whole: on a cancel SLURM signals every process at once,
+    # `ray start` may exit first and its raylet and GCS would no longer be found under it.
+    known: dict[int, psutil.Process] = {}
+    root = psutil.Process(child.pid)
     try:
-        return child.wait()
+        while child.poll() is None:
+            for proc in _tree(root):
+                known.setdefault(proc.pid, proc)
+            time.sleep(0.5)
+        return child.returncode
     finally:
-        terminate_tree(child.pid)
+        # SLURM and the launcher may both signal us: a second signal must not cut the
+        # cleanup short (the handler would raise again inside this block).
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        for proc in _tree(root):
+            known.setdefault(proc.pid, proc)
+        terminate_processes(list(known.values()))
 
 
 if __name__ == "__main__":
