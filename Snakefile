@@ -14,6 +14,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/report.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
@@ -21,3 +22,4 @@ rule all:
         "results/tfrecords/info.json",
         train_outputs(),
         rules.plot_scaling.output,
+        expand("results/eval/{mode}/summary.json", mode=config["train"]["modes"]),

@@ -49,6 +49,7 @@ def test_dry_run_lists_one_conversion_job_per_shard(tmp_path):
     assert counts["convert_tfrecords"] == 4
     assert counts["train_data_parallel"] == 2 and counts["train_experiment_parallel"] == 2
     assert counts["scaling"] == 1 and counts["plot_scaling"] == 1
+    assert counts["evaluate"] == 2
     assert counts["synthesize_brats"] == 1 and counts["index_tfrecords"] == 1
     assert "download_brats" not in counts
 
@@ -105,6 +106,8 @@ def test_pipeline_runs_offline_and_reruns_nothing(tmp_path):
             )
             assert (summary["mode"], summary["gpus"], summary["ok_count"]) == (mode, gpus, 1)
     assert (tmp_path / "results/plot_scaling/speedup.png").stat().st_size > 0
+    for mode in ("data", "experiment"):
+        assert json.loads((tmp_path / f"results/eval/{mode}/summary.json").read_text())["cases"] > 0
     report = snakemake(
         "--cores", "2", "--report", "report.html", workdir=tmp_path, configfile=configfile
     )

@@ -136,6 +136,20 @@ def _cmd_ray_cluster(args: argparse.Namespace) -> None:
         raise SystemExit(status)
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from distmis.evaluate.run import evaluate_model
+
+    summary = evaluate_model(
+        Path(args.model),
+        Path(args.data),
+        Path(args.out),
+        threshold=args.threshold,
+        split=args.split,
+        overlay_cases=args.overlay_cases,
+    )
+    print(json.dumps({k: summary[k] for k in ("model", "trial_id", "cases", "regions")}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distmis", description="Distributed hyperparameter tuning of a 3D U-Net on BraTS."
@@ -206,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     p.set_defaults(func=_cmd_ray_cluster)
+
+    p = sub.add_parser("evaluate", help="score a model on the test split: metrics, NIfTI, overlays")
+    p.add_argument("--model", required=True, help="a .keras model, e.g. .../best_model.keras")
+    p.add_argument("--data", required=True, help="folder with info.json and the shards")
+    p.add_argument("--out", required=True, help="results folder, e.g. results/eval/data")
+    p.add_argument("--threshold", type=float, default=0.5, help="sigmoid cut-off per region")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--overlay-cases", type=int, default=3, help="cases drawn as overlays")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("inspect", help="JSON statistics of converted shards")
     p.add_argument("dir", help="folder holding info.json and the shards")

@@ -1,0 +1,43 @@
+# Evaluation: the best model of the largest G per mode, scored on the test split in each
+# case's source space (metrics.csv, summary.json), its predictions as NIfTI, and overlays.
+# Only the training contract (best_model.keras) and info.json + shards are read.
+
+EVAL_DIR = "results/eval/{mode}"
+# The largest run holds the most tuning effort per mode; every G trains the same grid.
+EVAL_GPUS = max(config["train"]["gpu_counts"])
+
+
+rule evaluate:
+    input:
+        model=f"results/train/{{mode}}/{EVAL_GPUS}gpu/best_model.keras",
+        info="results/tfrecords/info.json",
+    output:
+        metrics=report(
+            f"{EVAL_DIR}/metrics.csv",
+            caption="../report/evaluate_metrics.rst",
+            category="Evaluation",
+            subcategory="{mode}",
+            labels={"mode": "{mode}", "result": "metrics"},
+        ),
+        summary=f"{EVAL_DIR}/summary.json",
+        predictions=directory(f"{EVAL_DIR}/predictions"),
+        overlays=report(
+            directory(f"{EVAL_DIR}/overlays"),
+            patterns=["{case}.png"],
+            caption="../report/evaluate_overlays.rst",
+            category="Evaluation",
+            subcategory="{mode}",
+            labels={"mode": "{mode}", "case": "{case}"},
+        ),
+    log:
+        "logs/evaluate/{mode}.log",
+    conda:
+        "../envs/train.yaml"
+    threads: 4
+    resources:
+        runtime=120,
+    params:
+        threshold=config["evaluate"]["threshold"],
+        overlay_cases=config["evaluate"]["overlay_cases"],
+    script:
+        "../workflow_scripts/evaluate.py"
