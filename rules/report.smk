@@ -18,6 +18,8 @@ rule scaling:
     input:
         summaries=train_outputs(),
         trials=TRAIN_TRIALS,
+        # The test Dice each mode's best model reached, shown beside its speedup.
+        evals=expand("results/eval/{mode}/summary.json", mode=config["train"]["modes"]),
     output:
         table=report(
             "results/scaling/scaling.csv",

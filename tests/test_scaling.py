@@ -400,3 +400,25 @@ def test_assign_lanes_blocks_of_workers():
         [timing("one", 0, 10, 1), timing("pair", 1, 5, 2), timing("late", 5, 6, 2)]
     )
     assert lanes == {"one": [0], "pair": [1, 2], "late": [1, 2]}
+
+
+def test_attach_test_dice_puts_the_mean_region_dice_on_the_evaluated_run(tmp_path):
+    import json as _json
+
+    import pandas as _pd
+
+    from distmis.analysis.scaling import attach_test_dice
+
+    table = _pd.DataFrame({"mode": ["data", "data", "experiment"], "gpus": [1, 2, 2]})
+    summary = tmp_path / "summary.json"
+    summary.write_text(
+        _json.dumps(
+            {
+                "model": "results/train/data/2gpu/best_model.keras",
+                "regions": {"WT": {"dice": {"mean": 0.9}}, "TC": {"dice": {"mean": 0.6}}},
+            }
+        )
+    )
+    out = attach_test_dice(table, [summary])
+    assert out["test_dice"].isna().tolist() == [True, False, True]
+    assert out.loc[1, "test_dice"] == pytest.approx(0.75)

@@ -185,3 +185,24 @@ def read_scaling_csv(path: Path) -> pd.DataFrame:
         raise ContractError(f"{path}: resumed must be True or False; rerun {rule}")
     table["resumed"] = resumed.astype(bool)
     return table
+
+
+def attach_test_dice(table: pd.DataFrame, eval_summaries: Sequence[Path]) -> pd.DataFrame:
+    """Add ``test_dice``: the evaluated model's mean test Dice, on the (mode, G) it came from.
+
+    Each ``results/eval/{mode}/summary.json`` (rule evaluate) scores the best model of one
+    mode, trained at one G (its ``model`` path names it); the value is the mean over regions
+    of the per-region mean Dice. Rows without an evaluated model get NaN.
+    """
+    from distmis.fileio import read_json
+
+    table = table.copy()
+    table["test_dice"] = math.nan
+    for path in eval_summaries:
+        summary = read_json(path, "rule evaluate")
+        model = Path(summary["model"])
+        mode, gpus = model.parent.parent.name, int(model.parent.name.removesuffix("gpu"))
+        dice = [region["dice"]["mean"] for region in summary["regions"].values()]
+        rows = (table["mode"] == mode) & (table["gpus"] == gpus)
+        table.loc[rows, "test_dice"] = sum(dice) / len(dice)
+    return table

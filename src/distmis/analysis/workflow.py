@@ -6,7 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from distmis.analysis.figures import parse_references, plot_all, timeline_stem
-from distmis.analysis.scaling import read_scaling_csv, scaling_table, write_scaling_csv
+from distmis.analysis.scaling import (
+    attach_test_dice,
+    read_scaling_csv,
+    scaling_table,
+    write_scaling_csv,
+)
 from distmis.analysis.timings import load_runs
 
 
@@ -17,7 +22,10 @@ def _rule_runs(snakemake: Any) -> list:
 
 def scaling_from_rule(snakemake: Any) -> Path:
     """Rule scaling: the table of the input runs into ``output.table``."""
-    return write_scaling_csv(scaling_table(_rule_runs(snakemake)), Path(snakemake.output.table))
+    table = attach_test_dice(
+        scaling_table(_rule_runs(snakemake)), [Path(p) for p in snakemake.input.evals]
+    )
+    return write_scaling_csv(table, Path(snakemake.output.table))
 
 
 def plot_scaling_from_rule(snakemake: Any) -> dict[str, list[Path]]:
