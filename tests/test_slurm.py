@@ -49,8 +49,9 @@ def scontrol_job(job_id: str) -> str:
     ).stdout
 
 
-def test_demo_pipeline_through_the_slurm_profile(tmp_path):
-    # Test-only overrides: the real partition, no conda (none on the test machine).
+def run_through_profile(tmp_path: Path, train: dict, *extra: str) -> subprocess.CompletedProcess:
+    """The demo pipeline on tiny data through profiles/slurm (test-only overrides: the real
+    partition, no conda, which the test machine lacks; squeue for job status)."""
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     profile.pop("software-deployment-method")
     profile["default-resources"]["slurm_partition"] = "debug"
@@ -61,42 +62,36 @@ def test_demo_pipeline_through_the_slurm_profile(tmp_path):
             "synthetic": {"cases": 10, "shape": [20, 20, 18]},
             "preprocess": {"shape": [16, 16, 16]},
         },
-        "train": {
-            "use_gpu": True,
-            "gpus_per_node": 4,
-            "gpu_counts": [1, 2],
-            "epochs": 1,
-            "search_space": {
-                "lr": [0.005],
-                "norm": ["batch"],
-                "beta_2": [0.999],
-                "amsgrad": [False],
-            },
-        },
+        "train": {"use_gpu": True, "epochs": 1, **train},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [
-            str(BIN / "snakemake"),
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(tmp_path / "config.yaml"),
-            "--profile",
-            str(tmp_path / "profile"),
-            "--slurm-status-command",
-            "squeue",
-            "--slurm-init-seconds-before-status-checks",
-            "1",
-            "--slurm-keep-successful-logs",
-        ],
-        capture_output=True,
-        text=True,
-        env=env(),
-        cwd=tmp_path,
-        timeout=1500,
+    command = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "--profile",
+        str(tmp_path / "profile"),
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        *extra,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=1500
+    )
+
+
+def test_demo_pipeline_through_the_slurm_profile(tmp_path):
+    one_config = {"lr": [0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
+    result = run_through_profile(
+        tmp_path,
+        {"gpus_per_node": 4, "gpu_counts": [1, 2], "search_space": one_config},
+        "--slurm-keep-successful-logs",
     )
     assert result.returncode == 0, result.stderr[-4000:]
     submitted = re.findall(
@@ -214,55 +209,14 @@ TWO_NODES = Path("/run/distmis-slurm/two_nodes").exists()
 )
 def test_two_node_jobs_span_both_nodes(tmp_path):
     assert TWO_NODES, "tests/slurm/start_slurm.sh could not make the 2-node cluster"
-    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
-    profile.pop("software-deployment-method")
-    profile["default-resources"]["slurm_partition"] = "debug"
-    (tmp_path / "profile").mkdir()
-    (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(profile))
-    config = {
-        "data": {
-            "synthetic": {"cases": 10, "shape": [20, 20, 18]},
-            "preprocess": {"shape": [16, 16, 16]},
-        },
-        # One GPU per node: G = 2 needs both nodes of partition "twonode".
-        "train": {
-            "use_gpu": True,
-            "gpus_per_node": 1,
-            "gpu_counts": [2],
-            "epochs": 1,
-            "search_space": {
-                "lr": [0.001, 0.005],
-                "norm": ["batch"],
-                "beta_2": [0.999],
-                "amsgrad": [False],
-            },
-        },
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [
-            str(BIN / "snakemake"),
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(tmp_path / "config.yaml"),
-            "--profile",
-            str(tmp_path / "profile"),
-            "--slurm-status-command",
-            "squeue",
-            "--slurm-init-seconds-before-status-checks",
-            "1",
-            "--set-resources",
-            "train_data_parallel:slurm_partition=twonode",
-            "train_experiment_parallel:slurm_partition=twonode",
-        ],
-        capture_output=True,
-        text=True,
-        env=env(),
-        cwd=tmp_path,
-        timeout=1500,
+    two_configs = {"lr": [0.001, 0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
+    # One GPU per node: G = 2 needs both nodes of partition "twonode".
+    result = run_through_profile(
+        tmp_path,
+        {"gpus_per_node": 1, "gpu_counts": [2], "search_space": two_configs},
+        "--set-resources",
+        "train_data_parallel:slurm_partition=twonode",
+        "train_experiment_parallel:slurm_partition=twonode",
     )
     assert result.returncode == 0, result.stderr[-4000:]
     for mode in ("data", "experiment"):
