@@ -25,9 +25,7 @@ something breaks.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
-import importlib.metadata
 import io
 import json
 import multiprocessing
@@ -46,6 +44,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by the spawned workers
 
+from _common import loadavg, quiet_stderr, verdict, version  # noqa: E402
+
 from distmis.data import msd  # noqa: E402
 from distmis.data.convert import (  # noqa: E402
     ConvertParams,
@@ -63,26 +63,9 @@ TARGET_EFFICIENCY = 0.9  # P processes must give at least 0.9·P times one proce
 _barrier = None  # set in each worker by _init_worker
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up chatter ignores
-    TF_CPP_MIN_LOG_LEVEL. Python exceptions still propagate (and print) after it."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _warm_up(warm_plan: dict, out: Path) -> None:
     """Import TensorFlow and convert one tiny case (imports, lazy .so loads, first-call setup)."""
-    with _quiet_stderr():
+    with quiet_stderr():
         import tensorflow  # noqa: F401
 
         convert_shard(warm_plan, "train", 0, out)
@@ -157,13 +140,6 @@ def _convert_one_shard(plan: dict, index: int, out_path: str) -> Usage:
 # ---------------------------------------------------------------- driver
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def _memory_gib() -> str:
     try:
         with open("/proc/meminfo") as fh:
@@ -184,7 +160,7 @@ def _print_machine() -> None:
     print(f"  platform    {platform.platform()} ({platform.processor() or platform.machine()})")
     print(f"  python      {sys.version.split()[0]} ({platform.python_implementation()})")
     for dist in ("numpy", "tensorflow", "nibabel", "protobuf"):
-        print(f"  {dist:<11} {_version(dist)}")
+        print(f"  {dist:<11} {version(dist)}")
 
 
 def _dataset(root: Path, cases: int, shape: tuple[int, int, int], workers: int) -> Path:
@@ -241,13 +217,6 @@ def _timed(pool: ProcessPoolExecutor, fn: Callable[..., Usage], jobs: list[tuple
     return Run(seconds, total)
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def _bench_processes(
     processes: int,
     task: Path,
@@ -298,14 +267,10 @@ def _bench_processes(
                 print(
                     f"    repeat {repeat + 1}: {mode:<7} {u.cases} cases {run.seconds:6.2f} s"
                     f"  (worker user {u.user:5.2f} s, sys {u.sys:5.2f} s;"
-                    f" load average {_loadavg()})"
+                    f" load average {loadavg()})"
                 )
                 shutil.rmtree(out_dir)
     return best
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def _profile(task: Path, out_shape: tuple[int, int, int], warm_plan: dict, workdir: Path) -> None:
@@ -418,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" best of {args.repeats}"
         )
 
-        print(f"\nruns (load average before: {_loadavg()})")
+        print(f"\nruns (load average before: {loadavg()})")
         if os.getloadavg()[0] > 0.5:
             print(
                 "  WARNING: other processes are using the CPUs; wall times and scaling will"
@@ -456,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"  conversion / load time per case, {p} proc: {ratio:5.2f}"
                 f"  (target <= {TARGET_CONVERT_OVER_LOAD})"
-                f"  {_verdict(ratio <= TARGET_CONVERT_OVER_LOAD)}"
+                f"  {verdict(ratio <= TARGET_CONVERT_OVER_LOAD)}"
             )
         for p in args.processes[1:]:
             target = TARGET_EFFICIENCY * p
@@ -464,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 speedup = results[1][mode].seconds / results[p][mode].seconds
                 print(
                     f"  {mode:<7} throughput {p} proc / 1 proc: {speedup:5.2f}"
-                    f"  (target >= {target:.2f})  {_verdict(speedup >= target)}"
+                    f"  (target >= {target:.2f})  {verdict(speedup >= target)}"
                 )
         one = results[1]
         cpu_ratio = (one["convert"].usage.user + one["convert"].usage.sys) / (

@@ -36,8 +36,6 @@ actor's env_vars to compare. A benchmark, not a test: it exits 0 unless somethin
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.metadata
 import json
 import math
 import os
@@ -53,6 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from _common import loadavg, quiet_stderr, verdict, version  # noqa: E402
 
 import distmis.model  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS=1 before tensorflow loads)
 from distmis.data.convert import ConvertParams, convert_dataset  # noqa: E402
@@ -112,23 +112,6 @@ class Timing:
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up chatter ignores
-    TF_CPP_MIN_LOG_LEVEL. Python exceptions still propagate (and print) after it."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _set_threads(cpus: int) -> None:
@@ -242,7 +225,7 @@ class RayTrainer:
     """One Ray actor holding every CPU: the TFRecord-fed fit and the pipeline alone."""
 
     def __init__(self, tfrecord_dir: str, cpus: int, batch: int, warm_steps: int) -> None:
-        with _quiet_stderr():  # TF's C++ start-up and CUDA-probe log lines
+        with quiet_stderr():  # TF's C++ start-up and CUDA-probe log lines
             _set_threads(cpus)  # before anything below starts the TF runtime
             self.info = DatasetInfo.from_dir(Path(tfrecord_dir))
             self.batch = batch
@@ -269,20 +252,6 @@ class RayTrainer:
 # ---------------------------------------------------------------- driver
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def _print_machine(cpus: int) -> None:
     try:
         usable = len(os.sched_getaffinity(0))
@@ -293,8 +262,8 @@ def _print_machine(cpus: int) -> None:
     print(f"  platform    {platform.platform()} ({platform.processor() or platform.machine()})")
     print(f"  python      {sys.version.split()[0]} ({platform.python_implementation()})")
     for dist in ("numpy", "tensorflow", "tf-keras", "ray"):
-        print(f"  {dist:<11} {_version(dist)}")
-    print(f"  load avg    {_loadavg()} (1, 5, 15 min)")
+        print(f"  {dist:<11} {version(dist)}")
+    print(f"  load avg    {loadavg()} (1, 5, 15 min)")
 
 
 def _dataset(
@@ -334,10 +303,6 @@ def _print_process(title: str, report: dict) -> None:
         f" {report['inter_op']}, {report['threads_now']} threads"
     )
     print(f"  {'':<13} env: {env or '(none of interest set)'}")
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -407,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         print("\ndata")
-        with _quiet_stderr():  # TF's C++ start-up lines, here and in conversion workers
+        with quiet_stderr():  # TF's C++ start-up lines, here and in conversion workers
             info = _dataset(workdir, args.cases, args.source_shape, args.shape)
         count = info.count("train")
         # A full pass and one batch more: fills cache() and traces the train step.
@@ -416,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (a) in this process. Thread settings first: load_arrays starts the TF runtime.
         import numpy as np
 
-        with _quiet_stderr():
+        with quiet_stderr():
             from distmis.train.dataset import load_arrays
 
             _set_threads(cpus)
@@ -455,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_process("(b) ray actor", worker_report)
 
         try:
-            print(f"\nwarm-up (not timed; load average {_loadavg()})")
+            print(f"\nwarm-up (not timed; load average {loadavg()})")
             start = time.perf_counter()
             model.fit(x, y, batch_size=batch, steps_per_epoch=warm_steps, epochs=1, verbose=0)
             print(f"  (a) bare: {time.perf_counter() - start:.1f} s")
@@ -483,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"  repeat {repeat + 1}: {name:<4} {run.seconds:6.2f} s"
                         f" {run.rate:6.2f} vol/s  cpu/wall {run.cpu_per_wall:4.2f}"
                         f"  cpu {1000 * run.cpu / run.volumes:5.1f} ms/vol"
-                        f"  (load average {_loadavg()})"
+                        f"  (load average {loadavg()})"
                     )
 
             print("\npipeline alone (cache=True; timed after one full untimed pass)")
@@ -525,12 +490,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nratios")
         print(
             f"  (b) / (a) ray fit / bare fit:      {ray_over_bare:6.2f}"
-            f"  (target >= {TARGET_RAY_OVER_BARE})  {_verdict(ray_over_bare >= TARGET_RAY_OVER_BARE)}"
+            f"  (target >= {TARGET_RAY_OVER_BARE})  {verdict(ray_over_bare >= TARGET_RAY_OVER_BARE)}"
         )
         print(
             f"  (c) / (b) pipeline / ray fit:      {pipeline_over_ray:6.2f}"
             f"  (target >= {TARGET_PIPELINE_OVER_RAY:g})"
-            f"  {_verdict(pipeline_over_ray >= TARGET_PIPELINE_OVER_RAY)}"
+            f"  {verdict(pipeline_over_ray >= TARGET_PIPELINE_OVER_RAY)}"
         )
         median_ratio = statistics.median(r.rate for r in runs["ray"]) / statistics.median(
             r.rate for r in runs["bare"]
