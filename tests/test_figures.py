@@ -132,7 +132,9 @@ def test_rule_scripts_write_declared_outputs(results: Path, tmp_path: Path):
     ]
     table = tmp_path / "results" / "scaling" / "scaling.csv"
     scaling_from_rule(
-        SimpleNamespace(input=Namedlist(summaries=summaries), output=Namedlist(table=str(table)))
+        SimpleNamespace(
+            input=Namedlist(summaries=summaries, evals=[]), output=Namedlist(table=str(table))
+        )
     )
     figures = tmp_path / "results" / "plot_scaling"
     runs = [f"{m}_{g}gpu" for m in ("data", "experiment") for g in (1, 2)]

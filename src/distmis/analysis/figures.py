@@ -168,12 +168,8 @@ def _save(figure: Figure, stem: Path) -> list[Path]:
     return paths
 
 
-def plot_speedup(
-    table: pd.DataFrame, stem: Path, references: Sequence[Reference] = ()
-) -> list[Path]:
-    """Speedup vs G per (backend, mode), the ideal linear line, and reference points."""
-    figure, ax = _new_figure(7.5, 5.0)
-    speedup = own_speedup(table)
+def _plot_series(ax, table: pd.DataFrame, values: pd.Series) -> bool:
+    """One line per (backend, mode) of ``values`` against G; True if a resumed run is marked."""
     resumed_seen = False
     for (backend, mode), rows in _series(table):
         marker, style = BACKEND_STYLES.get(backend, ("^", ":"))
@@ -181,7 +177,7 @@ def plot_speedup(
         base = int(rows["base_gpus"].iloc[0])
         ax.plot(
             rows["gpus"],
-            speedup[rows.index],
+            values[rows.index],
             marker=marker,
             linestyle=style,
             color=colour,
@@ -189,8 +185,18 @@ def plot_speedup(
         )
         resumed = rows[rows["resumed"]]
         resumed_seen |= _mark_resumed(
-            ax, list(resumed["gpus"]), list(speedup[resumed.index]), colour
+            ax, list(resumed["gpus"]), list(values[resumed.index]), colour
         )
+    return resumed_seen
+
+
+def plot_speedup(
+    table: pd.DataFrame, stem: Path, references: Sequence[Reference] = ()
+) -> list[Path]:
+    """Speedup vs G per (backend, mode), the ideal linear line, and reference points."""
+    figure, ax = _new_figure(7.5, 5.0)
+    speedup = own_speedup(table)
+    resumed_seen = _plot_series(ax, table, speedup)
     counts = [*table["gpus"], *(r.gpus for r in references)]
     for index, base in enumerate(sorted(table["base_gpus"].unique())):
         # On log-log axes the ideal speedup G / base is a straight line: two points suffice.
@@ -236,23 +242,7 @@ def plot_efficiency(table: pd.DataFrame, stem: Path) -> list[Path]:
     """Parallel efficiency (speedup per added GPU) vs G; 1 is linear scaling."""
     figure, ax = _new_figure(7.5, 5.0)
     efficiency = own_efficiency(table)
-    resumed_seen = False
-    for (backend, mode), rows in _series(table):
-        marker, style = BACKEND_STYLES.get(backend, ("^", ":"))
-        colour = mode_colour(mode)
-        base = int(rows["base_gpus"].iloc[0])
-        ax.plot(
-            rows["gpus"],
-            efficiency[rows.index],
-            marker=marker,
-            linestyle=style,
-            color=colour,
-            label=_series_label(backend, mode, base, table),
-        )
-        resumed = rows[rows["resumed"]]
-        resumed_seen |= _mark_resumed(
-            ax, list(resumed["gpus"]), list(efficiency[resumed.index]), colour
-        )
+    resumed_seen = _plot_series(ax, table, efficiency)
     ax.axhline(1.0, color=IDEAL_COLOUR, linestyle="--", label="ideal (linear scaling)")
     _g_axis(ax, list(table["gpus"]), table)
     ax.set_ylabel("parallel efficiency = speedup / (G / base G)")
