@@ -90,7 +90,9 @@ def test_trials_csv_has_the_contract_columns(tmp_path):
 
 
 def test_summary_counts_best_and_makespan(monkeypatch):
-    monkeypatch.setattr("distmis.train.results.library_versions", lambda: {"python": "3.11"})
+    monkeypatch.setattr(
+        "distmis.train.results.library_versions", lambda backend: {"python": "3.11"}
+    )
     trials = [
         record("a", 10, 20, val_dice=0.4),
         record("b", 12, 30, val_dice=0.7),
@@ -111,3 +113,82 @@ def test_summary_counts_best_and_makespan(monkeypatch):
     assert (summary["trial_count"], summary["ok_count"], summary["failed_count"]) == (3, 2, 1)
     assert summary["best"]["trial_id"] == "b" and summary["best"]["val_dice"] == 0.7
     assert summary["nodes_seen"] == ["n1", "n2"]
+    assert summary["backend"] == "tensorflow"  # the default when a caller names none
+
+
+def test_seed_config_maps_the_original_pytorch_keys(tmp_path):
+    path = tmp_path / "torch.json"
+    path.write_text(
+        json.dumps(
+            {
+                "lr": 0.002,
+                "epochs": 5,
+                "verbose": 1,
+                "nodes": 2,
+                "gpus": 4,
+                "batch_size": 3,
+                "num_workers": 8,
+                "use_gpu": True,
+            }
+        )
+    )
+    s = settings(tmp_path, backend="torch").with_seed_config(path)
+    assert (s.gpus, s.epochs, s.batch_size_per_replica, s.use_gpu, s.debug) == (8, 5, 3, True, True)
+    # One lr replaces the grid's lr axis; the other axes stay.
+    assert {hp.lr for hp in s.grid()} == {0.002}
+    assert len(s.grid()) == 8
+
+
+def test_seed_config_derives_and_checks_the_worker_count(tmp_path):
+    path = tmp_path / "torch.json"
+    path.write_text(json.dumps({"nodes": 3, "gpus": 2}))
+    assert settings(tmp_path).with_seed_config(path).gpus == 6
+    path.write_text(json.dumps({"nodes": 2, "gpus": 4, "num_workers": 6}))
+    with pytest.raises(ConfigError, match="num_workers 6 != nodes 2 × gpus 4"):
+        settings(tmp_path).with_seed_config(path)
+    path.write_text(json.dumps({"num_replicas": 2, "num_workers": 4}))
+    with pytest.raises(ConfigError, match="disagrees"):
+        settings(tmp_path).with_seed_config(path)
+    path.write_text(json.dumps({"batch_size": 0}))
+    with pytest.raises(ConfigError, match="batch_size_per_replica must be an integer >= 1"):
+        settings(tmp_path).with_seed_config(path)
+
+
+def test_backend_is_chosen_from_the_config(tmp_path):
+    assert settings(tmp_path).backend == "tensorflow"
+    torch_settings = settings(
+        tmp_path, backend="torch", torch={"precision": "bf16", "channels_last_3d": True}
+    )
+    assert (torch_settings.backend, torch_settings.precision) == ("torch", "bf16")
+    assert torch_settings.worker_settings()["channels_last_3d"] is True
+    config = validate_config(
+        {"train": {"backend": ["tensorflow", "torch"], "torch": {"precision": "bf16"}}}
+    )
+    with pytest.raises(ConfigError, match="choose one"):
+        TrainSettings.from_config(
+            config["train"], mode="data", gpus=1, tfrecord_dir=tmp_path, out_dir=tmp_path
+        )
+    picked = {
+        backend: TrainSettings.from_config(
+            config["train"],
+            mode="data",
+            gpus=1,
+            tfrecord_dir=tmp_path,
+            out_dir=tmp_path,
+            backend=backend,
+        )
+        for backend in ("tensorflow", "torch")
+    }
+    # The torch switches reach only torch; TensorFlow trains in fp32.
+    assert picked["torch"].precision == "bf16"
+    assert picked["tensorflow"].precision == "fp32"
+
+
+def test_fp16_needs_gpus_and_unknown_backends_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="fp16 needs train.use_gpu"):
+        validate_config({"train": {"backend": "torch", "torch": {"precision": "fp16"}}})
+    assert validate_config(
+        {"train": {"backend": "torch", "use_gpu": True, "torch": {"precision": "fp16"}}}
+    )
+    with pytest.raises(ConfigError, match="train.backend"):
+        validate_config({"train": {"backend": "jax"}})

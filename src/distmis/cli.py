@@ -98,15 +98,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
         gpus=gpus or 1,
         tfrecord_dir=Path(args.data),
         out_dir=Path(args.out),
+        backend=args.backend,
     )
     if args.seed_config:
         settings = settings.with_seed_config(Path(args.seed_config))
-        if args.g is not None:
-            settings = replace(settings, gpus=args.g)
+        if gpus is not None:
+            # -g N / --gpus N on the command line beat the file, as with the original's -g.
+            settings = replace(settings, gpus=gpus)
     if args.epochs is not None:
         settings = replace(settings, epochs=args.epochs)
     summary = run_training(settings)
-    keys = ("mode", "gpus", "makespan_seconds", "trial_count", "failed_count", "best")
+    keys = ("backend", "mode", "gpus", "makespan_seconds", "trial_count", "failed_count", "best")
     print(json.dumps({k: summary[k] for k in keys}))
 
 
@@ -193,15 +195,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the grid in one parallelism mode on G GPUs/workers")
     p.add_argument("--mode", choices=["data", "experiment"], required=True)
+    p.add_argument(
+        "--backend",
+        choices=["tensorflow", "torch"],
+        default=None,
+        help="framework that trains (default: train.backend of --config, else tensorflow)",
+    )
     p.add_argument("--gpus", type=int, default=None, help="G: GPUs (CPU workers without GPUs)")
     p.add_argument("-g", type=int, default=None, help="same as --gpus (the original's flag)")
     p.add_argument("--data", required=True, help="folder with info.json and the shards")
-    p.add_argument("--out", required=True, help="results folder, e.g. results/train/data/2gpu")
+    p.add_argument(
+        "--out", required=True, help="results folder, e.g. results/train/torch/data/2gpu"
+    )
     p.add_argument("--config", default=None, help="config.yaml (its train section)")
     p.add_argument(
         "--seed-config",
         default=None,
-        help="original-DistMIS JSON: num_replicas, batch_size_per_replica, num_epochs, debug",
+        help=(
+            "original-DistMIS JSON: num_replicas, batch_size_per_replica, num_epochs, debug "
+            "(TensorFlow scripts) or lr, epochs, verbose, nodes, gpus, batch_size, num_workers, "
+            "use_gpu (PyTorch extension); -g overrides its G"
+        ),
     )
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.set_defaults(func=_cmd_train)

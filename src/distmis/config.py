@@ -52,6 +52,18 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"data.preprocess.split: fractions must sum to 1, got {total:g} ({split})"
         )
+    train = config["train"]
+    if train["torch"]["precision"] == "fp16" and not train["use_gpu"]:
+        raise ConfigError(
+            "train.torch.precision: fp16 needs train.use_gpu: true (CPUs have no fast float16 "
+            "kernels); use bf16 for mixed precision on CPUs"
+        )
+
+
+def train_backends(train: Mapping[str, Any]) -> list[str]:
+    """``train.backend`` as a list: a single name or a list of names, in the order given."""
+    backend = train["backend"]
+    return [backend] if isinstance(backend, str) else list(backend)
 
 
 def validate_config(config: dict) -> dict:

@@ -1,4 +1,8 @@
-"""Data parallelism: the grid one configuration at a time, each over G Ray Train workers."""
+"""Data parallelism: the grid one configuration at a time, each over G Ray Train workers.
+
+TensorFlow runs under ``TensorflowTrainer`` (``MultiWorkerMirroredStrategy``), PyTorch under
+``TorchTrainer`` (``DistributedDataParallel``; NCCL on GPUs, Gloo on CPUs).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from distmis.train.grid import HParams
-from distmis.train.loop import train_loop_per_worker
 from distmis.train.results import TrialRecord
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import build_record, load_record, save_record
@@ -20,14 +23,13 @@ def run_data_parallel(
     grid: Sequence[HParams],
     on_record: Callable[[TrialRecord], None],
 ) -> list[TrialRecord]:
-    """Train every configuration with ``TensorflowTrainer(num_workers=G)``, in grid order.
+    """Train every configuration with G Ray Train workers, in grid order.
 
     Configurations with a record from an earlier (interrupted) run are not trained again.
     Ray Train retries a failing run ``max_failures`` times from its last checkpoint; after
     that the configuration is recorded as failed and the next one starts.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
 
     records = []
     for position, hparams in enumerate(grid, start=1):
@@ -49,8 +51,8 @@ def run_data_parallel(
             hparams.trial_id,
             settings.gpus,
         )
-        trainer = TensorflowTrainer(
-            train_loop_per_worker,
+        trainer = _trainer(
+            settings,
             train_loop_config={
                 "trial_id": hparams.trial_id,
                 "hparams": hparams.to_dict(),
@@ -85,3 +87,22 @@ def run_data_parallel(
         records.append(record)
         on_record(record)
     return records
+
+
+def _trainer(settings: TrainSettings, **kwargs):
+    """The backend's Ray Train trainer around its per-worker loop."""
+    if settings.backend == "torch":
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from distmis.train.torch_loop import train_loop_per_worker
+
+        # NCCL all-reduces GPU tensors, Gloo CPU ones (the CPU demo and CI).
+        backend = "nccl" if settings.use_gpu else "gloo"
+        return TorchTrainer(
+            train_loop_per_worker, torch_config=TorchConfig(backend=backend), **kwargs
+        )
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from distmis.train.loop import train_loop_per_worker
+
+    return TensorflowTrainer(train_loop_per_worker, **kwargs)

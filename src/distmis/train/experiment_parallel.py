@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from distmis.train.grid import HParams
-from distmis.train.loop import train_loop_per_worker
 from distmis.train.results import TrialRecord
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import build_record, save_record
@@ -18,7 +17,12 @@ EXPERIMENT_NAME = "tune"
 
 
 def _tune_trainable(config: dict) -> None:
-    """Ray Tune entry point: flatten the grid_search entry into the loop's config."""
+    """Ray Tune entry point: flatten the grid_search entry into the backend loop's config."""
+    # Imported here, in the trial's process, so a torch trial never imports TensorFlow.
+    if config["settings"]["backend"] == "torch":
+        from distmis.train.torch_loop import train_loop_per_worker
+    else:
+        from distmis.train.loop import train_loop_per_worker
     train_loop_per_worker({**config["trial"], "settings": config["settings"]})
 
 

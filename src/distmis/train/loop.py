@@ -1,12 +1,12 @@
-"""The per-worker training function both parallelism modes run.
+"""The TensorFlow per-worker training function both parallelism modes run.
 
-``train_loop_per_worker(config)`` trains one configuration. In data mode Ray Train runs it
+``train_loop_per_worker(config)`` trains one configuration with tf_keras. In data mode Ray Train runs it
 on G workers at once (``TF_CONFIG`` set by ``TensorflowTrainer``, synchronous all-reduce via
 ``MultiWorkerMirroredStrategy``); in experiment mode Ray Tune runs it as one trial on one
 GPU (or one CPU share). It reports metrics every epoch with a checkpoint of the weights,
 resumes from the last checkpoint when restarted, and leaves behind, under
 ``<out>/trials/<trial_id>/``, a ``workers/rank<k>.json`` per worker (host, GPU, batch) and,
-from rank 0, ``model.keras`` and ``result.json``.
+from rank 0, ``model.keras`` and ``result.json`` (the files of :mod:`distmis.train.worker`).
 """
 
 from __future__ import annotations
@@ -14,39 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import socket
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import distmis.model  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
+from distmis.train import worker
 
 log = logging.getLogger(__name__)
-
-# config["settings"] keys every caller must provide (read with [], so a typo fails loudly).
-SETTINGS_KEYS = (
-    "tfrecord_dir",
-    "out_dir",
-    "mode",
-    "workers",
-    "epochs",
-    "batch_size_per_replica",
-    "seed",
-    "cache",
-    "depth",
-    "base_filters",
-    "cpus_per_worker",
-    "debug",
-    "fail_trials",
-)
-
-
-class InjectedFailure(RuntimeError):
-    """Raised on purpose by trials named in ``settings["fail_trials"]`` (fault-tolerance tests)."""
 
 
 def _limit_threads(cpus: int) -> None:
@@ -57,11 +35,6 @@ def _limit_threads(cpus: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, cpus)))
 
 
-def _gpu_ids() -> list[str]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    return [g for g in visible.split(",") if g]
-
-
 def _describe_devices() -> list[str]:
     import tensorflow as tf
 
@@ -70,52 +43,8 @@ def _describe_devices() -> list[str]:
         details = (
             tf.config.experimental.get_device_details(device) if device.device_type == "GPU" else {}
         )
-        names.append(f"{device.device_type}:{details.get('device_name', platform_cpu())}")
+        names.append(f"{device.device_type}:{details.get('device_name', worker.cpu_name())}")
     return names
-
-
-def platform_cpu() -> str:
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-def _reporter(mode: str) -> tuple[Callable[..., None], Callable[[], Any], int, int]:
-    """(report, get_checkpoint, world_rank, world_size) for Ray Train or Ray Tune."""
-    if mode == "data":
-        import ray.train
-
-        context = ray.train.get_context()
-        return (
-            ray.train.report,
-            ray.train.get_checkpoint,
-            context.get_world_rank(),
-            context.get_world_size(),
-        )
-    import ray.tune
-
-    return ray.tune.report, ray.tune.get_checkpoint, 0, 1
-
-
-def train_loop_per_worker(config: Mapping[str, Any]) -> None:
-    """Train one configuration (``config["hparams"]``) with ``config["settings"]``.
-
-    A failure is noted in ``failed.json`` (time and error, for trials.csv) and re-raised so
-    Ray retries or records it.
-    """
-    started = time.time()
-    try:
-        _train(config, started)
-    except BaseException as exc:
-        trial_dir = Path(config["settings"]["out_dir"]) / "trials" / config["trial_id"]
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        failure = {
-            "start_time": started,
-            "end_time": time.time(),
-            "error": f"{type(exc).__name__}: {exc}",
-        }
-        (trial_dir / "failed.json").write_text(json.dumps(failure))
-        raise
 
 
 def _train(config: Mapping[str, Any], started: float) -> None:
@@ -130,7 +59,7 @@ def _train(config: Mapping[str, Any], started: float) -> None:
 
     hparams, settings = config["hparams"], config["settings"]
     _limit_threads(settings["cpus_per_worker"])
-    report, get_checkpoint, rank, world_size = _reporter(settings["mode"])
+    report, get_checkpoint, rank, world_size = worker.reporter(settings["mode"])
     # MultiWorkerMirroredStrategy configures collective ops, which TensorFlow only allows
     # before its runtime starts: create it before any dataset or tensor exists.
     strategy = (
@@ -138,22 +67,10 @@ def _train(config: Mapping[str, Any], started: float) -> None:
         if settings["mode"] == "data"
         else tf.distribute.get_strategy()
     )
-    trial_dir = Path(settings["out_dir"]) / "trials" / config["trial_id"]
-    finished = trial_dir / "result.json"
-    if finished.is_file():
-        # Belt and braces for resumption: Tune restores from its last saved experiment
-        # state, which can lag a trial that finished just before the job was killed.
-        # A trial whose result is on disk is reported again, never trained again.
-        stored = json.loads(finished.read_text())
-        report({**stored["metrics"], "epoch": stored["epochs"], "time": stored["end_time"]})
+    trial_dir = worker.trial_dir(config)
+    if worker.report_if_finished(config, report):
         return
-    if rank == 0:
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        with (trial_dir / "attempts.log").open("a") as fh:
-            fh.write(f"{started}\n")
-
-    if config["trial_id"] in settings["fail_trials"]:
-        raise InjectedFailure(f"trial {config['trial_id']} was configured to fail")
+    worker.start_attempt(config, rank, started)
 
     info = DatasetInfo.from_dir(Path(settings["tfrecord_dir"]))
     per_replica = settings["batch_size_per_replica"]
@@ -213,7 +130,15 @@ def _train(config: Mapping[str, Any], started: float) -> None:
         initial_epoch = state["epoch"]
         log.info("resuming %s from epoch %d", config["trial_id"], initial_epoch)
 
-    _write_worker_file(trial_dir, rank, world_size, per_replica, global_batch, train_steps)
+    worker.write_worker_file(
+        config,
+        rank=rank,
+        world_size=world_size,
+        per_replica=per_replica,
+        global_batch=global_batch,
+        steps=train_steps,
+        devices=_describe_devices(),
+    )
 
     # Every worker saves, non-chief ones into a throw-away folder: under
     # MultiWorkerMirroredStrategy reading sync-on-read variables (BatchNorm statistics)
@@ -251,36 +176,20 @@ def _train(config: Mapping[str, Any], started: float) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     if rank == 0:
         final = {k: float(v[-1]) for k, v in history.history.items()} if history.history else {}
-        trained_epochs = settings["epochs"] - initial_epoch
-        result = {
-            "trial_id": config["trial_id"],
-            "start_time": started,
-            "fit_start_time": fit_started,
-            "end_time": time.time(),
-            "fit_seconds": ended - fit_started,
-            "volumes_trained": trained_epochs * train_steps * global_batch,
-            "epochs": settings["epochs"],
-            "resumed_from_epoch": initial_epoch,
-            "metrics": final,
-            "devices": _describe_devices(),
-        }
-        (trial_dir / "result.json").write_text(json.dumps(result, indent=2))
+        worker.write_result(
+            config,
+            started=started,
+            fit_started=fit_started,
+            fit_ended=ended,
+            volumes_trained=(settings["epochs"] - initial_epoch) * train_steps * global_batch,
+            resumed_from_epoch=initial_epoch,
+            metrics=final,
+            history=[
+                {name: float(values[epoch]) for name, values in history.history.items()}
+                for epoch in range(len(history.epoch))
+            ],
+            devices=_describe_devices(),
+        )
 
 
-def _write_worker_file(
-    trial_dir: Path, rank: int, world_size: int, per_replica: int, global_batch: int, steps: int
-) -> None:
-    workers_dir = trial_dir / "workers"
-    workers_dir.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "rank": rank,
-        "world_size": world_size,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "gpu_ids": _gpu_ids(),
-        "batch_size_per_replica": per_replica,
-        "global_batch_size": global_batch,
-        "steps_per_epoch": steps,
-        "devices": _describe_devices(),
-    }
-    (workers_dir / f"rank{rank}.json").write_text(json.dumps(payload, indent=2))
+train_loop_per_worker = worker.recording_failure(_train)

@@ -1,7 +1,8 @@
 """The training results contract: ``trials.csv`` and ``summary.json`` per (mode, G).
 
 ``trials.csv`` has one row per configuration with the columns in :data:`TRIAL_COLUMNS`;
-``summary.json`` the keys written by :func:`build_summary`. The scaling analysis reads only
+``summary.json`` the keys written by :func:`build_summary` (``backend`` says which framework
+trained: ``tensorflow`` or ``torch``). The scaling analysis reads only
 these two files.
 """
 
@@ -61,17 +62,21 @@ def write_trials(path: Path, trials: Iterable[TrialRecord]) -> None:
         writer.writerows(rows)
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(backend: str = "tensorflow") -> dict[str, str]:
+    """Versions of Python, Ray and the backend's framework (only that one is imported)."""
     import ray
+
+    versions = {"python": platform.python_version(), "ray": ray.__version__}
+    if backend == "torch":
+        import torch
+
+        versions["torch"] = torch.__version__
+        return versions
     import tensorflow as tf
     import tf_keras
 
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": f"tf_keras {tf_keras.__version__}",
-        "ray": ray.__version__,
-    }
+    versions.update(tensorflow=tf.__version__, keras=f"tf_keras {tf_keras.__version__}")
+    return versions
 
 
 def build_summary(
@@ -79,6 +84,7 @@ def build_summary(
     mode: str,
     gpus: int,
     trials: Sequence[TrialRecord],
+    backend: str = "tensorflow",
     makespan_start: float,
     makespan_end: float,
     resources: Mapping[str, Any],
@@ -91,6 +97,7 @@ def build_summary(
     best = max(ok, key=lambda t: t.val_dice, default=None)
     nodes = sorted({n for t in trials for n in t.node.split(";") if n})
     return {
+        "backend": backend,
         "mode": mode,
         "gpus": gpus,
         "workers": max((t.workers for t in trials), default=0),
@@ -115,7 +122,7 @@ def build_summary(
         "resources": dict(resources),
         "settings": dict(settings),
         "devices_seen": sorted(set(devices_seen)),
-        "versions": library_versions(),
+        "versions": library_versions(backend),
     }
 
 

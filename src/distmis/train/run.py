@@ -49,8 +49,9 @@ def _prepare_state(settings: TrainSettings, fingerprint: str) -> bool:
 def run_training(settings: TrainSettings) -> dict:
     """Run the whole grid in ``settings.mode`` on ``settings.gpus`` GPUs (or CPU workers).
 
-    Writes ``trials.csv`` after every finished configuration and ``summary.json``,
-    ``best_model.keras`` and ``best_model.json`` at the end; returns the summary.
+    Writes ``trials.csv`` after every finished configuration and, at the end,
+    ``summary.json``, the best model (``best_model.keras`` or ``best_model.pt``) and its card
+    ``best_model.json``; returns the summary.
     """
     from distmis.train.data_parallel import run_data_parallel
     from distmis.train.experiment_parallel import run_experiment_parallel
@@ -95,6 +96,7 @@ def run_training(settings: TrainSettings) -> dict:
     write_trials(settings.out_dir / "trials.csv", records)
     save_best_model(settings, records)
     summary = build_summary(
+        backend=settings.backend,
         mode=settings.mode,
         gpus=settings.gpus,
         trials=records,

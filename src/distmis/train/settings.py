@@ -8,18 +8,74 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from distmis.config import train_backends
 from distmis.errors import ConfigError
 from distmis.train.grid import HParams, expand_grid
 
 MODES = ("data", "experiment")
+BACKENDS = ("tensorflow", "torch")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
-# The original DistMIS scripts read a JSON file with these keys; they map onto ours.
+# The original DistMIS TensorFlow scripts read a JSON file with these keys; they map onto ours.
 SEED_CONFIG_KEYS = {
     "num_replicas": "gpus",
     "batch_size_per_replica": "batch_size_per_replica",
     "num_epochs": "epochs",
     "debug": "debug",
 }
+# ... and its PyTorch extension these (`num_workers` = nodes × gpus per node = G).
+TORCH_SEED_CONFIG_KEYS = (
+    "lr",
+    "epochs",
+    "verbose",
+    "nodes",
+    "gpus",
+    "batch_size",
+    "num_workers",
+    "use_gpu",
+)
+
+
+def _seed_config_overrides(payload: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """TrainSettings fields from an original-DistMIS JSON file (TensorFlow or PyTorch keys)."""
+    known = set(SEED_CONFIG_KEYS) | set(TORCH_SEED_CONFIG_KEYS)
+    unknown = sorted(set(payload) - known)
+    if unknown:
+        raise ConfigError(f"seed config {path}: unknown key(s) {unknown}; known: {sorted(known)}")
+    overrides = {SEED_CONFIG_KEYS[k]: v for k, v in payload.items() if k in SEED_CONFIG_KEYS}
+    if "epochs" in payload:
+        overrides["epochs"] = payload["epochs"]
+    if "batch_size" in payload:
+        overrides["batch_size_per_replica"] = payload["batch_size"]
+    if "use_gpu" in payload:
+        overrides["use_gpu"] = bool(payload["use_gpu"])
+    if "verbose" in payload:
+        # The original passed it to its training loop's progress output; ours is `debug`.
+        overrides["debug"] = bool(payload["verbose"])
+    if "lr" in payload:
+        # One learning rate replaces the grid's lr axis; the other hyperparameters stay.
+        overrides["lr"] = float(payload["lr"])
+    nodes, per_node, workers = (payload.get(k) for k in ("nodes", "gpus", "num_workers"))
+    if nodes is not None and per_node is not None:
+        if workers is not None and workers != nodes * per_node:
+            raise ConfigError(
+                f"seed config {path}: num_workers {workers} != nodes {nodes} × gpus {per_node}"
+            )
+        workers = nodes * per_node
+    if workers is not None:
+        if "gpus" in overrides and overrides["gpus"] != workers:
+            raise ConfigError(
+                f"seed config {path}: num_replicas {overrides['gpus']} disagrees with "
+                f"num_workers (nodes × gpus) {workers}"
+            )
+        overrides["gpus"] = workers
+    for name in ("gpus", "epochs", "batch_size_per_replica"):
+        value = overrides.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigError(f"seed config {path}: {name} must be an integer >= 1, got {value!r}")
+    return overrides
 
 
 @dataclass(frozen=True)
@@ -43,6 +99,11 @@ class TrainSettings:
     base_filters: int
     ray_address: str | None
     search_space: Mapping[str, Any]
+    backend: str = "tensorflow"
+    # torch backend only: autocast precision, channels_last_3d memory format, DataLoader workers.
+    precision: str = "fp32"
+    channels_last_3d: bool = False
+    loader_workers: int = 0
     # Trial ids that raise on purpose; only the fault-tolerance tests set this.
     fail_trials: tuple[str, ...] = field(default=())
 
@@ -51,13 +112,50 @@ class TrainSettings:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.gpus < 1:
             raise ConfigError(f"gpus must be >= 1, got {self.gpus}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ConfigError("precision fp16 needs use_gpu (CPUs have no fast float16); use bf16")
+        if self.backend == "tensorflow" and (self.precision != "fp32" or self.channels_last_3d):
+            raise ConfigError(
+                "train.torch.precision and channels_last_3d apply to backend torch only; "
+                f"backend tensorflow trains in fp32 (got precision {self.precision}, "
+                f"channels_last_3d {self.channels_last_3d})"
+            )
 
     @classmethod
     def from_config(
-        cls, train: Mapping[str, Any], *, mode: str, gpus: int, tfrecord_dir: Path, out_dir: Path
+        cls,
+        train: Mapping[str, Any],
+        *,
+        mode: str,
+        gpus: int,
+        tfrecord_dir: Path,
+        out_dir: Path,
+        backend: str | None = None,
     ) -> TrainSettings:
-        """Build from the validated ``train`` config section."""
+        """Build from the validated ``train`` config section.
+
+        ``backend`` picks one of ``train.backend`` (a name or a list); None takes the only
+        one configured, and is an error when the config lists several.
+        """
+        configured = train_backends(train)
+        if backend is None:
+            if len(configured) > 1:
+                raise ConfigError(
+                    f"train.backend lists {configured}: choose one (--backend) for this run"
+                )
+            backend = configured[0]
+        torch_options = train["torch"]
+        # The torch switches only mean something to torch; a tensorflow run ignores them.
+        uses_torch = backend == "torch"
         return cls(
+            backend=backend,
+            precision=torch_options["precision"] if uses_torch else "fp32",
+            channels_last_3d=torch_options["channels_last_3d"] if uses_torch else False,
+            loader_workers=torch_options["loader_workers"],
             mode=mode,
             gpus=gpus,
             tfrecord_dir=Path(tfrecord_dir),
@@ -78,17 +176,26 @@ class TrainSettings:
         )
 
     def with_seed_config(self, path: Path) -> TrainSettings:
-        """Override from an original-DistMIS JSON file (``num_replicas``, ``num_epochs``, ...)."""
+        """Override from an original-DistMIS JSON file.
+
+        TensorFlow keys: ``num_replicas`` (G), ``batch_size_per_replica``, ``num_epochs``,
+        ``debug``. PyTorch extension keys: ``lr`` (replaces the grid's lr axis), ``epochs``,
+        ``verbose`` (non-zero → ``debug``), ``batch_size`` (per replica), ``num_workers`` or
+        ``nodes`` × ``gpus`` (G; checked against each other), ``use_gpu``.
+        """
         try:
             payload = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"seed config {path}: {exc}") from exc
-        unknown = sorted(set(payload) - set(SEED_CONFIG_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"seed config {path}: unknown key(s) {unknown}; known: {sorted(SEED_CONFIG_KEYS)}"
-            )
-        return replace(self, **{SEED_CONFIG_KEYS[k]: v for k, v in payload.items()})
+        if not isinstance(payload, dict):
+            raise ConfigError(f"seed config {path}: expected a JSON object")
+        overrides = _seed_config_overrides(payload, Path(path))
+        lr = overrides.pop("lr", None)
+        if lr is not None:
+            if not lr > 0:
+                raise ConfigError(f"seed config {path}: lr must be > 0, got {lr}")
+            overrides["search_space"] = {**self.search_space, "lr": [lr]}
+        return replace(self, **overrides)
 
     def grid(self) -> list[HParams]:
         return expand_grid(self.search_space)
@@ -113,6 +220,11 @@ class TrainSettings:
             "cpus_per_worker": self.cpus_per_worker,
             "debug": self.debug,
             "fail_trials": list(self.fail_trials),
+            "backend": self.backend,
+            "use_gpu": self.use_gpu,
+            "precision": self.precision,
+            "channels_last_3d": self.channels_last_3d,
+            "loader_workers": self.loader_workers,
         }
 
     def to_json(self) -> dict:

@@ -12,6 +12,7 @@ from distmis.fileio import write_json
 from distmis.train.grid import HParams
 from distmis.train.results import STATUS_FAILED, STATUS_OK, TrialRecord
 from distmis.train.settings import TrainSettings
+from distmis.train.worker import MODEL_FILES
 
 
 def trial_dir(settings: TrainSettings, trial_id: str) -> Path:
@@ -123,16 +124,31 @@ def devices_seen(settings: TrainSettings, records: Sequence[TrialRecord]) -> lis
     )
 
 
+BEST_MODEL_FILES = {"tensorflow": "best_model.keras", "torch": "best_model.pt"}
+MODEL_CARD = "best_model.json"
+
+
 def save_best_model(settings: TrainSettings, records: Sequence[TrialRecord]) -> dict | None:
-    """Copy the best trial's model to ``best_model.keras`` with its configuration beside it."""
+    """Copy the best trial's model beside trials.csv, then write its card ``best_model.json``.
+
+    The card names the backend and the model file (``best_model.keras`` or ``best_model.pt``,
+    relative to the card), the trial's trials.csv row, the architecture and the data. It is
+    written last, so a card on disk means its model file is complete.
+    """
     ok = [r for r in records if r.status == STATUS_OK and r.val_dice is not None]
     if not ok:
         return None
     best = max(ok, key=lambda r: r.val_dice)
-    source = trial_dir(settings, best.trial_id) / "model.keras"
-    shutil.copyfile(source, settings.out_dir / "best_model.keras.tmp")
-    (settings.out_dir / "best_model.keras.tmp").replace(settings.out_dir / "best_model.keras")
+    model_file = BEST_MODEL_FILES[settings.backend]
+    source = trial_dir(settings, best.trial_id) / MODEL_FILES[settings.backend]
+    staged = settings.out_dir / f"{model_file}.tmp"
+    shutil.copyfile(source, staged)
+    staged.replace(settings.out_dir / model_file)
+    for other in set(BEST_MODEL_FILES.values()) - {model_file}:
+        (settings.out_dir / other).unlink(missing_ok=True)  # never a stale other-backend model
     payload = {
+        "backend": settings.backend,
+        "model_file": model_file,
         "trial": asdict(best),
         "model": {
             "depth": settings.depth,
@@ -141,5 +157,5 @@ def save_best_model(settings: TrainSettings, records: Sequence[TrialRecord]) -> 
         },
         "tfrecord_dir": str(settings.tfrecord_dir),
     }
-    write_json(settings.out_dir / "best_model.json", payload)
+    write_json(settings.out_dir / MODEL_CARD, payload)
     return payload

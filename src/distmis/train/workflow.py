@@ -22,13 +22,15 @@ from distmis.train.settings import TrainSettings
 
 
 def train_from_rule(snakemake: Any, mode: str) -> dict | None:
-    """Run ``mode`` for the rule's ``{gpus}`` wildcard with the validated ``train`` config."""
+    """Run ``mode`` for the rule's ``{backend}`` and ``{gpus}`` wildcards with the validated
+    ``train`` config."""
     train = snakemake.params.train
     gpus = int(snakemake.wildcards.gpus)
+    backend = snakemake.wildcards.backend
     out_dir = Path(snakemake.params.out)
     tfrecord_dir = Path(snakemake.input.info).parent
     settings = TrainSettings.from_config(
-        train, mode=mode, gpus=gpus, tfrecord_dir=tfrecord_dir, out_dir=out_dir
+        train, mode=mode, gpus=gpus, tfrecord_dir=tfrecord_dir, out_dir=out_dir, backend=backend
     )
     if "SLURM_JOB_ID" not in os.environ or settings.ray_address or os.environ.get("RAY_ADDRESS"):
         return run_training(settings)
@@ -44,6 +46,8 @@ def train_from_rule(snakemake: Any, mode: str) -> dict | None:
         "train",
         "--mode",
         mode,
+        "--backend",
+        backend,
         "--gpus",
         str(gpus),
         "--data",
