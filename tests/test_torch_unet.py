@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 import torch
 
+from distmis.model.losses import dice_coefficient as keras_dice_coefficient
 from distmis.model.losses import soft_dice_loss as keras_soft_dice_loss
 from distmis.model.unet import build_unet, count_parameters
-from distmis.torch_backend.losses import soft_dice_loss, soft_dice_per_sample
+from distmis.torch_backend.losses import dice_coefficient, soft_dice_loss, soft_dice_per_sample
 from distmis.torch_backend.unet import build_unet_torch
 from distmis.torch_backend.unet import count_parameters as count_torch_parameters
 
@@ -162,6 +163,36 @@ def test_soft_dice_hand_computed():
     y_pred = torch.tensor([0.5, 0.5]).reshape(1, 1, 2, 1, 1)
     assert float(soft_dice_per_sample(y_true, y_pred)[0]) == pytest.approx(1 - 2 / 3)
     assert float(soft_dice_loss(y_true, y_true)) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_dice_coefficient_matches_keras_including_empty_channels(threshold):
+    rng = np.random.default_rng(2)
+    shape = (3, 6, 5, 4, 4)  # (B, X, Y, Z, K), channels-last as Keras
+    y_true = (rng.random(shape) > 0.7).astype(np.float32)
+    y_pred = rng.random(shape).astype(np.float32)
+    y_true[0, ..., 1] = 0  # empty truth, some prediction: 0
+    y_true[1, ..., 2], y_pred[1, ..., 2] = 0, 0.1  # empty in both: 1
+    y_pred[2, ..., 3] = 0  # truth, empty prediction: 0
+    expected = keras_dice_coefficient(tf.constant(y_true), tf.constant(y_pred), threshold).numpy()
+    got = dice_coefficient(
+        torch.from_numpy(np.moveaxis(y_true, -1, 1)),
+        torch.from_numpy(np.moveaxis(y_pred, -1, 1)),
+        threshold,
+    )
+    assert tuple(got.shape) == (3, 4)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    assert expected[0, 1] == 0.0 and expected[1, 2] == 1.0 and expected[2, 3] == 0.0
+
+
+def test_dice_coefficient_hand_computed():
+    # Truth (1, 1, 0, 0), prediction > 0.5 at (1, 0, 1, 0): 2·1 / (2 + 2) = 0.5.
+    y_true = torch.tensor([1.0, 1.0, 0.0, 0.0]).reshape(1, 1, 4, 1, 1)
+    y_pred = torch.tensor([0.9, 0.5, 0.7, 0.2]).reshape(1, 1, 4, 1, 1)
+    assert dice_coefficient(y_true, y_pred).tolist() == [[0.5]]
+    assert dice_coefficient(y_true, y_pred, threshold=0.4).tolist() == [[pytest.approx(0.8)]]
+    with pytest.raises(ValueError, match="one shape"):
+        dice_coefficient(y_true, y_pred[..., 0])
 
 
 @pytest.mark.parametrize("norm", ["batch", "group"])

@@ -236,9 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_ray_cluster)
 
     p = sub.add_parser("evaluate", help="score a model on the test split: metrics, NIfTI, overlays")
-    p.add_argument("--model", required=True, help="a .keras model, e.g. .../best_model.keras")
+    p.add_argument(
+        "--model",
+        required=True,
+        help=(
+            "a model card (best_model.json) or model file (.keras or .pt), e.g. "
+            "results/train/torch/data/2gpu/best_model.json"
+        ),
+    )
     p.add_argument("--data", required=True, help="folder with info.json and the shards")
-    p.add_argument("--out", required=True, help="results folder, e.g. results/eval/data")
+    p.add_argument("--out", required=True, help="results folder, e.g. results/eval/torch/data")
     p.add_argument("--threshold", type=float, default=0.5, help="sigmoid cut-off per region")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--overlay-cases", type=int, default=3, help="cases drawn as overlays")

@@ -6,5 +6,6 @@
 - :mod:`~distmis.evaluate.overlay`: contour overlay figures.
 - :mod:`~distmis.evaluate.run`: :func:`~distmis.evaluate.run.evaluate_model`, the stage's API.
 
-Only ``run`` imports TensorFlow, so the array functions stay cheap to import and test.
+Only ``run`` imports a framework, and only the model's: TensorFlow for a ``.keras`` model,
+PyTorch for a ``.pt`` one; the array functions stay cheap to import and test.
 """

@@ -1,10 +1,16 @@
 """Evaluate a trained model on one split: metrics per case and region, predictions, overlays.
 
+The model is a ``.keras`` file (TensorFlow), a ``.pt`` file
+(:mod:`distmis.torch_backend.checkpoint`), or the ``best_model.json`` card training writes
+beside either, which names its backend and model file. The PyTorch path imports no
+TensorFlow (it reads the shards with :mod:`distmis.torch_backend.tfrecord`), and the Keras
+path no PyTorch, so each runs in an environment holding only its own framework.
+
 Outputs under ``out_dir``:
 
 - ``metrics.csv``: ``case_id, region, dice, hd95_mm``, one row per case and region;
 - ``summary.json``: per region and metric ``mean``, ``median``, ``std`` (population), ``n``,
-  plus the model, its trial (from ``best_model.json`` beside it, if there), threshold, split;
+  plus the model file, its backend, its trial (from the card, if there), threshold, split;
 - ``predictions/<case_id>.nii.gz``: MSD label values (uint8) on the source voxel grid with the
   source affine;
 - ``overlays/<case_id>.png``: contours on FLAIR for the first ``overlay_cases`` cases.
@@ -22,13 +28,15 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-import distmis.model  # noqa: F401 - sets TF_USE_LEGACY_KERAS before tensorflow is imported
+# Sets TF_USE_LEGACY_KERAS for the Keras path; imports neither TensorFlow nor Keras itself.
+import distmis.model  # noqa: F401
 from distmis.data import records
 from distmis.data.info import MADE_BY as INFO_MADE_BY
 from distmis.data.info import DatasetInfo
@@ -49,22 +57,79 @@ MODEL_MADE_BY = "rule train_data_parallel / train_experiment_parallel (`distmis 
 METRIC_COLUMNS = ("case_id", "region", "dice", "hd95_mm")
 METRICS = ("dice", "hd95_mm")
 FLAIR_CHANNEL = 0
+BACKENDS = {".keras": "tensorflow", ".pt": "torch"}
+CARD_SUFFIX = ".json"
+
+# One case's image (X, Y, Z, C) float32 → sigmoid probabilities (X, Y, Z, K).
+Predictor = Callable[[np.ndarray], np.ndarray]
 
 
-def _load_model(model_path: Path):
-    if not model_path.is_file():
-        raise ContractError(f"{model_path} is missing (it is written by {MODEL_MADE_BY})")
+def resolve_model(model_path: Path) -> tuple[Path, str, Path | None]:
+    """``(model file, backend, card or None)`` for a ``.keras``, ``.pt`` or card path.
+
+    The card is ``best_model.json``: ``{"backend", "model_file" (relative to the card's
+    folder), "trial", "model", "tfrecord_dir"}``; beside a model file it has the same stem.
+    """
+    suffix = model_path.suffix
+    if suffix not in (*BACKENDS, CARD_SUFFIX):
+        raise ValueError(
+            f"model must be a .keras or .pt file or a {CARD_SUFFIX} model card, got {model_path}"
+        )
+    if suffix != CARD_SUFFIX:
+        card = model_path.with_suffix(CARD_SUFFIX)
+        return model_path, BACKENDS[suffix], card if card.is_file() else None
+    content = read_json(model_path, MODEL_MADE_BY)
+    try:
+        backend, model_file = content["backend"], model_path.parent / content["model_file"]
+    except (KeyError, TypeError) as exc:
+        raise ContractError(f"{model_path} lacks {exc}; rerun {MODEL_MADE_BY}") from exc
+    if BACKENDS.get(model_file.suffix) != backend:
+        raise ContractError(
+            f"{model_path}: backend {backend!r} does not fit model_file {model_file.name!r} "
+            f"(.keras is tensorflow, .pt is torch); rerun {MODEL_MADE_BY}"
+        )
+    return model_file, backend, model_path
+
+
+def _keras_predictor(model_file: Path) -> Predictor:
     import tf_keras as keras
 
-    return keras.models.load_model(model_path, compile=False)
+    model = keras.models.load_model(model_file, compile=False)
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        return np.asarray(model(image[None], training=False))[0]
+
+    return predict
 
 
-def _trial_of(model_path: Path) -> dict | None:
-    """The best trial's row from ``best_model.json`` beside the model, if there is one."""
-    sidecar = model_path.with_suffix(".json")
-    if not sidecar.is_file():
-        return None
-    return read_json(sidecar, MODEL_MADE_BY).get("trial")
+def _torch_predictor(model_file: Path) -> Predictor:
+    import torch
+
+    from distmis.torch_backend.checkpoint import load_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(model_file, MODEL_MADE_BY).to(device)
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        # The torch U-Net is channels-first: (X, Y, Z, C) → (1, C, X, Y, Z) and back.
+        batch = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0)))[None]
+        with torch.inference_mode():
+            probabilities = model(batch.to(device))[0].float().cpu().numpy()
+        return np.moveaxis(probabilities, 0, -1)
+
+    return predict
+
+
+def _load_model(model_file: Path, backend: str) -> Predictor:
+    """The model in ``model_file`` as a :data:`Predictor`."""
+    if not model_file.is_file():
+        raise ContractError(f"{model_file} is missing (it is written by {MODEL_MADE_BY})")
+    return _torch_predictor(model_file) if backend == "torch" else _keras_predictor(model_file)
+
+
+def _trial_of(card: Path | None) -> dict | None:
+    """The best trial's row from the model card, if there is one."""
+    return None if card is None else read_json(card, MODEL_MADE_BY).get("trial")
 
 
 def _geometries(info: DatasetInfo) -> dict:
@@ -77,12 +142,24 @@ def _geometries(info: DatasetInfo) -> dict:
         ) from exc
 
 
-def iter_records(info: DatasetInfo, split: str):
-    """Decoded :class:`~distmis.data.records.Record` of ``split`` in shard order."""
-    import tensorflow as tf
+def iter_records(
+    info: DatasetInfo, split: str, backend: str = "tensorflow"
+) -> Iterator[records.Record]:
+    """Decoded :class:`~distmis.data.records.Record` of ``split`` in shard order.
 
+    Read with the backend's own reader (tf.data, or the TensorFlow-free one for torch, which
+    the tests check byte for byte against tf.data), so neither path needs the other framework.
+    """
     if split not in info.splits:
         raise ValueError(f"split must be one of {sorted(info.splits)}, got {split!r}")
+    if backend == "torch":
+        from distmis.torch_backend.tfrecord import rank_part, read_part
+
+        part = rank_part(info.splits[split], 0, 1)
+        yield from read_part(part, info.image_dtype, len(info.label_channels), info.compression)
+        return
+    import tensorflow as tf
+
     dataset = tf.data.TFRecordDataset(info.shard_files(split), compression_type=info.tf_compression)
     for serialized in dataset:
         yield records.decode_example(serialized, info.image_dtype, len(info.label_channels))
@@ -141,17 +218,19 @@ def evaluate_model(
 ) -> dict:
     """Predict every case of ``split``, score it on the source grid, write the outputs above.
 
-    A voxel is predicted in a region when its sigmoid output is ``> threshold``. Returns the
-    summary written to ``summary.json``.
+    ``model_path`` is a ``.keras`` or ``.pt`` model or a ``best_model.json`` card (see
+    :func:`resolve_model`); another suffix raises ValueError. A voxel is predicted in a region
+    when its sigmoid output is ``> threshold``. Returns the summary written to ``summary.json``.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     if overlay_cases < 0:
         raise ValueError(f"overlay_cases must be >= 0, got {overlay_cases}")
-    model_path, out_dir = Path(model_path), Path(out_dir)
+    model_file, backend, card = resolve_model(Path(model_path))
+    out_dir = Path(out_dir)
     info = DatasetInfo.from_dir(Path(tfrecord_dir))
     geometries = _geometries(info)
-    model = _load_model(model_path)
+    predict = _load_model(model_file, backend)
     regions = info.label_channels
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions_dir, overlays_dir = out_dir / "predictions", out_dir / "overlays"
@@ -159,7 +238,8 @@ def evaluate_model(
 
     rows: list[dict] = []
     try:
-        bar = tqdm(iter_records(info, split), total=info.count(split), unit="case", desc=split)
+        cases = iter_records(info, split, backend)
+        bar = tqdm(cases, total=info.count(split), unit="case", desc=split)
         for number, record in enumerate(bar):
             if record.case_id not in geometries:
                 raise ContractError(
@@ -167,8 +247,7 @@ def evaluate_model(
                     f"rerun {INFO_MADE_BY}"
                 )
             geometry = geometries[record.case_id]
-            image = record.image.astype(np.float32)[None]
-            probabilities = np.asarray(model(image, training=False))[0]
+            probabilities = predict(record.image.astype(np.float32))
             predicted = probabilities > threshold  # (X, Y, Z, K) in stored space
             reference = record.label.astype(bool)
             source_pred = restore_to_source(predicted, geometry)
@@ -215,9 +294,10 @@ def evaluate_model(
         raise
 
     _write_metrics_csv(out_dir / "metrics.csv", rows)
-    trial = _trial_of(model_path)
+    trial = _trial_of(card)
     summary = {
-        "model": str(model_path),
+        "model": str(model_file),
+        "backend": backend,
         "trial_id": trial.get("trial_id") if trial else None,
         "tfrecord_dir": str(info.root),
         "split": split,
