@@ -22,4 +22,4 @@ rule all:
         "results/tfrecords/info.json",
         train_outputs(),
         rules.plot_scaling.output,
-        expand("results/eval/{mode}/summary.json", mode=config["train"]["modes"]),
+        eval_outputs(),

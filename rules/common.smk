@@ -8,7 +8,7 @@ from snakemake.utils import validate
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from distmis.cluster.resources import job_shape
-from distmis.config import check_semantics, schema_path
+from distmis.config import check_semantics, schema_path, train_backends
 from distmis.data.split import SPLITS, shard_filename
 from distmis.errors import ConfigError
 
@@ -46,17 +46,34 @@ def shard_names():
 
 
 TRAIN = config["train"]
+# train.backend is one name or a list; every (mode, G) is trained with each.
+BACKENDS = train_backends(TRAIN)
 # Wall-clock limit asked of a scheduler for one training job; generous for the grid.
 TRAIN_RUNTIME_MINUTES = 24 * 60
 
 
+# The schema's train.backend names: a path segment can never be taken for another wildcard.
+wildcard_constraints:
+    backend="tensorflow|torch",
+
+
 def train_outputs():
-    """summary.json of every (mode, G) the config asks for."""
+    """summary.json of every (backend, mode, G) the config asks for."""
     return [
-        f"results/train/{mode}/{gpus}gpu/summary.json"
+        f"results/train/{backend}/{mode}/{gpus}gpu/summary.json"
+        for backend in BACKENDS
         for mode in TRAIN["modes"]
         for gpus in TRAIN["gpu_counts"]
     ]
+
+
+def eval_outputs():
+    """summary.json of the evaluation of every (backend, mode) the config asks for."""
+    return expand(
+        "results/eval/{backend}/{mode}/summary.json",
+        backend=BACKENDS,
+        mode=TRAIN["modes"],
+    )
 
 
 def _shape(wildcards):

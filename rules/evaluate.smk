@@ -1,23 +1,24 @@
-# Evaluation: the best model of the largest G per mode, scored on the test split in each
-# case's source space (metrics.csv, summary.json), its predictions as NIfTI, and overlays.
-# Only the training contract (best_model.keras) and info.json + shards are read.
+# Evaluation: the best model of the largest G per (backend, mode), scored on the test split
+# in each case's source space (metrics.csv, summary.json), its predictions as NIfTI, and
+# overlays. Only the training contract (the best_model.json card and the weights it names)
+# and info.json + shards are read.
 
-EVAL_DIR = "results/eval/{mode}"
+EVAL_DIR = "results/eval/{backend}/{mode}"
 # The largest run holds the most tuning effort per mode; every G trains the same grid.
 EVAL_GPUS = max(config["train"]["gpu_counts"])
 
 
 rule evaluate:
     input:
-        model=f"results/train/{{mode}}/{EVAL_GPUS}gpu/best_model.keras",
+        model=f"results/train/{{backend}}/{{mode}}/{EVAL_GPUS}gpu/best_model.json",
         info="results/tfrecords/info.json",
     output:
         metrics=report(
             f"{EVAL_DIR}/metrics.csv",
             caption="../report/evaluate_metrics.rst",
             category="Evaluation",
-            subcategory="{mode}",
-            labels={"mode": "{mode}", "result": "metrics"},
+            subcategory="{backend} {mode}",
+            labels={"backend": "{backend}", "mode": "{mode}", "result": "metrics"},
         ),
         summary=f"{EVAL_DIR}/summary.json",
         predictions=directory(f"{EVAL_DIR}/predictions"),
@@ -26,11 +27,11 @@ rule evaluate:
             patterns=["{case}.png"],
             caption="../report/evaluate_overlays.rst",
             category="Evaluation",
-            subcategory="{mode}",
-            labels={"mode": "{mode}", "case": "{case}"},
+            subcategory="{backend} {mode}",
+            labels={"backend": "{backend}", "mode": "{mode}", "case": "{case}"},
         ),
     log:
-        "logs/evaluate/{mode}.log",
+        "logs/evaluate/{backend}/{mode}.log",
     conda:
         "../envs/train.yaml"
     threads: 4

@@ -18,8 +18,8 @@ rule scaling:
     input:
         summaries=train_outputs(),
         trials=TRAIN_TRIALS,
-        # The test Dice each mode's best model reached, shown beside its speedup.
-        evals=expand("results/eval/{mode}/summary.json", mode=config["train"]["modes"]),
+        # The test Dice each (backend, mode)'s best model reached, shown beside its speedup.
+        evals=eval_outputs(),
     output:
         table=report(
             "results/scaling/scaling.csv",
@@ -71,19 +71,21 @@ rule plot_scaling:
         # One timeline per run the config asks for (the runs train_outputs() lists).
         timelines=[
             report(
-                f"{PLOTS_DIR}/timeline_{mode}_{gpus}gpu.png",
+                f"{PLOTS_DIR}/timeline_{backend}_{mode}_{gpus}gpu.png",
                 caption="../report/timeline.rst",
                 category="Scaling",
                 subcategory="Timelines",
-                labels={"mode": mode, "G": str(gpus)},
+                labels={"backend": backend, "mode": mode, "G": str(gpus)},
             )
-            for mode in config["train"]["modes"]
-            for gpus in config["train"]["gpu_counts"]
+            for backend in BACKENDS
+            for mode in TRAIN["modes"]
+            for gpus in TRAIN["gpu_counts"]
         ],
         timelines_pdf=expand(
-            f"{PLOTS_DIR}/timeline_{{mode}}_{{gpus}}gpu.pdf",
-            mode=config["train"]["modes"],
-            gpus=config["train"]["gpu_counts"],
+            f"{PLOTS_DIR}/timeline_{{backend}}_{{mode}}_{{gpus}}gpu.pdf",
+            backend=BACKENDS,
+            mode=TRAIN["modes"],
+            gpus=TRAIN["gpu_counts"],
         ),
     log:
         "logs/plot_scaling.log",

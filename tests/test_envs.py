@@ -45,3 +45,11 @@ def test_env_pins_equal_lock(env_file: Path):
         assert key in lock, f"{env_file.name}: {name} is not in requirements.lock"
         assert lock[key] == version, f"{env_file.name}: {name}=={version}, lock has {lock[key]}"
     assert "python=3.11" in env["dependencies"]
+
+
+def test_train_env_holds_both_backends():
+    # Rules train_* and evaluate run either backend from envs/train.yaml.
+    env = yaml.safe_load((ROOT / "envs" / "train.yaml").read_text())
+    pip_entries = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    names = {_normalise(entry.partition("==")[0]) for entry in pip_entries}
+    assert {"tensorflow", "tf-keras", "torch", "crc32c", "ray"} <= names, sorted(names)

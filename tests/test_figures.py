@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.image as mpimg
+import pandas as pd
 import pytest
 
 from distmis.analysis.figures import (
@@ -15,13 +19,14 @@ from distmis.analysis.figures import (
     plot_makespan,
     plot_speedup,
     plot_timeline,
+    timeline_stem,
 )
 from distmis.analysis.run import run_scaling
 from distmis.analysis.scaling import scaling_table
 from distmis.analysis.timings import Run, load_runs
 from distmis.analysis.workflow import plot_scaling_from_rule, scaling_from_rule
 from distmis.errors import ConfigError
-from tests.test_scaling import START, trial_row, write_run
+from tests.test_scaling import START, eval_summary, trial_row, write_run
 
 REFERENCES = [
     {
@@ -34,19 +39,35 @@ REFERENCES = [
 ]
 
 
+BACKENDS = ("tensorflow", "torch")
+MODES = ("data", "experiment")
+
+
 def make_results(root: Path) -> Path:
-    """Both modes at G = 1, 2, 4 with a failed trial and a resumed run among them."""
-    for gpus, makespan in ((1, 100.0), (2, 60.0), (4, 40.0)):
-        rows = [
-            trial_row(f"t{i}", START + 2 + 5 * i, START + 2 + 5 * i + 4, workers=gpus)
-            for i in range(3)
-        ]
-        write_run(root, "data", gpus, makespan, rows, resumed=gpus == 4)
-    for gpus, makespan in ((1, 90.0), (2, 50.0), (4, 30.0)):
-        rows = [trial_row(f"t{i}", START + 1 + i, START + 20 + i) for i in range(gpus + 1)]
-        rows.append(trial_row("bad", START + 3, START + 4, status="failed"))
-        write_run(root, "experiment", gpus, makespan, rows)
+    """Both backends and modes at G = 1, 2, 4 with failed trials and resumed runs among them."""
+    for backend, scale in zip(BACKENDS, (1.0, 0.7), strict=True):
+        for gpus, makespan in ((1, 100.0), (2, 60.0), (4, 40.0)):
+            rows = [
+                trial_row(f"t{i}", START + 2 + 5 * i, START + 2 + 5 * i + 4, workers=gpus)
+                for i in range(3)
+            ]
+            write_run(
+                root, "data", gpus, makespan * scale, rows, resumed=gpus == 4, backend=backend
+            )
+        for gpus, makespan in ((1, 90.0), (2, 50.0), (4, 30.0)):
+            rows = [trial_row(f"t{i}", START + 1 + i, START + 20 + i) for i in range(gpus + 1)]
+            rows.append(trial_row("bad", START + 3, START + 4, status="failed"))
+            write_run(root, "experiment", gpus, makespan, rows, backend=backend)
     return root
+
+
+def timeline_names(gpu_counts) -> set[str]:
+    return {
+        f"timeline_{backend}_{mode}_{gpus}gpu"
+        for backend in BACKENDS
+        for mode in MODES
+        for gpus in gpu_counts
+    }
 
 
 def assert_figure(stem: Path, paths: list[Path]) -> None:
@@ -82,8 +103,9 @@ def test_figures_with_missing_base(tmp_path: Path):
 
 
 def test_timeline_figure(results: Path, tmp_path: Path):
-    run = Run.from_dir(results / "experiment" / "4gpu")
-    stem = tmp_path / "fig" / "timeline_experiment_4gpu"
+    run = Run.from_dir(results / "torch" / "experiment" / "4gpu")
+    assert timeline_stem(run) == "timeline_torch_experiment_4gpu"
+    stem = tmp_path / "fig" / timeline_stem(run)
     assert_figure(stem, plot_timeline(run, stem))
 
 
@@ -91,15 +113,27 @@ def test_run_scaling_writes_table_and_every_figure(results: Path, tmp_path: Path
     out = tmp_path / "scaling"
     written = run_scaling(results, out, REFERENCES)
     assert written["scaling_csv"] == out / "scaling.csv"
-    names = {"speedup", "efficiency", "makespan"} | {
-        f"timeline_{mode}_{gpus}gpu" for mode in ("data", "experiment") for gpus in (1, 2, 4)
-    }
+    names = {"speedup", "efficiency", "makespan"} | timeline_names((1, 2, 4))
     assert set(written) == names | {"scaling_csv"}
     for name in names:
         assert_figure(out / name, written[name])
     # Nothing else (no temp files) is left in the folder.
     expected = {"scaling.csv"} | {f"{n}{s}" for n in names for s in (".png", ".pdf")}
     assert {p.name for p in out.iterdir()} == expected
+
+
+def test_scaling_command_reads_the_results_folder(results: Path, tmp_path: Path):
+    out = tmp_path / "scaling"
+    command = [sys.executable, "-m", "distmis.cli", "scaling", "--results", str(results)]
+    result = subprocess.run(
+        [*command, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    written = json.loads(result.stdout.splitlines()[-1])
+    figures = {"speedup", "efficiency", "makespan"} | timeline_names((1, 2, 4))
+    assert set(written) == figures | {"scaling_csv"}
+    table = (out / "scaling.csv").read_text().splitlines()
+    assert len(table) == 1 + len(BACKENDS) * len(MODES) * 3
 
 
 def test_references_are_checked():
@@ -126,25 +160,37 @@ class Namedlist(list):
 
 def test_rule_scripts_write_declared_outputs(results: Path, tmp_path: Path):
     summaries = [
-        str(results / mode / f"{gpus}gpu" / "summary.json")
-        for mode in ("data", "experiment")
+        str(results / backend / mode / f"{gpus}gpu" / "summary.json")
+        for backend in BACKENDS
+        for mode in MODES
         for gpus in (1, 2)  # the config asks for fewer runs than exist: only these count
     ]
     table = tmp_path / "results" / "scaling" / "scaling.csv"
+    evals = [
+        eval_summary(
+            tmp_path / "results" / "eval" / backend / "data" / "summary.json",
+            str(results / backend / "data" / "2gpu" / "best_model.json"),
+            [dice],
+        )
+        for backend, dice in zip(BACKENDS, (0.6, 0.8), strict=True)
+    ]
     scaling_from_rule(
         SimpleNamespace(
-            input=Namedlist(summaries=summaries, evals=[]), output=Namedlist(table=str(table))
+            input=Namedlist(summaries=summaries, evals=[str(p) for p in evals]),
+            output=Namedlist(table=str(table)),
         )
     )
+    rows = pd.read_csv(table).set_index(["backend", "mode", "gpus"])["test_dice"]
+    assert rows.dropna().to_dict() == {("tensorflow", "data", 2): 0.6, ("torch", "data", 2): 0.8}
     figures = tmp_path / "results" / "plot_scaling"
-    runs = [f"{m}_{g}gpu" for m in ("data", "experiment") for g in (1, 2)]
+    runs = sorted(timeline_names((1, 2)))
     # Named as rules/report.smk names them: PNGs by figure name, PDFs beside them.
     outputs: dict[str, object] = {}
     for name in ("speedup", "efficiency", "makespan"):
         outputs[name] = str(figures / f"{name}.png")
         outputs[f"{name}_pdf"] = str(figures / f"{name}.pdf")
-    outputs["timelines"] = [str(figures / f"timeline_{r}.png") for r in runs]
-    outputs["timelines_pdf"] = [str(figures / f"timeline_{r}.pdf") for r in runs]
+    outputs["timelines"] = [str(figures / f"{r}.png") for r in runs]
+    outputs["timelines_pdf"] = [str(figures / f"{r}.pdf") for r in runs]
     rule = SimpleNamespace(
         input=Namedlist(table=str(table), summaries=summaries),
         output=Namedlist(**outputs),

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from distmis.analysis.scaling import (
+    attach_test_dice,
     own_efficiency,
     own_speedup,
     read_scaling_csv,
@@ -78,18 +79,22 @@ def write_run(
     rows: Sequence[dict] | None = None,
     *,
     resumed: bool = False,
-    backend: str | None = None,
+    backend: str = "tensorflow",
     best_val_dice: float | None = 0.5,
     use_gpu: bool = True,
     drop: Sequence[str] = (),
 ) -> Path:
-    """``root/{mode}/{gpus}gpu/`` with a summary.json and trials.csv in the contract format."""
-    directory = root / mode / f"{gpus}gpu"
+    """``root/{backend}/{mode}/{gpus}gpu/`` with summary.json and trials.csv as the contract says.
+
+    ``drop`` deletes summary keys, e.g. ``("backend",)`` for a summary from before backends.
+    """
+    directory = root / backend / mode / f"{gpus}gpu"
     directory.mkdir(parents=True)
     if rows is None:
         workers = gpus if mode == "data" else 1
         rows = [trial_row("t1", START + 1, START + makespan - 1, workers=workers)]
     summary = {
+        "backend": backend,
         "mode": mode,
         "gpus": gpus,
         "workers": max(int(r["workers"]) for r in rows),
@@ -110,8 +115,6 @@ def write_run(
         "devices_seen": [],
         "versions": {},
     }
-    if backend is not None:
-        summary["backend"] = backend
     for key in drop:
         del summary[key]
     (directory / "summary.json").write_text(json.dumps(summary))
@@ -134,7 +137,7 @@ def test_speedup_and_efficiency_exact(tmp_path: Path):
 
 
 def test_columns_in_documented_order(tmp_path: Path):
-    write_run(tmp_path, "data", 1, 100.0)
+    write_run(tmp_path, "data", 1, 100.0, drop=["backend"])
     table = scaling_table(load_runs(tmp_path))
     assert list(table.columns) == [
         "backend",
@@ -180,21 +183,27 @@ def test_series_with_different_bases_fill_their_own_columns(tmp_path: Path):
     assert list(own) == pytest.approx([1.0, 1.0, 1.0, 0.75], rel=1e-12)
 
 
-def test_backend_key_makes_its_own_series(tmp_path: Path):
-    write_run(tmp_path / "tf", "data", 1, 100.0)
-    write_run(tmp_path / "tf", "data", 2, 50.0)
-    write_run(tmp_path / "pt", "data", 1, 80.0, backend="pytorch")
-    write_run(tmp_path / "pt", "data", 2, 20.0, backend="pytorch")
-    dirs = [tmp_path / b / "data" / f"{g}gpu" for b in ("tf", "pt") for g in (1, 2)]
-    table = scaling_table(load_runs(directories=dirs))
+def test_each_backend_makes_its_own_series(tmp_path: Path):
+    write_run(tmp_path, "data", 1, 100.0)
+    write_run(tmp_path, "data", 2, 50.0)
+    write_run(tmp_path, "data", 1, 80.0, backend="torch")
+    write_run(tmp_path, "data", 2, 20.0, backend="torch")
+    runs = load_runs(tmp_path)  # found in {backend}/{mode}/{G}gpu
+    assert [r.directory.relative_to(tmp_path).as_posix() for r in runs] == [
+        "tensorflow/data/1gpu",
+        "tensorflow/data/2gpu",
+        "torch/data/1gpu",
+        "torch/data/2gpu",
+    ]
+    table = scaling_table(runs)
     speedups = {
         (row.backend, row.gpus): row.speedup_vs_1gpu for row in table.itertuples(index=False)
     }
     assert speedups == {
-        ("pytorch", 1): 1.0,
-        ("pytorch", 2): 4.0,
         ("tensorflow", 1): 1.0,
         ("tensorflow", 2): 2.0,
+        ("torch", 1): 1.0,
+        ("torch", 2): 4.0,
     }
 
 
@@ -301,9 +310,22 @@ def test_explicit_run_dir_without_files(tmp_path: Path):
 
 
 def test_no_runs_at_all(tmp_path: Path):
-    (tmp_path / "data" / "1gpu").mkdir(parents=True)  # a run that never wrote anything
-    with pytest.raises(ContractError, match="no {mode}/{G}gpu/summary.json under"):
+    (tmp_path / "torch" / "data" / "1gpu").mkdir(parents=True)  # a run that wrote nothing
+    with pytest.raises(ContractError, match="no {backend}/{mode}/{G}gpu/summary.json under"):
         load_runs(tmp_path)
+
+
+def test_runs_in_the_layout_without_backend_folders_are_skipped_with_a_hint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    run = write_run(tmp_path / "scratch", "data", 1, 10.0)
+    train = tmp_path / "train"
+    train.mkdir()
+    run.parent.rename(train / "data")  # train/data/1gpu, as before backends had folders
+    with caplog.at_level(logging.WARNING), pytest.raises(ContractError, match="no {backend}"):
+        load_runs(train)
+    assert f"skipping {train / 'data' / '1gpu'}" in caplog.text
+    assert f"move it to {train / 'tensorflow' / 'data' / '1gpu'}" in caplog.text
 
 
 def test_bad_number_names_line(tmp_path: Path):
@@ -330,6 +352,28 @@ def test_summary_in_wrong_folder(tmp_path: Path):
     (run / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ContractError, match="says gpus=4 but sits in 2gpu/"):
         load_runs(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("folder", "key", "message"),
+    [
+        ("torch", "tensorflow", "says backend=tensorflow but sits in torch/"),
+        ("tensorflow", "torch", "says backend=torch but sits in tensorflow/"),
+        # A torch run always records its backend; without the key a summary is TensorFlow's.
+        ("torch", None, "says backend=tensorflow but sits in torch/"),
+    ],
+)
+def test_summary_in_another_backends_folder(tmp_path: Path, folder, key, message):
+    run = write_run(tmp_path, "experiment", 1, 10.0, backend=folder)
+    summary = json.loads((run / "summary.json").read_text())
+    if key is None:
+        del summary["backend"]
+    else:
+        summary["backend"] = key
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ContractError, match=message) as err:
+        load_runs(tmp_path)
+    assert "train_experiment_parallel" in str(err.value)
 
 
 def test_resumed_must_be_boolean(tmp_path: Path):
@@ -402,23 +446,63 @@ def test_assign_lanes_blocks_of_workers():
     assert lanes == {"one": [0], "pair": [1, 2], "late": [1, 2]}
 
 
-def test_attach_test_dice_puts_the_mean_region_dice_on_the_evaluated_run(tmp_path):
-    import json as _json
+def eval_summary(path: Path, model: str, dice: Sequence[float], **extra) -> Path:
+    """A rule evaluate summary.json scoring ``model`` with these per-region mean Dice."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    regions = {f"R{i}": {"dice": {"mean": value}} for i, value in enumerate(dice)}
+    path.write_text(json.dumps({"model": model, "regions": regions, **extra}))
+    return path
 
-    import pandas as _pd
 
-    from distmis.analysis.scaling import attach_test_dice
-
-    table = _pd.DataFrame({"mode": ["data", "data", "experiment"], "gpus": [1, 2, 2]})
-    summary = tmp_path / "summary.json"
-    summary.write_text(
-        _json.dumps(
-            {
-                "model": "results/train/data/2gpu/best_model.keras",
-                "regions": {"WT": {"dice": {"mean": 0.9}}, "TC": {"dice": {"mean": 0.6}}},
-            }
-        )
+def dice_table() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "backend": ["tensorflow", "tensorflow", "torch", "torch"],
+            "mode": ["data", "data", "data", "experiment"],
+            "gpus": [1, 2, 2, 2],
+        }
     )
-    out = attach_test_dice(table, [summary])
-    assert out["test_dice"].isna().tolist() == [True, False, True]
+
+
+def test_attach_test_dice_puts_the_mean_region_dice_on_the_evaluated_run(tmp_path):
+    evals = [
+        # Evaluated from the model card; the backend from the summary's own key.
+        eval_summary(
+            tmp_path / "eval/tensorflow/data/summary.json",
+            "results/train/tensorflow/data/2gpu/best_model.json",
+            [0.9, 0.6],
+            backend="tensorflow",
+        ),
+        # No backend key: the eval folder (and the model's) says torch.
+        eval_summary(
+            tmp_path / "eval/torch/data/summary.json",
+            "results/train/torch/data/2gpu/best_model.pt",
+            [0.5],
+        ),
+    ]
+    out = attach_test_dice(dice_table(), evals)
+    assert out["test_dice"].isna().tolist() == [True, False, False, True]
     assert out.loc[1, "test_dice"] == pytest.approx(0.75)
+    assert out.loc[2, "test_dice"] == pytest.approx(0.5)
+
+
+def test_attach_test_dice_reads_a_summary_from_before_backend_folders(tmp_path):
+    summary = eval_summary(
+        tmp_path / "eval/data/summary.json", "results/train/data/2gpu/best_model.keras", [0.8]
+    )
+    out = attach_test_dice(dice_table(), [summary])
+    assert out["test_dice"].isna().tolist() == [True, False, True, True]  # TensorFlow's
+
+
+@pytest.mark.parametrize(
+    ("where", "model", "key"),
+    [
+        ("eval/torch/data", "results/train/torch/data/2gpu/best_model.json", "tensorflow"),
+        ("eval/torch/data", "results/train/tensorflow/data/2gpu/best_model.json", None),
+    ],
+)
+def test_attach_test_dice_refuses_a_backend_its_folders_contradict(tmp_path, where, model, key):
+    extra = {} if key is None else {"backend": key}
+    summary = eval_summary(tmp_path / where / "summary.json", model, [0.8], **extra)
+    with pytest.raises(ContractError, match=r"summary\.json: backend .* disagrees"):
+        attach_test_dice(dice_table(), [summary])

@@ -101,7 +101,7 @@ def test_demo_pipeline_through_the_slurm_profile(tmp_path):
 
     for mode in ("data", "experiment"):
         for gpus in (1, 2):
-            run = tmp_path / f"results/train/{mode}/{gpus}gpu"
+            run = tmp_path / f"results/train/tensorflow/{mode}/{gpus}gpu"
             summary = json.loads((run / "summary.json").read_text())
             slurm = summary["resources"]["slurm"]
             # The job really ran under SLURM, with G (fake) GPUs on one node ...
@@ -115,7 +115,8 @@ def test_demo_pipeline_through_the_slurm_profile(tmp_path):
             with (run / "trials.csv").open() as fh:
                 rows = list(csv.DictReader(fh))
             assert tuple(rows[0]) == TRIAL_COLUMNS and rows[0]["status"] == "ok"
-            assert (summary["mode"], summary["gpus"], summary["ok_count"]) == (mode, gpus, 1)
+            assert (summary["backend"], summary["mode"]) == ("tensorflow", mode)
+            assert (summary["gpus"], summary["ok_count"]) == (gpus, 1)
     assert (tmp_path / "results/scaling/scaling.csv").is_file()
     assert not leftover_ray_processes("")
 
@@ -220,7 +221,7 @@ def test_two_node_jobs_span_both_nodes(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     for mode in ("data", "experiment"):
-        run = tmp_path / f"results/train/{mode}/2gpu"
+        run = tmp_path / f"results/train/tensorflow/{mode}/2gpu"
         summary = json.loads((run / "summary.json").read_text())
         job = scontrol_job(summary["resources"]["slurm"]["SLURM_JOB_ID"])
         assert "NumNodes=2 " in job and " NodeList=node[1-2]" in job, job

@@ -36,6 +36,29 @@ def write_config(path: Path, **preprocess) -> Path:
     return path
 
 
+def dry_run_jobs(output: str) -> list[dict]:
+    """The jobs `snakemake -n` prints: each one's rule, output (a list), wildcards and
+    resources (dicts)."""
+    jobs: list[dict] = []
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
+            jobs.append(
+                {
+                    "rule": line.split()[-1].rstrip(":"),
+                    "output": [],
+                    "wildcards": {},
+                    "resources": {},
+                }
+            )
+        elif jobs and line.startswith("output: "):
+            jobs[-1]["output"] = line.removeprefix("output: ").split(", ")
+        elif jobs and line.startswith(("wildcards: ", "resources: ")):
+            key, _, pairs = line.partition(": ")
+            jobs[-1][key] = dict(pair.split("=", 1) for pair in pairs.split(", "))
+    return jobs
+
+
 def test_dry_run_lists_one_conversion_job_per_shard(tmp_path):
     result = snakemake("-n", "--quiet", "rules", workdir=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -52,6 +75,49 @@ def test_dry_run_lists_one_conversion_job_per_shard(tmp_path):
     assert counts["evaluate"] == 2
     assert counts["synthesize_brats"] == 1 and counts["index_tfrecords"] == 1
     assert "download_brats" not in counts
+
+
+def test_two_backends_train_and_plot_apart(tmp_path):
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["train"]["backend"] = ["tensorflow", "torch"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", workdir=tmp_path, configfile=tmp_path / "c.yaml")
+    assert result.returncode == 0, result.stderr
+    jobs = dry_run_jobs(result.stdout + result.stderr)
+    backends, gpu_counts = ("tensorflow", "torch"), ("1", "2")
+    for rule, mode in (
+        ("train_data_parallel", "data"),
+        ("train_experiment_parallel", "experiment"),
+    ):
+        train = [job for job in jobs if job["rule"] == rule]
+        assert sorted((j["wildcards"]["backend"], j["wildcards"]["gpus"]) for j in train) == [
+            (backend, gpus) for backend in backends for gpus in gpu_counts
+        ]
+        for job in train:
+            backend, gpus = job["wildcards"]["backend"], job["wildcards"]["gpus"]
+            run = f"results/train/{backend}/{mode}/{gpus}gpu"
+            assert sorted(job["output"]) == [
+                f"{run}/best_model.json",
+                f"{run}/summary.json",
+                f"{run}/trials.csv",
+            ]
+    outputs = [path for job in jobs if job["rule"].startswith("train_") for path in job["output"]]
+    assert len(outputs) == len(set(outputs)) == 2 * 2 * 2 * 3  # no two jobs share a file
+    evaluated = {
+        (job["wildcards"]["backend"], job["wildcards"]["mode"])
+        for job in jobs
+        if job["rule"] == "evaluate"
+    }
+    assert evaluated == {(b, m) for b in backends for m in ("data", "experiment")}
+    (plot,) = [job for job in jobs if job["rule"] == "plot_scaling"]
+    timelines = {Path(p).name for p in plot["output"] if Path(p).name.startswith("timeline_")}
+    assert timelines == {
+        f"timeline_{backend}_{mode}_{gpus}gpu{suffix}"
+        for backend in backends
+        for mode in ("data", "experiment")
+        for gpus in gpu_counts
+        for suffix in (".png", ".pdf")
+    }
 
 
 def test_msd_source_uses_the_download_rule(tmp_path):
@@ -101,19 +167,30 @@ def test_pipeline_runs_offline_and_reruns_nothing(tmp_path):
     assert sum(split["count"] for split in info["splits"].values()) == 10
     for mode in ("data", "experiment"):
         for gpus in (1, 2):
-            summary = json.loads(
-                (tmp_path / f"results/train/{mode}/{gpus}gpu/summary.json").read_text()
-            )
-            assert (summary["mode"], summary["gpus"], summary["ok_count"]) == (mode, gpus, 1)
-    assert (tmp_path / "results/plot_scaling/speedup.png").stat().st_size > 0
+            run = tmp_path / f"results/train/tensorflow/{mode}/{gpus}gpu"
+            summary = json.loads((run / "summary.json").read_text())
+            assert (summary["backend"], summary["mode"]) == ("tensorflow", mode)
+            assert (summary["gpus"], summary["ok_count"]) == (gpus, 1)
+            # The model card names the weights beside it.
+            card = json.loads((run / "best_model.json").read_text())
+            assert card["backend"] == "tensorflow"
+            assert Path(card["model_file"]).name == "best_model.keras"
+            assert (run / card["model_file"]).is_file()
+    figures = tmp_path / "results/plot_scaling"
+    assert (figures / "speedup.png").stat().st_size > 0
+    assert (figures / "timeline_tensorflow_experiment_2gpu.png").stat().st_size > 0
     for mode in ("data", "experiment"):
-        assert json.loads((tmp_path / f"results/eval/{mode}/summary.json").read_text())["cases"] > 0
+        evaluated = json.loads(
+            (tmp_path / f"results/eval/tensorflow/{mode}/summary.json").read_text()
+        )
+        assert evaluated["cases"] > 0
     report = snakemake(
         "--cores", "2", "--report", "report.html", workdir=tmp_path, configfile=configfile
     )
     assert report.returncode == 0, report.stderr[-2000:]
     assert "speedup.png" in (tmp_path / "report.html").read_text(errors="replace")
     assert (tmp_path / "logs/plan_tfrecords.log").exists()
+    assert (tmp_path / "logs/train_data_parallel/tensorflow/1gpu.log").exists()
     again = snakemake("-n", "--cores", "2", workdir=tmp_path, configfile=configfile)
     assert "Nothing to be done" in again.stdout + again.stderr
     # Redrawing the figures retrains nothing.
@@ -153,24 +230,13 @@ def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
         configfile=tmp_path / "c.yaml",
     )
     assert result.returncode == 0, result.stderr
-    requested = {}
-    rule = gpus = None
-    for line in (result.stdout + result.stderr).splitlines():
-        line = line.strip()
-        if line.startswith(("rule ", "localrule ")):
-            rule = line.split()[-1].rstrip(":")
-        elif line.startswith("wildcards: gpus="):
-            gpus = int(line.removeprefix("wildcards: gpus="))
-        elif line.startswith("resources:") and rule and rule.startswith("train_"):
-            fields = dict(
-                item.split("=", 1) for item in line.removeprefix("resources: ").split(", ")
-            )
-            requested[(rule, gpus)] = (
-                fields["nodes"],
-                fields["tasks"],
-                fields["gres"],
-                fields["cpus_per_task"],
-            )
+    requested = {
+        (job["rule"], int(job["wildcards"]["gpus"])): tuple(
+            job["resources"][key] for key in ("nodes", "tasks", "gres", "cpus_per_task")
+        )
+        for job in dry_run_jobs(result.stdout + result.stderr)
+        if job["rule"].startswith("train_")
+    }
     expected = {
         1: ("1", "1", "gpu:1", "10"),
         2: ("1", "1", "gpu:2", "20"),

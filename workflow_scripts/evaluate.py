@@ -1,4 +1,4 @@
-"""Rule evaluate: score the best model on the test split; predictions and overlays."""
+"""Rule evaluate: one (backend, mode)'s best model on the test split; predictions, overlays."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Rule train_data_parallel: the whole grid in data-parallel mode on {gpus} GPUs."""
+"""Rule train_data_parallel: the whole grid in data-parallel mode with {backend} on {gpus} GPUs."""
 
 from distmis.workflow import start_script
 

@@ -1,4 +1,4 @@
-"""Rule train_experiment_parallel: the whole grid in experiment-parallel mode on {gpus} GPUs."""
+"""Rule train_experiment_parallel: the whole grid, experiment-parallel, {backend} on {gpus} GPUs."""
 
 from distmis.workflow import start_script
 

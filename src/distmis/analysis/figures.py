@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -31,10 +32,12 @@ from distmis.fileio import atomic_path
 log = logging.getLogger(__name__)
 
 PNG_DPI = 150
-# Colour says the mode, marker and line style the backend, in every figure alike.
+# Colour says the mode, marker and line style (bar shade in the makespan bars) the backend,
+# in every figure alike.
 MODE_COLOURS = {"data": "tab:blue", "experiment": "tab:orange"}
 OTHER_COLOURS = ("tab:green", "tab:purple", "tab:brown")
-BACKEND_STYLES = {DEFAULT_BACKEND: ("o", "-"), "pytorch": ("s", "--")}
+BACKEND_STYLES = {DEFAULT_BACKEND: ("o", "-"), "torch": ("s", "--")}
+BACKEND_SHADES = {DEFAULT_BACKEND: 1.0, "torch": 0.5}  # bar fill opacity
 FAILED_COLOUR = "tab:red"
 IDEAL_COLOUR = "0.45"
 IDEAL_STYLES = ("--", ":", "-.")
@@ -271,7 +274,8 @@ def plot_makespan(table: pd.DataFrame, stem: Path) -> list[Path]:
             positions,
             rows["makespan_seconds"],
             width=width * 0.95,
-            color=mode_colour(mode),
+            # Fill only: the black edge and hatch stay solid on a lighter bar.
+            color=to_rgba(mode_colour(mode), BACKEND_SHADES.get(backend, 0.75)),
             hatch=[("//" if r else None) for r in rows["resumed"]],
             edgecolor="black",
             linewidth=0.5,
@@ -345,12 +349,12 @@ def plot_timeline(run: Run, stem: Path) -> list[Path]:
     ax.set_xlabel("time since the run started (s)")
     ax.set_ylabel(f"lane ({noun})")
     ax.grid(True, axis="x", alpha=0.3)
+    # The backend always shows: a timeline stands alone in the report, with no legend
+    # of series to tell a tensorflow run from a torch one.
     title = (
-        f"{run.summary.mode} parallelism, G = {run.gpus}: makespan {makespan:.1f} s, "
-        f"{noun}s busy {busy_fraction(run, bars):.0%} of G × makespan"
+        f"{run.summary.backend}, {run.summary.mode} parallelism, G = {run.gpus}: "
+        f"makespan {makespan:.1f} s, {noun}s busy {busy_fraction(run, bars):.0%} of G × makespan"
     )
-    if run.summary.backend != DEFAULT_BACKEND:
-        title = f"{run.summary.backend}, " + title
     if run.summary.resumed:
         title += " (resumed: spans the interruption)"
     ax.set_title(title, fontsize=10)
@@ -364,11 +368,8 @@ def plot_timeline(run: Run, stem: Path) -> list[Path]:
 
 
 def timeline_stem(run: Run) -> str:
-    """``timeline_{mode}_{G}gpu``, prefixed by the backend when it is not the default."""
-    stem = f"timeline_{run.summary.mode}_{run.gpus}gpu"
-    if run.summary.backend != DEFAULT_BACKEND:
-        stem = f"timeline_{run.summary.backend}_{run.summary.mode}_{run.gpus}gpu"
-    return stem
+    """``timeline_{backend}_{mode}_{G}gpu``: unique per run, as rules/report.smk names it."""
+    return f"timeline_{run.summary.backend}_{run.summary.mode}_{run.gpus}gpu"
 
 
 def plot_all(

@@ -25,10 +25,11 @@ def run_scaling(
 ) -> dict[str, Any]:
     """Write ``out_dir``/scaling.csv and the figures; return the paths by name.
 
-    ``results_dir`` is searched for ``{mode}/{G}gpu`` runs unless ``run_dirs`` lists them.
+    ``results_dir`` (e.g. ``results/train``) is searched for ``{backend}/{mode}/{G}gpu``
+    runs unless ``run_dirs`` lists them.
     ``references`` are ``config["report"]["references"]`` entries (label, mode, gpus,
     speedup). The result maps ``"scaling_csv"`` to the table's path and each figure name
-    (``speedup``, ``efficiency``, ``makespan``, ``timeline_{mode}_{G}gpu``) to its PNG
+    (``speedup``, ``efficiency``, ``makespan``, ``timeline_{backend}_{mode}_{G}gpu``) to its PNG
     and PDF paths.
     """
     parsed = parse_references(references)

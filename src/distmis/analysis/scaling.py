@@ -33,9 +33,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from distmis.analysis.timings import Run
+from distmis.analysis.timings import BACKENDS, DEFAULT_BACKEND, Run
 from distmis.errors import ContractError
-from distmis.fileio import atomic_path
+from distmis.fileio import atomic_path, read_json
 
 log = logging.getLogger(__name__)
 
@@ -188,21 +188,41 @@ def read_scaling_csv(path: Path) -> pd.DataFrame:
 
 
 def attach_test_dice(table: pd.DataFrame, eval_summaries: Sequence[Path]) -> pd.DataFrame:
-    """Add ``test_dice``: the evaluated model's mean test Dice, on the (mode, G) it came from.
+    """Add ``test_dice``: the evaluated model's mean test Dice, on the run it came from.
 
-    Each ``results/eval/{mode}/summary.json`` (rule evaluate) scores the best model of one
-    mode, trained at one G (its ``model`` path names it); the value is the mean over regions
-    of the per-region mean Dice. Rows without an evaluated model get NaN.
+    Each ``results/eval/{backend}/{mode}/summary.json`` (rule evaluate) scores the best model
+    of one (backend, mode), trained at one G; its ``model`` path
+    (``results/train/{backend}/{mode}/{G}gpu/...``) names the mode and G, its ``backend`` key
+    the backend (without one: the backend folder the summary or its model sits in, or
+    TensorFlow for a summary from before backends had folders; a folder that disagrees is a
+    contract error). The value is the mean over regions of the per-region mean Dice. Rows
+    without an evaluated model get NaN.
     """
-    from distmis.fileio import read_json
-
     table = table.copy()
     table["test_dice"] = math.nan
     for path in eval_summaries:
+        path = Path(path)
         summary = read_json(path, "rule evaluate")
         model = Path(summary["model"])
         mode, gpus = model.parent.parent.name, int(model.parent.name.removesuffix("gpu"))
+        backend = _eval_backend(path, summary, model)
         dice = [region["dice"]["mean"] for region in summary["regions"].values()]
-        rows = (table["mode"] == mode) & (table["gpus"] == gpus)
+        rows = (table["backend"] == backend) & (table["mode"] == mode) & (table["gpus"] == gpus)
         table.loc[rows, "test_dice"] = sum(dice) / len(dice)
     return table
+
+
+def _eval_backend(path: Path, summary: dict, model: Path) -> str:
+    """The backend whose model an eval ``summary.json`` scored; its folders must agree."""
+    folders = {
+        name
+        for name in (path.parent.parent.name, model.parent.parent.parent.name)
+        if name in BACKENDS
+    }
+    backend = str(summary.get("backend") or (min(folders) if folders else DEFAULT_BACKEND))
+    if folders - {backend}:
+        raise ContractError(
+            f"{path}: backend {backend} disagrees with its folder {path.parent.parent.name}/ "
+            f"or the model it scored, {model}; rerun rule evaluate"
+        )
+    return backend

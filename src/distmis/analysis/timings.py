@@ -1,12 +1,12 @@
 """Typed, validated access to the training timings: ``trials.csv`` and ``summary.json``.
 
-One :class:`Run` per ``{mode}/{G}gpu`` folder. Anything missing or malformed raises
+One :class:`Run` per ``{backend}/{mode}/{G}gpu`` folder (the workflow's
+``results/train/{backend}/{mode}/{G}gpu``). Anything missing or malformed raises
 :class:`~distmis.errors.ContractError` naming the file and the rule that writes it, so a
 broken run stops the analysis instead of becoming a silently wrong plot.
 
-``summary.json`` may carry a ``backend`` key (a later PyTorch trainer writes it); without
-one the run is TensorFlow's, the only backend before that key existed. A series of runs to
-compare is a (backend, mode) pair.
+``summary.json`` carries a ``backend`` key; a summary without one is TensorFlow's, the only
+backend before that key existed. A series of runs to compare is a (backend, mode) pair.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 SUMMARY_NAME = "summary.json"
 TRIALS_NAME = "trials.csv"
 DEFAULT_BACKEND = "tensorflow"
+# train.backend's names in the schema: the folder names a run's grandparent may have.
+BACKENDS = ("tensorflow", "torch")
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 # The rule that writes each mode's files, named in every error so the fix is obvious.
@@ -243,7 +245,7 @@ class Run:
 
     @classmethod
     def from_dir(cls, directory: Path) -> Run:
-        """Load ``{mode}/{G}gpu/`` and check that its two files describe that same run."""
+        """Load ``{backend}/{mode}/{G}gpu/`` and check that its files describe that run."""
         directory = Path(directory)
         mode_hint = directory.parent.name
         rule = made_by(mode_hint)
@@ -278,6 +280,12 @@ def _check_consistent(directory: Path, summary: RunSummary, trials: Sequence[Tri
         raise ContractError(
             f"{summary.path} says mode={summary.mode} but sits in {directory.parent.name}/"
         )
+    backend_folder = directory.parent.parent.name
+    if backend_folder in BACKENDS and backend_folder != summary.backend:
+        raise ContractError(
+            f"{summary.path} says backend={summary.backend} but sits in {backend_folder}/; "
+            f"rerun {rule}"
+        )
     if summary.trial_count != len(trials):
         raise ContractError(
             f"{summary.path} counts {summary.trial_count} trials but "
@@ -287,9 +295,10 @@ def _check_consistent(directory: Path, summary: RunSummary, trials: Sequence[Tri
 
 
 def run_dirs(results_dir: Path) -> list[Path]:
-    """Every ``{mode}/{G}gpu`` folder under ``results_dir`` holding either contract file."""
+    """Every ``{backend}/{mode}/{G}gpu`` folder under ``results_dir`` holding a contract file."""
+    results_dir = Path(results_dir)
     found = []
-    for directory in sorted(Path(results_dir).glob("*/*gpu")):
+    for directory in sorted(results_dir.glob("*/*/*gpu")):
         if not (directory.is_dir() and RUN_DIR_PATTERN.match(directory.name)):
             continue
         if (directory / SUMMARY_NAME).exists() or (directory / TRIALS_NAME).exists():
@@ -297,6 +306,14 @@ def run_dirs(results_dir: Path) -> list[Path]:
         else:
             # A folder with neither file is a run that never got to write results.
             log.warning("skipping %s: no %s or %s in it", directory, SUMMARY_NAME, TRIALS_NAME)
+    for directory in sorted(results_dir.glob("*/*gpu")):
+        # Runs from before backends had folders of their own were all TensorFlow's.
+        if directory.parent.name in MADE_BY and RUN_DIR_PATTERN.match(directory.name):
+            log.warning(
+                "skipping %s: runs now live in {backend}/{mode}/{G}gpu; move it to %s",
+                directory,
+                results_dir / DEFAULT_BACKEND / directory.parent.name / directory.name,
+            )
     return found
 
 
@@ -312,8 +329,8 @@ def load_runs(results_dir: Path | None = None, directories: Sequence[Path] = ())
         directories = run_dirs(results_dir)
         if not directories:
             raise ContractError(
-                f"no {{mode}}/{{G}}gpu/{SUMMARY_NAME} under {results_dir}: run the training "
-                f"rules ({', '.join(MADE_BY.values())}) first"
+                f"no {{backend}}/{{mode}}/{{G}}gpu/{SUMMARY_NAME} under {results_dir}: run "
+                f"the training rules ({', '.join(MADE_BY.values())}) first"
             )
     runs = [Run.from_dir(Path(d)) for d in directories]
     seen: dict[tuple[str, str, int], Path] = {}
