@@ -273,12 +273,14 @@ def _train(config: Mapping[str, Any], started: float) -> None:
                     train_steps,
                     float(loss_per_sample.mean()),
                 )
-        trained.eval()
+        # Validation runs the bare model, not the DDP wrapper: each worker validates its own
+        # records in as many batches as they take, so no collective may run per batch.
+        model.eval()
         val_sums = _EpochSums(len(channels))
         with torch.no_grad(), torch.autocast(**autocast):
             for batch in val_batches.epoch(epoch):
                 images, labels = to_device(batch)
-                probabilities = trained(images)
+                probabilities = model(images)
                 val_sums.add(
                     soft_dice_per_sample(labels, probabilities),
                     dice_coefficient(labels, probabilities),
