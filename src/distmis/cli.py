@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("scaling", help="speedup table and figures from the training results")
-    p.add_argument("--results", default="results/train", help="folder holding {mode}/{G}gpu/")
+    p.add_argument(
+        "--results", default="results/train", help="folder holding {backend}/{mode}/{G}gpu/"
+    )
     p.add_argument("--out", default="results/scaling", help="folder for scaling.csv and figures")
     p.add_argument("--config", default=None, help="config.yaml (its report.references)")
     p.set_defaults(func=_cmd_scaling)
