@@ -44,6 +44,7 @@ lint: venv
 bench: venv
 	$(RUN) $(BIN)/python benchmarks/convert.py
 	$(RUN) $(BIN)/python benchmarks/train.py
+	$(RUN) $(BIN)/python benchmarks/torch_train.py
 
 clean:
 	rm -rf results/data results/tfrecords logs .snakemake

@@ -1,12 +1,17 @@
-"""Helpers the benchmark scripts share: quiet TensorFlow start-up, versions, load, verdicts."""
+"""Helpers the benchmark scripts share: quiet TensorFlow start-up, versions, load, verdicts,
+the synthetic training data set."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import os
+import shutil
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 
 @contextlib.contextmanager
@@ -42,3 +47,42 @@ def loadavg() -> str:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
+
+
+# The stamp beside a benchmark's data: benchmarks/train.py and torch_train.py share a --workdir.
+DATA_STAMP = "bench-train.json"
+
+
+def training_dataset(
+    root: Path, cases: int, source: tuple[int, int, int], shape: tuple[int, int, int], seed: int
+):
+    """Synthesise and convert ``cases`` (every one in the train split) under ``root``, or reuse
+    an earlier run's data when it matches; returns its ``DatasetInfo``."""
+    # Imported here: the callers decide what loads first (distmis.model's Keras switch).
+    from distmis.data.convert import ConvertParams, convert_dataset
+    from distmis.data.info import DatasetInfo
+    from distmis.data.synthetic import synthesize_dataset
+
+    out = root / "tfrecords"
+    stamp = root / DATA_STAMP
+    wanted = {"cases": cases, "source": list(source), "shape": list(shape), "seed": seed}
+    if (
+        stamp.is_file()
+        and json.loads(stamp.read_text()) == wanted
+        and (out / "info.json").is_file()
+    ):
+        print(f"  reusing {cases} cases {source} -> {shape} in {out}")
+        return DatasetInfo.from_dir(out)
+    started = time.perf_counter()
+    task = synthesize_dataset(root / "msd", cases, source, seed, progress=False)
+    if out.exists():
+        shutil.rmtree(out)
+    params = ConvertParams(shape=shape, label_mode="binary", split=(1.0, 0.0, 0.0))
+    # Writing TFRecords needs TensorFlow: the conversion imports it in its own worker process.
+    convert_dataset(task, out, params, workers=1, progress=False)
+    stamp.write_text(json.dumps(wanted))
+    print(
+        f"  synthesised {cases} cases {source} and converted to {shape} in"
+        f" {time.perf_counter() - started:.1f} s -> {out}"
+    )
+    return DatasetInfo.from_dir(out)

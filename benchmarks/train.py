@@ -36,7 +36,6 @@ actor's env_vars to compare. A benchmark, not a test: it exits 0 unless somethin
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -52,12 +51,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from _common import loadavg, quiet_stderr, verdict, version  # noqa: E402
+from _common import loadavg, quiet_stderr, training_dataset, verdict, version  # noqa: E402
 
 import distmis.model  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS=1 before tensorflow loads)
-from distmis.data.convert import ConvertParams, convert_dataset  # noqa: E402
 from distmis.data.info import DatasetInfo  # noqa: E402
-from distmis.data.synthetic import synthesize_dataset  # noqa: E402
 
 SEED = 0
 DEPTH = 3
@@ -266,34 +263,6 @@ def _print_machine(cpus: int) -> None:
     print(f"  load avg    {loadavg()} (1, 5, 15 min)")
 
 
-def _dataset(
-    root: Path, cases: int, source: tuple[int, int, int], shape: tuple[int, int, int]
-) -> DatasetInfo:
-    """Synthesise and convert under ``root``; reuse an earlier run's data when it matches."""
-    out = root / "tfrecords"
-    stamp = root / "bench-train.json"
-    wanted = {"cases": cases, "source": list(source), "shape": list(shape), "seed": SEED}
-    if (
-        stamp.is_file()
-        and json.loads(stamp.read_text()) == wanted
-        and (out / "info.json").is_file()
-    ):
-        print(f"  reusing {cases} cases {source} -> {shape} in {out}")
-        return DatasetInfo.from_dir(out)
-    started = time.perf_counter()
-    task = synthesize_dataset(root / "msd", cases, source, SEED, progress=False)
-    if out.exists():
-        shutil.rmtree(out)
-    params = ConvertParams(shape=shape, label_mode="binary", split=(1.0, 0.0, 0.0))
-    convert_dataset(task, out, params, workers=1, progress=False)
-    stamp.write_text(json.dumps(wanted))
-    print(
-        f"  synthesised {cases} cases {source} and converted to {shape} in"
-        f" {time.perf_counter() - started:.1f} s -> {out}"
-    )
-    return DatasetInfo.from_dir(out)
-
-
 def _print_process(title: str, report: dict) -> None:
     env = " ".join(f"{k}={v}" for k, v in report["env"].items() if v != "(unset)")
     print(
@@ -373,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print("\ndata")
         with quiet_stderr():  # TF's C++ start-up lines, here and in conversion workers
-            info = _dataset(workdir, args.cases, args.source_shape, args.shape)
+            info = training_dataset(workdir, args.cases, args.source_shape, args.shape, SEED)
         count = info.count("train")
         # A full pass and one batch more: fills cache() and traces the train step.
         warm_steps = math.ceil(count / batch) + 1

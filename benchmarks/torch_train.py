@@ -1,0 +1,653 @@
+"""Benchmark PyTorch training throughput: a bare torch loop against the same loop in a Ray worker.
+
+The PyTorch counterpart of ``benchmarks/train.py``, on the same synthetic data (the two share
+a ``--workdir``). Synthesises ``--cases`` small BraTS-like cases (``--source-shape``, default
+40×40×28), converts them to TFRecords of ``--shape`` (default 32×32×24, four channels, binary
+labels, every case in the train split) and measures volumes/s, at that one volume size, of:
+
+(a) BARE: training steps of the torch U-Net (``build_unet_torch``, depth 3, base 8, batch
+    norm), Adam (lr 1e-3, betas (0.9, 0.999), eps 1e-7) and the soft Dice loss
+    (``soft_dice_per_sample``) on in-memory tensors (the train split, tiled to fill the steps,
+    a batch gathered per step from a seeded per-run permutation), in this process;
+(b) RAY: the same steps fed by the torch pipeline (``make_batches(..., shuffle=True, seed=0,
+    cache=True, steps_per_epoch=S)``, one ``epoch(e)`` per run) inside ONE Ray actor that
+    holds all ``--cpus`` CPUs (``start_ray(None, num_cpus=N, num_gpus=0)``, ``runtime_env``
+    env_vars from ``WORKER_ENV``);
+(c) PIPELINE: the same ``make_batches`` iterated for the same number of batches, no model,
+    in this process (and, for reference, inside the Ray actor as well).
+
+A step is the step of ``distmis.train.torch_loop``: zero the gradients, forward under
+``torch.autocast`` (enabled for ``--precision bf16``), the loss in float32, backward, Adam,
+and the per-step Dice metric; ``--channels-last`` puts the model and each image batch in
+``torch.channels_last_3d``. Both apply to (a) and (b) alike. Both loops use the same thread
+settings (``torch.set_num_threads(N)`` and interop ``min(2, N)``, by
+``distmis.train.torch_loop._limit_threads`` itself) and the same initial weights (seed 0;
+a checksum of each is printed). Each loop first runs one untimed warm-up epoch (a pass over
+the split and one batch more: first-call set-up, oneDNN primitives, and the pipeline's
+cache), then ``S`` steps are timed with ``perf_counter``; (a) and (b) alternate (order
+swapped every repeat), best of ``--repeats``. The pipeline is timed after an untimed full
+pass, so with ``cache=True`` it measures the cached steady state. Beside wall time each run
+reports the process's CPU time (user + sys, all threads) per wall second, which shows whether
+both processes got the same number of cores, and CPU time per volume, which shows whether they
+did the same work. Prints the machine, what decides each process's share of the cores
+(affinity, nice value, CFS autogroup, torch thread pools, the thread variables Ray sets in
+workers), a table and two ratios with targets: RAY / BARE >= 0.9 and PIPELINE / RAY >= 5.
+TensorFlow is never imported (the conversion runs it in its own processes): compare with
+``benchmarks/train.py`` run on the same ``--workdir``, ``--batch``, ``--steps`` and ``--cpus``.
+A benchmark, not a test: it exits 0 unless something breaks.
+
+    python benchmarks/torch_train.py [--cases 12] [--shape 32 32 24] [--source-shape 40 40 28]
+                                     [--batch 2] [--steps 40] [--repeats 5] [--cpus N]
+                                     [--precision {fp32,bf16}] [--channels-last]
+                                     [--worker-niceness N] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from _common import loadavg, quiet_stderr, training_dataset, verdict, version
+
+from distmis.data.info import DatasetInfo
+
+SEED = 0
+DEPTH = 3
+BASE_FILTERS = 8
+NORM = "batch"
+LR, BETA_2, AMSGRAD = 1e-3, 0.999, False
+PRECISIONS = ("fp32", "bf16")
+# Ray's config knob (ray_constants.RAY_WORKER_NICENESS): the nice value workers start with.
+RAY_WORKER_NICENESS = "RAY_worker_niceness"
+DEFAULT_SHAPE = (32, 32, 24)
+DEFAULT_SOURCE_SHAPE = (40, 40, 28)
+TARGET_RAY_OVER_BARE = 0.9
+TARGET_PIPELINE_OVER_RAY = 5.0
+# What Ray, PyTorch or the C runtime read to size thread pools or pick devices.
+ENV_KEYS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "KMP_AFFINITY",
+    "KMP_BLOCKTIME",
+    "OMP_WAIT_POLICY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "CUDA_VISIBLE_DEVICES",
+    "LD_PRELOAD",
+    "MALLOC_ARENA_MAX",
+    RAY_WORKER_NICENESS,
+)
+
+
+# ---------------------------------------------------------------- shared by both processes
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed section."""
+
+    seconds: float  # wall clock
+    cpu: float  # process user + sys over the section, all threads
+    volumes: int
+    steps: int
+    loss: float = math.nan  # mean training loss over the section's steps; nan for no model
+
+    @property
+    def rate(self) -> float:
+        return self.volumes / self.seconds
+
+    @property
+    def cpu_per_wall(self) -> float:
+        return self.cpu / self.seconds
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _set_threads(cpus: int) -> None:
+    """The training loop's own thread settings; before anything runs inter-op work."""
+    from distmis.train.torch_loop import _limit_threads
+
+    _limit_threads(cpus)
+
+
+def _process_report() -> dict:
+    """Where and how this process runs: the facts that decide how many cores torch uses."""
+    import torch
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {
+        "pid": os.getpid(),
+        "affinity_cpus": affinity,
+        "nice": os.nice(0),
+        "session": os.getsid(0),
+        "autogroup": _autogroup(),
+        "intra_op": torch.get_num_threads(),
+        "inter_op": torch.get_num_interop_threads(),
+        "threads_now": _thread_count(),
+        "tensorflow_loaded": "tensorflow" in sys.modules,
+        "env": {k: os.environ.get(k, "(unset)") for k in ENV_KEYS},
+    }
+
+
+def _autogroup() -> str:
+    """The CFS autogroup (one per session when the kernel enables them): nice values only
+    weigh against processes of the same group; groups share the CPUs among themselves."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as fh:
+            if fh.read().strip() != "1":
+                return "off"
+        with open("/proc/self/autogroup") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def _thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return -1
+
+
+class Trainer:
+    """The model, optimiser and step of ``distmis.train.torch_loop``, on the CPU.
+
+    ``images`` ``(B, C, X, Y, Z)`` and ``labels`` ``(B, K, X, Y, Z)`` float32, as the
+    pipeline yields them. Built identically in both processes: the weights depend only on
+    the seed.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, precision: str, channels_last: bool
+    ) -> None:
+        import torch
+
+        from distmis.torch_backend.unet import build_unet_torch
+        from distmis.train.torch_loop import ADAM_BETA_1, ADAM_EPSILON, AUTOCAST_DTYPES
+
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.model = build_unet_torch(
+            in_channels, out_channels, depth=DEPTH, base_filters=BASE_FILTERS, norm=NORM, seed=SEED
+        ).to(memory_format=self.memory_format)
+        self.weights_checksum = float(
+            sum(t.double().abs().sum() for t in self.model.state_dict().values())
+        )
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=LR,
+            betas=(ADAM_BETA_1, BETA_2),
+            eps=ADAM_EPSILON,
+            amsgrad=AMSGRAD,
+        )
+        self.autocast = dict(
+            device_type="cpu",
+            dtype=getattr(torch, AUTOCAST_DTYPES.get(precision, "bfloat16")),
+            enabled=precision != "fp32",
+        )
+        self.model.train()
+
+    def parameters(self) -> int:
+        from distmis.torch_backend.unet import count_parameters
+
+        return count_parameters(self.model)
+
+    def run(self, batches: Iterable) -> Timing:
+        """Train on every batch of ``batches``; wall and CPU time include drawing them."""
+        import torch
+
+        from distmis.torch_backend.losses import dice_coefficient, soft_dice_per_sample
+
+        loss_sum, volumes, steps = 0.0, 0, 0
+        cpu0, start = _cpu_seconds(), time.perf_counter()
+        for images, labels in batches:
+            images = images.to(memory_format=self.memory_format)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(**self.autocast):
+                probabilities = self.model(images)
+            loss_per_sample = soft_dice_per_sample(labels, probabilities)
+            loss_per_sample.mean().backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                # As torch_loop's _EpochSums.add: the host reads the loss and Dice every step.
+                loss_sum += float(loss_per_sample.sum())
+                dice_coefficient(labels, probabilities).sum(dim=0).tolist()
+            volumes += int(images.shape[0])
+            steps += 1
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
+        return Timing(seconds, cpu, volumes, steps, loss_sum / max(1, volumes))
+
+
+def _pipeline(tfrecord_dir: str, batch: int, steps: int):
+    from distmis.torch_backend.data import make_batches
+
+    return make_batches(
+        tfrecord_dir, "train", batch, shuffle=True, seed=SEED, cache=True, steps_per_epoch=steps
+    )
+
+
+def _time_pipeline(batches, warm_steps: int, repeats: int, first_epoch: int) -> Timing:
+    """Best of ``repeats``: one epoch (``steps_per_epoch`` batches) each, after one untimed
+    pass of ``warm_steps`` batches that fills the cache (epochs ``first_epoch``, ...)."""
+    for _ in itertools.islice(batches.epoch(first_epoch), warm_steps):
+        pass
+    best = None
+    for repeat in range(repeats):
+        cpu0, start = _cpu_seconds(), time.perf_counter()
+        volumes = steps = 0
+        for images, _labels in batches.epoch(first_epoch + 1 + repeat):
+            volumes += int(images.shape[0])
+            steps += 1
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
+        timing = Timing(seconds, cpu, volumes, steps)
+        if best is None or timing.seconds < best.seconds:
+            best = timing
+    return best
+
+
+# ---------------------------------------------------------------- (b): the Ray side
+
+
+class RayTrainer:
+    """One Ray actor holding every CPU: the pipeline-fed steps and the pipeline alone."""
+
+    def __init__(
+        self,
+        tfrecord_dir: str,
+        cpus: int,
+        batch: int,
+        steps: int,
+        warm_steps: int,
+        precision: str,
+        channels_last: bool,
+    ) -> None:
+        _set_threads(cpus)  # before the model or the pipeline runs anything
+        info = DatasetInfo.from_dir(Path(tfrecord_dir))
+        self.tfrecord_dir, self.batch, self.steps = tfrecord_dir, batch, steps
+        self.warm_steps = warm_steps
+        self.trainer = Trainer(
+            int(info.image_shape[-1]), len(info.label_channels), precision, channels_last
+        )
+        self.batches = _pipeline(tfrecord_dir, batch, steps)
+        self.epoch = 0  # each run trains on a new epoch's order, as training does
+
+    def report(self) -> dict:
+        return {**_process_report(), "weights_checksum": self.trainer.weights_checksum}
+
+    def warm_up(self) -> float:
+        start = time.perf_counter()
+        self.trainer.run(itertools.islice(self.batches.epoch(self.epoch), self.warm_steps))
+        self.epoch += 1
+        return time.perf_counter() - start
+
+    def timed_run(self) -> Timing:
+        timing = self.trainer.run(self.batches.epoch(self.epoch))
+        self.epoch += 1
+        return timing
+
+    def time_pipeline(self, repeats: int) -> Timing:
+        batches = _pipeline(self.tfrecord_dir, self.batch, self.steps)
+        return _time_pipeline(batches, self.warm_steps, repeats, first_epoch=0)
+
+
+# ---------------------------------------------------------------- (a): the bare side
+
+
+def _in_memory(info: DatasetInfo, batch: int, steps: int):
+    """The train split as tensors ``(N, C, X, Y, Z)``, ``(N, K, X, Y, Z)``, read once (by the
+    pipeline's reader, in split order) and tiled to at least ``steps · batch`` volumes."""
+    import torch
+
+    from distmis.torch_backend.data import make_batches
+
+    reader = make_batches(
+        info.root, "train", batch, shuffle=False, seed=SEED, cache=False, steps_per_epoch=None
+    )
+    images, labels = zip(*reader.epoch(0), strict=True)
+    images, labels = torch.cat(images), torch.cat(labels)
+    reps = math.ceil(steps * batch / len(images))
+    return images.repeat(reps, 1, 1, 1, 1), labels.repeat(reps, 1, 1, 1, 1), reps
+
+
+def _bare_batches(images, labels, batch: int, steps: int, run: int):
+    """``steps`` batches gathered from a seeded permutation of the in-memory volumes, as
+    Keras' ``fit(shuffle=True)`` gathers from numpy arrays; a new order every run."""
+    import torch
+
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SEED + run))
+    for step in range(steps):
+        index = order[step * batch : (step + 1) * batch]
+        yield images[index], labels[index]
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _print_machine(cpus: int) -> None:
+    import torch
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    print("machine")
+    print(f"  cpus        {os.cpu_count()} (usable by this process: {usable}; given: {cpus})")
+    print(f"  platform    {platform.platform()} ({platform.processor() or platform.machine()})")
+    print(f"  cpu         {_cpu_model()}; {_cpu_isa()}")
+    print(f"  python      {sys.version.split()[0]} ({platform.python_implementation()})")
+    for dist in ("numpy", "torch", "ray"):
+        print(f"  {dist:<11} {version(dist)}")
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        capability = "unknown"
+    try:
+        bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        bf16 = "unknown"
+    print(
+        f"  torch cpu   ATen kernels {capability}; oneDNN {torch.backends.mkldnn.is_available()}"
+        f" (bf16 supported: {bf16}); parallel backend"
+        f" {_parallel_backend(torch.__config__.parallel_info())}"
+    )
+    print(f"  load avg    {loadavg()} (1, 5, 15 min)")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_isa() -> str:
+    """The instruction-set flags that decide whether bf16 runs natively (AVX512-BF16, AMX)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), []
+            )
+    except OSError:
+        return "flags unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return "flags " + " ".join(f"{f}{'+' if f in flags else '-'}" for f in wanted)
+
+
+def _parallel_backend(info: str) -> str:
+    for line in info.splitlines():
+        if line.startswith("ATen parallel backend:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def _print_process(title: str, report: dict) -> None:
+    env = " ".join(f"{k}={v}" for k, v in report["env"].items() if v != "(unset)")
+    print(
+        f"  {title:<13} pid {report['pid']}: affinity {report['affinity_cpus']} cpus,"
+        f" nice {report['nice']}, session {report['session']} ({report['autogroup']}),"
+        f" torch intra_op {report['intra_op']} inter_op {report['inter_op']},"
+        f" {report['threads_now']} threads, tensorflow loaded: {report['tensorflow_loaded']}"
+    )
+    print(f"  {'':<13} env: {env or '(none of interest set)'}")
+
+
+def _print_run(repeat: int, name: str, run: Timing) -> None:
+    print(
+        f"  repeat {repeat + 1}: {name:<4} {run.seconds:6.2f} s"
+        f" {run.rate:6.2f} vol/s  cpu/wall {run.cpu_per_wall:4.2f}"
+        f"  cpu {1000 * run.cpu / run.volumes:5.1f} ms/vol  loss {run.loss:.4f}"
+        f"  (load average {loadavg()})"
+    )
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=12, help="cases to synthesise (default 12)")
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=DEFAULT_SHAPE,
+        metavar=("X", "Y", "Z"),
+        help="stored volume shape; each axis divisible by 8 (default 32 32 24)",
+    )
+    parser.add_argument(
+        "--source-shape",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="synthesised shape, centre-cropped to --shape (default 40 40 28 for the default"
+        " --shape, else --shape + 25%%)",
+    )
+    parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per run (default 40)")
+    parser.add_argument("--repeats", type=int, default=5, help="best of R runs (default 5)")
+    parser.add_argument(
+        "--cpus", type=int, help="cores given to both loops and to Ray (default: all usable)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="autocast of (a) and (b): fp32 (off) or bf16 on the CPU (default fp32)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="model and image batches of (a) and (b) in torch.channels_last_3d",
+    )
+    parser.add_argument(
+        "--worker-niceness",
+        type=int,
+        help=f"diagnostic: pass {RAY_WORKER_NICENESS}=N in the actor's env_vars instead of"
+        f" WORKER_ENV's value; default: WORKER_ENV as is",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the synthetic data here and reuse it on later runs, also by"
+        " benchmarks/train.py (default: a temp dir)",
+    )
+    args = parser.parse_args(argv)
+    args.shape = tuple(args.shape)
+    if args.source_shape is None:
+        args.source_shape = (
+            DEFAULT_SOURCE_SHAPE
+            if args.shape == DEFAULT_SHAPE
+            else tuple(max(16, s + s // 4) for s in args.shape)
+        )
+    args.source_shape = tuple(args.source_shape)
+    if args.cpus is None:
+        try:
+            args.cpus = len(os.sched_getaffinity(0))
+        except AttributeError:
+            args.cpus = os.cpu_count() or 1
+    if min(args.cases, args.batch, args.steps, args.repeats, args.cpus) < 1:
+        parser.error("--cases, --batch, --steps, --repeats and --cpus must be >= 1")
+    if any(s % 2**DEPTH for s in args.shape):
+        parser.error(f"every --shape axis must be divisible by {2**DEPTH} (U-Net depth {DEPTH})")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    cpus, batch, steps = args.cpus, args.batch, args.steps
+    _set_threads(cpus)  # first: nothing in this process may have run inter-op work yet
+    _print_machine(cpus)
+
+    own_workdir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="distmis-bench-train-")) if own_workdir else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        print("\ndata")
+        with quiet_stderr():  # TF's C++ start-up lines, in the conversion's worker process
+            info = training_dataset(workdir, args.cases, args.source_shape, args.shape, SEED)
+        count = info.count("train")
+        # A full pass and one batch more, as benchmarks/train.py: first-call set-up and the cache.
+        warm_steps = math.ceil(count / batch) + 1
+
+        # Enough volumes for the warm-up epoch as well as for a timed run.
+        images, labels, reps = _in_memory(info, batch, max(steps, warm_steps))
+        print(
+            f"  train split: {count} volumes {tuple(info.image_shape)}, labels"
+            f" {tuple(info.label_shape)} {list(info.label_channels)}; in-memory copy tiled"
+            f" {reps}x to {tuple(images.shape)}"
+            f" ({(images.nbytes + labels.nbytes) / 1e6:.0f} MB)"
+        )
+        trainer = Trainer(
+            int(info.image_shape[-1]), len(info.label_channels), args.precision, args.channels_last
+        )
+        memory = "channels_last_3d" if args.channels_last else "contiguous (channels first)"
+        print(
+            f"  model: torch UNet3D depth {DEPTH} base {BASE_FILTERS} {NORM} norm,"
+            f" {trainer.parameters()} parameters; Adam lr {LR}; batch {batch}; {steps} timed"
+            f" steps; warm-up epoch {warm_steps} steps; precision {args.precision}"
+            f" (autocast {'on' if trainer.autocast['enabled'] else 'off'}); memory {memory}"
+        )
+
+        import ray
+
+        from distmis.train.runtime import WORKER_ENV, start_ray, stop_ray
+
+        started = time.perf_counter()
+        resources = start_ray(None, num_cpus=cpus, num_gpus=0)
+        env_vars = dict(WORKER_ENV)
+        if args.worker_niceness is not None:
+            env_vars[RAY_WORKER_NICENESS] = str(args.worker_niceness)
+        actor_cls = ray.remote(num_cpus=cpus, runtime_env={"env_vars": env_vars})(RayTrainer)
+        actor = actor_cls.remote(
+            str(info.root), cpus, batch, steps, warm_steps, args.precision, args.channels_last
+        )
+        worker_report = ray.get(actor.report.remote())
+        print(
+            f"\nray: started in {time.perf_counter() - started:.1f} s (not timed), resources"
+            f" {resources}; one actor with num_cpus={cpus}, runtime_env env_vars {env_vars}"
+        )
+        print("processes")
+        _print_process("(a) bare", _process_report())
+        _print_process("(b) ray actor", worker_report)
+        same = worker_report["weights_checksum"] == trainer.weights_checksum
+        print(
+            f"  initial weights: checksum (sum |w|) {trainer.weights_checksum:.6f} bare,"
+            f" {worker_report['weights_checksum']:.6f} ray: {'identical' if same else 'DIFFER'}"
+        )
+
+        try:
+            print(f"\nwarm-up (not timed; load average {loadavg()})")
+            start = time.perf_counter()
+            trainer.run(_bare_batches(images, labels, batch, warm_steps, run=0))
+            print(f"  (a) bare: {time.perf_counter() - start:.1f} s")
+            print(f"  (b) ray:  {ray.get(actor.warm_up.remote()):.1f} s")
+
+            print(
+                f"\nruns: {steps} training steps, (a) and (b) alternating, order swapped every"
+                " repeat (a b, b a, ...); loss: the mean training loss of the run's steps"
+            )
+            best: dict[str, Timing] = {}
+            runs: dict[str, list[Timing]] = {"bare": [], "ray": []}
+            for repeat in range(args.repeats):
+                order = ("bare", "ray") if repeat % 2 == 0 else ("ray", "bare")
+                for name in order:
+                    if name == "bare":
+                        batches = _bare_batches(images, labels, batch, steps, run=1 + repeat)
+                        run = trainer.run(batches)
+                    else:
+                        run = ray.get(actor.timed_run.remote())
+                    runs[name].append(run)
+                    if name not in best or run.seconds < best[name].seconds:
+                        best[name] = run
+                    _print_run(repeat, name, run)
+
+            print("\npipeline alone (cache=True; timed after one full untimed pass)")
+            best["pipeline"] = _time_pipeline(
+                _pipeline(str(info.root), batch, steps), warm_steps, args.repeats, first_epoch=0
+            )
+            best["pipeline_ray"] = ray.get(actor.time_pipeline.remote(args.repeats))
+        finally:
+            ray.kill(actor)
+            stop_ray()
+
+        rows = (
+            ("(a) bare torch steps, tensors in memory", best["bare"]),
+            ("(b) steps in 1 Ray actor, make_batches", best["ray"]),
+            ("(c) pipeline alone, cached, no model", best["pipeline"]),
+            ("    (c in the Ray actor, reference)", best["pipeline_ray"]),
+        )
+        print(
+            f"\nresults: {tuple(info.image_shape)} volumes, batch {batch}, {cpus} cpus"
+            f" (intra_op {cpus}, inter_op {max(1, min(2, cpus))}), precision {args.precision},"
+            f" {'channels_last_3d' if args.channels_last else 'contiguous'},"
+            f" best of {args.repeats}"
+        )
+        print(
+            f"  {'what':<43}{'volumes/s':>10}{'seconds':>9}{'steps':>7}{'cpu/wall':>10}"
+            f"{'cpu ms/vol':>12}"
+        )
+        for title, run in rows:
+            print(
+                f"  {title:<43}{run.rate:>10.2f}{run.seconds:>9.3f}{run.steps:>7}"
+                f"{run.cpu_per_wall:>10.2f}{1000 * run.cpu / run.volumes:>12.2f}"
+            )
+        print(
+            "  cpu/wall: the process's CPU seconds (user + sys, all threads) per wall second;"
+            f" near {cpus} when torch has the cpus to itself, lower when other processes take"
+            " them. cpu ms/vol: CPU time per volume, the work done whoever got the cores."
+        )
+
+        ray_over_bare = best["ray"].rate / best["bare"].rate
+        pipeline_over_ray = best["pipeline"].rate / best["ray"].rate
+        print("\nratios")
+        print(
+            f"  (b) / (a) ray steps / bare steps:  {ray_over_bare:6.2f}"
+            f"  (target >= {TARGET_RAY_OVER_BARE})  {verdict(ray_over_bare >= TARGET_RAY_OVER_BARE)}"
+        )
+        print(
+            f"  (c) / (b) pipeline / ray steps:    {pipeline_over_ray:6.2f}"
+            f"  (target >= {TARGET_PIPELINE_OVER_RAY:g})"
+            f"  {verdict(pipeline_over_ray >= TARGET_PIPELINE_OVER_RAY)}"
+        )
+        median_ratio = statistics.median(r.rate for r in runs["ray"]) / statistics.median(
+            r.rate for r in runs["bare"]
+        )
+        cpu_ratio = (best["bare"].cpu / best["bare"].volumes) / (
+            best["ray"].cpu / best["ray"].volumes
+        )
+        print(
+            f"  (for reference, not targets: (b) / (a) of the median runs {median_ratio:.2f};"
+            f" (b) / (a) in volumes per CPU second, best runs, {cpu_ratio:.2f}, which other"
+            " load on the machine disturbs far less than wall time)"
+        )
+        print(
+            "  TensorFlow on the same data: python benchmarks/train.py --workdir DIR"
+            f" --batch {batch} --steps {steps} --cpus {cpus} (its (a) row against this one)"
+        )
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
