@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -207,6 +208,67 @@ def test_pipeline_runs_offline_and_reruns_nothing(tmp_path):
     )
     jobs = redraw.stdout + redraw.stderr
     assert "plot_scaling" in jobs and "train_" not in jobs and "convert_tfrecords" not in jobs
+    shutil.rmtree(tmp_path / "results")
+
+
+@pytest.mark.slow
+def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
+    config = yaml.safe_load(write_config(tmp_path / "config.yaml").read_text())
+    demo_grid = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["search_space"]
+    # The demo grid (two learning rates), two epochs: enough for Dice to leave zero.
+    config["train"].update(backend="torch", epochs=2, search_space=demo_grid)
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    trial_count = len(demo_grid["lr"])
+    assert trial_count == 2
+
+    result = snakemake("--cores", "2", workdir=tmp_path, configfile=configfile)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "results/train/tensorflow").exists()
+    for mode in ("data", "experiment"):
+        for gpus in (1, 2):
+            run = tmp_path / f"results/train/torch/{mode}/{gpus}gpu"
+            summary = json.loads((run / "summary.json").read_text())
+            assert (summary["backend"], summary["mode"], summary["gpus"]) == ("torch", mode, gpus)
+            assert summary["ok_count"] == summary["trial_count"] == trial_count
+            assert 0 < summary["best"]["val_dice"] <= 1
+            with (run / "trials.csv").open() as handle:
+                trials = list(csv.DictReader(handle))
+            assert [trial["status"] for trial in trials] == ["ok"] * trial_count
+            assert all(0 <= float(trial["val_dice"]) <= 1 for trial in trials)
+            card = json.loads((run / "best_model.json").read_text())
+            assert card["backend"] == "torch"
+            assert card["model_file"] == "best_model.pt"
+            assert (run / "best_model.pt").stat().st_size > 0
+            # Data parallelism: G ranks per trial; experiment parallelism: one per trial.
+            worker_files = sorted(run.glob("trials/*/workers/rank*.json"))
+            assert len(worker_files) == trial_count * (gpus if mode == "data" else 1)
+            for path in worker_files:
+                worker = json.loads(path.read_text())
+                assert worker["backend"] == "torch"
+                assert worker["frameworks_loaded"] == ["torch"], path  # never TensorFlow
+        evaluated = json.loads((tmp_path / f"results/eval/torch/{mode}/summary.json").read_text())
+        assert evaluated["backend"] == "torch"
+        assert Path(evaluated["model"]) == Path(f"results/train/torch/{mode}/2gpu/best_model.pt")
+        assert evaluated["cases"] > 0
+        assert (tmp_path / f"results/eval/torch/{mode}/metrics.csv").stat().st_size > 0
+    with (tmp_path / "results/scaling/scaling.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((row["backend"], row["mode"], row["gpus"]) for row in rows) == [
+        ("torch", mode, gpus) for mode in ("data", "experiment") for gpus in ("1", "2")
+    ]
+    figures = tmp_path / "results/plot_scaling"
+    for name in ("speedup", "efficiency", "makespan"):
+        assert (figures / f"{name}.png").stat().st_size > 0
+    timelines = {path.name for path in figures.glob("timeline_*.png")}
+    assert timelines == {
+        f"timeline_torch_{mode}_{gpus}gpu.png" for mode in ("data", "experiment") for gpus in (1, 2)
+    }
+    report = snakemake(
+        "--cores", "2", "--report", "report.html", workdir=tmp_path, configfile=configfile
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "timeline_torch_data_2gpu.png" in (tmp_path / "report.html").read_text(errors="replace")
     shutil.rmtree(tmp_path / "results")
 
 
