@@ -278,7 +278,10 @@ def plot_makespan(table: pd.DataFrame, stem: Path) -> list[Path]:
             color=to_rgba(mode_colour(mode), BACKEND_SHADES.get(backend, 0.75)),
             hatch=[("//" if r else None) for r in rows["resumed"]],
             edgecolor="black",
-            linewidth=0.5,
+            # The backend's line style on the edge too, so the shade is not the only cue
+            # (greyscale print).
+            linestyle=BACKEND_STYLES.get(backend, ("^", ":"))[1],
+            linewidth=0.5 if backend == DEFAULT_BACKEND else 1.0,
             label=_series_label(backend, mode, 1, table),
         )
         resumed_seen |= bool(rows["resumed"].any())
