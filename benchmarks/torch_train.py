@@ -59,7 +59,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import loadavg, quiet_stderr, training_dataset, verdict, version
+from _common import (
+    add_training_arguments,
+    check_training_arguments,
+    loadavg,
+    quiet_stderr,
+    training_dataset,
+    verdict,
+    version,
+)
 
 from distmis.data.info import DatasetInfo
 
@@ -71,8 +79,6 @@ LR, BETA_2, AMSGRAD = 1e-3, 0.999, False
 PRECISIONS = ("fp32", "bf16")
 # Ray's config knob (ray_constants.RAY_WORKER_NICENESS): the nice value workers start with.
 RAY_WORKER_NICENESS = "RAY_worker_niceness"
-DEFAULT_SHAPE = (32, 32, 24)
-DEFAULT_SOURCE_SHAPE = (40, 40, 28)
 TARGET_RAY_OVER_BARE = 0.9
 TARGET_PIPELINE_OVER_RAY = 5.0
 # What Ray, PyTorch or the C runtime read to size thread pools or pick devices.
@@ -424,29 +430,7 @@ def _print_run(repeat: int, name: str, run: Timing) -> None:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=12, help="cases to synthesise (default 12)")
-    parser.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=DEFAULT_SHAPE,
-        metavar=("X", "Y", "Z"),
-        help="stored volume shape; each axis divisible by 8 (default 32 32 24)",
-    )
-    parser.add_argument(
-        "--source-shape",
-        type=int,
-        nargs=3,
-        metavar=("X", "Y", "Z"),
-        help="synthesised shape, centre-cropped to --shape (default 40 40 28 for the default"
-        " --shape, else --shape + 25%%)",
-    )
-    parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per run (default 40)")
-    parser.add_argument("--repeats", type=int, default=5, help="best of R runs (default 5)")
-    parser.add_argument(
-        "--cpus", type=int, help="cores given to both loops and to Ray (default: all usable)"
-    )
+    add_training_arguments(parser)
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -464,31 +448,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"diagnostic: pass {RAY_WORKER_NICENESS}=N in the actor's env_vars instead of"
         f" WORKER_ENV's value; default: WORKER_ENV as is",
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        help="keep the synthetic data here and reuse it on later runs, also by"
-        " benchmarks/train.py (default: a temp dir)",
-    )
-    args = parser.parse_args(argv)
-    args.shape = tuple(args.shape)
-    if args.source_shape is None:
-        args.source_shape = (
-            DEFAULT_SOURCE_SHAPE
-            if args.shape == DEFAULT_SHAPE
-            else tuple(max(16, s + s // 4) for s in args.shape)
-        )
-    args.source_shape = tuple(args.source_shape)
-    if args.cpus is None:
-        try:
-            args.cpus = len(os.sched_getaffinity(0))
-        except AttributeError:
-            args.cpus = os.cpu_count() or 1
-    if min(args.cases, args.batch, args.steps, args.repeats, args.cpus) < 1:
-        parser.error("--cases, --batch, --steps, --repeats and --cpus must be >= 1")
-    if any(s % 2**DEPTH for s in args.shape):
-        parser.error(f"every --shape axis must be divisible by {2**DEPTH} (U-Net depth {DEPTH})")
-    return args
+    return check_training_arguments(parser, parser.parse_args(argv), DEPTH)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
