@@ -9,11 +9,11 @@ labels, every case in the train split) and measures volumes/s, at that one volum
     norm), Adam (lr 1e-3, betas (0.9, 0.999), eps 1e-7) and the soft Dice loss
     (``soft_dice_per_sample``) on in-memory tensors (the train split, tiled to fill the steps,
     a batch gathered per step from a seeded per-run permutation), in this process;
-(b) RAY: the same steps fed by the torch pipeline (``make_batches(..., shuffle=True, seed=0,
+(b) RAY: the same steps fed by the torch pipeline (``EpochBatches(..., shuffle=True, seed=0,
     cache=True, steps_per_epoch=S)``, one ``epoch(e)`` per run) inside ONE Ray actor that
     holds all ``--cpus`` CPUs (``start_ray(None, num_cpus=N, num_gpus=0)``, ``runtime_env``
     env_vars from ``WORKER_ENV``);
-(c) PIPELINE: the same ``make_batches`` iterated for the same number of batches, no model,
+(c) PIPELINE: the same ``EpochBatches`` iterated for the same number of batches, no model,
     in this process (and, for reference, inside the Ray actor as well).
 
 A step is the step of ``distmis.train.torch_loop``: zero the gradients, forward under
@@ -243,9 +243,9 @@ class Trainer:
 
 
 def _pipeline(tfrecord_dir: str, batch: int, steps: int):
-    from distmis.torch_backend.data import make_batches
+    from distmis.torch_backend.data import EpochBatches
 
-    return make_batches(
+    return EpochBatches(
         tfrecord_dir, "train", batch, shuffle=True, seed=SEED, cache=True, steps_per_epoch=steps
     )
 
@@ -322,9 +322,9 @@ def _in_memory(info: DatasetInfo, batch: int, steps: int):
     pipeline's reader, in split order) and tiled to at least ``steps · batch`` volumes."""
     import torch
 
-    from distmis.torch_backend.data import make_batches
+    from distmis.torch_backend.data import EpochBatches
 
-    reader = make_batches(
+    reader = EpochBatches(
         info.root, "train", batch, shuffle=False, seed=SEED, cache=False, steps_per_epoch=None
     )
     images, labels = zip(*reader.epoch(0), strict=True)
@@ -551,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         rows = (
             ("(a) bare torch steps, tensors in memory", best["bare"]),
-            ("(b) steps in 1 Ray actor, make_batches", best["ray"]),
+            ("(b) steps in 1 Ray actor, EpochBatches", best["ray"]),
             ("(c) pipeline alone, cached, no model", best["pipeline"]),
             ("    (c in the Ray actor, reference)", best["pipeline_ray"]),
         )

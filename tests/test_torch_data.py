@@ -12,7 +12,7 @@ import torch
 from distmis.data.convert import ConvertParams, convert_dataset
 from distmis.data.info import DatasetInfo
 from distmis.data.synthetic import synthesize_dataset
-from distmis.torch_backend.data import EpochBatches, buffer_shuffled, make_batches
+from distmis.torch_backend.data import EpochBatches, buffer_shuffled
 from distmis.torch_backend.tfrecord import read_records
 
 STORED_SHAPE = (8, 8, 8)
@@ -58,7 +58,7 @@ def _cases(info: DatasetInfo, batches) -> list[list[str]]:
 
 def _batches(info: DatasetInfo, split: str, **kwargs) -> EpochBatches:
     settings = {"batch_size": 2, "shuffle": False, "seed": 0, "cache": False, **kwargs}
-    return make_batches(info.root, split, settings.pop("batch_size"), **settings)
+    return EpochBatches(info.root, split, settings.pop("batch_size"), **settings)
 
 
 @pytest.mark.parametrize("cache", [True, False])

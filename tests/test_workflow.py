@@ -269,6 +269,23 @@ def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
     )
     assert report.returncode == 0, report.stderr[-2000:]
     assert "timeline_torch_data_2gpu.png" in (tmp_path / "report.html").read_text(errors="replace")
+
+    # Adding a backend (and a G) schedules that backend's jobs only: the torch runs are kept.
+    config["train"].update(backend=["tensorflow", "torch"], gpu_counts=[1, 2, 4])
+    configfile.write_text(yaml.safe_dump(config))
+    dry = snakemake("--cores", "2", "-n", workdir=tmp_path, configfile=configfile)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    trained = {
+        (job["wildcards"]["backend"], job["rule"], job["wildcards"]["gpus"])
+        for job in dry_run_jobs(dry.stdout)
+        if job["rule"].startswith("train_")
+    }
+    assert trained == {
+        (backend, rule, gpus)
+        for rule in ("train_data_parallel", "train_experiment_parallel")
+        for backend, gpu_counts in (("tensorflow", ("1", "2", "4")), ("torch", ("4",)))
+        for gpus in gpu_counts
+    }
     shutil.rmtree(tmp_path / "results")
 
 

@@ -8,7 +8,7 @@ PyTorch (e.g. a GPU node for :mod:`benchmarks.gpu_unet`):
 - :mod:`distmis.torch_backend.losses`: :func:`soft_dice_loss`, as :mod:`distmis.model.losses`;
 - :mod:`distmis.torch_backend.tfrecord`: reads the shards of :mod:`distmis.data.records`
   (CRC-checked) and serves them as a ``torch.utils.data.IterableDataset``;
-- :mod:`distmis.torch_backend.data`: :func:`make_batches`, the per-epoch batches of one
+- :mod:`distmis.torch_backend.data`: :class:`EpochBatches`, the per-epoch batches of one
   training worker, with the tf.data pipeline's sharding, shuffling, caching and repeating;
 - :mod:`distmis.torch_backend.checkpoint`: the saved model (``.pt``: architecture + weights).
 

@@ -269,38 +269,3 @@ class EpochBatches:
             generator=torch.Generator().manual_seed(self.seed),
         )
         yield from loader
-
-
-def make_batches(
-    tfrecord_dir: Path | str,
-    split: str,
-    batch_size: int,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    shuffle: bool,
-    seed: int,
-    cache: bool,
-    steps_per_epoch: int | None,
-    loader_workers: int = 0,
-    shuffle_buffer: int = SHUFFLE_BUFFER,
-    pin_memory: bool = False,
-) -> EpochBatches:
-    """The :class:`EpochBatches` of one rank: ``make_batches(...).epoch(e)`` per epoch.
-
-    The entry point of the training loops; the arguments are :class:`EpochBatches`'.
-    """
-    return EpochBatches(
-        tfrecord_dir,
-        split,
-        batch_size,
-        rank=rank,
-        world_size=world_size,
-        shuffle=shuffle,
-        seed=seed,
-        cache=cache,
-        steps_per_epoch=steps_per_epoch,
-        loader_workers=loader_workers,
-        shuffle_buffer=shuffle_buffer,
-        pin_memory=pin_memory,
-    )

@@ -18,6 +18,11 @@ EXPERIMENT_NAME = "tune"
 
 def _tune_trainable(config: dict) -> None:
     """Ray Tune entry point: flatten the grid_search entry into the backend loop's config."""
+    # Ray Train sets up logging in its workers, Tune not in a trial's process: without this
+    # the loop's per-epoch lines would never reach the job's log.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # Imported here, in the trial's process, so a torch trial never imports TensorFlow.
     if config["settings"]["backend"] == "torch":
         from distmis.train.torch_loop import train_loop_per_worker

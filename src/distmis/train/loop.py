@@ -50,7 +50,6 @@ def _describe_devices() -> list[str]:
 def _train(config: Mapping[str, Any], started: float) -> None:
     import tensorflow as tf
     import tf_keras as keras
-    from ray.train import Checkpoint
 
     from distmis.data.info import DatasetInfo
     from distmis.model.losses import compile_unet
@@ -60,6 +59,7 @@ def _train(config: Mapping[str, Any], started: float) -> None:
     hparams, settings = config["hparams"], config["settings"]
     _limit_threads(settings["cpus_per_worker"])
     report, get_checkpoint, rank, world_size = worker.reporter(settings["mode"])
+    Checkpoint = worker.checkpoint_type(settings["mode"])  # noqa: N806 - a class
     # MultiWorkerMirroredStrategy configures collective ops, which TensorFlow only allows
     # before its runtime starts: create it before any dataset or tensor exists.
     strategy = (
@@ -181,7 +181,8 @@ def _train(config: Mapping[str, Any], started: float) -> None:
             started=started,
             fit_started=fit_started,
             fit_ended=ended,
-            volumes_trained=(settings["epochs"] - initial_epoch) * train_steps * global_batch,
+            steps_per_epoch=train_steps,
+            global_batch=global_batch,
             resumed_from_epoch=initial_epoch,
             metrics=final,
             history=[

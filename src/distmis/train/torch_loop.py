@@ -129,17 +129,17 @@ class _EpochSums:
 def _train(config: Mapping[str, Any], started: float) -> None:
     """Train one configuration (``config["hparams"]``) with ``config["settings"]``."""
     import torch
-    from ray.train import Checkpoint
 
     from distmis.data.info import DatasetInfo
     from distmis.torch_backend.checkpoint import save_model
-    from distmis.torch_backend.data import make_batches
+    from distmis.torch_backend.data import EpochBatches
     from distmis.torch_backend.losses import dice_coefficient, soft_dice_per_sample
     from distmis.torch_backend.unet import build_unet_torch
 
     hparams, settings = config["hparams"], config["settings"]
     _limit_threads(settings["cpus_per_worker"])
     report, get_checkpoint, rank, world_size = worker.reporter(settings["mode"])
+    Checkpoint = worker.checkpoint_type(settings["mode"])  # noqa: N806 - a class
     if worker.report_if_finished(config, report):
         return
     worker.start_attempt(config, rank, started)
@@ -159,7 +159,7 @@ def _train(config: Mapping[str, Any], started: float) -> None:
         cache=settings["cache"],
         loader_workers=settings["loader_workers"],
     )
-    train_batches = make_batches(
+    train_batches = EpochBatches(
         settings["tfrecord_dir"],
         "train",
         per_replica,
@@ -169,7 +169,7 @@ def _train(config: Mapping[str, Any], started: float) -> None:
         **common,
     )
     # One exact pass over this worker's part of the val split per epoch.
-    val_batches = make_batches(
+    val_batches = EpochBatches(
         settings["tfrecord_dir"],
         "val",
         per_replica,
@@ -325,7 +325,8 @@ def _train(config: Mapping[str, Any], started: float) -> None:
             started=started,
             fit_started=fit_started,
             fit_ended=fit_ended,
-            volumes_trained=(settings["epochs"] - initial_epoch) * train_steps * global_batch,
+            steps_per_epoch=train_steps,
+            global_batch=global_batch,
             resumed_from_epoch=initial_epoch,
             metrics=final,
             history=history,

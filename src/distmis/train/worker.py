@@ -89,6 +89,15 @@ def reporter(mode: str) -> tuple[Callable[..., None], Callable[[], Any], int, in
     return ray.tune.report, ray.tune.get_checkpoint, 0, 1
 
 
+def checkpoint_type(mode: str) -> type:
+    """The Checkpoint class the reporter of ``mode`` expects (Tune warns about Train's)."""
+    if mode == "data":
+        from ray.train import Checkpoint
+    else:
+        from ray.tune import Checkpoint
+    return Checkpoint
+
+
 def recording_failure(train: Callable[[Mapping[str, Any], float], None]):
     """Wrap a loop so a failure is noted in ``failed.json`` (time and error, for trials.csv)
     and re-raised, so Ray retries it or records it."""
@@ -174,7 +183,8 @@ def write_result(
     started: float,
     fit_started: float,
     fit_ended: float,
-    volumes_trained: int,
+    steps_per_epoch: int,
+    global_batch: int,
     resumed_from_epoch: int,
     metrics: Mapping[str, float],
     history: Sequence[Mapping[str, float]],
@@ -183,7 +193,9 @@ def write_result(
     """``result.json`` of a finished trial (rank 0 only), after its model file is saved.
 
     ``metrics`` are the last epoch's; ``history`` every epoch this attempt trained, in order.
+    Volumes trained: the epochs this attempt ran × ``steps_per_epoch`` × ``global_batch``.
     """
+    epochs = config["settings"]["epochs"]
     result = {
         "trial_id": config["trial_id"],
         "backend": config["settings"]["backend"],
@@ -191,8 +203,8 @@ def write_result(
         "fit_start_time": fit_started,
         "end_time": time.time(),
         "fit_seconds": fit_ended - fit_started,
-        "volumes_trained": volumes_trained,
-        "epochs": config["settings"]["epochs"],
+        "volumes_trained": (epochs - resumed_from_epoch) * steps_per_epoch * global_batch,
+        "epochs": epochs,
         "resumed_from_epoch": resumed_from_epoch,
         "metrics": dict(metrics),
         "history": [dict(epoch) for epoch in history],
