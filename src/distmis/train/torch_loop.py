@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import math
+import socket
 import sys
 import tempfile
 import time
@@ -55,6 +56,15 @@ def _no_tensorflow_in_tensorboard() -> None:
 def _device(settings: Mapping[str, Any]):
     import torch
 
+    if settings["use_gpu"] and not torch.cuda.is_available():
+        # TensorFlow would quietly train on the CPU; a GPU timing that is really a CPU one is
+        # worse than no timing.
+        raise RuntimeError(
+            f"use_gpu is true but PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees "
+            f"no CUDA device on {socket.gethostname()} (CUDA_VISIBLE_DEVICES="
+            f"{','.join(worker.gpu_ids()) or 'unset'}); install a CUDA build of torch or set "
+            "train.use_gpu: false"
+        )
     if settings["mode"] == "data":
         import ray.train.torch
 
