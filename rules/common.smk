@@ -67,6 +67,18 @@ def train_outputs():
     ]
 
 
+# Keys that only decide which training jobs exist; a job's own settings exclude them, so adding
+# a backend, a G or a mode does not make Snakemake rerun the jobs already done ("Params have
+# changed"). The job's backend comes from its wildcard.
+JOB_SELECTING_KEYS = ("backend", "gpu_counts", "modes")
+
+
+def train_params(wildcards):
+    """The validated train section as one training job needs it."""
+    own = {k: v for k, v in TRAIN.items() if k not in JOB_SELECTING_KEYS}
+    return {**own, "backend": wildcards.backend}
+
+
 def eval_outputs():
     """summary.json of the evaluation of every (backend, mode) the config asks for."""
     return expand(

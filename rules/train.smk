@@ -21,7 +21,7 @@ rule train_data_parallel:
         **TRAIN_RESOURCES,
     params:
         out=lambda wildcards: f"results/train/{wildcards.backend}/data/{wildcards.gpus}gpu",
-        train=TRAIN,
+        train=train_params,
     script:
         "../workflow_scripts/train_data_parallel.py"
 
@@ -42,6 +42,6 @@ rule train_experiment_parallel:
         **TRAIN_RESOURCES,
     params:
         out=lambda wildcards: f"results/train/{wildcards.backend}/experiment/{wildcards.gpus}gpu",
-        train=TRAIN,
+        train=train_params,
     script:
         "../workflow_scripts/train_experiment_parallel.py"
