@@ -238,3 +238,42 @@ def test_two_node_jobs_span_both_nodes(tmp_path):
             # ... or both workers of each data-parallel trial, one per node.
             assert all(row["node"] == "node1;node2" for row in rows)
     assert not leftover_ray_processes("")
+
+
+@pytest.mark.skipif(
+    not TWO_NODES and os.environ.get("DISTMIS_REQUIRE_SLURM") != "1",
+    reason="no 2-node SLURM here (tests/slurm/start_slurm.sh makes one in network namespaces)",
+)
+def test_torch_data_parallel_spans_two_nodes_with_gloo(tmp_path):
+    """PyTorch DDP over the job's two nodes (Gloo over TCP between the node namespaces)."""
+    assert TWO_NODES, "tests/slurm/start_slurm.sh could not make the 2-node cluster"
+    one_config = {"lr": [0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
+    # No GPUs here for PyTorch to use: 2 CPU workers, one per node (gpus_per_node 1).
+    result = run_through_profile(
+        tmp_path,
+        {
+            "backend": "torch",
+            "use_gpu": False,
+            "modes": ["data"],
+            "gpus_per_node": 1,
+            "gpu_counts": [2],
+            "search_space": one_config,
+        },
+        "--set-resources",
+        "train_data_parallel:slurm_partition=twonode",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = tmp_path / "results/train/torch/data/2gpu"
+    summary = json.loads((run / "summary.json").read_text())
+    job = scontrol_job(summary["resources"]["slurm"]["SLURM_JOB_ID"])
+    assert "NumNodes=2 " in job and " NodeList=node[1-2]" in job, job
+    assert summary["backend"] == "torch" and summary["nodes_seen"] == ["node1", "node2"]
+    with (run / "trials.csv").open() as fh:
+        (row,) = csv.DictReader(fh)
+    assert row["status"] == "ok", row["error"]
+    assert row["node"] == "node1;node2"
+    workers = [json.loads(p.read_text()) for p in sorted(run.glob("trials/*/workers/rank*.json"))]
+    assert sorted(w["host"] for w in workers) == ["node1", "node2"]
+    # Both ranks trained on their own half: DDP kept them in step.
+    assert all(w["train_volumes_read"] > 0 for w in workers), workers
+    assert not leftover_ray_processes("")
