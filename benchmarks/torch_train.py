@@ -47,82 +47,51 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
 import platform
-import resource
-import shutil
-import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from _common import (
+from _common import loadavg, quiet_stderr
+from _training import (
+    AMSGRAD,
+    BASE_FILTERS,
+    BETA_2,
+    DEPTH,
+    LR,
+    NORM,
+    SEED,
+    Timing,
     add_training_arguments,
+    alternate_runs,
     check_training_arguments,
-    loadavg,
-    quiet_stderr,
+    cpu_seconds,
+    print_machine,
+    print_process,
+    print_ratios,
+    print_table,
+    process_report,
+    ray_actor,
     training_dataset,
-    verdict,
-    version,
+    training_workdir,
 )
 
 from distmis.data.info import DatasetInfo
 
-SEED = 0
-DEPTH = 3
-BASE_FILTERS = 8
-NORM = "batch"
-LR, BETA_2, AMSGRAD = 1e-3, 0.999, False
 PRECISIONS = ("fp32", "bf16")
-# Ray's config knob (ray_constants.RAY_WORKER_NICENESS): the nice value workers start with.
-RAY_WORKER_NICENESS = "RAY_worker_niceness"
-TARGET_RAY_OVER_BARE = 0.9
-TARGET_PIPELINE_OVER_RAY = 5.0
-# What Ray, PyTorch or the C runtime read to size thread pools or pick devices.
+# What PyTorch's OpenMP and oneDNN read to place threads or pick kernels (process_report
+# adds the thread-count, allocator and Ray variables).
 ENV_KEYS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
     "KMP_AFFINITY",
     "KMP_BLOCKTIME",
     "OMP_WAIT_POLICY",
     "ONEDNN_MAX_CPU_ISA",
     "DNNL_MAX_CPU_ISA",
-    "CUDA_VISIBLE_DEVICES",
-    "LD_PRELOAD",
-    "MALLOC_ARENA_MAX",
-    RAY_WORKER_NICENESS,
 )
 
 
 # ---------------------------------------------------------------- shared by both processes
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One timed section."""
-
-    seconds: float  # wall clock
-    cpu: float  # process user + sys over the section, all threads
-    volumes: int
-    steps: int
-    loss: float = math.nan  # mean training loss over the section's steps; nan for no model
-
-    @property
-    def rate(self) -> float:
-        return self.volumes / self.seconds
-
-    @property
-    def cpu_per_wall(self) -> float:
-        return self.cpu / self.seconds
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _set_threads(cpus: int) -> None:
@@ -133,45 +102,17 @@ def _set_threads(cpus: int) -> None:
 
 
 def _process_report() -> dict:
-    """Where and how this process runs: the facts that decide how many cores torch uses."""
+    """``process_report`` of this process with torch's thread pools, and whether anything
+    loaded TensorFlow into it."""
     import torch
 
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    return {
-        "pid": os.getpid(),
-        "affinity_cpus": affinity,
-        "nice": os.nice(0),
-        "session": os.getsid(0),
-        "autogroup": _autogroup(),
-        "intra_op": torch.get_num_threads(),
-        "inter_op": torch.get_num_interop_threads(),
-        "threads_now": _thread_count(),
-        "tensorflow_loaded": "tensorflow" in sys.modules,
-        "env": {k: os.environ.get(k, "(unset)") for k in ENV_KEYS},
-    }
-
-
-def _autogroup() -> str:
-    """The CFS autogroup (one per session when the kernel enables them): nice values only
-    weigh against processes of the same group; groups share the CPUs among themselves."""
-    try:
-        with open("/proc/sys/kernel/sched_autogroup_enabled") as fh:
-            if fh.read().strip() != "1":
-                return "off"
-        with open("/proc/self/autogroup") as fh:
-            return fh.read().strip()
-    except OSError:
-        return "unknown"
-
-
-def _thread_count() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return -1
+    return process_report(
+        ENV_KEYS,
+        "torch",
+        torch.get_num_threads(),
+        torch.get_num_interop_threads(),
+        {"tensorflow loaded": "tensorflow" in sys.modules},
+    )
 
 
 class Trainer:
@@ -223,7 +164,7 @@ class Trainer:
         from distmis.torch_backend.losses import dice_coefficient, soft_dice_per_sample
 
         loss_sum, volumes, steps = 0.0, 0, 0
-        cpu0, start = _cpu_seconds(), time.perf_counter()
+        cpu0, start = cpu_seconds(), time.perf_counter()
         for images, labels in batches:
             images = images.to(memory_format=self.memory_format)
             self.optimizer.zero_grad(set_to_none=True)
@@ -238,7 +179,7 @@ class Trainer:
                 dice_coefficient(labels, probabilities).sum(dim=0).tolist()
             volumes += int(images.shape[0])
             steps += 1
-        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
         return Timing(seconds, cpu, volumes, steps, loss_sum / max(1, volumes))
 
 
@@ -257,12 +198,12 @@ def _time_pipeline(batches, warm_steps: int, repeats: int, first_epoch: int) -> 
         pass
     best = None
     for repeat in range(repeats):
-        cpu0, start = _cpu_seconds(), time.perf_counter()
+        cpu0, start = cpu_seconds(), time.perf_counter()
         volumes = steps = 0
         for images, _labels in batches.epoch(first_epoch + 1 + repeat):
             volumes += int(images.shape[0])
             steps += 1
-        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
         timing = Timing(seconds, cpu, volumes, steps)
         if best is None or timing.seconds < best.seconds:
             best = timing
@@ -351,17 +292,6 @@ def _print_machine(cpus: int) -> None:
     import torch
 
     try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    print("machine")
-    print(f"  cpus        {os.cpu_count()} (usable by this process: {usable}; given: {cpus})")
-    print(f"  platform    {platform.platform()} ({platform.processor() or platform.machine()})")
-    print(f"  cpu         {_cpu_model()}; {_cpu_isa()}")
-    print(f"  python      {sys.version.split()[0]} ({platform.python_implementation()})")
-    for dist in ("numpy", "torch", "ray"):
-        print(f"  {dist:<11} {version(dist)}")
-    try:
         capability = torch.backends.cpu.get_cpu_capability()
     except AttributeError:
         capability = "unknown"
@@ -369,12 +299,17 @@ def _print_machine(cpus: int) -> None:
         bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     except (AttributeError, RuntimeError):
         bf16 = "unknown"
-    print(
-        f"  torch cpu   ATen kernels {capability}; oneDNN {torch.backends.mkldnn.is_available()}"
+    torch_cpu = (
+        f"ATen kernels {capability}; oneDNN {torch.backends.mkldnn.is_available()}"
         f" (bf16 supported: {bf16}); parallel backend"
         f" {_parallel_backend(torch.__config__.parallel_info())}"
     )
-    print(f"  load avg    {loadavg()} (1, 5, 15 min)")
+    print_machine(
+        cpus,
+        ("numpy", "torch", "ray"),
+        hardware=[("cpu", f"{_cpu_model()}; {_cpu_isa()}")],
+        runtime=[("torch cpu", torch_cpu)],
+    )
 
 
 def _cpu_model() -> str:
@@ -408,26 +343,6 @@ def _parallel_backend(info: str) -> str:
     return "unknown"
 
 
-def _print_process(title: str, report: dict) -> None:
-    env = " ".join(f"{k}={v}" for k, v in report["env"].items() if v != "(unset)")
-    print(
-        f"  {title:<13} pid {report['pid']}: affinity {report['affinity_cpus']} cpus,"
-        f" nice {report['nice']}, session {report['session']} ({report['autogroup']}),"
-        f" torch intra_op {report['intra_op']} inter_op {report['inter_op']},"
-        f" {report['threads_now']} threads, tensorflow loaded: {report['tensorflow_loaded']}"
-    )
-    print(f"  {'':<13} env: {env or '(none of interest set)'}")
-
-
-def _print_run(repeat: int, name: str, run: Timing) -> None:
-    print(
-        f"  repeat {repeat + 1}: {name:<4} {run.seconds:6.2f} s"
-        f" {run.rate:6.2f} vol/s  cpu/wall {run.cpu_per_wall:4.2f}"
-        f"  cpu {1000 * run.cpu / run.volumes:5.1f} ms/vol  loss {run.loss:.4f}"
-        f"  (load average {loadavg()})"
-    )
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_training_arguments(parser)
@@ -442,12 +357,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="model and image batches of (a) and (b) in torch.channels_last_3d",
     )
-    parser.add_argument(
-        "--worker-niceness",
-        type=int,
-        help=f"diagnostic: pass {RAY_WORKER_NICENESS}=N in the actor's env_vars instead of"
-        f" WORKER_ENV's value; default: WORKER_ENV as is",
-    )
     return check_training_arguments(parser, parser.parse_args(argv), DEPTH)
 
 
@@ -457,10 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _set_threads(cpus)  # first: nothing in this process may have run inter-op work yet
     _print_machine(cpus)
 
-    own_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="distmis-bench-train-")) if own_workdir else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with training_workdir(args.workdir) as workdir:
         print("\ndata")
         with quiet_stderr():  # TF's C++ start-up lines, in the conversion's worker process
             info = training_dataset(workdir, args.cases, args.source_shape, args.shape, SEED)
@@ -489,32 +395,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         import ray
 
-        from distmis.train.runtime import WORKER_ENV, start_ray, stop_ray
+        with ray_actor(
+            RayTrainer,
+            cpus,
+            args.worker_niceness,
+            str(info.root),
+            cpus,
+            batch,
+            steps,
+            warm_steps,
+            args.precision,
+            args.channels_last,
+        ) as (actor, worker_report):
+            print("processes")
+            print_process("(a) bare", _process_report())
+            print_process("(b) ray actor", worker_report)
+            same = worker_report["weights_checksum"] == trainer.weights_checksum
+            print(
+                f"  initial weights: checksum (sum |w|) {trainer.weights_checksum:.6f} bare,"
+                f" {worker_report['weights_checksum']:.6f} ray:"
+                f" {'identical' if same else 'DIFFER'}"
+            )
 
-        started = time.perf_counter()
-        resources = start_ray(None, num_cpus=cpus, num_gpus=0)
-        env_vars = dict(WORKER_ENV)
-        if args.worker_niceness is not None:
-            env_vars[RAY_WORKER_NICENESS] = str(args.worker_niceness)
-        actor_cls = ray.remote(num_cpus=cpus, runtime_env={"env_vars": env_vars})(RayTrainer)
-        actor = actor_cls.remote(
-            str(info.root), cpus, batch, steps, warm_steps, args.precision, args.channels_last
-        )
-        worker_report = ray.get(actor.report.remote())
-        print(
-            f"\nray: started in {time.perf_counter() - started:.1f} s (not timed), resources"
-            f" {resources}; one actor with num_cpus={cpus}, runtime_env env_vars {env_vars}"
-        )
-        print("processes")
-        _print_process("(a) bare", _process_report())
-        _print_process("(b) ray actor", worker_report)
-        same = worker_report["weights_checksum"] == trainer.weights_checksum
-        print(
-            f"  initial weights: checksum (sum |w|) {trainer.weights_checksum:.6f} bare,"
-            f" {worker_report['weights_checksum']:.6f} ray: {'identical' if same else 'DIFFER'}"
-        )
-
-        try:
             print(f"\nwarm-up (not timed; load average {loadavg()})")
             start = time.perf_counter()
             trainer.run(_bare_batches(images, labels, batch, warm_steps, run=0))
@@ -525,87 +427,43 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"\nruns: {steps} training steps, (a) and (b) alternating, order swapped every"
                 " repeat (a b, b a, ...); loss: the mean training loss of the run's steps"
             )
-            best: dict[str, Timing] = {}
-            runs: dict[str, list[Timing]] = {"bare": [], "ray": []}
-            for repeat in range(args.repeats):
-                order = ("bare", "ray") if repeat % 2 == 0 else ("ray", "bare")
-                for name in order:
-                    if name == "bare":
-                        batches = _bare_batches(images, labels, batch, steps, run=1 + repeat)
-                        run = trainer.run(batches)
-                    else:
-                        run = ray.get(actor.timed_run.remote())
-                    runs[name].append(run)
-                    if name not in best or run.seconds < best[name].seconds:
-                        best[name] = run
-                    _print_run(repeat, name, run)
+            best, runs = alternate_runs(
+                args.repeats,
+                {
+                    "bare": lambda repeat: trainer.run(
+                        _bare_batches(images, labels, batch, steps, run=1 + repeat)
+                    ),
+                    "ray": lambda repeat: ray.get(actor.timed_run.remote()),
+                },
+            )
 
             print("\npipeline alone (cache=True; timed after one full untimed pass)")
             best["pipeline"] = _time_pipeline(
                 _pipeline(str(info.root), batch, steps), warm_steps, args.repeats, first_epoch=0
             )
             best["pipeline_ray"] = ray.get(actor.time_pipeline.remote(args.repeats))
-        finally:
-            ray.kill(actor)
-            stop_ray()
 
-        rows = (
-            ("(a) bare torch steps, tensors in memory", best["bare"]),
-            ("(b) steps in 1 Ray actor, EpochBatches", best["ray"]),
-            ("(c) pipeline alone, cached, no model", best["pipeline"]),
-            ("    (c in the Ray actor, reference)", best["pipeline_ray"]),
-        )
         print(
             f"\nresults: {tuple(info.image_shape)} volumes, batch {batch}, {cpus} cpus"
             f" (intra_op {cpus}, inter_op {max(1, min(2, cpus))}), precision {args.precision},"
             f" {'channels_last_3d' if args.channels_last else 'contiguous'},"
             f" best of {args.repeats}"
         )
-        print(
-            f"  {'what':<43}{'volumes/s':>10}{'seconds':>9}{'steps':>7}{'cpu/wall':>10}"
-            f"{'cpu ms/vol':>12}"
+        print_table(
+            (
+                ("(a) bare torch steps, tensors in memory", best["bare"]),
+                ("(b) steps in 1 Ray actor, EpochBatches", best["ray"]),
+                ("(c) pipeline alone, cached, no model", best["pipeline"]),
+                ("    (c in the Ray actor, reference)", best["pipeline_ray"]),
+            ),
+            cpus,
+            "torch",
         )
-        for title, run in rows:
-            print(
-                f"  {title:<43}{run.rate:>10.2f}{run.seconds:>9.3f}{run.steps:>7}"
-                f"{run.cpu_per_wall:>10.2f}{1000 * run.cpu / run.volumes:>12.2f}"
-            )
-        print(
-            "  cpu/wall: the process's CPU seconds (user + sys, all threads) per wall second;"
-            f" near {cpus} when torch has the cpus to itself, lower when other processes take"
-            " them. cpu ms/vol: CPU time per volume, the work done whoever got the cores."
-        )
-
-        ray_over_bare = best["ray"].rate / best["bare"].rate
-        pipeline_over_ray = best["pipeline"].rate / best["ray"].rate
-        print("\nratios")
-        print(
-            f"  (b) / (a) ray steps / bare steps:  {ray_over_bare:6.2f}"
-            f"  (target >= {TARGET_RAY_OVER_BARE})  {verdict(ray_over_bare >= TARGET_RAY_OVER_BARE)}"
-        )
-        print(
-            f"  (c) / (b) pipeline / ray steps:    {pipeline_over_ray:6.2f}"
-            f"  (target >= {TARGET_PIPELINE_OVER_RAY:g})"
-            f"  {verdict(pipeline_over_ray >= TARGET_PIPELINE_OVER_RAY)}"
-        )
-        median_ratio = statistics.median(r.rate for r in runs["ray"]) / statistics.median(
-            r.rate for r in runs["bare"]
-        )
-        cpu_ratio = (best["bare"].cpu / best["bare"].volumes) / (
-            best["ray"].cpu / best["ray"].volumes
-        )
-        print(
-            f"  (for reference, not targets: (b) / (a) of the median runs {median_ratio:.2f};"
-            f" (b) / (a) in volumes per CPU second, best runs, {cpu_ratio:.2f}, which other"
-            " load on the machine disturbs far less than wall time)"
-        )
+        print_ratios(best, runs, "steps")
         print(
             "  TensorFlow on the same data: python benchmarks/train.py --workdir DIR"
             f" --batch {batch} --steps {steps} --cpus {cpus} (its (a) row against this one)"
         )
-    finally:
-        if own_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

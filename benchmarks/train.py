@@ -25,8 +25,9 @@ cores, and CPU time per volume, which shows whether they did the same work. Prin
 machine, what decides each process's share of the cores (affinity, nice value, CFS autogroup,
 TF thread pools, the thread variables Ray sets in workers), a table and two ratios with
 targets: RAY / BARE >= 0.9 and PIPELINE / RAY >= 5. Ray starts its workers at nice 15
-(its ``worker_niceness``); ``--worker-niceness 0`` passes ``RAY_worker_niceness=0`` in the
-actor's env_vars to compare. A benchmark, not a test: it exits 0 unless something breaks.
+(its ``worker_niceness``) unless told otherwise; ``WORKER_ENV`` tells it 0, and
+``--worker-niceness N`` passes ``RAY_worker_niceness=N`` in the actor's env_vars instead, to
+compare. A benchmark, not a test: it exits 0 unless something breaks.
 
     python benchmarks/train.py [--cases 12] [--shape 32 32 24] [--source-shape 40 40 28]
                                [--batch 2] [--steps 40] [--repeats 5] [--cpus N]
@@ -38,83 +39,53 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
-import resource
-import shutil
-import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from _common import (  # noqa: E402
+from _common import loadavg, quiet_stderr  # noqa: E402
+from _training import (  # noqa: E402
+    AMSGRAD,
+    BASE_FILTERS,
+    BETA_2,
+    DEPTH,
+    LR,
+    NORM,
+    SEED,
+    Timing,
     add_training_arguments,
+    alternate_runs,
     check_training_arguments,
-    loadavg,
-    quiet_stderr,
+    cpu_seconds,
+    print_machine,
+    print_process,
+    print_ratios,
+    print_table,
+    process_report,
+    ray_actor,
     training_dataset,
-    verdict,
-    version,
+    training_workdir,
 )
 
 import distmis.model  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS=1 before tensorflow loads)
 from distmis.data.info import DatasetInfo  # noqa: E402
 
-SEED = 0
-DEPTH = 3
-BASE_FILTERS = 8
-NORM = "batch"
-LR, BETA_2, AMSGRAD = 1e-3, 0.999, False
 INTER_OP_THREADS = 2
-# Ray's config knob (ray_constants.RAY_WORKER_NICENESS): the nice value workers start with.
-RAY_WORKER_NICENESS = "RAY_worker_niceness"
-TARGET_RAY_OVER_BARE = 0.9
-TARGET_PIPELINE_OVER_RAY = 5.0
-# What Ray, TensorFlow or the C runtime read to size thread pools or pick devices.
+# What TensorFlow reads to size thread pools or pick kernels (process_report adds the C
+# runtime's and Ray's).
 ENV_KEYS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
     "TF_NUM_INTRAOP_THREADS",
     "TF_NUM_INTEROP_THREADS",
     "TF_ENABLE_ONEDNN_OPTS",
     "TF_USE_LEGACY_KERAS",
     "TF_CPP_MIN_LOG_LEVEL",
-    "CUDA_VISIBLE_DEVICES",
-    "LD_PRELOAD",
-    "MALLOC_ARENA_MAX",
-    RAY_WORKER_NICENESS,
 )
 
 
 # ---------------------------------------------------------------- shared by both processes
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One timed section."""
-
-    seconds: float  # wall clock
-    cpu: float  # process user + sys over the section, all threads
-    volumes: int
-    steps: int
-
-    @property
-    def rate(self) -> float:
-        return self.volumes / self.seconds
-
-    @property
-    def cpu_per_wall(self) -> float:
-        return self.cpu / self.seconds
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _set_threads(cpus: int) -> None:
@@ -126,44 +97,15 @@ def _set_threads(cpus: int) -> None:
 
 
 def _process_report() -> dict:
-    """Where and how this process runs: the facts that decide how many cores TF uses."""
+    """``process_report`` of this process with TF's thread pools."""
     import tensorflow as tf
 
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    return {
-        "pid": os.getpid(),
-        "affinity_cpus": affinity,
-        "nice": os.nice(0),
-        "session": os.getsid(0),
-        "autogroup": _autogroup(),
-        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-        "threads_now": _thread_count(),
-        "env": {k: os.environ.get(k, "(unset)") for k in ENV_KEYS},
-    }
-
-
-def _autogroup() -> str:
-    """The CFS autogroup (one per session when the kernel enables them): nice values only
-    weigh against processes of the same group; groups share the CPUs among themselves."""
-    try:
-        with open("/proc/sys/kernel/sched_autogroup_enabled") as fh:
-            if fh.read().strip() != "1":
-                return "off"
-        with open("/proc/self/autogroup") as fh:
-            return fh.read().strip()
-    except OSError:
-        return "unknown"
-
-
-def _thread_count() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return -1
+    return process_report(
+        ENV_KEYS,
+        "tf",
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
 
 
 def _build_model(info: DatasetInfo):
@@ -185,9 +127,9 @@ def _build_model(info: DatasetInfo):
 
 
 def _timed_fit(model, data, batch: int, steps: int, **kwargs) -> Timing:
-    cpu0, start = _cpu_seconds(), time.perf_counter()
+    cpu0, start = cpu_seconds(), time.perf_counter()
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, **kwargs)
-    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
     return Timing(seconds, cpu, steps * batch, steps)
 
 
@@ -209,12 +151,12 @@ def _time_pipeline(dataset, batch: int, steps: int, warm_steps: int, repeats: in
     for _ in range(repeats):
         iterator = iter(dataset)
         next(iterator)  # starts the prefetch threads; not timed
-        cpu0, start = _cpu_seconds(), time.perf_counter()
+        cpu0, start = cpu_seconds(), time.perf_counter()
         volumes = 0
         for _ in range(steps):
             image, _label = next(iterator)
             volumes += int(image.shape[0])
-        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
         timing = Timing(seconds, cpu, volumes, steps)
         if best is None or timing.seconds < best.seconds:
             best = timing
@@ -255,52 +197,18 @@ class RayTrainer:
 # ---------------------------------------------------------------- driver
 
 
-def _print_machine(cpus: int) -> None:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    print("machine")
-    print(f"  cpus        {os.cpu_count()} (usable by this process: {usable}; given: {cpus})")
-    print(f"  platform    {platform.platform()} ({platform.processor() or platform.machine()})")
-    print(f"  python      {sys.version.split()[0]} ({platform.python_implementation()})")
-    for dist in ("numpy", "tensorflow", "tf-keras", "ray"):
-        print(f"  {dist:<11} {version(dist)}")
-    print(f"  load avg    {loadavg()} (1, 5, 15 min)")
-
-
-def _print_process(title: str, report: dict) -> None:
-    env = " ".join(f"{k}={v}" for k, v in report["env"].items() if v != "(unset)")
-    print(
-        f"  {title:<13} pid {report['pid']}: affinity {report['affinity_cpus']} cpus,"
-        f" nice {report['nice']}, session {report['session']} ({report['autogroup']}),"
-        f" tf intra_op {report['intra_op']} inter_op"
-        f" {report['inter_op']}, {report['threads_now']} threads"
-    )
-    print(f"  {'':<13} env: {env or '(none of interest set)'}")
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_training_arguments(parser)
-    parser.add_argument(
-        "--worker-niceness",
-        type=int,
-        help=f"diagnostic: also pass {RAY_WORKER_NICENESS}=N in the actor's env_vars (Ray starts"
-        " workers at nice 15 by default); default: leave Ray's setting alone",
-    )
     return check_training_arguments(parser, parser.parse_args(argv), DEPTH)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     cpus, batch, steps = args.cpus, args.batch, args.steps
-    _print_machine(cpus)
+    print_machine(cpus, ("numpy", "tensorflow", "tf-keras", "ray"))
 
-    own_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="distmis-bench-train-")) if own_workdir else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with training_workdir(args.workdir) as workdir:
         print("\ndata")
         with quiet_stderr():  # TF's C++ start-up lines, here and in conversion workers
             info = training_dataset(workdir, args.cases, args.source_shape, args.shape, SEED)
@@ -331,25 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         import ray
 
-        from distmis.train.runtime import WORKER_ENV, start_ray, stop_ray
+        with ray_actor(
+            RayTrainer, cpus, args.worker_niceness, str(info.root), cpus, batch, warm_steps
+        ) as (actor, worker_report):
+            print("processes")
+            print_process("(a) bare", _process_report())
+            print_process("(b) ray actor", worker_report)
 
-        started = time.perf_counter()
-        resources = start_ray(None, num_cpus=cpus, num_gpus=0)
-        env_vars = dict(WORKER_ENV)
-        if args.worker_niceness is not None:
-            env_vars[RAY_WORKER_NICENESS] = str(args.worker_niceness)
-        actor_cls = ray.remote(num_cpus=cpus, runtime_env={"env_vars": env_vars})(RayTrainer)
-        actor = actor_cls.remote(str(info.root), cpus, batch, warm_steps)
-        worker_report = ray.get(actor.report.remote())
-        print(
-            f"\nray: started in {time.perf_counter() - started:.1f} s (not timed), resources"
-            f" {resources}; one actor with num_cpus={cpus}, runtime_env env_vars {env_vars}"
-        )
-        print("processes")
-        _print_process("(a) bare", _process_report())
-        _print_process("(b) ray actor", worker_report)
-
-        try:
             print(f"\nwarm-up (not timed; load average {loadavg()})")
             start = time.perf_counter()
             model.fit(x, y, batch_size=batch, steps_per_epoch=warm_steps, epochs=1, verbose=0)
@@ -360,87 +256,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"\nruns: fit(steps_per_epoch={steps}, epochs=1), (a) and (b) alternating,"
                 " order swapped every repeat (a b, b a, ...)"
             )
-            best: dict[str, Timing] = {}
-            runs: dict[str, list[Timing]] = {"bare": [], "ray": []}
-            for repeat in range(args.repeats):
-                order = ("bare", "ray") if repeat % 2 == 0 else ("ray", "bare")
-                for name in order:
-                    if name == "bare":
-                        run = _timed_fit(
-                            model, x, batch, steps, y=y, batch_size=batch, shuffle=True
-                        )
-                    else:
-                        run = ray.get(actor.timed_fit.remote(steps))
-                    runs[name].append(run)
-                    if name not in best or run.seconds < best[name].seconds:
-                        best[name] = run
-                    print(
-                        f"  repeat {repeat + 1}: {name:<4} {run.seconds:6.2f} s"
-                        f" {run.rate:6.2f} vol/s  cpu/wall {run.cpu_per_wall:4.2f}"
-                        f"  cpu {1000 * run.cpu / run.volumes:5.1f} ms/vol"
-                        f"  (load average {loadavg()})"
-                    )
+            best, runs = alternate_runs(
+                args.repeats,
+                {
+                    "bare": lambda repeat: _timed_fit(
+                        model, x, batch, steps, y=y, batch_size=batch, shuffle=True
+                    ),
+                    "ray": lambda repeat: ray.get(actor.timed_fit.remote(steps)),
+                },
+            )
 
             print("\npipeline alone (cache=True; timed after one full untimed pass)")
             best["pipeline"] = _time_pipeline(
                 _pipeline(info, batch), batch, steps, warm_steps, args.repeats
             )
             best["pipeline_ray"] = ray.get(actor.time_pipeline.remote(steps, args.repeats))
-        finally:
-            ray.kill(actor)
-            stop_ray()
 
-        rows = (
-            ("(a) bare tf_keras fit, numpy in memory", best["bare"]),
-            ("(b) fit in 1 Ray actor, TFRecord pipeline", best["ray"]),
-            ("(c) pipeline alone, cached, no model", best["pipeline"]),
-            ("    (c in the Ray actor, reference)", best["pipeline_ray"]),
-        )
         print(
             f"\nresults: {tuple(info.image_shape)} volumes, batch {batch}, {cpus} cpus"
             f" (intra_op {cpus}, inter_op {INTER_OP_THREADS}), best of {args.repeats}"
         )
-        print(
-            f"  {'what':<43}{'volumes/s':>10}{'seconds':>9}{'steps':>7}{'cpu/wall':>10}"
-            f"{'cpu ms/vol':>12}"
+        print_table(
+            (
+                ("(a) bare tf_keras fit, numpy in memory", best["bare"]),
+                ("(b) fit in 1 Ray actor, TFRecord pipeline", best["ray"]),
+                ("(c) pipeline alone, cached, no model", best["pipeline"]),
+                ("    (c in the Ray actor, reference)", best["pipeline_ray"]),
+            ),
+            cpus,
+            "TF",
         )
-        for title, run in rows:
-            print(
-                f"  {title:<43}{run.rate:>10.2f}{run.seconds:>9.3f}{run.steps:>7}"
-                f"{run.cpu_per_wall:>10.2f}{1000 * run.cpu / run.volumes:>12.2f}"
-            )
-        print(
-            "  cpu/wall: the process's CPU seconds (user + sys, all threads) per wall second;"
-            f" near {cpus} when TF has the cpus to itself, lower when other processes take"
-            " them. cpu ms/vol: CPU time per volume, the work done whoever got the cores."
-        )
-
-        ray_over_bare = best["ray"].rate / best["bare"].rate
-        pipeline_over_ray = best["pipeline"].rate / best["ray"].rate
-        print("\nratios")
-        print(
-            f"  (b) / (a) ray fit / bare fit:      {ray_over_bare:6.2f}"
-            f"  (target >= {TARGET_RAY_OVER_BARE})  {verdict(ray_over_bare >= TARGET_RAY_OVER_BARE)}"
-        )
-        print(
-            f"  (c) / (b) pipeline / ray fit:      {pipeline_over_ray:6.2f}"
-            f"  (target >= {TARGET_PIPELINE_OVER_RAY:g})"
-            f"  {verdict(pipeline_over_ray >= TARGET_PIPELINE_OVER_RAY)}"
-        )
-        median_ratio = statistics.median(r.rate for r in runs["ray"]) / statistics.median(
-            r.rate for r in runs["bare"]
-        )
-        cpu_ratio = (best["bare"].cpu / best["bare"].volumes) / (
-            best["ray"].cpu / best["ray"].volumes
-        )
-        print(
-            f"  (for reference, not targets: (b) / (a) of the median runs {median_ratio:.2f};"
-            f" (b) / (a) in volumes per CPU second, best runs, {cpu_ratio:.2f}, which other"
-            " load on the machine disturbs far less than wall time)"
-        )
-    finally:
-        if own_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        print_ratios(best, runs, "fit")
     return 0
 
 
