@@ -192,3 +192,10 @@ def test_fp16_needs_gpus_and_unknown_backends_are_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match="train.backend"):
         validate_config({"train": {"backend": "jax"}})
+
+
+def test_worker_settings_are_exactly_what_the_loops_read(tmp_path):
+    from distmis.train.worker import SETTINGS_KEYS
+
+    for backend in ("tensorflow", "torch"):
+        assert set(settings(tmp_path, backend=backend).worker_settings()) == set(SETTINGS_KEYS)

@@ -205,7 +205,7 @@ class TrainSettings:
         return hparams.lr * self.gpus if (self.scale_lr and self.mode == "data") else hparams.lr
 
     def worker_settings(self) -> dict:
-        """The JSON-able dict the per-worker loop reads (see loop.SETTINGS_KEYS)."""
+        """The JSON-able dict the per-worker loop reads (see worker.SETTINGS_KEYS)."""
         return {
             "tfrecord_dir": str(self.tfrecord_dir.resolve()),
             "out_dir": str(self.out_dir.resolve()),
