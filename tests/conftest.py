@@ -75,3 +75,15 @@ def make_task(tmp_path: Path):
         return task
 
     return _make
+
+
+def synthetic_tfrecords(root: Path, cases: int, seed: int) -> Path:
+    """``cases`` synthetic cases (24×24×20) converted to 16³ shards (train 2, val 1, test 1)
+    under ``root``: the tiny data set the real-Ray training tests train on."""
+    from distmis.data.convert import ConvertParams, convert_dataset
+    from distmis.data.synthetic import synthesize_dataset
+
+    task = synthesize_dataset(root / "raw", cases, (24, 24, 20), seed=seed, progress=False)
+    out = root / "tfr"
+    convert_dataset(task, out, ConvertParams(shape=(16, 16, 16), shards=(2, 1, 1)), progress=False)
+    return out

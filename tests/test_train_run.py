@@ -16,9 +16,8 @@ import pytest
 import yaml
 
 from distmis.config import validate_config
-from distmis.data.convert import ConvertParams, convert_dataset
-from distmis.data.synthetic import synthesize_dataset
 from distmis.train.settings import TrainSettings
+from tests.conftest import synthetic_tfrecords
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +26,7 @@ GRID = {"lr": [0.001, 0.005, 0.01], "norm": ["batch"], "beta_2": [0.999], "amsgr
 
 @pytest.fixture(scope="module")
 def tfrecords(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    task = synthesize_dataset(root / "raw", 10, (24, 24, 20), seed=3, progress=False)
-    out = root / "tfr"
-    convert_dataset(task, out, ConvertParams(shape=(16, 16, 16), shards=(2, 1, 1)), progress=False)
-    return out
+    return synthetic_tfrecords(tmp_path_factory.mktemp("data"), cases=10, seed=3)
 
 
 def make_settings(tfrecords: Path, out: Path, mode: str, gpus: int, **train) -> TrainSettings:
