@@ -50,8 +50,9 @@ lint: venv
 
 bench: venv
 	$(RUN) $(BIN)/python benchmarks/convert.py
-	$(RUN) $(BIN)/python benchmarks/train.py
-	$(RUN) $(BIN)/python benchmarks/torch_train.py
+	$(RUN) $(BIN)/python benchmarks/train.py --backend tensorflow
+	$(RUN) $(BIN)/python benchmarks/train.py --backend torch
+	$(RUN) $(BIN)/python benchmarks/train.py --backend torch --precision bf16 --channels-last
 
 clean:
 	rm -rf results/data results/tfrecords logs .snakemake

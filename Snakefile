@@ -13,8 +13,8 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
-include: "rules/report.smk"
 include: "rules/evaluate.smk"
+include: "rules/scaling.smk"
 
 
 rule all:

@@ -1,14 +1,20 @@
-"""What the two training benchmarks (benchmarks/train.py, torch_train.py) share: model
-settings, arguments, synthetic data set, timings, process reports, Ray actor and printing.
+"""What ``benchmarks/train.py`` does whatever the backend: settings, arguments, synthetic data,
+the two sides that train (:class:`Trainer`), timings, process reports, the Ray actor, printing.
 
-Imports only the standard library at module level: train.py must import distmis.model (its
-Keras switch) before anything loads TensorFlow, and torch_train.py never loads TensorFlow.
+A backend adds only a :class:`BenchBackend`: how to build the training loop's step and how to
+feed it batches (``_train_tensorflow.py``, ``_train_torch.py``; :func:`load_backend` imports
+the one asked for and nothing of the other). Imports only the standard library and
+:mod:`distmis.data.info` at module level: the TensorFlow side must import
+``distmis.backends.tensorflow`` (its Keras switch) before anything loads TensorFlow, and the
+torch side never loads TensorFlow.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import itertools
 import json
 import math
 import os
@@ -19,11 +25,15 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
-from _common import loadavg, verdict, version
+from _common import loadavg, quiet_stderr, verdict, version
+
+from distmis.data.info import DatasetInfo
 
 
 def usable_cpus() -> int:
@@ -34,14 +44,15 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-# ---------------------------------------------------------------- the training benchmarks
+# ---------------------------------------------------------------- settings
 
-# The model both train, the same in TF and torch so that their rows compare: U-Net, Adam.
+# The model both backends train, the same in TF and torch so that their rows compare.
 SEED = 0
 DEPTH = 3
 BASE_FILTERS = 8
 NORM = "batch"
 LR, BETA_2, AMSGRAD = 1e-3, 0.999, False
+PRECISIONS = ("fp32", "bf16")  # fp16 needs a GPU (TorchBackend.check_settings)
 # Ray's config knob (ray_constants.RAY_WORKER_NICENESS): the nice value workers start with.
 RAY_WORKER_NICENESS = "RAY_worker_niceness"
 TARGET_RAY_OVER_BARE = 0.9
@@ -50,20 +61,112 @@ TARGET_PIPELINE_OVER_RAY = 5.0
 # a process report shows these before and after the framework's own.
 ENV_KEYS_BEFORE = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 ENV_KEYS_AFTER = ("CUDA_VISIBLE_DEVICES", "LD_PRELOAD", "MALLOC_ARENA_MAX", RAY_WORKER_NICENESS)
+# Where a Trainer's batches come from: the split in memory (a) or the real pipeline (b).
+IN_MEMORY, PIPELINE = "in memory", "pipeline"
 
 
-# The stamp beside a benchmark's data: benchmarks/train.py and torch_train.py share a --workdir.
+@dataclass(frozen=True)
+class StepSettings:
+    """What the step is built with; the first seven are ``compiled_unet``'s and
+    ``build_training_step``'s keyword arguments, the last two torch-only (autocast, memory format)."""
+
+    depth: int = DEPTH
+    base_filters: int = BASE_FILTERS
+    norm: str = NORM
+    lr: float = LR
+    beta_2: float = BETA_2
+    amsgrad: bool = AMSGRAD
+    seed: int = SEED
+    precision: str = "fp32"
+    channels_last_3d: bool = False
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The architecture and optimiser settings, without the torch-only switches."""
+        kwargs = asdict(self)
+        del kwargs["precision"], kwargs["channels_last_3d"]
+        return kwargs
+
+
+# ---------------------------------------------------------------- what a backend supplies
+
+
+class BenchBackend(ABC):
+    """One framework's part of the benchmark: the training loop's own step, built in
+    ``__init__`` (threads limited first, as the trial's steps do), and its feeds.
+
+    A *feed* is whatever :meth:`train` and :meth:`batch_sizes` take: the train split in memory
+    (:meth:`in_memory`) or the real input pipeline, cached and shuffled (:meth:`pipeline`).
+    """
+
+    name: ClassVar[str]  # distmis.backends name
+    step_name: ClassVar[str]  # what one step is, for the table
+    pipeline_name: ClassVar[str]
+    dists: ClassVar[tuple[str, ...]]  # distributions whose versions the machine report shows
+    env_keys: ClassVar[tuple[str, ...]]  # the framework's own thread and kernel variables
+
+    @abstractmethod
+    def __init__(self, cpus: int, info: DatasetInfo, settings: StepSettings) -> None: ...
+
+    @classmethod
+    def runtime_lines(cls) -> list[tuple[str, str]]:
+        """Labelled facts about the framework's CPU kernels for the machine report."""
+        return []
+
+    @abstractmethod
+    def thread_pools(self) -> tuple[int, int]:
+        """This process's intra-op and inter-op pool sizes."""
+
+    def notes(self) -> dict[str, object]:
+        """Labelled facts the process report ends with."""
+        return {}
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The model, optimiser and step in one line."""
+
+    @abstractmethod
+    def weights_checksum(self) -> float:
+        """Sum of |w| over every weight and statistic: equal on both sides when seeded alike."""
+
+    @abstractmethod
+    def in_memory(self, info: DatasetInfo, batch: int) -> tuple[Any, int]:
+        """The train split decoded into memory once, shuffled each pass, repeating; and the
+        bytes it holds."""
+
+    @abstractmethod
+    def pipeline(self, info: DatasetInfo, batch: int, steps_per_epoch: int) -> Any:
+        """The trial's input pipeline over the split: cached, shuffled, repeating, at least
+        ``steps_per_epoch`` batches an epoch."""
+
+    @abstractmethod
+    def train(self, feed: Any, steps: int, epoch: int) -> float:
+        """``steps`` training steps as the trial's ``train_epoch`` runs them, on epoch
+        ``epoch`` of ``feed``; the mean training loss."""
+
+    @abstractmethod
+    def batch_sizes(self, feed: Any, epoch: int) -> Iterator[int]:
+        """The batches of epoch ``epoch`` of ``feed``, drawn but not trained on: their sizes."""
+
+
+def load_backend(name: str) -> type[BenchBackend]:
+    """The :class:`BenchBackend` of ``_train_<name>.py``; imports that framework alone."""
+    return importlib.import_module(f"_train_{name}").BENCH
+
+
+# ---------------------------------------------------------------- data
+
+
+# The stamp beside a benchmark's data: the backends' runs may share a --workdir.
 DATA_STAMP = "bench-train.json"
 
 
 def training_dataset(
     root: Path, cases: int, source: tuple[int, int, int], shape: tuple[int, int, int], seed: int
-):
+) -> DatasetInfo:
     """Synthesise and convert ``cases`` (every one in the train split) under ``root``, or reuse
     an earlier run's data when it matches; returns its ``DatasetInfo``."""
-    # Imported here: the callers decide what loads first (distmis.model's Keras switch).
+    # Imported here, not at module level: a Ray worker importing this module needs neither.
     from distmis.data.convert import ConvertParams, convert_dataset
-    from distmis.data.info import DatasetInfo
     from distmis.data.synthetic import synthesize_dataset
 
     out = root / "tfrecords"
@@ -91,14 +194,28 @@ def training_dataset(
     return DatasetInfo.from_dir(out)
 
 
-# The training benchmarks' data and loop sizes (benchmarks/train.py and torch_train.py alike).
+@contextlib.contextmanager
+def training_workdir(workdir: Path | None) -> Iterator[Path]:
+    """``workdir`` (made if missing, kept afterwards), or a temp dir removed afterwards."""
+    own = workdir is None
+    path = Path(tempfile.mkdtemp(prefix="distmis-bench-train-")) if own else workdir
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        if own:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- arguments
+
 DEFAULT_SHAPE = (32, 32, 24)
 DEFAULT_SOURCE_SHAPE = (40, 40, 28)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """--cases, --shape, --source-shape, --batch, --steps, --repeats, --cpus, --workdir,
-    --worker-niceness."""
+    --worker-niceness, --precision, --channels-last."""
     parser.add_argument("--cases", type=int, default=12, help="cases to synthesise (default 12)")
     parser.add_argument(
         "--shape",
@@ -126,20 +243,34 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--workdir",
         type=Path,
         help="keep the synthetic data here and reuse it on later runs, also by the other"
-        " training benchmark (default: a temp dir)",
+        " backend's run (default: a temp dir)",
     )
     parser.add_argument(
         "--worker-niceness",
         type=int,
-        help=f"diagnostic: pass {RAY_WORKER_NICENESS}=N in the actor's env_vars instead of"
-        " WORKER_ENV's value; default: WORKER_ENV as is",
+        help=f"diagnostic: the actor's runtime_env sets {RAY_WORKER_NICENESS}=N over the"
+        " job's WORKER_ENV value (0); default: WORKER_ENV as training runs get it",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="torch only: autocast of (a) and (b), fp32 (off) or bf16 on the CPU (default fp32)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="torch only: model and image batches of (a) and (b) in torch.channels_last_3d",
     )
 
 
 def check_training_arguments(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, depth: int
+    parser: argparse.ArgumentParser, args: argparse.Namespace
 ) -> argparse.Namespace:
     """Fill the defaults that depend on other arguments and refuse impossible values."""
+    from distmis import backends
+    from distmis.errors import ConfigError
+
     args.shape = tuple(args.shape)
     if args.source_shape is None:
         args.source_shape = (
@@ -152,22 +283,18 @@ def check_training_arguments(
         args.cpus = usable_cpus()
     if min(args.cases, args.batch, args.steps, args.repeats, args.cpus) < 1:
         parser.error("--cases, --batch, --steps, --repeats and --cpus must be >= 1")
-    if any(s % 2**depth for s in args.shape):
-        parser.error(f"every --shape axis must be divisible by {2**depth} (U-Net depth {depth})")
+    if any(s % 2**DEPTH for s in args.shape):
+        parser.error(f"every --shape axis must be divisible by {2**DEPTH} (U-Net depth {DEPTH})")
+    try:  # the config check every run makes, so the benchmark refuses what training refuses
+        backends.get(args.backend).check_settings(
+            precision=args.precision, channels_last_3d=args.channels_last, use_gpu=False
+        )
+    except ConfigError as error:
+        parser.error(f"--backend {args.backend}: {error}")
     return args
 
 
-@contextlib.contextmanager
-def training_workdir(workdir: Path | None) -> Iterator[Path]:
-    """``workdir`` (made if missing, kept afterwards), or a temp dir removed afterwards."""
-    own = workdir is None
-    path = Path(tempfile.mkdtemp(prefix="distmis-bench-train-")) if own else workdir
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        yield path
-    finally:
-        if own:
-            shutil.rmtree(path, ignore_errors=True)
+# ---------------------------------------------------------------- timings
 
 
 @dataclass(frozen=True)
@@ -199,12 +326,107 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def timed(run: Callable[[], tuple[int, int, float]]) -> Timing:
+    """Wall and CPU time of ``run()``, which returns its volumes, steps and loss."""
+    cpu0, start = cpu_seconds(), time.perf_counter()
+    volumes, steps, loss = run()
+    return Timing(time.perf_counter() - start, cpu_seconds() - cpu0, volumes, steps, loss)
+
+
+def fastest(timings: Iterable[Timing]) -> Timing:
+    return min(timings, key=lambda timing: timing.seconds)
+
+
+# ---------------------------------------------------------------- one side of the benchmark
+
+
+class Trainer:
+    """One process's side: the backend's step fed by the split in memory (``IN_MEMORY``,
+    side (a), in the benchmark's process) or by the real pipeline (``PIPELINE``, side (b), in
+    the Ray actor), and the pipeline alone (c).
+
+    Every run trains on a new epoch of its feed, as training does. Built identically on both
+    sides: the weights depend only on the seed.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        tfrecord_dir: str,
+        cpus: int,
+        batch: int,
+        steps: int,
+        warm_steps: int,
+        settings: StepSettings,
+        feed: str,
+    ) -> None:
+        self.info = DatasetInfo.from_dir(Path(tfrecord_dir))
+        self.batch, self.steps, self.warm_steps = batch, steps, warm_steps
+        with quiet_stderr():  # TF's C++ start-up and CUDA-probe log lines
+            self.backend = load_backend(backend)(cpus, self.info, settings)
+            if feed == IN_MEMORY:
+                self.feed, self.feed_bytes = self.backend.in_memory(self.info, batch)
+            else:
+                self.feed = self.backend.pipeline(self.info, batch, max(steps, warm_steps))
+                self.feed_bytes = 0
+            self.weights_checksum = self.backend.weights_checksum()  # before any step
+        self.epoch = 0
+
+    def report(self) -> dict:
+        """:func:`process_report` of this process, with the initial weights' checksum."""
+        return {
+            **process_report(
+                self.backend.env_keys,
+                self.backend.name,
+                *self.backend.thread_pools(),
+                self.backend.notes(),
+            ),
+            "weights_checksum": self.weights_checksum,
+        }
+
+    def _run(self, steps: int) -> Timing:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return timed(
+            lambda: (steps * self.batch, steps, self.backend.train(self.feed, steps, epoch))
+        )
+
+    def warm_up(self) -> float:
+        """A pass over the split and one batch more, untimed by the runs: first-call set-up
+        (tracing, oneDNN primitives) and the pipeline's cache. Its seconds."""
+        return self._run(self.warm_steps).seconds
+
+    def timed_run(self) -> Timing:
+        return self._run(self.steps)
+
+    def time_pipeline(self, repeats: int) -> Timing:
+        """Best of ``repeats``: ``steps`` batches of a fresh pipeline's epoch, no model, after
+        one untimed pass that fills its cache (so: the cached steady state of every epoch after
+        the first). Each epoch's first batch is drawn untimed (it starts the epoch's order and
+        the prefetch threads)."""
+        feed = self.backend.pipeline(self.info, self.batch, max(self.steps + 1, self.warm_steps))
+        for _ in itertools.islice(self.backend.batch_sizes(feed, 0), self.warm_steps):
+            pass
+
+        def one_epoch(batches: Iterator[int]) -> tuple[int, int, float]:
+            return sum(itertools.islice(batches, self.steps)), self.steps, math.nan
+
+        runs = []
+        for repeat in range(repeats):
+            batches = self.backend.batch_sizes(feed, 1 + repeat)
+            next(batches)
+            runs.append(timed(lambda batches=batches: one_epoch(batches)))
+        return fastest(runs)
+
+
+# ---------------------------------------------------------------- processes and Ray
+
+
 def process_report(
     env_keys: Iterable[str],
     framework: str,
     intra_op: int,
     inter_op: int,
-    notes: dict[str, object] | None = None,
+    notes: Mapping[str, object] | None = None,
 ) -> dict:
     """Where and how this process runs: the facts that decide how many cores ``framework``
     uses. The caller reads its thread pools' sizes (``intra_op``, ``inter_op``) in this
@@ -248,28 +470,33 @@ def _thread_count() -> int:
 
 @contextlib.contextmanager
 def ray_actor(
-    actor_class: type, cpus: int, worker_niceness: int | None, *init_args
+    backend: str, cpus: int, worker_niceness: int | None, *init_args
 ) -> Iterator[tuple[object, dict]]:
-    """Ray started with ``cpus`` CPUs and one ``actor_class(*init_args)`` holding them all,
-    env_vars from ``WORKER_ENV`` (``RAY_worker_niceness`` = ``worker_niceness`` when given).
+    """Ray started as a training run starts it (``start_ray`` with the backend's
+    ``worker_env``) with ``cpus`` CPUs, and one ``Trainer(backend, *init_args)`` actor holding
+    them all (its runtime_env adds ``RAY_worker_niceness`` = ``worker_niceness`` when given).
     Prints how Ray started; yields the actor and its ``report()``; kills it and stops Ray."""
     import ray
 
+    from distmis import backends
     from distmis.train.runtime import WORKER_ENV, start_ray, stop_ray
 
     started = time.perf_counter()
-    resources = start_ray(None, num_cpus=cpus, num_gpus=0)
+    backend_env = backends.get(backend).worker_env
+    resources = start_ray(None, backend_env, num_cpus=cpus, num_gpus=0)
     actor = None
     try:
-        env_vars = dict(WORKER_ENV)
+        options: dict[str, Any] = {"num_cpus": cpus}
         if worker_niceness is not None:
-            env_vars[RAY_WORKER_NICENESS] = str(worker_niceness)
-        actor_cls = ray.remote(num_cpus=cpus, runtime_env={"env_vars": env_vars})(actor_class)
-        actor = actor_cls.remote(*init_args)
+            # Merged into the job's env_vars (Ray merges env_vars key by key).
+            options["runtime_env"] = {"env_vars": {RAY_WORKER_NICENESS: str(worker_niceness)}}
+        actor = ray.remote(**options)(Trainer).remote(backend, *init_args)
         report = ray.get(actor.report.remote())
+        job_env = {**WORKER_ENV, **backend_env}
         print(
             f"\nray: started in {time.perf_counter() - started:.1f} s (not timed), resources"
-            f" {resources}; one actor with num_cpus={cpus}, runtime_env env_vars {env_vars}"
+            f" {resources}; job env_vars {job_env}; one actor with"
+            f" {options}"
         )
         yield actor, report
     finally:
@@ -278,18 +505,40 @@ def ray_actor(
         stop_ray()
 
 
-def print_machine(
-    cpus: int,
-    dists: Sequence[str],
-    hardware: Sequence[tuple[str, str]] = (),
-    runtime: Sequence[tuple[str, str]] = (),
-) -> None:
-    """The machine, a labelled line each: cores (all, usable, given), platform, ``hardware``,
-    Python, the versions of ``dists``, ``runtime``, load average."""
+# ---------------------------------------------------------------- printing
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_isa() -> str:
+    """The instruction-set flags that decide which kernels run (AVX-512, native bf16, AMX)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), []
+            )
+    except OSError:
+        return "flags unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return "flags " + " ".join(f"{f}{'+' if f in flags else '-'}" for f in wanted)
+
+
+def print_machine(cpus: int, dists: Sequence[str], runtime: Sequence[tuple[str, str]] = ()) -> None:
+    """The machine, a labelled line each: cores (all, usable, given), platform, CPU, Python,
+    the versions of ``dists``, ``runtime``, load average."""
     lines = [
         ("cpus", f"{os.cpu_count()} (usable by this process: {usable_cpus()}; given: {cpus})"),
         ("platform", f"{platform.platform()} ({platform.processor() or platform.machine()})"),
-        *hardware,
+        ("cpu", f"{cpu_model()}; {cpu_isa()}"),
         ("python", f"{sys.version.split()[0]} ({platform.python_implementation()})"),
         *((dist, version(dist)) for dist in dists),
         *runtime,
@@ -319,15 +568,12 @@ def alternate_runs(
     """``repeats`` rounds of ``runners[name](repeat)``, in the runners' order and reversed
     every other round (a b, b a, ...), each run printed (with its loss where it has one);
     returns the fastest run of each name and all of them."""
-    best: dict[str, Timing] = {}
     runs: dict[str, list[Timing]] = {name: [] for name in runners}
     for repeat in range(repeats):
         order = list(runners) if repeat % 2 == 0 else list(reversed(runners))
         for name in order:
             run = runners[name](repeat)
             runs[name].append(run)
-            if name not in best or run.seconds < best[name].seconds:
-                best[name] = run
             loss = "" if math.isnan(run.loss) else f"  loss {run.loss:.4f}"
             print(
                 f"  repeat {repeat + 1}: {name:<4} {run.seconds:6.2f} s"
@@ -335,18 +581,18 @@ def alternate_runs(
                 f"  cpu {1000 * run.cpu_per_volume:5.1f} ms/vol{loss}"
                 f"  (load average {loadavg()})"
             )
-    return best, runs
+    return {name: fastest(timings) for name, timings in runs.items()}, runs
 
 
 def print_table(rows: Sequence[tuple[str, Timing]], cpus: int, framework: str) -> None:
     """The results table, a titled row per timing, and what its CPU columns mean."""
     print(
-        f"  {'what':<43}{'volumes/s':>10}{'seconds':>9}{'steps':>7}{'cpu/wall':>10}"
+        f"  {'what':<47}{'volumes/s':>10}{'seconds':>9}{'steps':>7}{'cpu/wall':>10}"
         f"{'cpu ms/vol':>12}"
     )
     for title, run in rows:
         print(
-            f"  {title:<43}{run.rate:>10.2f}{run.seconds:>9.3f}{run.steps:>7}"
+            f"  {title:<47}{run.rate:>10.2f}{run.seconds:>9.3f}{run.steps:>7}"
             f"{run.cpu_per_wall:>10.2f}{1000 * run.cpu_per_volume:>12.2f}"
         )
     print(
@@ -356,18 +602,18 @@ def print_table(rows: Sequence[tuple[str, Timing]], cpus: int, framework: str) -
     )
 
 
-def print_ratios(best: dict[str, Timing], runs: dict[str, list[Timing]], unit: str) -> None:
-    """The two targets from the best runs, (b) ray / (a) bare and (c) pipeline / (b) ray, each
-    "ray {unit}", and for reference (b) / (a) of the median runs and per CPU second."""
+def print_ratios(best: dict[str, Timing], runs: dict[str, list[Timing]]) -> None:
+    """The two targets from the best runs, (b) ray / (a) bare and (c) pipeline / (b) ray, and
+    for reference (b) / (a) of the median runs and per CPU second."""
     ray_over_bare = best["ray"].rate / best["bare"].rate
     pipeline_over_ray = best["pipeline"].rate / best["ray"].rate
     print("\nratios")
     print(
-        f"  (b) / (a) {f'ray {unit} / bare {unit}:':<25}{ray_over_bare:6.2f}"
+        f"  (b) / (a) {'ray steps / bare steps:':<25}{ray_over_bare:6.2f}"
         f"  (target >= {TARGET_RAY_OVER_BARE})  {verdict(ray_over_bare >= TARGET_RAY_OVER_BARE)}"
     )
     print(
-        f"  (c) / (b) {f'pipeline / ray {unit}:':<25}{pipeline_over_ray:6.2f}"
+        f"  (c) / (b) {'pipeline / ray steps:':<25}{pipeline_over_ray:6.2f}"
         f"  (target >= {TARGET_PIPELINE_OVER_RAY:g})"
         f"  {verdict(pipeline_over_ray >= TARGET_PIPELINE_OVER_RAY)}"
     )

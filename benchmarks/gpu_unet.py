@@ -1,20 +1,25 @@
 """Time one training step of the PyTorch 3D U-Net on one GPU: fp32, TF32 and bf16 autocast.
 
-A step is forward + soft Dice loss + backward + Adam step of
-:func:`distmis.torch_backend.unet.build_unet_torch` (depth 3, base 8, batch norm unless told)
-on random tensors already on the device: no data loading, no host transfer. Default input is
-the paper's BraTS volume, 4 × 240 × 240 × 152 (C × X × Y × Z), batch 2, one output channel.
+A step is the training loop's own: the model, optimiser and
+:class:`distmis.backends.torch.loop.TrainingStep` a torch trial builds (``build_unet_torch``,
+depth 3, base 8, batch norm unless told; the loop's ``adam``, Keras' β₁ 0.9, ε 1e-7;
+``memory_format``), run as a trial's ``train_epoch`` runs it (forward under autocast, soft Dice
+in float32, backward, Adam, Dice; the loss and Dice read on the host every step), all through
+``distmis.backends.torch.loop``, on random tensors already on the device: no data loading, no
+host transfer. Default input is the paper's BraTS volume, 4 × 240 × 240 × 152
+(C × X × Y × Z), batch 2, one output channel.
 
 Modes (``--modes``, comma-separated):
 
 - ``fp32``: float32 with TF32 off (``torch.backends.cuda.matmul.allow_tf32`` and
   ``torch.backends.cudnn.allow_tf32`` False): true fp32 convolutions;
 - ``tf32``: float32 tensors, TF32 tensor-core convolutions and matmuls allowed;
-- ``bf16``: ``torch.autocast(dtype=torch.bfloat16)`` around the forward (weights, gradients
-  and Adam state stay float32; the Dice sums run in float32), TF32 allowed for what autocast
-  leaves in float32.
+- ``bf16``: the step's ``precision="bf16"``, ``torch.autocast(dtype=torch.bfloat16)`` around
+  the forward (weights, gradients and Adam state stay float32; the Dice sums run in float32),
+  TF32 allowed for what autocast leaves in float32.
 
-``--channels-last-3d`` puts the model and input in ``torch.channels_last_3d`` memory format.
+``--channels-last-3d`` is the step's ``channels_last_3d``: model and input in
+``torch.channels_last_3d`` memory format.
 ``torch.backends.cudnn.benchmark`` is on, so the warm-up steps also pick the convolution
 algorithms. Each mode gets a fresh model (same seed) and optimizer; ``--warmup`` untimed steps,
 then ``--steps`` timed with CUDA events around the whole run, then one synchronise. Peak memory
@@ -22,8 +27,9 @@ is ``torch.cuda.max_memory_allocated`` with the counter reset per mode. On a mac
 CUDA (``--device cpu``) it runs the same steps timed with ``perf_counter`` as a smoke check;
 the modes then differ only by autocast, and CPU numbers say nothing about GPUs.
 
-Imports only torch, numpy and :mod:`distmis.torch_backend` (no TensorFlow, no Ray), so it runs
-where only PyTorch is installed::
+The loss column is the mean training loss of the timed steps. Imports only torch, numpy and
+:mod:`distmis.backends.torch` (no TensorFlow, no Ray), so it runs where only PyTorch is
+installed::
 
     python benchmarks/gpu_unet.py [--shape 240 240 152] [--channels 4] [--batch 2]
                                   [--steps 20] [--warmup 5] [--modes fp32,tf32,bf16]
@@ -34,6 +40,7 @@ where only PyTorch is installed::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -43,10 +50,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distmis.torch_backend.losses import soft_dice_loss
-from distmis.torch_backend.unet import build_unet_torch, count_parameters
+from distmis.backends.torch.loop import (
+    ADAM_BETA_1,
+    ADAM_EPSILON,
+    build_training_step,
+    train_batches,
+)
+from distmis.backends.torch.unet import count_parameters
 
 MODES = ("fp32", "tf32", "bf16")
+# What each mode asks of the training step (TF32 is a global switch, set per mode).
+PRECISION = {"fp32": "fp32", "tf32": "fp32", "bf16": "bf16"}
+# Adam's other hyperparameters as the grid's defaults have them.
+BETA_2, AMSGRAD = 0.999, False
+SEED = 0
 # NVIDIA DeepLearningExamples, PyTorch UNet3D (nnU-Net based, BraTS), training throughput at
 # 128³ on one A100 80GB, batch 2: a different (larger) network and volume; for orientation only.
 PUBLISHED_ANCHORS = (
@@ -107,67 +124,70 @@ def environment(device: torch.device) -> dict:
 
 
 def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict:
-    """Build a fresh model and time ``args.steps`` training steps in ``mode``."""
+    """Build a fresh model and step and time ``args.steps`` training steps in ``mode``."""
     set_tf32(mode != "fp32")
-    memory_format = torch.channels_last_3d if args.channels_last_3d else torch.contiguous_format
-    model = build_unet_torch(
-        args.channels, args.out_channels, args.depth, args.base_filters, args.norm, seed=0
+    architecture = dict(
+        in_channels=args.channels,
+        out_channels=args.out_channels,
+        depth=args.depth,
+        base_filters=args.base_filters,
+        norm=args.norm,
     )
-    model = model.to(device=device, memory_format=memory_format).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    generator = torch.Generator(device=device).manual_seed(0)
-    image = torch.randn(
-        args.batch, args.channels, *args.shape, device=device, generator=generator
-    ).contiguous(memory_format=memory_format)
+    step = build_training_step(
+        architecture,
+        device,
+        seed=SEED,
+        lr=args.lr,
+        beta_2=BETA_2,
+        amsgrad=AMSGRAD,
+        precision=PRECISION[mode],
+        channels_last_3d=args.channels_last_3d,
+    )
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    image = torch.randn(args.batch, args.channels, *args.shape, device=device, generator=generator)
     label = (
         torch.rand(args.batch, args.out_channels, *args.shape, device=device, generator=generator)
         > 0.9
     ).float()
-    bf16 = mode == "bf16"
+    # In the step's memory format once, so its to_device is a no-op in the timed steps.
+    batch = step.to_device((image, label))
 
-    def step() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            prediction = model(image)
-        loss = soft_dice_loss(label, prediction)  # float32 sums whatever the prediction dtype
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+    def run(steps: int) -> float:
+        """``steps`` steps on the one batch; their mean loss (nan for none)."""
+        sums = train_batches(step, itertools.repeat(batch, steps), args.out_channels)
+        return sums.loss / sums.count if sums.count else math.nan
 
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.warmup):
-        first_loss = step()
+    warmup_loss = run(args.warmup)
     if cuda:
         torch.cuda.synchronize(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(args.steps):
-            loss = step()
+        loss = run(args.steps)
         end.record()
         torch.cuda.synchronize(device)
         seconds = start.elapsed_time(end) / 1000.0
         peak = torch.cuda.max_memory_allocated(device)
     else:
         started = time.perf_counter()
-        for _ in range(args.steps):
-            loss = step()
+        loss = run(args.steps)
         seconds = time.perf_counter() - started
         peak = None
-    last_loss = float(loss)
     result = {
         "mode": mode,
         "ms_per_step": 1000.0 * seconds / args.steps,
         "volumes_per_s": args.batch * args.steps / seconds,
         "peak_memory_gib": None if peak is None else peak / 2**30,
-        "loss_after_warmup": float(first_loss) if args.warmup else None,
-        "loss_last": last_loss,
-        "parameters": count_parameters(model),
+        "loss_warmup_mean": warmup_loss if args.warmup else None,
+        "loss_mean": loss,
+        "parameters": count_parameters(step.network),
+        "adam": {k: step.optimizer.defaults[k] for k in ("lr", "betas", "eps", "amsgrad")},
     }
-    if not math.isfinite(last_loss):
-        result["error"] = f"loss is {last_loss}"
+    if not math.isfinite(loss):
+        result["error"] = f"loss is {loss}"
     return result
 
 
@@ -183,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         f"input (B, C, X, Y, Z) = ({args.batch}, {args.channels}, {', '.join(map(str, args.shape))})"
         f", K={args.out_channels}, depth {args.depth}, base {args.base_filters}, {args.norm} norm, "
         f"{'channels_last_3d' if args.channels_last_3d else 'contiguous (NCDHW)'}, "
-        f"warm-up {args.warmup}, timed {args.steps} steps, Adam lr {args.lr}"
+        f"warm-up {args.warmup}, timed {args.steps} steps, the loop's TrainingStep with"
+        f" Adam lr {args.lr} betas ({ADAM_BETA_1}, {BETA_2}) eps {ADAM_EPSILON:g}"
     )
     if device.type != "cuda":
         print("note: CPU smoke run; fp32 and tf32 are the same computation here")
@@ -203,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = result["peak_memory_gib"]
         print(
             f"{mode:<6} {result['ms_per_step']:>10.1f} {result['volumes_per_s']:>10.2f} "
-            f"{'n/a' if peak is None else f'{peak:.2f}':>9} {result['loss_last']:>8.4f}"
+            f"{'n/a' if peak is None else f'{peak:.2f}':>9} {result['loss_mean']:>8.4f}"
             + (f"  ({result['error']})" if "error" in result else "")
         )
     print("published anchors (volumes/s; different network and volume, for orientation only):")

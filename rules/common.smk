@@ -7,6 +7,7 @@ from snakemake.utils import validate
 # The workflow imports its own library from the checkout, installed or not.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
+from distmis.backends import NAMES as BACKEND_NAMES
 from distmis.cluster.resources import job_shape
 from distmis.config import check_semantics, schema_path, train_backends
 from distmis.data.split import SPLITS, shard_filename
@@ -52,9 +53,9 @@ BACKENDS = train_backends(TRAIN)
 TRAIN_RUNTIME_MINUTES = 24 * 60
 
 
-# The schema's train.backend names: a path segment can never be taken for another wildcard.
+# The backends' names: a path segment can never be taken for another wildcard.
 wildcard_constraints:
-    backend="tensorflow|torch",
+    backend="|".join(BACKEND_NAMES),
 
 
 def train_outputs():
@@ -82,7 +83,7 @@ def train_params(wildcards):
 def eval_outputs():
     """summary.json of the evaluation of every (backend, mode) the config asks for."""
     return expand(
-        "results/eval/{backend}/{mode}/summary.json",
+        "results/evaluate/{backend}/{mode}/summary.json",
         backend=BACKENDS,
         mode=TRAIN["modes"],
     )

@@ -17,11 +17,10 @@ rule synthesize_brats:
         runtime=30,
     params:
         cases=DATA["synthetic"]["cases"],
-        shape=" ".join(map(str, DATA["synthetic"]["shape"])),
+        shape=DATA["synthetic"]["shape"],
         seed=DATA["synthetic"]["seed"],
-    shell:
-        "python -m distmis.cli synthesize --out $(dirname {output.task}) --cases {params.cases} "
-        "--shape {params.shape} --seed {params.seed} --workers {threads} > {log} 2>&1"
+    script:
+        "../workflow_scripts/synthesize_brats.py"
 
 
 # The download is a local rule: compute nodes often have no internet.

@@ -3,7 +3,7 @@
 # overlays. Only the training contract (the best_model.json card and the weights it names)
 # and info.json + shards are read.
 
-EVAL_DIR = "results/eval/{backend}/{mode}"
+EVAL_DIR = "results/evaluate/{backend}/{mode}"
 # The largest run holds the most tuning effort per mode; every G trains the same grid.
 EVAL_GPUS = max(config["train"]["gpu_counts"])
 

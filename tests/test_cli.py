@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.scaling.helpers import BACKENDS, MODES, make_results, timeline_names
+
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -94,3 +96,15 @@ def test_bad_input_exits_nonzero_with_one_line(args, reason, tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("distmis ")]
     assert len(lines) == 1 and reason in lines[0], result.stderr
+
+
+def test_scaling_reads_the_results_folder(tmp_path):
+    results = make_results(tmp_path / "train")
+    out = tmp_path / "scaling"
+    result = run_cli("scaling", "--results", str(results), "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = json.loads(result.stdout.splitlines()[-1])
+    figures = {"speedup", "efficiency", "makespan"} | timeline_names((1, 2, 4))
+    assert set(written) == figures | {"scaling_csv"}
+    table = (out / "scaling.csv").read_text().splitlines()
+    assert len(table) == 1 + len(BACKENDS) * len(MODES) * 3

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from distmis.config import load_config, validate_config
+from distmis import backends
+from distmis.config import load_config, load_schema, validate_config
 from distmis.errors import ConfigError
 
 
@@ -13,9 +14,50 @@ def test_defaults_fill_everything():
     assert config["data"]["preprocess"]["split"] == {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
-def test_shipped_config_is_valid():
+def _undocumented(schema: dict, path: str = "") -> list[str]:
+    """Schema properties lacking a description or a default. Members an object requires are
+    described and defaulted by that object (e.g. split.train within split's default)."""
+    problems = []
+    required = set(schema.get("required", ()))
+    covered = "description" in schema and "default" in schema
+    for name, sub in (schema.get("properties") or {}).items():
+        key = f"{path}{name}"
+        if not (covered and name in required):
+            problems += [
+                f"{key}: no {what}" for what in ("description", "default") if what not in sub
+            ]
+        problems += _undocumented(sub, f"{key}.")
+    return problems
+
+
+def test_every_schema_key_has_a_description_and_a_default():
+    assert _undocumented(load_schema()) == []
+    # The check itself can fail:
+    assert _undocumented({"properties": {"x": {"type": "integer"}}}) == [
+        "x: no description",
+        "x: no default",
+    ]
+
+
+def test_shipped_config_is_valid_and_sets_only_schema_keys():
+    with open("config.yaml") as fh:
+        shipped = yaml.safe_load(fh)
     config = load_config("config.yaml")
-    assert config["data"]["preprocess"]["shape"] == [32, 32, 24]
+
+    # Validation fills defaults but must not change a value the file sets.
+    def same(given, validated):
+        if isinstance(given, dict):
+            return all(same(v, validated[k]) for k, v in given.items())
+        return given == validated
+
+    assert same(shipped, config)
+
+
+def test_schema_backend_names_are_the_backends_package():
+    train = load_schema()["properties"]["train"]["properties"]
+    for choice in train["backend"]["oneOf"]:
+        names = choice.get("enum") or choice["items"]["enum"]
+        assert tuple(names) == backends.NAMES
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,12 @@ def lock_pins() -> dict[str, str]:
 ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
 
 
-def test_there_are_env_files():
-    assert {p.stem for p in ENV_FILES} >= {"data"}
+def test_every_rule_env_exists_and_every_env_is_used():
+    used = set()
+    for rules in (ROOT / "rules").glob("*.smk"):
+        used |= set(re.findall(r'conda:\s*\n\s*"\.\./envs/([\w-]+)\.yaml"', rules.read_text()))
+    assert used, "no rule names a conda env"
+    assert used == {p.stem for p in ENV_FILES}
 
 
 @pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.name)

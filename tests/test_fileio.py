@@ -48,3 +48,19 @@ def test_read_json_names_the_file_and_the_rule(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ContractError, match="bad.json is not valid JSON .* rerun rule x"):
         read_json(tmp_path / "bad.json", "rule x")
+
+
+def test_staged_dirs_replace_their_targets_whole_or_not_at_all(tmp_path):
+    from distmis.fileio import staged_dirs
+
+    target = tmp_path / "predictions"
+    target.mkdir()
+    (target / "old_case.nii.gz").write_text("old")
+    with pytest.raises(RuntimeError), staged_dirs(target) as (staging,):
+        (staging / "new_case.nii.gz").write_text("new")
+        raise RuntimeError("case 2 failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions"]  # no staging left
+    assert [p.name for p in target.iterdir()] == ["old_case.nii.gz"]
+    with staged_dirs(target) as (staging,):
+        (staging / "new_case.nii.gz").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new_case.nii.gz"]  # never merged

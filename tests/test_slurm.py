@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distmis.train.results import TRIAL_COLUMNS
+from distmis.train.trials import TRIAL_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -1,17 +1,35 @@
-"""The Snakemake workflow itself: DAG, config validation at start, lint, and a real run."""
+"""The Snakemake workflow itself (DAG, config validation at start, lint, a real run) and its
+rule adapters, :mod:`distmis.workflow`: one per rule, each called by the same-named script."""
 
 from __future__ import annotations
 
+import ast
 import csv
+import inspect
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import yaml
+
+from distmis import workflow
+from distmis.config import load_config
+from tests.scaling.helpers import (
+    BACKENDS,
+    MODES,
+    REFERENCES,
+    eval_summary,
+    make_results,
+    timeline_names,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -182,7 +200,7 @@ def test_pipeline_runs_offline_and_reruns_nothing(tmp_path):
     assert (figures / "timeline_tensorflow_experiment_2gpu.png").stat().st_size > 0
     for mode in ("data", "experiment"):
         evaluated = json.loads(
-            (tmp_path / f"results/eval/tensorflow/{mode}/summary.json").read_text()
+            (tmp_path / f"results/evaluate/tensorflow/{mode}/summary.json").read_text()
         )
         assert evaluated["cases"] > 0
     report = snakemake(
@@ -190,6 +208,7 @@ def test_pipeline_runs_offline_and_reruns_nothing(tmp_path):
     )
     assert report.returncode == 0, report.stderr[-2000:]
     assert "speedup.png" in (tmp_path / "report.html").read_text(errors="replace")
+    assert "synthetic" in (tmp_path / "logs/synthesize_brats.log").read_text()
     assert (tmp_path / "logs/plan_tfrecords.log").exists()
     assert (tmp_path / "logs/train_data_parallel/tensorflow/1gpu.log").exists()
     again = snakemake("-n", "--cores", "2", workdir=tmp_path, configfile=configfile)
@@ -247,11 +266,13 @@ def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
                 worker = json.loads(path.read_text())
                 assert worker["backend"] == "torch"
                 assert worker["frameworks_loaded"] == ["torch"], path  # never TensorFlow
-        evaluated = json.loads((tmp_path / f"results/eval/torch/{mode}/summary.json").read_text())
+        evaluated = json.loads(
+            (tmp_path / f"results/evaluate/torch/{mode}/summary.json").read_text()
+        )
         assert evaluated["backend"] == "torch"
         assert Path(evaluated["model"]) == Path(f"results/train/torch/{mode}/2gpu/best_model.pt")
         assert evaluated["cases"] > 0
-        assert (tmp_path / f"results/eval/torch/{mode}/metrics.csv").stat().st_size > 0
+        assert (tmp_path / f"results/evaluate/torch/{mode}/metrics.csv").stat().st_size > 0
     with (tmp_path / "results/scaling/scaling.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert sorted((row["backend"], row["mode"], row["gpus"]) for row in rows) == [
@@ -326,3 +347,285 @@ def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
     }
     for rule in ("train_data_parallel", "train_experiment_parallel"):
         assert {g: requested[(rule, g)] for g in expected} == expected
+
+
+# --- the rule adapters: distmis.workflow -------------------------------------------------
+
+RULE_HEADER = re.compile(r"^rule (\w+):\n", re.MULTILINE)
+DIRECTIVE = re.compile(r"^    (\w+):", re.MULTILINE)
+SCRIPT = re.compile(r"^    script:\n\s+\"([^\"]+)\"", re.MULTILINE)
+
+
+def rule_scripts(rules_dir: Path) -> dict[str, str | None]:
+    """Each rule in ``rules_dir/*.smk`` → the script it names (relative to its .smk), or None
+    when it runs anything else (shell:, run:, a wrapper, or a second script)."""
+    found: dict[str, str | None] = {}
+    for smk in sorted(rules_dir.glob("*.smk")):
+        text = smk.read_text()
+        headers = list(RULE_HEADER.finditer(text))
+        for i, header in enumerate(headers):
+            body = text[header.end() : headers[i + 1].start() if i + 1 < len(headers) else None]
+            # The rule ends at the first line back at column 0 that is not blank or a comment.
+            end = re.search(r"^[^\s#]", body, re.MULTILINE)
+            body = body[: end.start()] if end else body
+            directives = DIRECTIVE.findall(body)
+            runs = [d for d in directives if d in ("script", "shell", "run", "wrapper", "notebook")]
+            scripts = SCRIPT.findall(body)
+            found[header.group(1)] = scripts[0] if runs == ["script"] and scripts else None
+    return found
+
+
+def script_call(path: Path) -> str | None:
+    """The function a workflow script calls, when it is exactly a docstring,
+    ``from distmis.workflow import f`` and ``f(snakemake)``; else None."""
+    body = ast.parse(path.read_text()).body
+    if len(body) != 3:
+        return None
+    doc, imported, call = body
+    if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)):
+        return None
+    if not (
+        isinstance(imported, ast.ImportFrom)
+        and imported.module == "distmis.workflow"
+        and len(imported.names) == 1
+        and imported.names[0].asname is None
+    ):
+        return None
+    name = imported.names[0].name
+    expected = f"{name}(snakemake)"
+    if not (isinstance(call, ast.Expr) and ast.unparse(call.value) == expected):
+        return None
+    return name
+
+
+def adapter_names() -> set[str]:
+    """The public functions of distmis.workflow that adapt a rule (all but start_script)."""
+    return {
+        name
+        for name, value in vars(workflow).items()
+        if inspect.isfunction(value)
+        and value.__module__ == workflow.__name__
+        and not name.startswith("_")
+        and name != "start_script"
+    }
+
+
+def test_every_rule_calls_the_same_named_script_and_function():
+    rules = rule_scripts(ROOT / "rules")
+    # Every rule of the pipeline, so a rule the parser missed cannot pass unseen.
+    assert set(rules) == {
+        "synthesize_brats",
+        "download_brats",
+        "plan_tfrecords",
+        "convert_tfrecords",
+        "index_tfrecords",
+        "train_data_parallel",
+        "train_experiment_parallel",
+        "evaluate",
+        "scaling",
+        "plot_scaling",
+    }
+    assert {rule: script for rule, script in rules.items()} == {
+        rule: f"../workflow_scripts/{rule}.py" for rule in rules
+    }
+    scripts = {path.stem: script_call(path) for path in (ROOT / "workflow_scripts").glob("*.py")}
+    assert scripts == {rule: rule for rule in rules}  # no script without its rule either
+    assert adapter_names() == set(rules)
+    for rule in rules:
+        assert list(inspect.signature(getattr(workflow, rule)).parameters) == ["snakemake"]
+
+
+def test_the_rule_and_script_checks_catch_a_mismatch(tmp_path: Path):
+    (tmp_path / "x.smk").write_text(
+        "rule fine:\n"
+        "    output:\n"
+        '        "a",\n'
+        "    script:\n"
+        '        "../workflow_scripts/fine.py"\n'
+        "\n\n"
+        "# between rules\n"
+        "rule inline:\n"
+        "    output:\n"
+        '        "b",\n'
+        "    shell:\n"
+        '        "touch {output}"\n'
+    )
+    assert rule_scripts(tmp_path) == {"fine": "../workflow_scripts/fine.py", "inline": None}
+    good = tmp_path / "good.py"
+    good.write_text('"""Doc."""\n\nfrom distmis.workflow import good\n\ngood(snakemake)\n')
+    assert script_call(good) == "good"
+    for wrong in (
+        '"""Doc."""\n\nfrom distmis.workflow import other\n\ngood(snakemake)\n',
+        '"""Doc."""\n\nfrom distmis.other import good\n\ngood(snakemake)\n',
+        '"""Doc."""\n\nfrom distmis.workflow import good\n\ngood(snakemake, 1)\n',
+        '"""Doc."""\n\nfrom distmis.workflow import good\n\nx = 1\ngood(snakemake)\n',
+    ):
+        good.write_text(wrong)
+        assert script_call(good) is None, wrong
+
+
+def test_the_adapters_import_no_framework_until_called():
+    # A torch job must never load TensorFlow, and the plotting env has neither nor Ray.
+    code = (
+        "import sys, distmis.workflow, distmis.scaling.plot, distmis.scaling.run; "
+        "print(sorted(m for m in ('tensorflow', 'torch', 'ray') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def rule_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The log a rule adapter writes to; stderr and the root logger are restored afterwards."""
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield tmp_path / "rule.log"
+    if sys.stderr is not sys.__stderr__ and getattr(sys.stderr, "name", "") == str(
+        tmp_path / "rule.log"
+    ):
+        sys.stderr.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_start_script_sends_stderr_and_logging_to_the_log(rule_log: Path):
+    workflow.start_script(SimpleNamespace(log=[str(rule_log)]))
+    print("a traceback", file=sys.stderr)
+    logging.getLogger("distmis.test").info("a log line")
+    text = rule_log.read_text()
+    assert "a traceback" in text
+    assert "INFO distmis.test: a log line" in text
+
+
+def train_rule(tmp_path: Path, rule_log: Path, backend: str = "torch", gpus: int = 2):
+    train = load_config(None)["train"]
+    return SimpleNamespace(
+        input=SimpleNamespace(info=str(tmp_path / "tfrecords" / "info.json")),
+        params=SimpleNamespace(train=train, out=str(tmp_path / "out")),
+        wildcards=SimpleNamespace(backend=backend, gpus=str(gpus)),
+        log=[str(rule_log)],
+    )
+
+
+def test_training_rules_run_in_process_outside_slurm(tmp_path, rule_log, monkeypatch):
+    import distmis.train.run
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ran = []
+    monkeypatch.setattr(distmis.train.run, "run_training", lambda s: ran.append(s) or {"ok": 1})
+    assert workflow.train_experiment_parallel(train_rule(tmp_path, rule_log)) == {"ok": 1}
+    (settings,) = ran
+    assert (settings.mode, settings.gpus, settings.backend) == ("experiment", 2, "torch")
+    assert (settings.tfrecord_dir, settings.out_dir) == (tmp_path / "tfrecords", tmp_path / "out")
+
+
+def test_training_rules_relaunch_under_the_jobs_ray_cluster_in_slurm(
+    tmp_path, rule_log, monkeypatch
+):
+    import distmis.cluster.ray_cluster as ray_cluster
+
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    launched = []
+
+    def fake_launcher(command, *, cpus_per_node, gpus_per_node):
+        launched.append((command, cpus_per_node, gpus_per_node))
+        return status
+
+    monkeypatch.setattr(ray_cluster, "run_with_ray_cluster", fake_launcher)
+    status = 0
+    rule = train_rule(tmp_path, rule_log, backend="tensorflow", gpus=2)
+    assert workflow.train_data_parallel(rule) is None
+    ((command, cpus_per_node, gpus_per_node),) = launched
+    out = tmp_path / "out"
+    assert command[1:] == [
+        "-m",
+        "distmis.cli",
+        "train",
+        "--mode",
+        "data",
+        "--backend",
+        "tensorflow",
+        "--gpus",
+        "2",
+        "--data",
+        str(tmp_path / "tfrecords"),
+        "--out",
+        str(out),
+        "--config",
+        str(out / "train_config.yaml"),
+    ]
+    train = rule.params.train
+    assert yaml.safe_load((out / "train_config.yaml").read_text()) == {"train": dict(train)}
+    assert (cpus_per_node, gpus_per_node) == (
+        2 * train["cpus_per_worker"],
+        2 if train["use_gpu"] else 0,
+    )
+    status = 3
+    with pytest.raises(ray_cluster.ClusterError, match="exited with status 3"):
+        workflow.train_data_parallel(rule)
+
+
+class Namedlist(list):
+    """Stand-in for Snakemake's input/output objects: a list whose entries have names."""
+
+    def __init__(self, **named: object) -> None:
+        flat: list = []
+        for value in named.values():
+            flat.extend(value if isinstance(value, list) else [value])
+        super().__init__(flat)
+        self.__dict__.update(named)
+
+
+def test_scaling_rules_write_declared_outputs(tmp_path: Path, rule_log: Path):
+    results = make_results(tmp_path / "train")
+    summaries = [
+        str(results / backend / mode / f"{gpus}gpu" / "summary.json")
+        for backend in BACKENDS
+        for mode in MODES
+        for gpus in (1, 2)  # the config asks for fewer runs than exist: only these count
+    ]
+    table = tmp_path / "results" / "scaling" / "scaling.csv"
+    evals = [
+        eval_summary(
+            tmp_path / "results" / "evaluate" / backend / "data" / "summary.json",
+            str(results / backend / "data" / "2gpu" / "best_model.json"),
+            [dice],
+        )
+        for backend, dice in zip(BACKENDS, (0.6, 0.8), strict=True)
+    ]
+    workflow.scaling(
+        SimpleNamespace(
+            input=Namedlist(summaries=summaries, evals=[str(p) for p in evals]),
+            output=Namedlist(table=str(table)),
+            log=[str(rule_log)],
+        )
+    )
+    assert f"wrote {table}" in rule_log.read_text()  # logging went to the rule's log
+    rows = pd.read_csv(table).set_index(["backend", "mode", "gpus"])["test_dice"]
+    assert rows.dropna().to_dict() == {("tensorflow", "data", 2): 0.6, ("torch", "data", 2): 0.8}
+    figures = tmp_path / "results" / "plot_scaling"
+    runs = sorted(timeline_names((1, 2)))
+    # Named as rules/scaling.smk names them: PNGs by figure name, PDFs beside them.
+    outputs: dict[str, object] = {}
+    for name in ("speedup", "efficiency", "makespan"):
+        outputs[name] = str(figures / f"{name}.png")
+        outputs[f"{name}_pdf"] = str(figures / f"{name}.pdf")
+    outputs["timelines"] = [str(figures / f"{r}.png") for r in runs]
+    outputs["timelines_pdf"] = [str(figures / f"{r}.pdf") for r in runs]
+    rule = SimpleNamespace(
+        input=Namedlist(table=str(table), summaries=summaries),
+        output=Namedlist(**outputs),
+        params=SimpleNamespace(references=REFERENCES),
+        log=[str(rule_log)],
+    )
+    workflow.plot_scaling(rule)
+    assert {p.name for p in figures.iterdir()} == {Path(p).name for p in rule.output}
+    # A run the rule does not declare a timeline for is refused before anything is drawn.
+    outputs["timelines"] = outputs["timelines"][1:]
+    rule.output = Namedlist(**outputs)
+    with pytest.raises(ValueError, match="undeclared outputs"):
+        workflow.plot_scaling(rule)

@@ -1,17 +1,7 @@
-"""Rule download_brats: fetch, verify and safely extract the MSD archive."""
+"""Rule download_brats: fetch, verify and safely extract the MSD archive.
 
-from pathlib import Path
+The logic is :func:`distmis.workflow.download_brats`; Snakemake injects ``snakemake``."""
 
-from distmis.workflow import start_script
+from distmis.workflow import download_brats
 
-start_script(snakemake)  # noqa: F821 - injected by Snakemake
-
-from distmis.data.download import fetch_msd  # noqa: E402
-
-fetch_msd(
-    Path(snakemake.output.task).parent,  # noqa: F821
-    url=snakemake.params.url,  # noqa: F821
-    md5=snakemake.params.md5 or None,  # noqa: F821
-    archive=Path(snakemake.params.archive) if snakemake.params.archive else None,  # noqa: F821
-    progress=False,
-)
+download_brats(snakemake)  # noqa: F821

@@ -1,14 +1,7 @@
-"""Rule index_tfrecords: merge the shard manifests into info.json."""
+"""Rule index_tfrecords: merge the shard manifests into info.json.
 
-from pathlib import Path
+The logic is :func:`distmis.workflow.index_tfrecords`; Snakemake injects ``snakemake``."""
 
-from distmis.workflow import start_script
+from distmis.workflow import index_tfrecords
 
-start_script(snakemake)  # noqa: F821 - injected by Snakemake
-
-from distmis.data.convert import write_info  # noqa: E402
-from distmis.fileio import read_json  # noqa: E402
-
-plan = read_json(snakemake.input.plan, "rule plan_tfrecords")  # noqa: F821
-manifests = [read_json(p, "rule convert_tfrecords") for p in snakemake.input.manifests]  # noqa: F821
-write_info(plan, manifests, Path(snakemake.output.info))  # noqa: F821
+index_tfrecords(snakemake)  # noqa: F821

@@ -1,13 +1,7 @@
-"""Rule plan_tfrecords: list, validate and split the cases; assign them to shards."""
+"""Rule plan_tfrecords: list, validate and split the cases; assign them to shards.
 
-from pathlib import Path
+The logic is :func:`distmis.workflow.plan_tfrecords`; Snakemake injects ``snakemake``."""
 
-from distmis.workflow import start_script
+from distmis.workflow import plan_tfrecords
 
-start_script(snakemake)  # noqa: F821 - injected by Snakemake
-
-from distmis.data.convert import ConvertParams, plan_conversion  # noqa: E402
-from distmis.fileio import write_json  # noqa: E402
-
-params = ConvertParams.from_config(snakemake.params.preprocess)  # noqa: F821
-write_json(snakemake.output.plan, plan_conversion(Path(snakemake.input.task), params))  # noqa: F821
+plan_tfrecords(snakemake)  # noqa: F821

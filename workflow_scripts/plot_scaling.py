@@ -1,9 +1,7 @@
-"""Rule plot_scaling: speedup, efficiency, makespan and per-run timeline figures (PNG + PDF)."""
+"""Rule plot_scaling: speedup, efficiency, makespan and per-run timeline figures (PNG + PDF).
 
-from distmis.workflow import start_script
+The logic is :func:`distmis.workflow.plot_scaling`; Snakemake injects ``snakemake``."""
 
-start_script(snakemake)  # noqa: F821 - injected by Snakemake
+from distmis.workflow import plot_scaling
 
-from distmis.analysis.workflow import plot_scaling_from_rule  # noqa: E402
-
-plot_scaling_from_rule(snakemake)  # noqa: F821
+plot_scaling(snakemake)  # noqa: F821

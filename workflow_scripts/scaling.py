@@ -1,9 +1,7 @@
-"""Rule scaling: scaling.csv (speedup, efficiency, throughput, Dice) from every run's timings."""
+"""Rule scaling: scaling.csv (speedup, efficiency, throughput, Dice) from every run's timings.
 
-from distmis.workflow import start_script
+The logic is :func:`distmis.workflow.scaling`; Snakemake injects ``snakemake``."""
 
-start_script(snakemake)  # noqa: F821 - injected by Snakemake
+from distmis.workflow import scaling
 
-from distmis.analysis.workflow import scaling_from_rule  # noqa: E402
-
-scaling_from_rule(snakemake)  # noqa: F821
+scaling(snakemake)  # noqa: F821

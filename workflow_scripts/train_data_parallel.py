@@ -1,9 +1,7 @@
-"""Rule train_data_parallel: the whole grid in data-parallel mode with {backend} on {gpus} GPUs."""
+"""Rule train_data_parallel: the whole grid in data-parallel mode with {backend} on {gpus} GPUs.
 
-from distmis.workflow import start_script
+The logic is :func:`distmis.workflow.train_data_parallel`; Snakemake injects ``snakemake``."""
 
-start_script(snakemake)  # noqa: F821 - injected by Snakemake
+from distmis.workflow import train_data_parallel
 
-from distmis.train.workflow import train_from_rule  # noqa: E402
-
-train_from_rule(snakemake, "data")  # noqa: F821
+train_data_parallel(snakemake)  # noqa: F821

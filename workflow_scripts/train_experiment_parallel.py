@@ -1,9 +1,7 @@
-"""Rule train_experiment_parallel: the whole grid, experiment-parallel, {backend} on {gpus} GPUs."""
+"""Rule train_experiment_parallel: the whole grid, experiment-parallel, {backend} on {gpus} GPUs.
 
-from distmis.workflow import start_script
+The logic is :func:`distmis.workflow.train_experiment_parallel`; Snakemake injects ``snakemake``."""
 
-start_script(snakemake)  # noqa: F821 - injected by Snakemake
+from distmis.workflow import train_experiment_parallel
 
-from distmis.train.workflow import train_from_rule  # noqa: E402
-
-train_from_rule(snakemake, "experiment")  # noqa: F821
+train_experiment_parallel(snakemake)  # noqa: F821

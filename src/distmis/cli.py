@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from distmis import backends
 from distmis.errors import DistmisError
 
 log = logging.getLogger("distmis")
@@ -113,8 +114,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_scaling(args: argparse.Namespace) -> None:
-    from distmis.analysis.run import run_scaling
     from distmis.config import load_config
+    from distmis.scaling.run import run_scaling
 
     config = load_config(Path(args.config) if args.config else None)
     written = run_scaling(Path(args.results), Path(args.out), config["report"]["references"])
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["data", "experiment"], required=True)
     p.add_argument(
         "--backend",
-        choices=["tensorflow", "torch"],
+        choices=backends.NAMES,
         default=None,
         help="framework that trains (default: train.backend of --config, else tensorflow)",
     )
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--data", required=True, help="folder with info.json and the shards")
-    p.add_argument("--out", required=True, help="results folder, e.g. results/eval/torch/data")
+    p.add_argument("--out", required=True, help="results folder, e.g. results/evaluate/torch/data")
     p.add_argument("--threshold", type=float, default=0.5, help="sigmoid cut-off per region")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--overlay-cases", type=int, default=3, help="cases drawn as overlays")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,3 +60,26 @@ def read_json(path: str | os.PathLike[str], made_by: str) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ContractError(f"{path} is not valid JSON ({exc}); rerun {made_by}") from exc
+
+
+@contextlib.contextmanager
+def staged_dirs(*targets: Path) -> Iterator[tuple[Path, ...]]:
+    """Yield a fresh hidden folder beside each target folder; on success each replaces its target.
+
+    So a rerun never leaves an old case's files behind, and a failed run removes its staging
+    folders and leaves the previous outputs as they were.
+    """
+    staging: list[Path] = []
+    try:
+        for target in targets:
+            staging.append(target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+            staging[-1].mkdir(parents=True)
+        yield tuple(staging)
+        for folder, target in zip(staging, targets, strict=True):
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(folder, target)
+    except BaseException:
+        for folder in staging:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -1,9 +1,21 @@
-"""What every ``workflow_scripts/*.py`` does first: send stderr and logging to the rule's log."""
+"""The Snakemake rules' adapters: one function per rule, named as the rule.
+
+``workflow_scripts/<rule>.py`` calls ``<rule>(snakemake)`` and nothing else, so what a rule
+does with its ``input``, ``output``, ``params`` and ``wildcards`` is here, in one module, under
+test. Each function first sends stderr and logging to the rule's log (:func:`start_script`),
+then calls one stage's API.
+
+Stages are imported inside the functions, never at the top: a torch training job must never
+import TensorFlow, the plotting environment has neither framework nor Ray, and an import that
+fails should fail into the rule's log.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -17,3 +29,220 @@ def start_script(snakemake: Any) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+
+
+# --- rules/data.smk ----------------------------------------------------------------------
+
+
+def synthesize_brats(snakemake: Any) -> Path:
+    """An offline BraTS-like dataset in MSD layout at ``output.task``."""
+    start_script(snakemake)
+    from distmis.data.synthetic import synthesize_dataset
+
+    return synthesize_dataset(
+        Path(snakemake.output.task).parent,
+        int(snakemake.params.cases),
+        tuple(snakemake.params.shape),
+        int(snakemake.params.seed),
+        workers=snakemake.threads,
+    )
+
+
+def download_brats(snakemake: Any) -> Path:
+    """Fetch, verify and safely extract the MSD archive into ``output.task``."""
+    start_script(snakemake)
+    from distmis.data.download import fetch_msd
+
+    params = snakemake.params
+    return fetch_msd(
+        Path(snakemake.output.task).parent,
+        url=params.url,
+        md5=params.md5 or None,
+        archive=Path(params.archive) if params.archive else None,
+        progress=False,
+    )
+
+
+def plan_tfrecords(snakemake: Any) -> dict:
+    """List, validate and split the cases of ``input.task``; assign them to shards."""
+    start_script(snakemake)
+    from distmis.data.convert import ConvertParams, plan_conversion
+    from distmis.fileio import write_json
+
+    params = ConvertParams.from_config(snakemake.params.preprocess)
+    plan = plan_conversion(Path(snakemake.input.task), params)
+    write_json(snakemake.output.plan, plan)
+    return plan
+
+
+def convert_tfrecords(snakemake: Any) -> dict:
+    """Write one shard (``output.shard``) of the plan and its manifest."""
+    start_script(snakemake)
+    from distmis.data.convert import convert_shard, find_shard, tune_allocator
+    from distmis.fileio import read_json, write_json
+
+    tune_allocator()  # this job's process only converts; see the function's docstring
+    plan = read_json(snakemake.input.plan, "rule plan_tfrecords")
+    shard_path = Path(snakemake.output.shard)
+    split, index = find_shard(plan, shard_path.name)
+    manifest = convert_shard(plan, split, index, shard_path)
+    write_json(snakemake.output.manifest, manifest)
+    return manifest
+
+
+def index_tfrecords(snakemake: Any) -> dict:
+    """Merge the shard manifests into ``output.info``."""
+    start_script(snakemake)
+    from distmis.data.convert import write_info
+    from distmis.fileio import read_json
+
+    plan = read_json(snakemake.input.plan, "rule plan_tfrecords")
+    manifests = [read_json(p, "rule convert_tfrecords") for p in snakemake.input.manifests]
+    return write_info(plan, manifests, Path(snakemake.output.info))
+
+
+# --- rules/train.smk ---------------------------------------------------------------------
+
+
+def train_data_parallel(snakemake: Any) -> dict | None:
+    """The whole grid, data-parallel (Ray Train), for ``{backend}`` on ``{gpus}`` GPUs."""
+    start_script(snakemake)
+    return _train(snakemake, "data")
+
+
+def train_experiment_parallel(snakemake: Any) -> dict | None:
+    """The whole grid, experiment-parallel (Ray Tune), for ``{backend}`` on ``{gpus}`` GPUs."""
+    start_script(snakemake)
+    return _train(snakemake, "experiment")
+
+
+def _train(snakemake: Any, mode: str) -> dict | None:
+    """Run ``mode`` for the rule's ``{backend}`` and ``{gpus}`` with the validated ``train``
+    config; the run's summary, or None when it ran in a child process (below).
+
+    Outside SLURM the run starts its own local Ray. Inside a SLURM job it reruns itself as
+    ``distmis train`` under :func:`distmis.cluster.ray_cluster.run_with_ray_cluster`, which
+    starts one Ray cluster across the job's nodes with ports and an auth token of its own (so
+    jobs sharing a node do not collide) and stops it whatever happens.
+    """
+    from distmis.train.run import run_training
+    from distmis.train.settings import TrainSettings
+
+    train = snakemake.params.train
+    gpus = int(snakemake.wildcards.gpus)
+    backend = snakemake.wildcards.backend
+    out_dir = Path(snakemake.params.out)
+    tfrecord_dir = Path(snakemake.input.info).parent
+    settings = TrainSettings.from_config(
+        train, mode=mode, gpus=gpus, tfrecord_dir=tfrecord_dir, out_dir=out_dir, backend=backend
+    )
+    if "SLURM_JOB_ID" not in os.environ or settings.ray_address or os.environ.get("RAY_ADDRESS"):
+        return run_training(settings)
+
+    import yaml
+
+    from distmis.cluster.ray_cluster import ClusterError, run_with_ray_cluster
+    from distmis.cluster.resources import job_shape
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / "train_config.yaml"
+    config_path.write_text(yaml.safe_dump({"train": dict(train)}))
+    shape = job_shape(gpus, train["gpus_per_node"], train["cpus_per_worker"], train["use_gpu"])
+    command = [
+        sys.executable,
+        "-m",
+        "distmis.cli",
+        "train",
+        "--mode",
+        mode,
+        "--backend",
+        backend,
+        "--gpus",
+        str(gpus),
+        "--data",
+        str(tfrecord_dir),
+        "--out",
+        str(out_dir),
+        "--config",
+        str(config_path),
+    ]
+    status = run_with_ray_cluster(
+        command, cpus_per_node=shape.cpus_per_node, gpus_per_node=shape.gpus_per_node
+    )
+    if status != 0:
+        raise ClusterError(f"training under the job's Ray cluster exited with status {status}")
+    return None
+
+
+# --- rules/evaluate.smk ------------------------------------------------------------------
+
+
+def evaluate(snakemake: Any) -> dict:
+    """One (backend, mode)'s best model on the test split: metrics, predictions, overlays."""
+    start_script(snakemake)
+    from distmis.evaluate.run import evaluate_model
+
+    output = snakemake.output
+    out_dir = Path(output.metrics).parent
+    # evaluate_model names its outputs inside out_dir; the rule's must be those names.
+    expected = {
+        "summary": out_dir / "summary.json",
+        "predictions": out_dir / "predictions",
+        "overlays": out_dir / "overlays",
+    }
+    for name, path in expected.items():
+        if Path(getattr(output, name)) != path:
+            raise ValueError(f"rule output {name} must be {path}, got {getattr(output, name)}")
+    return evaluate_model(
+        Path(snakemake.input.model),
+        Path(snakemake.input.info).parent,
+        out_dir,
+        threshold=float(snakemake.params.threshold),
+        overlay_cases=int(snakemake.params.overlay_cases),
+    )
+
+
+# --- rules/scaling.smk -------------------------------------------------------------------
+
+
+def scaling(snakemake: Any) -> Path:
+    """The table of the input runs, with each evaluated model's test Dice, into ``output.table``."""
+    start_script(snakemake)
+    from distmis.scaling.table import attach_test_dice, scaling_table, write_scaling_csv
+
+    table = attach_test_dice(
+        scaling_table(_rule_runs(snakemake)), [Path(p) for p in snakemake.input.evals]
+    )
+    return write_scaling_csv(table, Path(snakemake.output.table))
+
+
+def plot_scaling(snakemake: Any) -> dict[str, list[Path]]:
+    """Every figure into the folder of ``output.speedup``.
+
+    The figures come from scaling.csv (so they show what the table says) and the timelines
+    from the runs' trials.csv; a figure the rule declares but the data cannot give is an
+    error here rather than a confusing missing-output failure later.
+    """
+    start_script(snakemake)
+    from distmis.scaling.plot import parse_references, plot_all, timeline_stem
+    from distmis.scaling.table import read_scaling_csv
+
+    runs = _rule_runs(snakemake)
+    table = read_scaling_csv(Path(snakemake.input.table))
+    out_dir = Path(snakemake.output.speedup).parent
+    declared = {Path(p) for p in snakemake.output}
+    expected = {
+        out_dir / f"{timeline_stem(run)}{suffix}" for run in runs for suffix in (".png", ".pdf")
+    }
+    undeclared = expected - declared
+    if undeclared:
+        raise ValueError(f"plot_scaling would write undeclared outputs: {sorted(undeclared)}")
+    references = parse_references(snakemake.params.references)
+    return plot_all(table, runs, out_dir, references)
+
+
+def _rule_runs(snakemake: Any) -> list:
+    from distmis.scaling.timings import load_runs
+
+    # Exactly the runs the config asks for (the rule's inputs), not whatever is on disk.
+    return load_runs(directories=[Path(p).parent for p in snakemake.input.summaries])

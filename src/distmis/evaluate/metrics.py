@@ -14,8 +14,6 @@ from scipy import ndimage
 
 # BraTS scores HD95 with one empty mask as the diagonal of its 240×240×155 mm (1 mm³) volume.
 HD95_ONE_EMPTY_MM = 373.13
-# Region masks per label mode; MSD labels: 0 background, 1 edema, 2 non-enhancing, 3 enhancing.
-REGION_NAMES = {"regions": ("WT", "TC", "ET"), "binary": ("tumour",)}
 
 
 def _check_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,17 +69,3 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
     forward = directed_surface_distances(pred, ref, spacing)
     backward = directed_surface_distances(ref, pred, spacing)
     return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
-
-
-def regions_from_labels(label: np.ndarray, label_mode: str = "regions") -> dict[str, np.ndarray]:
-    """Boolean region masks of an MSD label volume ``(X, Y, Z)`` with values 0..3.
-
-    ``regions``: WT = label > 0, TC = label ∈ {2, 3}, ET = label = 3 (nested ET ⊂ TC ⊂ WT);
-    ``binary``: the single region ``tumour`` = label > 0.
-    """
-    label = np.asarray(label)
-    if label_mode == "binary":
-        return {"tumour": label > 0}
-    if label_mode == "regions":
-        return {"WT": label > 0, "TC": (label == 2) | (label == 3), "ET": label == 3}
-    raise ValueError(f"unknown label mode {label_mode!r}; expected one of {sorted(REGION_NAMES)}")

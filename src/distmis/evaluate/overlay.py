@@ -23,6 +23,8 @@ REGION_COLOURS = {"WT": "#1f77b4", "TC": "#ffbf00", "ET": "#d62728", "tumour": "
 # (view name, axis held fixed, the two RAS axes shown as (horizontal, vertical)).
 VIEWS = (("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2)))
 AXIS_NAMES = ("x (R)", "y (A)", "z (S)")
+# The image channel drawn under the contours: MSD Task01 stores FLAIR, T1w, T1gd, T2w.
+FLAIR_CHANNEL = 0
 
 
 def slice_centre(reference: np.ndarray) -> tuple[int, int, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -33,12 +33,28 @@ def geometry_from_json(case: Mapping) -> Geometry:
     )
 
 
+def _in_ras_order(per_source_axis: Sequence, geometry: Geometry) -> list:
+    """Values given per source axis, reordered per RAS axis (reorientation only permutes)."""
+    per_ras_axis = [None, None, None]
+    for source_axis, (ras_axis, _flip) in enumerate(geometry.orientation_transform):
+        per_ras_axis[int(ras_axis)] = per_source_axis[source_axis]
+    return per_ras_axis
+
+
 def ras_shape(geometry: Geometry) -> tuple[int, int, int]:
     """Spatial shape of the source scan after reorientation to RAS (before the crop)."""
-    shape = [0, 0, 0]
-    for source_axis, (ras_axis, _flip) in enumerate(geometry.orientation_transform):
-        shape[int(ras_axis)] = geometry.source_shape[source_axis]
-    return tuple(shape)
+    return tuple(int(n) for n in _in_ras_order(geometry.source_shape, geometry))
+
+
+def source_spacing(geometry: Geometry) -> tuple[float, float, float]:
+    """Voxel size in mm along each source axis, from the source affine."""
+    sizes = nib.affines.voxel_sizes(np.asarray(geometry.source_affine))
+    return tuple(float(size) for size in sizes)
+
+
+def ras_spacing(geometry: Geometry) -> tuple[float, float, float]:
+    """Voxel size in mm along each stored (RAS) axis: the source's, permuted like the axes."""
+    return tuple(_in_ras_order(source_spacing(geometry), geometry))
 
 
 def inverse_transform(transform: np.ndarray) -> np.ndarray:

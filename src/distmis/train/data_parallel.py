@@ -1,7 +1,8 @@
 """Data parallelism: the grid one configuration at a time, each over G Ray Train workers.
 
-TensorFlow runs under ``TensorflowTrainer`` (``MultiWorkerMirroredStrategy``), PyTorch under
-``TorchTrainer`` (``DistributedDataParallel``; NCCL on GPUs, Gloo on CPUs).
+The trainer is the backend's (:meth:`distmis.backends.base.Backend.ray_trainer`):
+``TensorflowTrainer`` with ``MultiWorkerMirroredStrategy``, or ``TorchTrainer`` with
+``DistributedDataParallel`` (NCCL on GPUs, Gloo on CPUs).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from distmis import backends
 from distmis.train.grid import HParams
-from distmis.train.results import TrialRecord
 from distmis.train.settings import TrainSettings
-from distmis.train.trials import build_record, load_record, save_record
+from distmis.train.trials import TrialRecord, build_record, load_record, save_record
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def run_data_parallel(
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
 
+    backend = backends.get(settings.backend)
     records = []
     for position, hparams in enumerate(grid, start=1):
         done = load_record(settings, hparams.trial_id)
@@ -51,14 +53,9 @@ def run_data_parallel(
             hparams.trial_id,
             settings.gpus,
         )
-        trainer = _trainer(
-            settings,
-            train_loop_config={
-                "trial_id": hparams.trial_id,
-                "hparams": hparams.to_dict(),
-                "lr_effective": settings.lr_effective(hparams),
-                "settings": settings.worker_settings(),
-            },
+        trainer = backend.ray_trainer(
+            settings.trial_config(hparams).to_dict(),
+            use_gpu=settings.use_gpu,
             scaling_config=ScalingConfig(
                 num_workers=settings.gpus,
                 use_gpu=settings.use_gpu,
@@ -87,22 +84,3 @@ def run_data_parallel(
         records.append(record)
         on_record(record)
     return records
-
-
-def _trainer(settings: TrainSettings, **kwargs):
-    """The backend's Ray Train trainer around its per-worker loop."""
-    if settings.backend == "torch":
-        from ray.train.torch import TorchConfig, TorchTrainer
-
-        from distmis.train.torch_loop import train_loop_per_worker
-
-        # NCCL all-reduces GPU tensors, Gloo CPU ones (the CPU demo and CI).
-        backend = "nccl" if settings.use_gpu else "gloo"
-        return TorchTrainer(
-            train_loop_per_worker, torch_config=TorchConfig(backend=backend), **kwargs
-        )
-    from ray.train.tensorflow import TensorflowTrainer
-
-    from distmis.train.loop import train_loop_per_worker
-
-    return TensorflowTrainer(train_loop_per_worker, **kwargs)

@@ -6,10 +6,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from distmis import backends
 from distmis.train.grid import HParams
-from distmis.train.results import TrialRecord
 from distmis.train.settings import TrainSettings
-from distmis.train.trials import build_record, save_record
+from distmis.train.trials import TrialRecord, build_record, save_record
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,14 @@ def _tune_trainable(config: dict) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # Imported here, in the trial's process, so a torch trial never imports TensorFlow.
-    if config["settings"]["backend"] == "torch":
-        from distmis.train.torch_loop import train_loop_per_worker
-    else:
-        from distmis.train.loop import train_loop_per_worker
+    train_loop_per_worker = backends.get(config["settings"]["backend"]).train_loop_per_worker()
     train_loop_per_worker({**config["trial"], "settings": config["settings"]})
+
+
+def _grid_entry(settings: TrainSettings, hparams: HParams) -> dict:
+    entry = settings.trial_config(hparams).to_dict()
+    del entry["settings"]
+    return entry
 
 
 def run_experiment_parallel(
@@ -70,17 +73,10 @@ def run_experiment_parallel(
         tuner = tune.Tuner(
             trainable,
             param_space={
-                "trial": tune.grid_search(
-                    [
-                        {
-                            "trial_id": hp.trial_id,
-                            "hparams": hp.to_dict(),
-                            "lr_effective": settings.lr_effective(hp),
-                        }
-                        for hp in grid
-                    ]
-                ),
-                "settings": settings.worker_settings(),
+                # The settings once, not in every grid entry: Tune shows the entries as the
+                # trials' names and columns.
+                "trial": tune.grid_search([_grid_entry(settings, hp) for hp in grid]),
+                "settings": settings.worker_settings().to_dict(),
             },
             tune_config=tune.TuneConfig(max_concurrent_trials=settings.gpus, num_samples=1),
             run_config=run_config,

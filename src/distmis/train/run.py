@@ -9,13 +9,14 @@ import os
 import shutil
 import time
 
+from distmis import backends
 from distmis.cluster.ray_cluster import ClusterError
 from distmis.data.info import DatasetInfo
 from distmis.fileio import read_json, write_json
-from distmis.train.results import build_summary, write_summary, write_trials
 from distmis.train.runtime import scheduler_allocation, start_ray, stop_ray
 from distmis.train.settings import TrainSettings
-from distmis.train.trials import devices_seen, save_best_model
+from distmis.train.summary import build_summary, save_best_model, write_summary
+from distmis.train.trials import devices_seen, write_trials
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def run_training(settings: TrainSettings) -> dict:
     workers = settings.gpus
     resources = start_ray(
         settings.ray_address,
+        backends.get(settings.backend).worker_env,
         num_cpus=workers * settings.cpus_per_worker,
         num_gpus=workers if settings.use_gpu else 0,
     )

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
-
-from distmis.model import LEGACY_KERAS_ENV
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
 # Ray starts workers at nice 15; a timed trial must not yield its cores to other work.
-WORKER_ENV = {**LEGACY_KERAS_ENV, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_worker_niceness": "0"}
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "RAY_worker_niceness": "0"}
 
 
-def start_ray(address: str | None, num_cpus: int, num_gpus: int) -> dict[str, float]:
+def start_ray(
+    address: str | None, backend_env: Mapping[str, str], num_cpus: int, num_gpus: int
+) -> dict[str, float]:
     """Join the cluster at ``address``, or start a local Ray limited to the job's share.
+
+    Workers get :data:`WORKER_ENV` and ``backend_env`` (the backend's ``worker_env``).
 
     The dashboard stays off: its job API runs code for anyone who can reach its port.
     Returns the cluster's total resources, recorded in summary.json.
@@ -23,7 +26,9 @@ def start_ray(address: str | None, num_cpus: int, num_gpus: int) -> dict[str, fl
 
     # Inside `distmis ray-cluster` (SLURM jobs) the launcher exports the cluster's address.
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {**WORKER_ENV, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}}
+    runtime_env = {
+        "env_vars": {**WORKER_ENV, **backend_env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    }
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:

@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from distmis import backends
 from distmis.config import train_backends
 from distmis.errors import ConfigError
 from distmis.train.grid import HParams, expand_grid
+from distmis.train.trial import TrialConfig, WorkerSettings
 
 MODES = ("data", "experiment")
-BACKENDS = ("tensorflow", "torch")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 # The original DistMIS TensorFlow scripts read a JSON file with these keys; they map onto ours.
@@ -112,18 +113,13 @@ class TrainSettings:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.gpus < 1:
             raise ConfigError(f"gpus must be >= 1, got {self.gpus}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend not in backends.NAMES:
+            raise ConfigError(f"backend must be one of {backends.NAMES}, got {self.backend!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.precision == "fp16" and not self.use_gpu:
-            raise ConfigError("precision fp16 needs use_gpu (CPUs have no fast float16); use bf16")
-        if self.backend == "tensorflow" and (self.precision != "fp32" or self.channels_last_3d):
-            raise ConfigError(
-                "train.torch.precision and channels_last_3d apply to backend torch only; "
-                f"backend tensorflow trains in fp32 (got precision {self.precision}, "
-                f"channels_last_3d {self.channels_last_3d})"
-            )
+        backends.get(self.backend).check_settings(
+            precision=self.precision, channels_last_3d=self.channels_last_3d, use_gpu=self.use_gpu
+        )
 
     @classmethod
     def from_config(
@@ -148,14 +144,12 @@ class TrainSettings:
                     f"train.backend lists {configured}: choose one (--backend) for this run"
                 )
             backend = configured[0]
-        torch_options = train["torch"]
-        # The torch switches only mean something to torch; a tensorflow run ignores them.
-        uses_torch = backend == "torch"
+        if backend not in backends.NAMES:
+            raise ConfigError(f"backend must be one of {backends.NAMES}, got {backend!r}")
         return cls(
             backend=backend,
-            precision=torch_options["precision"] if uses_torch else "fp32",
-            channels_last_3d=torch_options["channels_last_3d"] if uses_torch else False,
-            loader_workers=torch_options["loader_workers"],
+            # Each backend takes its own switches (train.torch for torch); others keep defaults.
+            **backends.get(backend).options(train),
             mode=mode,
             gpus=gpus,
             tfrecord_dir=Path(tfrecord_dir),
@@ -204,28 +198,36 @@ class TrainSettings:
         """Linear scaling (lr × workers) applies to data mode only, when switched on."""
         return hparams.lr * self.gpus if (self.scale_lr and self.mode == "data") else hparams.lr
 
-    def worker_settings(self) -> dict:
-        """The JSON-able dict the per-worker loop reads (see worker.SETTINGS_KEYS)."""
-        return {
-            "tfrecord_dir": str(self.tfrecord_dir.resolve()),
-            "out_dir": str(self.out_dir.resolve()),
-            "mode": self.mode,
-            "workers": self.gpus if self.mode == "data" else 1,
-            "epochs": self.epochs,
-            "batch_size_per_replica": self.batch_size_per_replica,
-            "seed": self.seed,
-            "cache": self.cache,
-            "depth": self.depth,
-            "base_filters": self.base_filters,
-            "cpus_per_worker": self.cpus_per_worker,
-            "debug": self.debug,
-            "fail_trials": list(self.fail_trials),
-            "backend": self.backend,
-            "use_gpu": self.use_gpu,
-            "precision": self.precision,
-            "channels_last_3d": self.channels_last_3d,
-            "loader_workers": self.loader_workers,
-        }
+    def worker_settings(self) -> WorkerSettings:
+        """What every worker of this run is told (absolute paths: workers may start elsewhere)."""
+        return WorkerSettings(
+            tfrecord_dir=str(self.tfrecord_dir.resolve()),
+            out_dir=str(self.out_dir.resolve()),
+            mode=self.mode,
+            epochs=self.epochs,
+            batch_size_per_replica=self.batch_size_per_replica,
+            seed=self.seed,
+            cache=self.cache,
+            depth=self.depth,
+            base_filters=self.base_filters,
+            cpus_per_worker=self.cpus_per_worker,
+            debug=self.debug,
+            fail_trials=tuple(self.fail_trials),
+            backend=self.backend,
+            use_gpu=self.use_gpu,
+            precision=self.precision,
+            channels_last_3d=self.channels_last_3d,
+            loader_workers=self.loader_workers,
+        )
+
+    def trial_config(self, hparams: HParams) -> TrialConfig:
+        """The configuration every worker of ``hparams``' trial receives."""
+        return TrialConfig(
+            trial_id=hparams.trial_id,
+            hparams=hparams,
+            lr_effective=self.lr_effective(hparams),
+            settings=self.worker_settings(),
+        )
 
     def to_json(self) -> dict:
         payload = asdict(self)

@@ -1,18 +1,65 @@
-"""Turning what a trial left in ``<out>/trials/<trial_id>/`` into a trials.csv row."""
+"""The ``trials.csv`` contract: one :class:`TrialRecord` per configuration, built from what the
+trial left in ``<out>/trials/<trial_id>/`` (the files of :mod:`distmis.train.trial`).
+
+Columns are the fields of :class:`TrialRecord`, in order (:data:`TRIAL_COLUMNS`). The scaling
+stage reads only this file and ``summary.json`` (:mod:`distmis.train.summary`).
+"""
 
 from __future__ import annotations
 
+import csv
 import json
-import shutil
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from distmis.fileio import write_json
+from distmis.fileio import atomic_path, write_json
 from distmis.train.grid import HParams
-from distmis.train.results import STATUS_FAILED, STATUS_OK, TrialRecord
 from distmis.train.settings import TrainSettings
-from distmis.train.worker import MODEL_FILES
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+@dataclass
+class TrialRecord:
+    """One row of trials.csv. Times are wall-clock epoch seconds."""
+
+    trial_id: str
+    lr: float
+    norm: str
+    beta_2: float
+    amsgrad: bool
+    lr_effective: float  # lr after optional linear scaling by the worker count
+    epochs: int
+    batch_size_per_replica: int
+    global_batch_size: int
+    workers: int
+    status: str
+    start_time: float
+    end_time: float
+    seconds: float
+    volumes_per_second: float  # training volumes processed / trial seconds
+    train_loss: float | None = None
+    train_dice: float | None = None
+    val_loss: float | None = None
+    val_dice: float | None = None
+    node: str = ""  # host(s) the trial's workers ran on, ';'-separated
+    worker: str = ""  # process id(s) and GPU id(s), e.g. "pid=123 gpu=0"
+    attempts: int = 1
+    error: str = ""
+
+
+TRIAL_COLUMNS = tuple(f.name for f in fields(TrialRecord))
+
+
+def write_trials(path: Path, trials: Iterable[TrialRecord]) -> None:
+    """Write trials.csv whole (temp file, then rename), rows sorted by trial id."""
+    rows = sorted((asdict(t) for t in trials), key=lambda row: row["trial_id"])
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=TRIAL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def trial_dir(settings: TrainSettings, trial_id: str) -> Path:
@@ -122,40 +169,3 @@ def devices_seen(settings: TrainSettings, records: Sequence[TrialRecord]) -> lis
             for d in w["devices"]
         }
     )
-
-
-BEST_MODEL_FILES = {"tensorflow": "best_model.keras", "torch": "best_model.pt"}
-MODEL_CARD = "best_model.json"
-
-
-def save_best_model(settings: TrainSettings, records: Sequence[TrialRecord]) -> dict | None:
-    """Copy the best trial's model beside trials.csv, then write its card ``best_model.json``.
-
-    The card names the backend and the model file (``best_model.keras`` or ``best_model.pt``,
-    relative to the card), the trial's trials.csv row, the architecture and the data. It is
-    written last, so a card on disk means its model file is complete.
-    """
-    ok = [r for r in records if r.status == STATUS_OK and r.val_dice is not None]
-    if not ok:
-        return None
-    best = max(ok, key=lambda r: r.val_dice)
-    model_file = BEST_MODEL_FILES[settings.backend]
-    source = trial_dir(settings, best.trial_id) / MODEL_FILES[settings.backend]
-    staged = settings.out_dir / f"{model_file}.tmp"
-    shutil.copyfile(source, staged)
-    staged.replace(settings.out_dir / model_file)
-    for other in set(BEST_MODEL_FILES.values()) - {model_file}:
-        (settings.out_dir / other).unlink(missing_ok=True)  # never a stale other-backend model
-    payload = {
-        "backend": settings.backend,
-        "model_file": model_file,
-        "trial": asdict(best),
-        "model": {
-            "depth": settings.depth,
-            "base_filters": settings.base_filters,
-            "norm": best.norm,
-        },
-        "tfrecord_dir": str(settings.tfrecord_dir),
-    }
-    write_json(settings.out_dir / MODEL_CARD, payload)
-    return payload

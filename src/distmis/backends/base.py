@@ -1,0 +1,87 @@
+"""The contract every backend fulfils: what the training, evaluation and reporting stages may
+ask of a framework, and nothing else.
+
+A backend is a stateless object (one per framework, ``BACKEND`` in its package) whose methods
+import the framework only when called, so that choosing one costs nothing and a process only
+ever loads the framework it uses.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from distmis.data.info import DatasetInfo
+    from distmis.data.records import Record
+
+# One case's image (X, Y, Z, C) float32 → sigmoid probabilities (X, Y, Z, K) float32.
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+class Backend(ABC):
+    """One framework's way to train, save, load and read.
+
+    Class attributes:
+
+    - ``name``: the value of ``train.backend`` and the ``results/train/{backend}/`` folder;
+    - ``model_suffix``: the suffix of its model files (``.keras``, ``.pt``); a trial saves
+      ``model<suffix>``, a run's best model is ``best_model<suffix>``;
+    - ``worker_env``: environment variables its Ray workers need before their first import.
+    """
+
+    name: ClassVar[str]
+    model_suffix: ClassVar[str]
+    worker_env: ClassVar[Mapping[str, str]] = {}
+
+    @property
+    def trial_model_file(self) -> str:
+        """File name of the model a trial leaves in ``trials/<trial_id>/``."""
+        return f"model{self.model_suffix}"
+
+    @property
+    def best_model_file(self) -> str:
+        """File name of a run's best model, beside its ``best_model.json`` card."""
+        return f"best_model{self.model_suffix}"
+
+    @abstractmethod
+    def options(self, train: Mapping[str, Any]) -> dict[str, Any]:
+        """The backend-only fields of :class:`~distmis.train.settings.TrainSettings`
+        (``precision``, ``channels_last_3d``, ``loader_workers``) from the validated
+        ``train`` config section; keys it leaves out keep their defaults."""
+
+    @abstractmethod
+    def check_settings(self, *, precision: str, channels_last_3d: bool, use_gpu: bool) -> None:
+        """Raise :class:`~distmis.errors.ConfigError` for settings this backend cannot train."""
+
+    @abstractmethod
+    def train_loop_per_worker(self) -> Callable[[dict], None]:
+        """The function Ray Train runs on each of G workers (data mode) and Ray Tune runs as one
+        trial (experiment mode). It takes a :class:`~distmis.train.trial.TrialConfig` as a dict,
+        is a module-level function (so it pickles by reference) and leaves the files of
+        :mod:`distmis.train.trial`."""
+
+    @abstractmethod
+    def ray_trainer(
+        self, train_loop_config: dict, *, scaling_config: Any, run_config: Any, use_gpu: bool
+    ) -> Any:
+        """A Ray Train trainer (``TensorflowTrainer``, ``TorchTrainer``) running
+        :meth:`train_loop_per_worker` with ``train_loop_config`` on ``scaling_config``'s
+        workers, with synchronous all-reduce between them."""
+
+    @abstractmethod
+    def predictor(self, model_file: Path) -> Predictor:
+        """The model saved in ``model_file`` as a :data:`Predictor` (GPU when there is one)."""
+
+    @abstractmethod
+    def read_records(self, info: DatasetInfo, split: str) -> Iterator[Record]:
+        """Every decoded record of ``split`` in shard order, read with this framework's own
+        reader (so evaluation needs no other framework)."""
+
+    @abstractmethod
+    def versions(self) -> dict[str, str]:
+        """Versions of the framework (and its Keras, if any), for summary.json."""

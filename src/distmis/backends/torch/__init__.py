@@ -1,0 +1,90 @@
+"""The PyTorch backend: the U-Net, its loss, a TFRecord reader and the training steps.
+
+Nothing here imports TensorFlow or Ray at module level, so these modules run on machines that
+only have PyTorch (e.g. a GPU node for ``benchmarks/gpu_unet.py``):
+
+- :mod:`.unet`: :func:`~.unet.build_unet_torch`, the same architecture and parameter count as
+  the Keras one (:mod:`distmis.backends.tensorflow.unet`), channels-first ``(B, C, X, Y, Z)``;
+- :mod:`.losses`: soft Dice loss and thresholded Dice, as :mod:`distmis.backends.tensorflow.losses`;
+- :mod:`.tfrecord`: reads the shards of :mod:`distmis.data.records` (CRC-checked);
+- :mod:`.data`: :class:`~.data.EpochBatches`, the per-epoch batches of one training worker,
+  with the tf.data pipeline's sharding, shuffling, caching and repeating;
+- :mod:`.checkpoint`: the saved model (``.pt``: architecture + weights);
+- :mod:`.loop`: the training step and the per-trial steps the shared skeleton
+  (:mod:`distmis.train.trial`) calls;
+- :mod:`.predict`: a saved ``.pt`` model as a predictor.
+
+The package itself imports nothing heavy; torch is imported by the modules above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distmis.backends.base import Backend, Predictor
+from distmis.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distmis.data.info import DatasetInfo
+    from distmis.data.records import Record
+
+
+class TorchBackend(Backend):
+    """PyTorch under ``DistributedDataParallel`` in data mode (NCCL on GPUs, Gloo on CPUs)."""
+
+    name = "torch"
+    model_suffix = ".pt"
+
+    def options(self, train: Mapping[str, Any]) -> dict[str, Any]:
+        switches = train["torch"]
+        return {
+            "precision": switches["precision"],
+            "channels_last_3d": switches["channels_last_3d"],
+            "loader_workers": switches["loader_workers"],
+        }
+
+    def check_settings(self, *, precision: str, channels_last_3d: bool, use_gpu: bool) -> None:
+        if precision == "fp16" and not use_gpu:
+            raise ConfigError("precision fp16 needs use_gpu (CPUs have no fast float16); use bf16")
+
+    def train_loop_per_worker(self) -> Callable[[dict], None]:
+        from distmis.backends.torch.loop import train_loop_per_worker
+
+        return train_loop_per_worker
+
+    def ray_trainer(
+        self, train_loop_config: dict, *, scaling_config: Any, run_config: Any, use_gpu: bool
+    ) -> Any:
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        return TorchTrainer(
+            self.train_loop_per_worker(),
+            train_loop_config=train_loop_config,
+            scaling_config=scaling_config,
+            run_config=run_config,
+            # NCCL all-reduces GPU tensors, Gloo CPU ones (the CPU demo and CI).
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        )
+
+    def predictor(self, model_file: Path) -> Predictor:
+        from distmis.backends.torch.predict import torch_predictor
+
+        return torch_predictor(model_file)
+
+    def read_records(self, info: DatasetInfo, split: str) -> Iterator[Record]:
+        from distmis.backends.torch.tfrecord import rank_part, read_part
+
+        if split not in info.splits:
+            raise ValueError(f"split must be one of {sorted(info.splits)}, got {split!r}")
+        part = rank_part(info.splits[split], 0, 1)
+        return read_part(part, info.image_dtype, len(info.label_channels), info.compression)
+
+    def versions(self) -> dict[str, str]:
+        import torch
+
+        return {"torch": torch.__version__}
+
+
+BACKEND = TorchBackend()

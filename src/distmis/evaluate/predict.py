@@ -1,0 +1,133 @@
+"""A trained model over one split: every case thresholded and put back on its source grid.
+
+The model is loaded and the shards are read through the model's backend
+(:meth:`~distmis.backends.base.Backend.predictor`,
+:meth:`~distmis.backends.base.Backend.read_records`), so a ``.pt`` model is evaluated without
+TensorFlow and a ``.keras`` one without PyTorch. Each case's geometry comes from ``info.json``
+(the stored shards do not carry it).
+
+Cases are predicted one at a time, so memory is one case's, never the split's: its stored image,
+its probabilities and four masks (reference and prediction, stored and source grid); about
+0.4 GB for a 4-channel, 3-region BraTS scan of 240×240×155 voxels, plus the model's activations.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distmis.backends.base import Predictor
+from distmis.data.info import MADE_BY as INFO_MADE_BY
+from distmis.data.info import DatasetInfo
+from distmis.data.preprocess import Geometry
+from distmis.data.records import Record
+from distmis.errors import ContractError
+from distmis.evaluate.model import MADE_BY as MODEL_MADE_BY
+from distmis.evaluate.model import TrainedModel
+from distmis.evaluate.restore import (
+    geometry_from_json,
+    regions_to_msd_labels,
+    restore_to_source,
+    write_prediction_nifti,
+)
+
+
+@dataclass(frozen=True)
+class CasePrediction:
+    """One case, thresholded, on both grids.
+
+    Stored grid (RAS, cropped: what the model saw): ``image (X, Y, Z, C)`` as stored,
+    ``reference`` and ``predicted`` ``(X, Y, Z, K)`` bool. Source grid (the scan's own voxels,
+    ``geometry.source_shape``): ``source_reference`` and ``source_predicted`` ``(X', Y', Z', K)``
+    bool, where voxels the conversion cropped away are background in both.
+    """
+
+    case_id: str
+    geometry: Geometry
+    image: np.ndarray
+    reference: np.ndarray
+    predicted: np.ndarray
+    source_reference: np.ndarray
+    source_predicted: np.ndarray
+
+
+def load_predictor(model: TrainedModel) -> Predictor:
+    """The model as its backend's :data:`~distmis.backends.base.Predictor`."""
+    if not model.file.is_file():
+        raise ContractError(f"{model.file} is missing (it is written by {MODEL_MADE_BY})")
+    return model.backend.predictor(model.file)
+
+
+def case_geometries(info: DatasetInfo) -> dict[str, Geometry]:
+    """Every case's :class:`Geometry` from ``info.json``'s ``cases[]``, by case id."""
+    try:
+        return {case["case_id"]: geometry_from_json(case) for case in info.raw["cases"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        path = info.root / "info.json"
+        raise ContractError(
+            f"{path}: cases[] lacks geometry ({exc}); rerun {INFO_MADE_BY}"
+        ) from exc
+
+
+def predict_case(
+    predictor: Predictor, record: Record, geometry: Geometry, threshold: float
+) -> CasePrediction:
+    """Predict one record; a voxel is in a region when its probability is ``> threshold``.
+
+    The reference is the stored label restored like the prediction, because info.json does not
+    name the source label files; both therefore lose exactly the voxels the crop removed.
+    """
+    predicted = predictor(record.image.astype(np.float32)) > threshold
+    reference = record.label.astype(bool)
+    return CasePrediction(
+        case_id=record.case_id,
+        geometry=geometry,
+        image=record.image,
+        reference=reference,
+        predicted=predicted,
+        source_reference=restore_to_source(reference, geometry),
+        source_predicted=restore_to_source(predicted, geometry),
+    )
+
+
+def predict_split(
+    model: TrainedModel, info: DatasetInfo, split: str, threshold: float
+) -> Iterator[CasePrediction]:
+    """Every case of ``split``, in shard order, as a :class:`CasePrediction`.
+
+    The split, the geometries and the model file are checked, and the model loaded, before
+    this returns; the cases are then predicted lazily, one per step of the iterator.
+    """
+    if split not in info.splits:
+        raise ValueError(f"split must be one of {sorted(info.splits)}, got {split!r}")
+    geometries = case_geometries(info)
+    predictor = load_predictor(model)
+    records = model.backend.read_records(info, split)
+    return _predict_records(predictor, records, geometries, threshold, info.root / "info.json")
+
+
+def _predict_records(
+    predictor: Predictor,
+    records: Iterable[Record],
+    geometries: Mapping[str, Geometry],
+    threshold: float,
+    info_path: Path,
+) -> Iterator[CasePrediction]:
+    for record in records:
+        if record.case_id not in geometries:
+            raise ContractError(
+                f"{info_path}: no cases[] entry for {record.case_id}; rerun {INFO_MADE_BY}"
+            )
+        yield predict_case(predictor, record, geometries[record.case_id], threshold)
+
+
+def write_prediction(directory: str | os.PathLike[str], case: CasePrediction) -> Path:
+    """Write ``<directory>/<case_id>.nii.gz``: MSD labels (uint8) on the source grid and affine."""
+    path = Path(directory) / f"{case.case_id}.nii.gz"
+    label = regions_to_msd_labels(case.source_predicted)
+    write_prediction_nifti(path, label, np.asarray(case.geometry.source_affine))
+    return path

@@ -1,0 +1,13 @@
+"""Scaling stage: training timings → speedup table, figures and the Snakemake report.
+
+- :mod:`~distmis.scaling.timings`: typed, validated ``trials.csv`` + ``summary.json`` of a run;
+- :mod:`~distmis.scaling.table`: the scaling table (``scaling.csv``) and its test Dice column;
+- :mod:`~distmis.scaling.timeline`: which lane (GPU or worker) each trial held, and when;
+- :mod:`~distmis.scaling.plot`: the speedup, efficiency, makespan and timeline figures;
+- :mod:`~distmis.scaling.run`: all of it in one call (``distmis scaling``).
+
+Reads only the training contract
+(``results/train/{backend}/{mode}/{G}gpu/{trials.csv,summary.json}``) and rule evaluate's
+``results/evaluate/{backend}/{mode}/summary.json``, and never imports the training stage or a
+framework, so it runs in the light plotting environment.
+"""

@@ -1,0 +1,395 @@
+"""The scaling figures: one function per figure, each writing ``<stem>.png`` and ``<stem>.pdf``.
+
+Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, never pyplot:
+no global figure state and no display needed, so they render the same on a headless node.
+Constrained layout keeps labels and the legends placed outside the axes from being clipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from distmis.errors import ConfigError
+from distmis.fileio import atomic_path
+from distmis.scaling.table import own_efficiency, own_speedup
+from distmis.scaling.timeline import busy_fraction, lane_count, timeline_bars
+from distmis.scaling.timings import DEFAULT_BACKEND, Run
+
+log = logging.getLogger(__name__)
+
+PNG_DPI = 150
+# Colour says the mode, marker and line style (bar shade in the makespan bars) the backend,
+# in every figure alike.
+MODE_COLOURS = {"data": "tab:blue", "experiment": "tab:orange"}
+OTHER_COLOURS = ("tab:green", "tab:purple", "tab:brown")
+BACKEND_STYLES = {DEFAULT_BACKEND: ("o", "-"), "torch": ("s", "--")}
+BACKEND_SHADES = {DEFAULT_BACKEND: 1.0, "torch": 0.5}  # bar fill opacity
+FAILED_COLOUR = "tab:red"
+IDEAL_COLOUR = "0.45"
+IDEAL_STYLES = ("--", ":", "-.")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published speedup drawn for comparison, e.g. the original DistMIS at 32 GPUs."""
+
+    label: str
+    mode: str
+    gpus: int
+    speedup: float
+
+    @classmethod
+    def from_mapping(cls, entry: Mapping[str, Any], where: str) -> Reference:
+        """One ``report.references`` entry; ``where`` names it in errors."""
+        try:
+            reference = cls(
+                label=str(entry["label"]),
+                mode=str(entry["mode"]),
+                gpus=int(entry["gpus"]),
+                speedup=float(entry["speedup"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{where} needs label, mode, gpus (integer) and speedup (number): {exc!r}"
+            ) from None
+        if reference.gpus < 1 or not reference.speedup > 0:
+            raise ConfigError(f"{where}: gpus must be >= 1 and speedup > 0, got {entry}")
+        return reference
+
+
+def parse_references(entries: Sequence[Mapping[str, Any]] | None) -> list[Reference]:
+    """``config["report"]["references"]`` as typed references (None or [] gives none)."""
+    return [
+        Reference.from_mapping(entry, f"report.references[{index}]")
+        for index, entry in enumerate(entries or ())
+    ]
+
+
+def mode_colour(mode: str) -> str:
+    if mode in MODE_COLOURS:
+        return MODE_COLOURS[mode]
+    return OTHER_COLOURS[sum(map(ord, mode)) % len(OTHER_COLOURS)]
+
+
+def _series(table: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    return [(key, rows.sort_values("gpus")) for key, rows in table.groupby(["backend", "mode"])]
+
+
+def _series_label(backend: str, mode: str, base_gpus: int, table: pd.DataFrame) -> str:
+    label = f"{mode} parallelism"
+    if table["backend"].nunique() > 1 or backend != DEFAULT_BACKEND:
+        label += f" ({backend})"
+    if base_gpus != 1:
+        label += f", vs {base_gpus} {_unit(table, base_gpus)}"
+    return label
+
+
+def _unit(table: pd.DataFrame, count: int = 2) -> str:
+    """What G counts in this table: GPUs, or the CPU workers that stood in for them."""
+    devices = set(table["device"])
+    noun = "CPU worker" if devices == {"cpu"} else "GPU"
+    return noun if count == 1 else noun + "s"
+
+
+def _g_label(table: pd.DataFrame, log_scale: bool) -> str:
+    if set(table["device"]) == {"cpu"}:
+        label = "G, number of CPU workers standing in for GPUs"
+    else:
+        label = "G, number of GPUs"
+    return label + (" (log₂ scale)" if log_scale else "")
+
+
+def _log2_axis(axis: Any, ticks: Sequence[float]) -> None:
+    """Log2 scale on ``axis`` with exactly ``ticks`` marked, written as plain numbers."""
+    axis.set_major_locator(FixedLocator(sorted(set(ticks))))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_locator(NullLocator())
+
+
+def _g_axis(ax: Axes, counts: Sequence[int], table: pd.DataFrame) -> None:
+    """A log2 G axis whose ticks are exactly the G values present."""
+    ticks = sorted(set(counts))
+    ax.set_xscale("log", base=2)
+    _log2_axis(ax.xaxis, ticks)
+    # Half a doubling of margin each side keeps the end markers off the frame.
+    ax.set_xlim(ticks[0] / 2**0.5, ticks[-1] * 2**0.5)
+    ax.set_xlabel(_g_label(table, log_scale=True))
+
+
+def _mark_resumed(ax: Axes, xs: Sequence[float], ys: Sequence[float], colour: str) -> bool:
+    for x, y in zip(xs, ys, strict=True):
+        ax.plot([x], [y], marker="o", markersize=14, markerfacecolor="none", color=colour)
+        ax.annotate("resumed", (x, y), textcoords="offset points", xytext=(8, -14), fontsize=8)
+    return bool(xs)
+
+
+def _resumed_handle() -> Line2D:
+    return Line2D(
+        [],
+        [],
+        marker="o",
+        markersize=12,
+        markerfacecolor="none",
+        color="0.3",
+        linestyle="none",
+        label="resumed run (makespan spans the interruption)",
+    )
+
+
+def _legend(ax: Axes, loc: str, resumed: Artist | None) -> None:
+    """The legend of the labelled artists, plus the key to resumed runs when one is drawn."""
+    handles, _ = ax.get_legend_handles_labels()
+    if resumed is not None:
+        handles.append(resumed)
+    ax.legend(handles=handles, loc=loc, fontsize=8)
+
+
+def _new_figure(width: float, height: float) -> tuple[Figure, Axes]:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _save(figure: Figure, stem: Path) -> list[Path]:
+    """Write ``stem``.png and .pdf whole; PDFs without a creation date, so reruns match."""
+    paths = []
+    for suffix, kwargs in (
+        (".png", {"dpi": PNG_DPI}),
+        (".pdf", {"metadata": {"CreationDate": None}}),
+    ):
+        path = Path(stem).with_suffix(suffix)
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=suffix[1:], **kwargs)
+        paths.append(path)
+    log.info("wrote %s", ", ".join(map(str, paths)))
+    return paths
+
+
+def _plot_series(ax, table: pd.DataFrame, values: pd.Series) -> bool:
+    """One line per (backend, mode) of ``values`` against G; True if a resumed run is marked."""
+    resumed_seen = False
+    for (backend, mode), rows in _series(table):
+        marker, style = BACKEND_STYLES.get(backend, ("^", ":"))
+        colour = mode_colour(mode)
+        base = int(rows["base_gpus"].iloc[0])
+        ax.plot(
+            rows["gpus"],
+            values[rows.index],
+            marker=marker,
+            linestyle=style,
+            color=colour,
+            label=_series_label(backend, mode, base, table),
+        )
+        resumed = rows[rows["resumed"]]
+        resumed_seen |= _mark_resumed(
+            ax, list(resumed["gpus"]), list(values[resumed.index]), colour
+        )
+    return resumed_seen
+
+
+def plot_speedup(
+    table: pd.DataFrame, stem: Path, references: Sequence[Reference] = ()
+) -> list[Path]:
+    """Speedup vs G per (backend, mode), the ideal linear line, and reference points."""
+    figure, ax = _new_figure(7.5, 5.0)
+    speedup = own_speedup(table)
+    resumed_seen = _plot_series(ax, table, speedup)
+    counts = [*table["gpus"], *(r.gpus for r in references)]
+    for index, base in enumerate(sorted(table["base_gpus"].unique())):
+        # On log-log axes the ideal speedup G / base is a straight line: two points suffice.
+        xs = [base, max(counts)]
+        label = "ideal (linear)" if base == 1 else f"ideal from {base} {_unit(table)}"
+        style = IDEAL_STYLES[index % len(IDEAL_STYLES)]  # one per base, told apart
+        ax.plot(xs, [g / base for g in xs], color=IDEAL_COLOUR, linestyle=style, label=label)
+    for reference in references:
+        ax.plot(
+            [reference.gpus],
+            [reference.speedup],
+            marker="*",
+            markersize=15,
+            linestyle="none",
+            color=mode_colour(reference.mode),
+            markeredgecolor="black",
+            label=f"reference: {reference.label} ({reference.speedup:g}× at {reference.gpus})",
+        )
+    _g_axis(ax, counts, table)
+    # Log2 on both axes: speedups from 0.5× to 32× stay readable together, and the ideal
+    # is the diagonal. Ticks at the powers of two the data spans.
+    values = [
+        *speedup.dropna(),
+        *(r.speedup for r in references),
+        *(max(counts) / b for b in table["base_gpus"]),
+    ]
+    low = 2 ** math.floor(math.log2(min(values)))
+    high = 2 ** math.ceil(math.log2(max(values)))
+    ax.set_yscale("log", base=2)
+    _log2_axis(ax.yaxis, [2.0**k for k in range(round(math.log2(low)), round(math.log2(high)) + 1)])
+    ax.set_ylim(low / 2**0.25, high * 2**0.25)
+    ax.set_ylabel("speedup (×, log₂ scale) = makespan at base G / makespan at G")
+    ax.grid(True, alpha=0.3)
+    ax.set_title("Speedup of the whole hyperparameter grid")
+    _legend(ax, "upper left", _resumed_handle() if resumed_seen else None)
+    return _save(figure, stem)
+
+
+def plot_efficiency(table: pd.DataFrame, stem: Path) -> list[Path]:
+    """Parallel efficiency (speedup per added GPU) vs G; 1 is linear scaling."""
+    figure, ax = _new_figure(7.5, 5.0)
+    efficiency = own_efficiency(table)
+    resumed_seen = _plot_series(ax, table, efficiency)
+    ax.axhline(1.0, color=IDEAL_COLOUR, linestyle="--", label="ideal (linear scaling)")
+    _g_axis(ax, list(table["gpus"]), table)
+    ax.set_ylabel("parallel efficiency = speedup / (G / base G)")
+    top = max(1.15, float(efficiency.max()) * 1.1) if efficiency.notna().any() else 1.15
+    ax.set_ylim(0, top)
+    ax.grid(True, alpha=0.3)
+    ax.set_title("Parallel efficiency")
+    _legend(ax, "lower left", _resumed_handle() if resumed_seen else None)
+    return _save(figure, stem)
+
+
+def plot_makespan(table: pd.DataFrame, stem: Path) -> list[Path]:
+    """Grouped bars: makespan per G, one bar per (backend, mode), best val Dice on top."""
+    series = _series(table)
+    counts = sorted(table["gpus"].unique())
+    figure, ax = _new_figure(max(6.0, 1.6 * len(counts) * max(len(series), 1) / 2 + 3), 5.0)
+    width = 0.8 / len(series)
+    resumed_seen = False
+    for index, ((backend, mode), rows) in enumerate(series):
+        offset = (index - (len(series) - 1) / 2) * width
+        positions = [counts.index(g) + offset for g in rows["gpus"]]
+        bars = ax.bar(
+            positions,
+            rows["makespan_seconds"],
+            width=width * 0.95,
+            # Fill only: the black edge and hatch stay solid on a lighter bar.
+            color=to_rgba(mode_colour(mode), BACKEND_SHADES.get(backend, 0.75)),
+            hatch=[("//" if r else None) for r in rows["resumed"]],
+            edgecolor="black",
+            # The backend's line style on the edge too, so the shade is not the only cue
+            # (greyscale print).
+            linestyle=BACKEND_STYLES.get(backend, ("^", ":"))[1],
+            linewidth=0.5 if backend == DEFAULT_BACKEND else 1.0,
+            label=_series_label(backend, mode, 1, table),
+        )
+        resumed_seen |= bool(rows["resumed"].any())
+        # The best model's Dice beside each time: faster only counts if it is as good.
+        labels = [
+            f"{m:.0f} s\nDice {d:.2f}" if not math.isnan(d) else f"{m:.0f} s\nno Dice"
+            for m, d in zip(rows["makespan_seconds"], rows["best_val_dice"], strict=True)
+        ]
+        labels = [
+            text + (f"\n{f} failed" if f else "")
+            for text, f in zip(labels, rows["trials_failed"], strict=True)
+        ]
+        ax.bar_label(bars, labels=labels, padding=2, fontsize=7)
+    ax.set_xticks(range(len(counts)), [str(g) for g in counts])
+    ax.set_xlabel(_g_label(table, log_scale=False))
+    ax.set_ylabel("makespan (s), whole grid incl. start-up")
+    # Head room for the two- or three-line labels above the tallest bar.
+    ax.set_ylim(0, float(table["makespan_seconds"].max()) * 1.3)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title("Time to train the whole grid (best validation Dice above each bar)")
+    resumed = Patch(facecolor="white", edgecolor="black", hatch="//", label="resumed run")
+    _legend(ax, "upper right", resumed if resumed_seen else None)
+    return _save(figure, stem)
+
+
+def plot_timeline(run: Run, stem: Path) -> list[Path]:
+    """Gantt chart of one run: each trial a bar on the lane (GPU) it held, from start to end."""
+    bars = timeline_bars(run)
+    lanes = lane_count(run, bars)
+    makespan = run.summary.makespan_seconds
+    # Thinner lanes past 16 keep a 32-GPU run on one page.
+    figure, ax = _new_figure(9.0, 1.9 + (0.45 if lanes <= 16 else 0.3) * lanes)
+    colour = mode_colour(run.summary.mode)
+    # Bars are numbered by trials.csv row so a straggler can be looked up there.
+    row_of = {trial.trial_id: row for row, trial in enumerate(run.trials, start=1)}
+    for bar in bars:
+        ax.barh(
+            bar.lane,
+            # A trial that failed at once still gets a visible sliver.
+            max(bar.width, makespan * 0.003),
+            left=bar.left,
+            height=0.7,
+            color=colour if bar.ok else FAILED_COLOUR,
+            hatch=None if bar.ok else "xx",
+            edgecolor="black",
+            linewidth=0.5,
+        )
+        if bar.width > makespan * 0.04:
+            ax.text(
+                bar.left + bar.width / 2,
+                bar.lane,
+                f"#{row_of[bar.trial_id]}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if bar.ok else "black",
+                # On a hatched failed bar the number needs a plain patch to stay legible.
+                bbox=None if bar.ok else {"facecolor": "white", "edgecolor": "none", "pad": 1},
+            )
+    ax.axvline(0.0, color="black", linestyle=":", linewidth=1)
+    ax.axvline(makespan, color="black", linestyle=":", linewidth=1)
+    noun = "CPU worker" if run.summary.uses_gpus is False else "GPU"
+    ax.set_yticks(range(lanes), [f"{noun} {lane}" for lane in range(lanes)])
+    ax.set_ylim(lanes - 0.5, -0.5)  # lane 0 on top
+    ax.set_xlim(min(0.0, *(b.left for b in bars)) - makespan * 0.02, makespan * 1.02)
+    ax.set_xlabel("time since the run started (s)")
+    ax.set_ylabel(f"lane ({noun})")
+    ax.grid(True, axis="x", alpha=0.3)
+    # The backend always shows: a timeline stands alone in the report, with no legend
+    # of series to tell a tensorflow run from a torch one.
+    title = (
+        f"{run.summary.backend}, {run.summary.mode} parallelism, G = {run.gpus}: "
+        f"makespan {makespan:.1f} s, {noun}s busy {busy_fraction(run, bars):.0%} of G × makespan"
+    )
+    if run.summary.resumed:
+        title += " (resumed: spans the interruption)"
+    ax.set_title(title, fontsize=10)
+    handles = [
+        Patch(facecolor=colour, edgecolor="black", label="trial (ok), #k = trials.csv row k"),
+        Patch(facecolor=FAILED_COLOUR, edgecolor="black", hatch="xx", label="failed trial"),
+        Line2D([], [], color="black", linestyle=":", label="makespan start / end"),
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
+    return _save(figure, stem)
+
+
+def timeline_stem(run: Run) -> str:
+    """``timeline_{backend}_{mode}_{G}gpu``: unique per run, as rules/scaling.smk names it."""
+    return f"timeline_{run.summary.backend}_{run.summary.mode}_{run.gpus}gpu"
+
+
+def plot_all(
+    table: pd.DataFrame,
+    runs: Sequence[Run],
+    out_dir: Path,
+    references: Sequence[Reference] = (),
+) -> dict[str, list[Path]]:
+    """Every figure into ``out_dir``, by figure name: speedup, efficiency, makespan, timelines."""
+    out_dir = Path(out_dir)
+    written = {
+        "speedup": plot_speedup(table, out_dir / "speedup", references),
+        "efficiency": plot_efficiency(table, out_dir / "efficiency"),
+        "makespan": plot_makespan(table, out_dir / "makespan"),
+    }
+    for run in runs:
+        stem = timeline_stem(run)
+        written[stem] = plot_timeline(run, out_dir / stem)
+    return written

@@ -1,0 +1,229 @@
+"""The scaling table: one row per run, speedup and efficiency against the series' base run.
+
+A series is the runs of one (backend, mode). Its base is the run with the fewest GPUs
+measured, ``B`` (normally 1). For a run on ``G`` GPUs:
+
+- ``speedup_vs_{B}gpu``    = makespan(B) / makespan(G)
+- ``efficiency_vs_{B}gpu`` = speedup / (G / B): 1 is linear scaling from the base.
+
+Column names always carry the base, so a table whose smallest run is 2 GPUs cannot be
+misread as speedup over one GPU; ``base_gpus`` repeats it per row. When series have
+different bases, each base gets its own pair of columns and a row fills only its own
+(the others are empty); :func:`own_speedup` and :func:`own_efficiency` pick a row's value.
+
+Other columns: ``makespan_seconds`` (summary.json: from before the first trial starts to
+after the last ends, start-up included); ``trials_ok``, ``trials_failed``;
+``mean_trial_seconds`` (mean ``seconds`` of the ok trials; failed trials stop early and
+would flatter it); ``volumes_per_second`` (the run's throughput: training volumes processed
+by all ok trials, as each counted them (epochs × steps × global batch), divided by the
+makespan, so idle GPUs and start-up count against it, unlike trials.csv's per-trial rate);
+``best_val_dice`` (summary.json ``best.val_dice``: "faster" is only worth as much as the
+model it finds); ``resumed`` (true: the makespan spans an interruption, so this row's
+speedup, and every row's in its series if it is the base, is not a clean measurement);
+``device`` (``gpu``, or ``cpu`` when G counted CPU workers standing in for GPUs, from
+summary.json ``resources.requested.use_gpu``; ``unknown`` if not recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from distmis import backends
+from distmis.errors import ContractError
+from distmis.fileio import atomic_path, read_json
+from distmis.scaling.timings import DEFAULT_BACKEND, Run
+
+log = logging.getLogger(__name__)
+
+SERIES_COLUMNS = ["backend", "mode"]
+RUN_COLUMNS = [
+    "trials_ok",
+    "trials_failed",
+    "mean_trial_seconds",
+    "volumes_per_second",
+    "best_val_dice",
+    "resumed",
+    "device",
+]
+# What G counts: GPUs, or CPU workers standing in for them (use_gpu: false).
+DEVICE_NAMES = {True: "gpu", False: "cpu", None: "unknown"}
+
+
+def speedup_column(base_gpus: int) -> str:
+    return f"speedup_vs_{base_gpus}gpu"
+
+
+def efficiency_column(base_gpus: int) -> str:
+    return f"efficiency_vs_{base_gpus}gpu"
+
+
+def run_metrics(runs: Sequence[Run]) -> pd.DataFrame:
+    """Per-run columns (no speedup yet), one row per run, sorted by series then G."""
+    rows = []
+    for run in runs:
+        ok = [t for t in run.trials if t.ok]
+        rows.append(
+            {
+                "backend": run.summary.backend,
+                "mode": run.summary.mode,
+                "gpus": run.summary.gpus,
+                "makespan_seconds": run.summary.makespan_seconds,
+                "trials_ok": len(ok),
+                "trials_failed": len(run.trials) - len(ok),
+                "mean_trial_seconds": (sum(t.seconds for t in ok) / len(ok) if ok else math.nan),
+                "volumes_per_second": (
+                    sum(t.volumes_trained for t in ok) / run.summary.makespan_seconds
+                ),
+                "best_val_dice": (
+                    math.nan if run.summary.best_val_dice is None else run.summary.best_val_dice
+                ),
+                "resumed": run.summary.resumed,
+                "device": DEVICE_NAMES[run.summary.uses_gpus],
+            }
+        )
+    columns = [*SERIES_COLUMNS, "gpus", "makespan_seconds", *RUN_COLUMNS]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values([*SERIES_COLUMNS, "gpus"], ignore_index=True)
+
+
+def add_speedup(metrics: pd.DataFrame) -> pd.DataFrame:
+    """``metrics`` plus ``base_gpus`` and speedup/efficiency columns named after each base."""
+    if metrics.duplicated([*SERIES_COLUMNS, "gpus"]).any():
+        raise ValueError("more than one run per (backend, mode, gpus)")
+    # Each series' base is its run with the fewest GPUs; join it back onto every row.
+    base_rows = metrics.loc[metrics.groupby(SERIES_COLUMNS)["gpus"].idxmin()]
+    base = base_rows[[*SERIES_COLUMNS, "gpus", "makespan_seconds", "resumed"]].rename(
+        columns={
+            "gpus": "base_gpus",
+            "makespan_seconds": "base_makespan",
+            "resumed": "base_resumed",
+        }
+    )
+    table = metrics.merge(base, on=SERIES_COLUMNS, how="left")
+    speedup = table["base_makespan"] / table["makespan_seconds"]
+    efficiency = speedup / (table["gpus"] / table["base_gpus"])
+    speedup_columns = []
+    for base in sorted(table["base_gpus"].unique()):
+        own = table["base_gpus"] == base
+        table[speedup_column(base)] = speedup.where(own)
+        table[efficiency_column(base)] = efficiency.where(own)
+        speedup_columns += [speedup_column(base), efficiency_column(base)]
+    for _, row in base_rows[base_rows["resumed"]].iterrows():
+        log.warning(
+            "the base run of %s/%s (%d GPUs) was resumed: every speedup of that series is off",
+            row["backend"],
+            row["mode"],
+            row["gpus"],
+        )
+    ordered = [*SERIES_COLUMNS, "gpus", "base_gpus", "makespan_seconds", *speedup_columns]
+    return table[ordered + RUN_COLUMNS]
+
+
+def scaling_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """The scaling table of ``runs`` (see the module docstring for every column)."""
+    if not runs:
+        raise ValueError("no runs to tabulate")
+    return add_speedup(run_metrics(runs))
+
+
+def own_speedup(table: pd.DataFrame) -> pd.Series:
+    """Each row's speedup against its own series' base, whatever that base is."""
+    return _own(table, speedup_column)
+
+
+def own_efficiency(table: pd.DataFrame) -> pd.Series:
+    return _own(table, efficiency_column)
+
+
+def _own(table: pd.DataFrame, column_for) -> pd.Series:
+    values = pd.Series(math.nan, index=table.index, dtype=float)
+    for base in table["base_gpus"].unique():
+        own = table["base_gpus"] == base
+        values[own] = table.loc[own, column_for(base)]
+    return values
+
+
+def write_scaling_csv(table: pd.DataFrame, path: Path) -> Path:
+    """Write the table whole (temp file, then rename); 6 significant digits keep it readable."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    log.info("wrote %s (%d runs)", path, len(table))
+    return path
+
+
+def read_scaling_csv(path: Path) -> pd.DataFrame:
+    """Read a table written by :func:`write_scaling_csv`, checking the columns the plots use."""
+    path = Path(path)
+    rule = "the scaling rule (`distmis scaling`)"
+    if not path.is_file():
+        raise ContractError(f"{path} is missing (it is written by {rule})")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise ContractError(f"{path} is not a readable CSV ({exc}); rerun {rule}") from exc
+    required = [*SERIES_COLUMNS, "gpus", "base_gpus", "makespan_seconds", *RUN_COLUMNS]
+    missing = [c for c in required if c not in table.columns]
+    if not missing:
+        for base in sorted(table["base_gpus"].unique()):
+            missing += [
+                c for c in (speedup_column(base), efficiency_column(base)) if c not in table.columns
+            ]
+    if missing:
+        raise ContractError(f"{path} lacks column(s) {', '.join(missing)}; rerun {rule}")
+    if table.empty:
+        raise ContractError(f"{path} has no rows; rerun {rule}")
+    table["backend"] = table["backend"].astype(str)
+    table["mode"] = table["mode"].astype(str)
+    # astype(bool) would read the string "False" as true.
+    resumed = table["resumed"].map({True: True, False: False, "True": True, "False": False})
+    if resumed.isna().any():
+        raise ContractError(f"{path}: resumed must be True or False; rerun {rule}")
+    table["resumed"] = resumed.astype(bool)
+    return table
+
+
+def attach_test_dice(table: pd.DataFrame, eval_summaries: Sequence[Path]) -> pd.DataFrame:
+    """Add ``test_dice``: the evaluated model's mean test Dice, on the run it came from.
+
+    Each ``results/evaluate/{backend}/{mode}/summary.json`` (rule evaluate) scores the best model
+    of one (backend, mode), trained at one G; its ``model`` path
+    (``results/train/{backend}/{mode}/{G}gpu/...``) names the mode and G, its ``backend`` key
+    the backend (without one: the backend folder the summary or its model sits in, or
+    TensorFlow for a summary from before backends had folders; a folder that disagrees is a
+    contract error). The value is the mean over regions of the per-region mean Dice. Rows
+    without an evaluated model get NaN.
+    """
+    table = table.copy()
+    table["test_dice"] = math.nan
+    for path in eval_summaries:
+        path = Path(path)
+        summary = read_json(path, "rule evaluate")
+        model = Path(summary["model"])
+        mode, gpus = model.parent.parent.name, int(model.parent.name.removesuffix("gpu"))
+        backend = _eval_backend(path, summary, model)
+        dice = [region["dice"]["mean"] for region in summary["regions"].values()]
+        rows = (table["backend"] == backend) & (table["mode"] == mode) & (table["gpus"] == gpus)
+        table.loc[rows, "test_dice"] = sum(dice) / len(dice)
+    return table
+
+
+def _eval_backend(path: Path, summary: dict, model: Path) -> str:
+    """The backend whose model an eval ``summary.json`` scored; its folders must agree."""
+    folders = {
+        name
+        for name in (path.parent.parent.name, model.parent.parent.parent.name)
+        if name in backends.NAMES
+    }
+    backend = str(summary.get("backend") or (min(folders) if folders else DEFAULT_BACKEND))
+    if folders - {backend}:
+        raise ContractError(
+            f"{path}: backend {backend} disagrees with its folder {path.parent.parent.name}/ "
+            f"or the model it scored, {model}; rerun rule evaluate"
+        )
+    return backend

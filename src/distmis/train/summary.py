@@ -1,0 +1,123 @@
+"""The run's results beside ``trials.csv``: ``summary.json`` and the best model with its card.
+
+``summary.json`` has the keys written by :func:`build_summary` (``backend`` says which framework
+trained: ``tensorflow`` or ``torch``); the best model is ``best_model<suffix>`` of the backend
+(``best_model.keras``, ``best_model.pt``), described by ``best_model.json``
+(:func:`save_best_model`). The scaling and evaluation stages read only these files and
+``trials.csv``.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from distmis import backends
+from distmis.fileio import write_json
+from distmis.train.settings import TrainSettings
+from distmis.train.trials import STATUS_FAILED, STATUS_OK, TrialRecord, trial_dir
+
+
+def library_versions(backend: str = "tensorflow") -> dict[str, str]:
+    """Versions of Python, Ray and the backend's framework (only that one is imported)."""
+    import ray
+
+    return {
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        **backends.get(backend).versions(),
+    }
+
+
+def build_summary(
+    *,
+    mode: str,
+    gpus: int,
+    trials: Sequence[TrialRecord],
+    backend: str = "tensorflow",
+    makespan_start: float,
+    makespan_end: float,
+    resources: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    devices_seen: Sequence[str],
+    resumed: bool,
+) -> dict:
+    """The summary.json payload for one run of one mode at one G."""
+    ok = [t for t in trials if t.status == STATUS_OK and t.val_dice is not None]
+    best = max(ok, key=lambda t: t.val_dice, default=None)
+    nodes = sorted({n for t in trials for n in t.node.split(";") if n})
+    return {
+        "backend": backend,
+        "mode": mode,
+        "gpus": gpus,
+        "workers": max((t.workers for t in trials), default=0),
+        "nodes_seen": nodes,
+        "node_count": len(nodes),
+        "makespan_seconds": makespan_end - makespan_start,
+        "makespan_start": makespan_start,
+        "makespan_end": makespan_end,
+        # A resumed run's makespan spans the interruption; scaling analysis should not
+        # compare it with uninterrupted runs.
+        "resumed": resumed,
+        "trial_count": len(trials),
+        "ok_count": sum(t.status == STATUS_OK for t in trials),
+        "failed_count": sum(t.status == STATUS_FAILED for t in trials),
+        "best": None
+        if best is None
+        else {
+            "trial_id": best.trial_id,
+            "hparams": {k: getattr(best, k) for k in ("lr", "norm", "beta_2", "amsgrad")},
+            "val_dice": best.val_dice,
+        },
+        "resources": dict(resources),
+        "settings": dict(settings),
+        "devices_seen": sorted(set(devices_seen)),
+        "versions": library_versions(backend),
+    }
+
+
+def write_summary(path: Path, summary: Mapping[str, Any]) -> None:
+    write_json(path, summary)
+
+
+MODEL_CARD = "best_model.json"
+
+
+def save_best_model(settings: TrainSettings, records: Sequence[TrialRecord]) -> dict | None:
+    """Copy the best trial's model beside trials.csv, then write its card ``best_model.json``.
+
+    The card names the backend and the model file (``best_model.keras`` or ``best_model.pt``,
+    relative to the card), the trial's trials.csv row, the architecture and the data. It is
+    written last, so a card on disk means its model file is complete.
+    """
+    ok = [r for r in records if r.status == STATUS_OK and r.val_dice is not None]
+    if not ok:
+        return None
+    best = max(ok, key=lambda r: r.val_dice)
+    backend = backends.get(settings.backend)
+    model_file = backend.best_model_file
+    source = trial_dir(settings, best.trial_id) / backend.trial_model_file
+    staged = settings.out_dir / f"{model_file}.tmp"
+    shutil.copyfile(source, staged)
+    staged.replace(settings.out_dir / model_file)
+    for name in backends.NAMES:
+        other = backends.get(name).best_model_file
+        if other != model_file:
+            (settings.out_dir / other).unlink(missing_ok=True)  # never a stale other-backend model
+    payload = {
+        "backend": settings.backend,
+        "model_file": model_file,
+        "trial": asdict(best),
+        "model": {
+            "depth": settings.depth,
+            "base_filters": settings.base_filters,
+            "norm": best.norm,
+        },
+        "tfrecord_dir": str(settings.tfrecord_dir),
+    }
+    write_json(settings.out_dir / MODEL_CARD, payload)
+    return payload

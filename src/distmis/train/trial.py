@@ -1,0 +1,425 @@
+"""One trial, whatever the backend: the skeleton every training worker runs.
+
+A worker trains one configuration: in data mode Ray Train runs it on G workers at once; in
+experiment mode Ray Tune runs it as one trial. :func:`run_trial` is the loop both backends
+share, in the style of nnU-Net's ``run_training``: it resumes, then calls the backend's
+:class:`TrialSteps` once per epoch (``train_epoch``, ``validate``, ``save_checkpoint``), reports
+and logs every epoch, and saves the model. A backend supplies only those steps
+(:mod:`distmis.backends.tensorflow.loop`, :mod:`distmis.backends.torch.loop`), so a benchmark
+or a new runner overrides a step instead of copying the loop.
+
+Every trial leaves these files under ``<out>/trials/<trial_id>/`` (the contract
+:mod:`distmis.train.trials` reads):
+
+- ``attempts.log``: one start time per attempt (rank 0);
+- ``workers/rank<k>.json``: host, pid, GPU ids, batch sizes, steps and devices of each worker,
+  and what the backend measured by the end (torch: the training volumes it read);
+- ``result.json``: times, volumes trained, final metrics ``loss``, ``dice``, ``val_loss``,
+  ``val_dice`` (and ``dice_<channel>``), per-epoch ``history`` (rank 0, when it finished);
+- ``failed.json``: time and error of a failed attempt;
+- the model, ``model<suffix>`` of the backend (``model.keras``, ``model.pt``), from rank 0.
+
+Checkpoints reported to Ray hold ``state.json`` (``{"epoch": n}``, the epochs done) beside the
+backend's own files. Nothing here imports TensorFlow or PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from distmis.train.grid import HParams
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every worker of a run is told (``config["settings"]``), built by
+    :meth:`distmis.train.settings.TrainSettings.worker_settings`.
+
+    It crosses to Ray workers as a JSON-able dict; :meth:`from_dict` turns it back and fails
+    on a missing or unknown key, so the two sides cannot drift apart.
+    """
+
+    tfrecord_dir: str
+    out_dir: str
+    mode: str
+    epochs: int
+    batch_size_per_replica: int
+    seed: int
+    cache: bool
+    depth: int
+    base_filters: int
+    cpus_per_worker: int
+    debug: bool
+    fail_trials: tuple[str, ...]
+    backend: str
+    use_gpu: bool
+    precision: str
+    channels_last_3d: bool
+    loader_workers: int
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> WorkerSettings:
+        names = {f.name for f in fields(cls)}
+        if set(payload) != names:
+            raise KeyError(
+                f"worker settings: missing {sorted(names - set(payload))}, "
+                f"unknown {sorted(set(payload) - names)}"
+            )
+        return cls(**{**payload, "fail_trials": tuple(payload["fail_trials"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fail_trials": list(self.fail_trials)}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial's configuration as the driver hands it to every worker (as a dict)."""
+
+    trial_id: str
+    hparams: HParams
+    lr_effective: float  # lr after the optional linear scaling by the worker count
+    settings: WorkerSettings
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> TrialConfig:
+        return cls(
+            trial_id=config["trial_id"],
+            hparams=HParams(**config["hparams"]),
+            lr_effective=float(config["lr_effective"]),
+            settings=WorkerSettings.from_dict(config["settings"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial_id,
+            "hparams": self.hparams.to_dict(),
+            "lr_effective": self.lr_effective,
+            "settings": self.settings.to_dict(),
+        }
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.settings.out_dir) / "trials" / self.trial_id
+
+    def architecture(self) -> dict[str, Any]:
+        """The U-Net's size and normalisation, as both backends' builders take them."""
+        return {
+            "depth": self.settings.depth,
+            "base_filters": self.settings.base_filters,
+            "norm": self.hparams.norm,
+        }
+
+    def adam(self) -> dict[str, Any]:
+        """Adam's settings for this trial (``beta_1`` and ``epsilon`` are fixed, as in Keras)."""
+        return {
+            "lr": self.lr_effective,
+            "beta_2": self.hparams.beta_2,
+            "amsgrad": self.hparams.amsgrad,
+        }
+
+
+@dataclass(frozen=True)
+class Runner:
+    """What the framework running the trial gives it: this worker's rank among ``world_size``,
+    ``report(metrics, checkpoint=...)``, ``get_checkpoint()`` and the Checkpoint class."""
+
+    rank: int
+    world_size: int
+    report: Callable[..., None]
+    get_checkpoint: Callable[[], Any]
+    checkpoint_type: type
+
+    @classmethod
+    def from_ray(cls, mode: str) -> Runner:
+        """Ray Train's context in data mode, Ray Tune's (one worker) in experiment mode."""
+        if mode == "data":
+            import ray.train
+
+            context = ray.train.get_context()
+            return cls(
+                rank=context.get_world_rank(),
+                world_size=context.get_world_size(),
+                report=ray.train.report,
+                get_checkpoint=ray.train.get_checkpoint,
+                checkpoint_type=ray.train.Checkpoint,
+            )
+        import ray.tune
+
+        # Tune warns about Train's Checkpoint class in a Tune trial; it wants its own.
+        return cls(0, 1, ray.tune.report, ray.tune.get_checkpoint, ray.tune.Checkpoint)
+
+
+class ScalarBoard(ABC):
+    """Per-epoch scalars for TensorBoard, written with the backend's own writer."""
+
+    @abstractmethod
+    def add_scalar(self, name: str, value: float, epoch: int) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class TrialSteps(ABC):
+    """One backend's steps for one trial; the backend builds it with its model, optimizer and
+    data, and :func:`run_trial` calls it. Every rank calls every method, in this order:
+    ``restore`` (when resuming), then per epoch ``train_epoch``, ``validate`` and
+    ``save_checkpoint``, then ``finish_fields`` and ``save_model``.
+
+    Attributes set by the builder: ``steps_per_epoch`` (training steps on every rank),
+    ``global_batch`` (volumes per step over all ranks) and ``devices`` (what trains, e.g.
+    ``["CPU:x86_64"]``).
+    """
+
+    steps_per_epoch: int
+    global_batch: int
+    devices: list[str]
+
+    @abstractmethod
+    def restore(self, directory: Path) -> None:
+        """Load the state :meth:`save_checkpoint` wrote into ``directory``."""
+
+    @abstractmethod
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch (0-based); ``loss``, ``dice``, ``dice_<channel>`` over all ranks."""
+
+    @abstractmethod
+    def validate(self, epoch: int) -> dict[str, float]:
+        """The val split once: ``val_loss``, ``val_dice``, ``val_dice_<channel>``."""
+
+    @abstractmethod
+    def save_checkpoint(self, directory: Path) -> None:
+        """Write what resuming needs into ``directory`` (a rank's own temporary folder; only
+        rank 0's is kept)."""
+
+    @abstractmethod
+    def save_model(self, path: Path | None) -> None:
+        """Save the trained model to ``path`` (rank 0) or nowhere (``None``, other ranks)."""
+
+    @abstractmethod
+    def open_board(self, directory: Path) -> ScalarBoard:
+        """A TensorBoard writer into ``directory`` (rank 0 only)."""
+
+    def finish_fields(self) -> dict[str, Any]:
+        """What this worker measured by the end of training, added to its ``rank<k>.json``."""
+        return {}
+
+
+StepsBuilder = Callable[[TrialConfig, Runner], TrialSteps]
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by trials named in ``settings.fail_trials`` (fault-tolerance tests)."""
+
+
+def gpu_ids() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return [g for g in visible.split(",") if g]
+
+
+def cpu_name() -> str:
+    return platform.processor() or platform.machine()
+
+
+def train_loop(build_steps: StepsBuilder) -> Callable[[dict], None]:
+    """The ``train_loop_per_worker(config: dict)`` Ray runs, for a backend's steps builder.
+
+    A failure is noted in ``failed.json`` (time and error, for trials.csv) and re-raised, so
+    Ray retries or records it.
+    """
+
+    def train_loop_per_worker(config: dict) -> None:
+        started = time.time()
+        trial = TrialConfig.from_dict(config)
+        try:
+            run_trial(trial, Runner.from_ray(trial.settings.mode), build_steps, started)
+        except BaseException as exc:
+            trial.directory.mkdir(parents=True, exist_ok=True)
+            failure = {
+                "start_time": started,
+                "end_time": time.time(),
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+            (trial.directory / "failed.json").write_text(json.dumps(failure))
+            raise
+
+    return train_loop_per_worker
+
+
+def run_trial(
+    trial: TrialConfig, runner: Runner, build_steps: StepsBuilder, started: float
+) -> None:
+    """Train ``trial`` to the end (or resume it), reporting every epoch through ``runner``."""
+    settings = trial.settings
+    if report_if_finished(trial, runner.report):
+        return
+    start_attempt(trial, runner.rank, started)
+    steps = build_steps(trial, runner)
+    initial_epoch = 0
+    checkpoint = runner.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            steps.restore(Path(ckpt_dir))
+            initial_epoch = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())["epoch"]
+        log.info("resuming %s from epoch %d", trial.trial_id, initial_epoch)
+    write_worker_file(trial, runner, steps)
+    board = None
+    if runner.rank == 0 and not settings.debug:
+        board = steps.open_board(Path(settings.out_dir) / "tensorboard" / trial.trial_id)
+
+    fit_started = time.time()
+    history: list[dict[str, float]] = []
+    for epoch in range(initial_epoch, settings.epochs):
+        epoch_started = time.time()
+        metrics = {**steps.train_epoch(epoch), **steps.validate(epoch)}
+        history.append(metrics)
+        log.info(
+            "%s epoch %d/%d: %s (%.1f s)",
+            trial.trial_id,
+            epoch + 1,
+            settings.epochs,
+            " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+            time.time() - epoch_started,
+        )
+        if board is not None:
+            for name, value in metrics.items():
+                board.add_scalar(name, value, epoch + 1)
+        _report_epoch(steps, runner, metrics, epoch + 1)
+    fit_ended = time.time()
+    if board is not None:
+        board.close()
+    add_to_worker_file(trial, runner.rank, **steps.finish_fields())
+    steps.save_model(trial.directory / _model_file(settings) if runner.rank == 0 else None)
+    if runner.rank == 0:
+        write_result(
+            trial,
+            started=started,
+            fit_started=fit_started,
+            fit_ended=fit_ended,
+            steps=steps,
+            resumed_from_epoch=initial_epoch,
+            history=history,
+        )
+
+
+def _model_file(settings: WorkerSettings) -> str:
+    from distmis.backends import get
+
+    return get(settings.backend).trial_model_file
+
+
+def _report_epoch(
+    steps: TrialSteps, runner: Runner, metrics: Mapping[str, float], epochs_done: int
+) -> None:
+    """Report the epoch's metrics with a checkpoint (rank 0's; every rank writes one, as a
+    save may be a collective operation)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        steps.save_checkpoint(Path(tmp))
+        (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": epochs_done}))
+        checkpoint = runner.checkpoint_type.from_directory(tmp) if runner.rank == 0 else None
+        runner.report({**metrics, "epoch": epochs_done, "time": time.time()}, checkpoint=checkpoint)
+
+
+def report_if_finished(trial: TrialConfig, report: Callable[..., None]) -> bool:
+    """Report a trial whose ``result.json`` exists again instead of training it again.
+
+    Belt and braces for resumption: Tune restores from its last saved experiment state,
+    which can lag a trial that finished just before the job was killed.
+    """
+    finished = trial.directory / "result.json"
+    if not finished.is_file():
+        return False
+    stored = json.loads(finished.read_text())
+    report({**stored["metrics"], "epoch": stored["epochs"], "time": stored["end_time"]})
+    return True
+
+
+def start_attempt(trial: TrialConfig, rank: int, started: float) -> None:
+    """Log the attempt (rank 0) and raise for trials configured to fail."""
+    if rank == 0:
+        trial.directory.mkdir(parents=True, exist_ok=True)
+        with (trial.directory / "attempts.log").open("a") as fh:
+            fh.write(f"{started}\n")
+    if trial.trial_id in trial.settings.fail_trials:
+        raise InjectedFailure(f"trial {trial.trial_id} was configured to fail")
+
+
+def write_worker_file(trial: TrialConfig, runner: Runner, steps: TrialSteps) -> None:
+    workers_dir = trial.directory / "workers"
+    workers_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "backend": trial.settings.backend,
+        # Which frameworks this worker process has loaded (a torch worker should not hold
+        # TensorFlow's hundreds of MB, nor the reverse).
+        "frameworks_loaded": sorted({"tensorflow", "torch"} & set(sys.modules)),
+        "rank": runner.rank,
+        "world_size": runner.world_size,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "gpu_ids": gpu_ids(),
+        "batch_size_per_replica": trial.settings.batch_size_per_replica,
+        "global_batch_size": steps.global_batch,
+        "steps_per_epoch": steps.steps_per_epoch,
+        "devices": list(steps.devices),
+    }
+    (workers_dir / f"rank{runner.rank}.json").write_text(json.dumps(payload, indent=2))
+
+
+def add_to_worker_file(trial: TrialConfig, rank: int, **extra: Any) -> None:
+    """Add what a worker measured by the end of training to its ``rank<k>.json``."""
+    if not extra:
+        return
+    path = trial.directory / "workers" / f"rank{rank}.json"
+    payload = json.loads(path.read_text())
+    payload.update(extra)
+    path.write_text(json.dumps(payload, indent=2))
+
+
+def write_result(
+    trial: TrialConfig,
+    *,
+    started: float,
+    fit_started: float,
+    fit_ended: float,
+    steps: TrialSteps,
+    resumed_from_epoch: int,
+    history: list[dict[str, float]],
+) -> None:
+    """``result.json`` of a finished trial (rank 0 only), after its model file is saved.
+
+    ``metrics`` are the last epoch's; ``history`` every epoch this attempt trained, in order.
+    Volumes trained: the epochs this attempt ran × ``steps_per_epoch`` × ``global_batch``.
+    """
+    epochs = trial.settings.epochs
+    result = {
+        "trial_id": trial.trial_id,
+        "backend": trial.settings.backend,
+        "start_time": started,
+        "fit_start_time": fit_started,
+        "end_time": time.time(),
+        "fit_seconds": fit_ended - fit_started,
+        "volumes_trained": (epochs - resumed_from_epoch)
+        * steps.steps_per_epoch
+        * steps.global_batch,
+        "epochs": epochs,
+        "resumed_from_epoch": resumed_from_epoch,
+        "metrics": dict(history[-1]) if history else {},
+        "history": [dict(epoch) for epoch in history],
+        "devices": list(steps.devices),
+    }
+    (trial.directory / "result.json").write_text(json.dumps(result, indent=2))

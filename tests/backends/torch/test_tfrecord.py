@@ -1,0 +1,308 @@
+"""The TensorFlow-free TFRecord reader against TensorFlow's, on shards the real converter wrote."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from torch.utils.data import DataLoader
+
+from distmis.backends.torch.tfrecord import (
+    Part,
+    TFRecordVolumes,
+    decode_payload,
+    masked_crc32c,
+    parse_example,
+    rank_part,
+    read_part,
+    read_payloads,
+    read_records,
+)
+from distmis.data.convert import ConvertParams, convert_dataset
+from distmis.data.info import DatasetInfo, ShardInfo
+from distmis.data.records import decode_example, encode_example
+from distmis.data.synthetic import synthesize_dataset
+from distmis.errors import ContractError
+
+SOURCE_SHAPE = (20, 20, 16)
+STORED_SHAPE = (16, 16, 16)
+CASES = 10
+
+
+@pytest.fixture(scope="module")
+def msd_task(tmp_path_factory) -> Path:
+    return synthesize_dataset(
+        tmp_path_factory.mktemp("msd"), CASES, SOURCE_SHAPE, 5, progress=False
+    )
+
+
+def _convert(task: Path, out: Path, **params) -> DatasetInfo:
+    settings = {"shape": STORED_SHAPE, "split": (0.6, 0.2, 0.2), "shards": (4, 1, 1), **params}
+    convert_dataset(task, out, ConvertParams(**settings), workers=2, progress=False)
+    return DatasetInfo.from_dir(out)
+
+
+@pytest.fixture(scope="module")
+def plain(msd_task, tmp_path_factory) -> DatasetInfo:
+    """Uncompressed float32 shards, 3 label channels, 4 train shards."""
+    return _convert(msd_task, tmp_path_factory.mktemp("plain"), label_mode="regions")
+
+
+@pytest.fixture(scope="module")
+def gzipped(msd_task, tmp_path_factory) -> DatasetInfo:
+    """GZIP float16 shards, 1 label channel."""
+    return _convert(
+        msd_task,
+        tmp_path_factory.mktemp("gzip"),
+        label_mode="binary",
+        compression="gzip",
+        image_dtype="float16",
+    )
+
+
+def _all_files(info: DatasetInfo) -> list[str]:
+    return [f for split in info.splits for f in info.shard_files(split)]
+
+
+def _assert_matches_tensorflow(info: DatasetInfo) -> None:
+    k = len(info.label_channels)
+    for file in _all_files(info):
+        theirs = [
+            decode_example(raw.numpy(), info.image_dtype, k)
+            for raw in tf.data.TFRecordDataset([file], compression_type=info.tf_compression)
+        ]
+        ours = list(read_records(file, info.image_dtype, k, info.compression))
+        assert len(ours) == len(theirs) > 0
+        for mine, ref in zip(ours, theirs, strict=True):
+            assert mine.case_id == ref.case_id
+            assert mine.image.dtype == ref.image.dtype and mine.image.shape == ref.image.shape
+            assert mine.label.dtype == ref.label.dtype and mine.label.shape == ref.label.shape
+            assert mine.image.tobytes() == ref.image.tobytes()
+            assert mine.label.tobytes() == ref.label.tobytes()
+
+
+def test_reader_matches_tensorflow_byte_for_byte(plain):
+    assert plain.image_shape == (*STORED_SHAPE, 4) and len(plain.label_channels) == 3
+    _assert_matches_tensorflow(plain)
+
+
+def test_reader_matches_tensorflow_on_gzip_float16(gzipped):
+    assert gzipped.compression == "gzip" and gzipped.image_dtype == "float16"
+    assert Path(_all_files(gzipped)[0]).read_bytes()[:2] == b"\x1f\x8b"  # really gzip
+    _assert_matches_tensorflow(gzipped)
+
+
+def test_masked_crc_matches_known_value():
+    # CRC32C("123456789") = 0xE3069283 (the standard check value); masked by hand:
+    crc = 0xE3069283
+    expected = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+    assert masked_crc32c(b"123456789") == expected
+
+
+def test_parse_example_agrees_with_protobuf_on_negative_and_unpacked_ints():
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=[2, -1, 300, 0])),
+                "case_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a", b""])),
+            }
+        )
+    )
+    assert parse_example(example.SerializeToString()) == {
+        "shape": [2, -1, 300, 0],
+        "case_id": [b"a", b""],
+    }
+    # Int64List written unpacked (field 1, varint, per value), as older writers may do.
+    unpacked = bytes([0x08, 0x05, 0x08, 0x07])
+    feature = bytes([0x1A, len(unpacked)]) + unpacked  # Feature.int64_list = 3
+    entry = bytes([0x0A, 1]) + b"n" + bytes([0x12, len(feature)]) + feature
+    features = bytes([0x0A, len(entry)]) + entry
+    assert parse_example(bytes([0x0A, len(features)]) + features) == {"n": [5, 7]}
+
+
+def test_decode_payload_round_trips_encode_example():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 2, 6, 3)).astype(np.float32)
+    label = (rng.random((4, 2, 6, 2)) > 0.5).astype(np.uint8)
+    record = decode_payload(encode_example("BRATS_042", image, label), "float32", 2)
+    assert record.case_id == "BRATS_042"
+    np.testing.assert_array_equal(record.image, image)
+    np.testing.assert_array_equal(record.label, label)
+
+
+def _copy(src: str, dst: Path) -> Path:
+    dst.write_bytes(Path(src).read_bytes())
+    return dst
+
+
+def test_corrupt_payload_byte_names_shard_and_record(plain, tmp_path):
+    shard = _copy(plain.shard_files("train")[0], tmp_path / "bad.tfrecord")
+    data = bytearray(shard.read_bytes())
+    (first_length,) = struct.unpack("<Q", data[:8])
+    second = 12 + first_length + 4  # start of record 1
+    data[second + 12 + 100] ^= 0x01  # one bit inside record 1's payload
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ContractError, match=r"bad\.tfrecord: record 1: CRC32C of the payload"):
+        list(read_payloads(shard))
+
+
+def test_corrupt_length_is_caught_by_its_crc(plain, tmp_path):
+    shard = _copy(plain.shard_files("train")[0], tmp_path / "len.tfrecord")
+    data = bytearray(shard.read_bytes())
+    data[0] ^= 0x04
+    shard.write_bytes(bytes(data))
+    with pytest.raises(
+        ContractError, match=r"len\.tfrecord: record 0: CRC32C of the record length"
+    ):
+        list(read_payloads(shard))
+
+
+@pytest.mark.parametrize("cut", [5, 12 + 50, -2])
+def test_truncated_file_names_shard(plain, tmp_path, cut):
+    shard = _copy(plain.shard_files("train")[0], tmp_path / "cut.tfrecord")
+    data = shard.read_bytes()
+    shard.write_bytes(data[:cut])
+    with pytest.raises(ContractError, match=r"cut\.tfrecord: record \d+: file ends inside"):
+        list(read_payloads(shard))
+
+
+def test_truncated_gzip_names_shard(gzipped, tmp_path):
+    shard = _copy(gzipped.shard_files("train")[0], tmp_path / "cut.tfrecord.gz")
+    shard.write_bytes(shard.read_bytes()[:-40])
+    with pytest.raises(ContractError, match=r"cut\.tfrecord\.gz"):
+        list(read_payloads(shard, "gzip"))
+
+
+def test_corrupt_payload_inside_gzip_names_shard(plain, tmp_path):
+    raw = bytearray(Path(plain.shard_files("val")[0]).read_bytes())
+    raw[-10] ^= 0xFF  # inside the last record's payload
+    shard = tmp_path / "val.tfrecord.gz"
+    shard.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(
+        ContractError, match=r"val\.tfrecord\.gz: record \d+: CRC32C of the payload"
+    ):
+        list(read_payloads(shard, "gzip"))
+
+
+def test_missing_shard_names_it(tmp_path):
+    with pytest.raises(ContractError, match=r"nope\.tfrecord is missing"):
+        list(read_payloads(tmp_path / "nope.tfrecord"))
+
+
+def _record_ids(part: Part) -> list[tuple[str, int]]:
+    """``(shard file, record number)`` of every record ``part`` keeps, by info.json counts."""
+    stream = [(s.file.name, i) for s in part.shards for i in range(s.records)]
+    return stream[part.offset :: part.stride]
+
+
+def _shards(*counts: int) -> list[ShardInfo]:
+    return [ShardInfo(Path(f"s{i}.tfrecord"), n, "") for i, n in enumerate(counts)]
+
+
+@pytest.mark.parametrize("counts", [(3, 1, 2, 2, 0, 1), (5,), (2, 3)])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 7])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_parts_of_ranks_and_workers_are_disjoint_and_covering(counts, world_size, workers):
+    shards = _shards(*counts)
+    everything = _record_ids(Part(tuple(shards)))
+    by_rank = [rank_part(shards, rank, world_size) for rank in range(world_size)]
+    assert sorted(i for part in by_rank for i in _record_ids(part)) == sorted(everything)
+    for part in by_rank:
+        assert part.records == len(_record_ids(part))
+        by_worker = [part.for_worker(w, workers) for w in range(workers)]
+        assert sorted(i for p in by_worker for i in _record_ids(p)) == sorted(_record_ids(part))
+        assert sum(p.records for p in by_worker) == part.records
+
+
+def test_whole_shards_while_there_are_enough_else_every_nth_record():
+    shards = _shards(2, 2, 1, 1)
+    assert rank_part(shards, 1, 2) == Part((shards[1], shards[3]))
+    # 4 shards, 5 ranks: as tf.data's shard(5, 4) over all records in file order.
+    assert rank_part(shards, 4, 5) == Part(tuple(shards), offset=4, stride=5)
+    assert _record_ids(rank_part(shards, 0, 5)) == [("s0.tfrecord", 0), ("s3.tfrecord", 0)]
+    # A rank's whole shards go to its workers whole while each gets one ...
+    assert rank_part(shards, 0, 2).for_worker(1, 2) == Part((shards[2],))
+    # ... else each worker keeps every 3rd of the rank's records.
+    assert rank_part(shards, 0, 2).for_worker(1, 3) == Part((shards[0], shards[2]), 1, 3)
+    # Record-sharded parts compose: rank 1 of 5's records, worker 1 of 2 → every 10th from 6.
+    assert rank_part(shards, 1, 5).for_worker(1, 2) == Part(tuple(shards), 6, 10)
+
+
+def test_shuffled_part_permutes_whole_shards_only():
+    shards = _shards(1, 1, 1, 1, 1, 1)
+    shuffled = Part(tuple(shards)).shuffled(np.random.default_rng(0))
+    assert sorted(s.file.name for s in shuffled.shards) == sorted(s.file.name for s in shards)
+    assert shuffled.shards != tuple(shards)
+    with pytest.raises(ValueError, match="record-sharded part must keep its shard order"):
+        Part(tuple(shards), 1, 2).shuffled(np.random.default_rng(0))
+
+
+def test_read_part_keeps_every_nth_record_across_shards(plain):
+    shards = plain.splits["train"]
+    k = len(plain.label_channels)
+    everything = [r.case_id for s in shards for r in read_records(s.file, "float32", k)]
+    part = Part(tuple(shards), offset=1, stride=3)
+    got = [r.case_id for r in read_part(part, plain.image_dtype, k, plain.compression)]
+    assert got == everything[1::3] and len(got) == part.records
+
+
+def test_dataset_yields_channels_first_float32(plain):
+    dataset = TFRecordVolumes(plain.root, "train")
+    items = list(dataset)
+    assert len(items) == plain.count("train")
+    image, label = items[0]
+    assert image.dtype == torch.float32 and label.dtype == torch.float32
+    assert tuple(image.shape) == (4, *STORED_SHAPE) and tuple(label.shape) == (3, *STORED_SHAPE)
+    first = next(read_records(plain.shard_files("train")[0], "float32", 3, plain.compression))
+    np.testing.assert_array_equal(image.numpy(), np.moveaxis(first.image, -1, 0))
+    np.testing.assert_array_equal(label.numpy(), np.moveaxis(first.label, -1, 0))
+
+
+def _signature(image: torch.Tensor) -> bytes:
+    return image.numpy().tobytes()
+
+
+# 4 train shards: (2, 2) and (1, 3) split whole shards, (5, 1) and (2, 3) fall back to records.
+@pytest.mark.parametrize("world_size,workers", [(2, 1), (2, 2), (1, 3), (5, 1), (2, 3)])
+def test_ranks_and_workers_split_disjoint_and_covering(plain, world_size, workers):
+    everything = sorted(_signature(image) for image, _ in TFRecordVolumes(plain.root, "train"))
+    seen = []
+    for rank in range(world_size):
+        dataset = TFRecordVolumes(plain.root, "train", rank=rank, world_size=world_size)
+        loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+        mine = [_signature(image) for image, _ in loader]
+        assert mine, f"rank {rank} of {world_size} with {workers} workers read nothing"
+        seen += mine
+    assert sorted(seen) == everything
+
+
+def test_record_count_mismatch_with_info_raises(plain, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(plain.root, root)
+    info = DatasetInfo.from_dir(root)
+    first = info.splits["train"][0].file
+    data = first.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    first.write_bytes(data[: 12 + length + 4])  # keep only record 0, cleanly framed
+    with pytest.raises(ContractError, match="holds 1 records but info.json says"):
+        list(TFRecordVolumes(root, "train"))
+
+
+def test_reader_does_not_import_tensorflow():
+    code = (
+        "import sys, distmis.backends.torch.tfrecord, distmis.backends.torch.unet, "
+        "distmis.backends.torch.losses, distmis.backends.torch.data, "
+        "distmis.backends.torch.checkpoint\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'ray')]\n"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,211 @@
+"""The scaling table: speedup and efficiency per series, run columns, scaling.csv, test Dice."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from distmis.errors import ContractError
+from distmis.scaling.table import (
+    attach_test_dice,
+    own_efficiency,
+    own_speedup,
+    read_scaling_csv,
+    scaling_table,
+    write_scaling_csv,
+)
+from distmis.scaling.timings import load_runs
+from tests.scaling.helpers import START, eval_summary, trial_row, write_run
+
+
+def test_speedup_and_efficiency_exact(tmp_path: Path):
+    for gpus, makespan in ((1, 100.0), (2, 60.0), (4, 30.0)):
+        write_run(tmp_path, "experiment", gpus, makespan)
+    table = scaling_table(load_runs(tmp_path))
+    assert list(table["gpus"]) == [1, 2, 4]
+    assert list(table["base_gpus"]) == [1, 1, 1]
+    assert list(table["speedup_vs_1gpu"]) == pytest.approx([1.0, 5 / 3, 10 / 3], rel=1e-12)
+    assert list(table["efficiency_vs_1gpu"]) == pytest.approx([1.0, 5 / 6, 5 / 6], rel=1e-12)
+    assert list(own_speedup(table)) == pytest.approx([1.0, 5 / 3, 10 / 3], rel=1e-12)
+
+
+def test_columns_in_documented_order(tmp_path: Path):
+    write_run(tmp_path, "data", 1, 100.0, drop=["backend"])
+    table = scaling_table(load_runs(tmp_path))
+    assert list(table.columns) == [
+        "backend",
+        "mode",
+        "gpus",
+        "base_gpus",
+        "makespan_seconds",
+        "speedup_vs_1gpu",
+        "efficiency_vs_1gpu",
+        "trials_ok",
+        "trials_failed",
+        "mean_trial_seconds",
+        "volumes_per_second",
+        "best_val_dice",
+        "resumed",
+        "device",
+    ]
+    assert table.loc[0, "backend"] == "tensorflow"  # no `backend` key: TensorFlow
+
+
+def test_missing_base_uses_smallest_g_and_says_so(tmp_path: Path):
+    write_run(tmp_path, "data", 2, 80.0)
+    write_run(tmp_path, "data", 4, 50.0)
+    table = scaling_table(load_runs(tmp_path))
+    assert "speedup_vs_1gpu" not in table.columns
+    assert list(table["base_gpus"]) == [2, 2]
+    assert list(table["speedup_vs_2gpu"]) == pytest.approx([1.0, 1.6], rel=1e-12)
+    # 1.6x from doubling the GPUs: efficiency 0.8 relative to the 2-GPU base.
+    assert list(table["efficiency_vs_2gpu"]) == pytest.approx([1.0, 0.8], rel=1e-12)
+
+
+def test_series_with_different_bases_fill_their_own_columns(tmp_path: Path):
+    write_run(tmp_path, "data", 1, 100.0)
+    write_run(tmp_path, "data", 2, 50.0)
+    write_run(tmp_path, "experiment", 2, 90.0)
+    write_run(tmp_path, "experiment", 4, 60.0)
+    table = scaling_table(load_runs(tmp_path)).set_index(["mode", "gpus"])
+    assert table.loc[("data", 2), "speedup_vs_1gpu"] == pytest.approx(2.0)
+    assert pd.isna(table.loc[("data", 2), "speedup_vs_2gpu"])
+    assert table.loc[("experiment", 4), "speedup_vs_2gpu"] == pytest.approx(1.5)
+    assert pd.isna(table.loc[("experiment", 4), "speedup_vs_1gpu"])
+    own = own_efficiency(table.reset_index())
+    assert list(own) == pytest.approx([1.0, 1.0, 1.0, 0.75], rel=1e-12)
+
+
+def test_each_backend_makes_its_own_series(tmp_path: Path):
+    write_run(tmp_path, "data", 1, 100.0)
+    write_run(tmp_path, "data", 2, 50.0)
+    write_run(tmp_path, "data", 1, 80.0, backend="torch")
+    write_run(tmp_path, "data", 2, 20.0, backend="torch")
+    runs = load_runs(tmp_path)  # found in {backend}/{mode}/{G}gpu
+    assert [r.directory.relative_to(tmp_path).as_posix() for r in runs] == [
+        "tensorflow/data/1gpu",
+        "tensorflow/data/2gpu",
+        "torch/data/1gpu",
+        "torch/data/2gpu",
+    ]
+    table = scaling_table(runs)
+    speedups = {
+        (row.backend, row.gpus): row.speedup_vs_1gpu for row in table.itertuples(index=False)
+    }
+    assert speedups == {
+        ("tensorflow", 1): 1.0,
+        ("tensorflow", 2): 2.0,
+        ("torch", 1): 1.0,
+        ("torch", 2): 4.0,
+    }
+
+
+def test_throughput_mean_seconds_and_counts(tmp_path: Path):
+    rows = [
+        trial_row("a", START, START + 10, volumes_per_second=2.0),  # 20 volumes
+        trial_row("b", START + 10, START + 40, volumes_per_second=1.0),  # 30 volumes
+        trial_row("c", START + 40, START + 45, status="failed"),
+    ]
+    write_run(tmp_path, "experiment", 1, 100.0, rows, best_val_dice=0.7, use_gpu=False)
+    row = scaling_table(load_runs(tmp_path)).iloc[0]
+    assert (row["trials_ok"], row["trials_failed"]) == (2, 1)
+    assert row["mean_trial_seconds"] == pytest.approx(20.0)  # failed trial not averaged
+    assert row["volumes_per_second"] == pytest.approx(0.5)  # 50 volumes / 100 s makespan
+    assert row["best_val_dice"] == pytest.approx(0.7)
+    assert row["device"] == "cpu"
+
+
+def test_no_best_gives_nan_dice(tmp_path: Path):
+    rows = [trial_row("a", START, START + 5, status="failed")]
+    write_run(tmp_path, "data", 1, 10.0, rows, best_val_dice=None)
+    row = scaling_table(load_runs(tmp_path)).iloc[0]
+    assert pd.isna(row["best_val_dice"]) and pd.isna(row["mean_trial_seconds"])
+    assert row["volumes_per_second"] == 0.0
+
+
+def test_resumed_run_is_kept_and_flagged(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    write_run(tmp_path, "data", 1, 100.0, resumed=True)
+    write_run(tmp_path, "data", 2, 60.0)
+    with caplog.at_level(logging.WARNING):
+        table = scaling_table(load_runs(tmp_path))
+    assert list(table["resumed"]) == [True, False]
+    assert "resumed" in caplog.text and "base run" in caplog.text
+
+
+def test_scaling_csv_round_trip(tmp_path: Path):
+    write_run(tmp_path / "train", "data", 1, 100.0, resumed=True)
+    write_run(tmp_path / "train", "data", 2, 60.0)
+    table = scaling_table(load_runs(tmp_path / "train"))
+    path = write_scaling_csv(table, tmp_path / "out" / "scaling.csv")
+    back = read_scaling_csv(path)
+    assert list(back.columns) == list(table.columns)
+    assert list(back["resumed"]) == [True, False]
+    assert list(back["speedup_vs_1gpu"]) == pytest.approx([1.0, 5 / 3], rel=1e-5)
+    assert [p.name for p in path.parent.iterdir()] == ["scaling.csv"]  # no temp file left
+
+
+def test_read_scaling_csv_names_missing_columns(tmp_path: Path):
+    path = tmp_path / "scaling.csv"
+    path.write_text("backend,mode,gpus\ntensorflow,data,1\n")
+    with pytest.raises(ContractError, match=r"scaling\.csv lacks column\(s\) base_gpus"):
+        read_scaling_csv(path)
+
+
+# --- test Dice from rule evaluate ---------------------------------------------------------
+
+
+def dice_table() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "backend": ["tensorflow", "tensorflow", "torch", "torch"],
+            "mode": ["data", "data", "data", "experiment"],
+            "gpus": [1, 2, 2, 2],
+        }
+    )
+
+
+def test_attach_test_dice_puts_the_mean_region_dice_on_the_evaluated_run(tmp_path):
+    evals = [
+        # Evaluated from the model card; the backend from the summary's own key.
+        eval_summary(
+            tmp_path / "evaluate/tensorflow/data/summary.json",
+            "results/train/tensorflow/data/2gpu/best_model.json",
+            [0.9, 0.6],
+            backend="tensorflow",
+        ),
+        # No backend key: the eval folder (and the model's) says torch.
+        eval_summary(
+            tmp_path / "evaluate/torch/data/summary.json",
+            "results/train/torch/data/2gpu/best_model.pt",
+            [0.5],
+        ),
+    ]
+    out = attach_test_dice(dice_table(), evals)
+    assert out["test_dice"].isna().tolist() == [True, False, False, True]
+    assert out.loc[1, "test_dice"] == pytest.approx(0.75)
+    assert out.loc[2, "test_dice"] == pytest.approx(0.5)
+
+
+def test_attach_test_dice_reads_a_summary_from_before_backend_folders(tmp_path):
+    summary = eval_summary(
+        tmp_path / "evaluate/data/summary.json", "results/train/data/2gpu/best_model.keras", [0.8]
+    )
+    out = attach_test_dice(dice_table(), [summary])
+    assert out["test_dice"].isna().tolist() == [True, False, True, True]  # TensorFlow's
+
+
+@pytest.mark.parametrize(
+    ("where", "model", "key"),
+    [
+        ("evaluate/torch/data", "results/train/torch/data/2gpu/best_model.json", "tensorflow"),
+        ("evaluate/torch/data", "results/train/tensorflow/data/2gpu/best_model.json", None),
+    ],
+)
+def test_attach_test_dice_refuses_a_backend_its_folders_contradict(tmp_path, where, model, key):
+    extra = {} if key is None else {"backend": key}
+    summary = eval_summary(tmp_path / where / "summary.json", model, [0.8], **extra)
+    with pytest.raises(ContractError, match=r"summary\.json: backend .* disagrees"):
+        attach_test_dice(dice_table(), [summary])

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+import distmis
+from distmis.config import validate_config
+from distmis.errors import ConfigError
+from distmis.train.grid import HParams, expand_grid
+from distmis.train.settings import TrainSettings
+from distmis.train.trial import WorkerSettings
+
+
+def settings(tmp_path: Path, **train) -> TrainSettings:
+    config = validate_config({"train": train})
+    return TrainSettings.from_config(
+        config["train"], mode="data", gpus=4, tfrecord_dir=tmp_path, out_dir=tmp_path / "out"
+    )
+
+
+def test_paper_grid_has_32_configurations_in_fixed_order(tmp_path):
+    grid = settings(tmp_path).grid()
+    assert len(grid) == 32
+    assert grid[0] == HParams(lr=1e-4, norm="batch", beta_2=0.99, amsgrad=True)
+    assert grid[-1] == HParams(lr=5e-3, norm="group", beta_2=0.999, amsgrad=False)
+    assert len({hp.trial_id for hp in grid}) == 32
+    assert grid[0].trial_id == "lr=0.0001_norm=batch_beta2=0.99_amsgrad=1"
+
+
+def test_expand_grid_needs_every_hyperparameter():
+    with pytest.raises(ValueError, match="lacks"):
+        expand_grid({"lr": [0.1]})
+
+
+def test_linear_lr_scaling_only_in_data_mode_when_switched_on(tmp_path):
+    hp = HParams(lr=1e-3, norm="batch", beta_2=0.99, amsgrad=False)
+    assert settings(tmp_path).lr_effective(hp) == 1e-3
+    scaled = settings(tmp_path, scale_lr=True)
+    assert scaled.lr_effective(hp) == pytest.approx(4e-3)
+    from dataclasses import replace
+
+    assert replace(scaled, mode="experiment").lr_effective(hp) == 1e-3
+
+
+def test_seed_config_maps_original_keys(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(
+        json.dumps({"num_replicas": 2, "batch_size_per_replica": 3, "num_epochs": 7, "debug": True})
+    )
+    s = settings(tmp_path).with_seed_config(path)
+    assert (s.gpus, s.batch_size_per_replica, s.epochs, s.debug) == (2, 3, 7, True)
+    path.write_text(json.dumps({"num_epoch": 7}))
+    with pytest.raises(ConfigError, match="unknown key.*num_epoch"):
+        settings(tmp_path).with_seed_config(path)
+
+
+def test_seed_config_maps_the_original_pytorch_keys(tmp_path):
+    path = tmp_path / "torch.json"
+    path.write_text(
+        json.dumps(
+            {
+                "lr": 0.002,
+                "epochs": 5,
+                "verbose": 1,
+                "nodes": 2,
+                "gpus": 4,
+                "batch_size": 3,
+                "num_workers": 8,
+                "use_gpu": True,
+            }
+        )
+    )
+    s = settings(tmp_path, backend="torch").with_seed_config(path)
+    assert (s.gpus, s.epochs, s.batch_size_per_replica, s.use_gpu, s.debug) == (8, 5, 3, True, True)
+    # One lr replaces the grid's lr axis; the other axes stay.
+    assert {hp.lr for hp in s.grid()} == {0.002}
+    assert len(s.grid()) == 8
+
+
+def test_seed_config_derives_and_checks_the_worker_count(tmp_path):
+    path = tmp_path / "torch.json"
+    path.write_text(json.dumps({"nodes": 3, "gpus": 2}))
+    assert settings(tmp_path).with_seed_config(path).gpus == 6
+    path.write_text(json.dumps({"nodes": 2, "gpus": 4, "num_workers": 6}))
+    with pytest.raises(ConfigError, match="num_workers 6 != nodes 2 × gpus 4"):
+        settings(tmp_path).with_seed_config(path)
+    path.write_text(json.dumps({"num_replicas": 2, "num_workers": 4}))
+    with pytest.raises(ConfigError, match="disagrees"):
+        settings(tmp_path).with_seed_config(path)
+    path.write_text(json.dumps({"batch_size": 0}))
+    with pytest.raises(ConfigError, match="batch_size_per_replica must be an integer >= 1"):
+        settings(tmp_path).with_seed_config(path)
+
+
+def test_backend_is_chosen_from_the_config(tmp_path):
+    assert settings(tmp_path).backend == "tensorflow"
+    torch_settings = settings(
+        tmp_path, backend="torch", torch={"precision": "bf16", "channels_last_3d": True}
+    )
+    assert (torch_settings.backend, torch_settings.precision) == ("torch", "bf16")
+    assert torch_settings.worker_settings().channels_last_3d is True
+    config = validate_config(
+        {"train": {"backend": ["tensorflow", "torch"], "torch": {"precision": "bf16"}}}
+    )
+    with pytest.raises(ConfigError, match="choose one"):
+        TrainSettings.from_config(
+            config["train"], mode="data", gpus=1, tfrecord_dir=tmp_path, out_dir=tmp_path
+        )
+    picked = {
+        backend: TrainSettings.from_config(
+            config["train"],
+            mode="data",
+            gpus=1,
+            tfrecord_dir=tmp_path,
+            out_dir=tmp_path,
+            backend=backend,
+        )
+        for backend in ("tensorflow", "torch")
+    }
+    # The torch switches reach only torch; TensorFlow trains in fp32.
+    assert picked["torch"].precision == "bf16"
+    assert picked["tensorflow"].precision == "fp32"
+
+
+def test_fp16_needs_gpus_and_unknown_backends_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="fp16 needs train.use_gpu"):
+        validate_config({"train": {"backend": "torch", "torch": {"precision": "fp16"}}})
+    assert validate_config(
+        {"train": {"backend": "torch", "use_gpu": True, "torch": {"precision": "fp16"}}}
+    )
+    with pytest.raises(ConfigError, match="train.backend"):
+        validate_config({"train": {"backend": "jax"}})
+
+
+def test_worker_settings_cross_to_workers_whole_and_refuse_drift(tmp_path):
+    for backend in ("tensorflow", "torch"):
+        worker = settings(tmp_path, backend=backend).worker_settings()
+        payload = json.loads(json.dumps(worker.to_dict()))  # what Ray carries: JSON-able
+        assert WorkerSettings.from_dict(payload) == worker
+    with pytest.raises(KeyError, match=r"missing \['seed'\], unknown \['sede'\]"):
+        WorkerSettings.from_dict({**{k: v for k, v in payload.items() if k != "seed"}, "sede": 0})
+
+
+def _attributes_read(path: Path, owner: str) -> set[str]:
+    """Names ``x`` of every ``<owner>.x`` / ``self.<owner>.x`` read in the module at ``path``."""
+    reads = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute):
+            base = node.value
+            name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", None)
+            if name == owner:
+                reads.add(node.attr)
+    return reads
+
+
+def test_every_worker_setting_is_read_by_the_skeleton_or_a_backend_loop():
+    # A setting nobody reads is a switch that silently does nothing.
+    src = Path(distmis.__file__).parent
+    loops = [src / "train" / "trial.py", *sorted(src.glob("backends/*/loop.py"))]
+    assert len(loops) == 3
+    read = set().union(*(_attributes_read(path, "settings") for path in loops))
+    assert {f.name for f in fields(WorkerSettings)} - read == set()

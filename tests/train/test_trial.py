@@ -1,0 +1,188 @@
+"""The per-trial skeleton both backends share, driven without Ray: a runner that records what
+it is told, and steps that count what they are asked to do."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from distmis.config import validate_config
+from distmis.train.grid import HParams
+from distmis.train.settings import TrainSettings
+from distmis.train.trial import (
+    InjectedFailure,
+    Runner,
+    ScalarBoard,
+    TrialConfig,
+    TrialSteps,
+    run_trial,
+    train_loop,
+)
+
+
+class DirectoryCheckpoint:
+    """What Ray's Checkpoint offers the skeleton: ``from_directory`` and ``as_directory``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def from_directory(cls, path: str) -> DirectoryCheckpoint:
+        kept = Path(path).parent / f"kept-{len(list(Path(path).parent.glob('kept-*')))}"
+        shutil.copytree(path, kept)  # Ray persists it before the temporary folder goes
+        return cls(kept)
+
+    def as_directory(self):
+        import contextlib
+
+        return contextlib.nullcontext(str(self.path))
+
+
+class RecordingRunner:
+    def __init__(self, rank: int = 0, world_size: int = 1, checkpoint=None) -> None:
+        self.reports: list[tuple[dict, object]] = []
+        self.checkpoint = checkpoint
+        self.runner = Runner(
+            rank, world_size, self.report, lambda: self.checkpoint, DirectoryCheckpoint
+        )
+
+    def report(self, metrics, checkpoint=None) -> None:
+        self.reports.append((metrics, checkpoint))
+
+
+class CountingBoard(ScalarBoard):
+    def __init__(self) -> None:
+        self.scalars: list[tuple[str, float, int]] = []
+        self.closed = False
+
+    def add_scalar(self, name, value, epoch) -> None:
+        self.scalars.append((name, value, epoch))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class CountingSteps(TrialSteps):
+    """Loss falls by 0.1 per epoch; the 'model' is the number of epochs trained."""
+
+    def __init__(self, trial: TrialConfig, runner: Runner) -> None:
+        self.steps_per_epoch, self.global_batch, self.devices = 3, 2 * runner.world_size, ["CPU:t"]
+        self.epochs_trained = 0
+        self.calls: list[str] = []
+        self.board = CountingBoard()
+        CountingSteps.last = self
+
+    def restore(self, directory: Path) -> None:
+        self.calls.append("restore")
+        self.epochs_trained = json.loads((directory / "model.json").read_text())["epochs"]
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.calls.append(f"train{epoch}")
+        self.epochs_trained += 1
+        return {"loss": 1.0 - 0.1 * self.epochs_trained, "dice": 0.1 * self.epochs_trained}
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        self.calls.append(f"validate{epoch}")
+        return {"val_loss": 0.9, "val_dice": 0.2 * self.epochs_trained}
+
+    def save_checkpoint(self, directory: Path) -> None:
+        (directory / "model.json").write_text(json.dumps({"epochs": self.epochs_trained}))
+
+    def save_model(self, path: Path | None) -> None:
+        self.calls.append(f"save_model:{path.name if path else None}")
+        if path is not None:
+            path.write_text(str(self.epochs_trained))
+
+    def open_board(self, directory: Path) -> ScalarBoard:
+        return self.board
+
+    def finish_fields(self) -> dict:
+        return {"epochs_trained": self.epochs_trained}
+
+
+def trial_config(tmp_path: Path, backend: str = "torch", **train) -> TrialConfig:
+    config = validate_config({"train": {"backend": backend, "epochs": 3, **train}})
+    settings = TrainSettings.from_config(
+        config["train"], mode="data", gpus=1, tfrecord_dir=tmp_path, out_dir=tmp_path / "out"
+    )
+    return settings.trial_config(HParams(lr=1e-3, norm="batch", beta_2=0.99, amsgrad=False))
+
+
+def test_a_trial_trains_every_epoch_reports_each_and_leaves_the_contract_files(tmp_path):
+    trial = trial_config(tmp_path)
+    runner = RecordingRunner()
+    run_trial(trial, runner.runner, CountingSteps, started=100.0)
+    steps = CountingSteps.last
+    assert steps.calls == [
+        "train0", "validate0", "train1", "validate1", "train2", "validate2", "save_model:model.pt"
+    ]  # fmt: skip
+    assert [m["epoch"] for m, _ in runner.reports] == [1, 2, 3]
+    assert all(checkpoint is not None for _, checkpoint in runner.reports)
+    last_checkpoint = runner.reports[-1][1].path
+    assert json.loads((last_checkpoint / "state.json").read_text()) == {"epoch": 3}
+    result = json.loads((trial.directory / "result.json").read_text())
+    assert result["metrics"] == {"loss": pytest.approx(0.7), "dice": pytest.approx(0.3),
+                                 "val_loss": 0.9, "val_dice": pytest.approx(0.6)}  # fmt: skip
+    assert len(result["history"]) == 3 and result["resumed_from_epoch"] == 0
+    assert result["volumes_trained"] == 3 * 3 * 2 and result["start_time"] == 100.0
+    worker = json.loads((trial.directory / "workers" / "rank0.json").read_text())
+    assert (worker["steps_per_epoch"], worker["global_batch_size"]) == (3, 2)
+    assert worker["epochs_trained"] == 3  # finish_fields reach the worker file
+    assert (trial.directory / "model.pt").read_text() == "3"
+    assert (trial.directory / "attempts.log").read_text().split() == ["100.0"]
+    assert steps.board.closed and ("val_dice", pytest.approx(0.6), 3) in steps.board.scalars
+
+
+def test_a_resumed_trial_restores_then_trains_only_the_epochs_left(tmp_path):
+    trial = trial_config(tmp_path)
+    first = RecordingRunner()
+    run_trial(trial, first.runner, CountingSteps, started=1.0)
+    (trial.directory / "result.json").unlink()  # as if killed after epoch 1's checkpoint
+    resumed = RecordingRunner(checkpoint=first.reports[0][1])
+    run_trial(trial, resumed.runner, CountingSteps, started=2.0)
+    steps = CountingSteps.last
+    assert steps.calls[:3] == ["restore", "train1", "validate1"]
+    result = json.loads((trial.directory / "result.json").read_text())
+    assert result["resumed_from_epoch"] == 1 and len(result["history"]) == 2
+    assert result["volumes_trained"] == 2 * 3 * 2
+    assert (trial.directory / "model.pt").read_text() == "3"  # continued from epoch 1's state
+
+
+def test_a_finished_trial_is_reported_again_not_retrained(tmp_path):
+    trial = trial_config(tmp_path)
+    run_trial(trial, RecordingRunner().runner, CountingSteps, started=1.0)
+    again = RecordingRunner()
+    CountingSteps.last = None
+    run_trial(trial, again.runner, CountingSteps, started=2.0)
+    assert CountingSteps.last is None  # no steps were even built
+    assert [m["epoch"] for m, _ in again.reports] == [3]
+
+
+def test_other_ranks_report_without_checkpoints_and_save_no_model(tmp_path):
+    trial = trial_config(tmp_path)
+    trial.directory.mkdir(parents=True)
+    runner = RecordingRunner(rank=1, world_size=2)
+    run_trial(trial, runner.runner, CountingSteps, started=1.0)
+    assert [checkpoint for _, checkpoint in runner.reports] == [None, None, None]
+    assert CountingSteps.last.calls[-1] == "save_model:None"
+    assert not (trial.directory / "result.json").exists()
+    assert json.loads((trial.directory / "workers" / "rank1.json").read_text())["world_size"] == 2
+
+
+def test_a_failing_trial_records_its_error_and_raises(tmp_path, monkeypatch):
+    trial = trial_config(tmp_path)
+    trial = TrialConfig.from_dict(
+        {
+            **trial.to_dict(),
+            "settings": {**trial.settings.to_dict(), "fail_trials": [trial.trial_id]},
+        }
+    )
+    runner = RecordingRunner()
+    monkeypatch.setattr(Runner, "from_ray", classmethod(lambda cls, mode: runner.runner))
+    with pytest.raises(InjectedFailure, match="configured to fail"):
+        train_loop(CountingSteps)(trial.to_dict())
+    failure = json.loads((trial.directory / "failed.json").read_text())
+    assert failure["error"].startswith("InjectedFailure: trial lr=0.001")
