@@ -27,6 +27,11 @@ class CaseError(DistmisError):
         self.case_id = case_id
         self.problem = problem
 
+    def __reduce__(self):
+        # Raised in conversion worker processes: unpickling calls the class with the
+        # constructor's own arguments, not with the formatted message in self.args.
+        return (type(self), (self.case_id, self.problem))
+
 
 class ContractError(DistmisError):
     """A file passed between stages is missing or malformed; names the file and its maker."""

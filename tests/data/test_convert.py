@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -223,3 +226,38 @@ def test_gzip_and_float16_shards(make_task, tmp_path):
     raw = next(iter(tf.data.TFRecordDataset([str(shard)], compression_type="GZIP")))
     ex = tf.io.parse_single_example(raw, {"image": tf.io.FixedLenFeature([], tf.string)})
     assert len(ex["image"].numpy()) == 16 * 16 * 16 * 4 * 2
+
+
+@pytest.mark.parametrize("kind", ["wrong channels", "grid mismatch", "nan"])
+def test_cli_with_two_workers_names_the_bad_case_and_leaves_out_as_it_was(
+    make_task, tmp_path, kind
+):
+    # The real CLI in a subprocess: the worker's CaseError must cross the process pool.
+    task = make_task(cases=6)
+    expected = _break(task, kind)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    command = [sys.executable, "-m", "distmis.cli", "convert", "--msd-dir", str(task)]
+    command += ["--out", str(out), "--shape", "16", "16", "16", "--workers", "2"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    message = run.stderr.strip().splitlines()[-1]
+    assert re.search(f"^distmis convert: error: case BRATS_002: .*{expected}", message), message
+    assert "Traceback" not in run.stderr and "BrokenProcessPool" not in run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["msd", "out"]  # no staging left
+
+
+def test_a_good_conversion_replaces_its_files_and_keeps_others(make_task, tmp_path):
+    task = make_task(cases=6)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    params = ConvertParams(shape=(16, 16, 16))
+    first = convert_dataset(task, out, params, progress=False)
+    second = convert_dataset(task, out, params, workers=2, progress=False)
+    assert first["splits"]["train"]["count"] == second["splits"]["train"]["count"]
+    names = sorted(p.name for p in out.iterdir())
+    assert "notes.txt" in names and "info.json" in names and "plan.json" in names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["msd", "out"]

@@ -16,6 +16,9 @@ import ctypes
 import hashlib
 import logging
 import multiprocessing
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -319,9 +322,35 @@ def _convert_shard_job(plan: Mapping, split: str, index: int, out_dir: str, tick
 def convert_dataset(
     msd_dir: Path, out_dir: Path, params: ConvertParams, workers: int = 1, progress: bool = True
 ) -> dict:
-    """Plan, convert every shard with ``workers`` processes, and write ``info.json``."""
+    """Plan, convert every shard with ``workers`` processes, and write ``info.json``.
+
+    Everything is written into a hidden staging folder beside ``out_dir`` and moved into it
+    only when every shard succeeded, so a failed run (a bad case, Ctrl-C) leaves ``out_dir``
+    exactly as it was.
+    """
     out_dir = Path(out_dir)
     plan = plan_conversion(msd_dir, params)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        info = _convert_into(plan, staging, workers, progress)
+        _move_into(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return info
+
+
+def _move_into(staging: Path, out_dir: Path) -> None:
+    """Replace the files of ``out_dir`` that ``staging`` holds; leave its others alone."""
+    for path in sorted(staging.rglob("*")):
+        if path.is_file():
+            target = out_dir / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+
+
+def _convert_into(plan: Mapping, out_dir: Path, workers: int, progress: bool) -> dict:
+    """Every shard of ``plan`` and ``info.json`` into ``out_dir`` (the staging folder)."""
     write_json(out_dir / "plan.json", plan)
     jobs = [(split, i) for split in SPLITS for i in range(len(plan["shards"][split]))]
     total_cases = sum(len(e["cases"]) for split in SPLITS for e in plan["shards"][split])
