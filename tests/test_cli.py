@@ -81,6 +81,52 @@ def test_synthesize_convert_inspect(tmp_path):
     assert voxels["background"] + voxels["WT"] == 4 * 16**3
 
 
+def test_convert_resize_records_the_resample_per_case(make_task, tmp_path):
+    task = make_task(cases=4, shape=(20, 18, 14))
+    out = tmp_path / "tfr"
+    result = run_cli(
+        "convert",
+        "--msd-dir",
+        str(task),
+        "--out",
+        str(out),
+        # Down along x and z, to fewer voxels than --shape along y: resample, then pad y.
+        "--resize",
+        "16",
+        "12",
+        "8",
+        "--shape",
+        "16",
+        "16",
+        "8",
+        "--split",
+        "0.5",
+        "0.25",
+        "0.25",
+        "--shards",
+        "1",
+        "1",
+        "1",
+        "--workers",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads((out / "info.json").read_text())
+    assert info["preprocessing"]["resize"] == [16, 12, 8]
+    assert "resampled to [16, 12, 8]" in info["preprocessing"]["resampling"]
+    assert len(info["cases"]) == 4
+    for case in info["cases"]:
+        assert case["resampled_shape"] == [16, 12, 8]
+        assert case["source_shape"] == [20, 18, 14]
+        assert case["crop_start"] == [0, -2, 0]
+    result = run_cli("inspect", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for split in ("train", "val", "test"):
+        assert report[split]["image_shapes"] == [[16, 16, 8, 4]]
+        assert report[split]["label_shapes"] == [[16, 16, 8, 1]]
+
+
 @pytest.mark.parametrize(
     ("args", "reason"),
     [

@@ -79,6 +79,38 @@ def test_invalid_config_names_the_key(config, message):
         validate_config(config)
 
 
+@pytest.mark.parametrize(
+    ("shape", "depth", "factor"),
+    [([32, 32, 24], 4, 16), ([32, 36, 24], 3, 8), ([6, 8, 8], 2, 4), ([16, 16, 15], 1, 2)],
+)
+def test_shape_not_divisible_by_the_unet_downsampling_names_both_keys(shape, depth, factor):
+    config = {"data": {"preprocess": {"shape": shape}}, "train": {"model": {"depth": depth}}}
+    with pytest.raises(ConfigError) as excinfo:
+        validate_config(config)
+    message = str(excinfo.value)
+    assert message.startswith("data.preprocess.shape: ")
+    assert "train.model.depth" in message and f"= {factor} (depth {depth})" in message
+
+
+@pytest.mark.parametrize(
+    ("shape", "depth"), [([32, 32, 24], 3), ([16, 16, 16], 3), ([4, 8, 12], 2), ([2, 2, 2], 1)]
+)
+def test_shape_divisible_by_2_to_the_depth_passes(shape, depth):
+    # Each U-Net level max-pools by 2 once: depth levels need 2**depth, not 2**(depth - 1).
+    config = {"data": {"preprocess": {"shape": shape}}, "train": {"model": {"depth": depth}}}
+    assert validate_config(config)["data"]["preprocess"]["shape"] == shape
+
+
+def test_resize_defaults_to_null_and_takes_three_sizes():
+    assert validate_config({})["data"]["preprocess"]["resize"] is None
+    config = validate_config({"data": {"preprocess": {"resize": [40, 40, 30]}}})
+    assert config["data"]["preprocess"]["resize"] == [40, 40, 30]
+    with pytest.raises(ConfigError, match=r"config key data\.preprocess\.resize"):
+        validate_config({"data": {"preprocess": {"resize": [40, 40]}}})
+    with pytest.raises(ConfigError, match=r"config key data\.preprocess\.resize\.2"):
+        validate_config({"data": {"preprocess": {"resize": [40, 40, 0]}}})
+
+
 def test_load_config_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

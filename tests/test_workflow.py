@@ -629,3 +629,77 @@ def test_scaling_rules_write_declared_outputs(tmp_path: Path, rule_log: Path):
     rule.output = Namedlist(**outputs)
     with pytest.raises(ValueError, match="undeclared outputs"):
         workflow.plot_scaling(rule)
+
+
+# --- a bad case through the real workflow -----------------------------------------------
+
+
+def break_case(task: Path, kind: str) -> str:
+    """Damage BRATS_002 of ``task`` in one way; the message fragment that names the problem."""
+    import nibabel as nib
+    import numpy as np
+
+    image_path = task / "imagesTr" / "BRATS_002.nii.gz"
+    label_path = task / "labelsTr" / "BRATS_002.nii.gz"
+    image = nib.load(image_path).get_fdata(dtype=np.float32)
+    if kind == "wrong channels":
+        nib.save(nib.Nifti1Image(image[..., :3], np.eye(4)), image_path)
+        return "expected 4 channels"
+    if kind == "grid mismatch":
+        nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.uint8), np.eye(4)), label_path)
+        return "label grid (10, 10, 10) differs from image grid (20, 18, 14)"
+    if kind == "nan":
+        image[3, 3, 3, 1] = np.nan
+        image[4, 4, 4, 2] = np.inf
+        nib.save(nib.Nifti1Image(image, np.eye(4)), image_path)
+        return "2 NaN/inf voxels"
+    raise AssertionError(kind)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["wrong channels", "grid mismatch", "nan"])
+def test_a_bad_case_fails_its_conversion_job_with_one_clear_line(tmp_path, make_task, kind):
+    import tarfile
+
+    task = make_task(cases=10)
+    problem = break_case(task, kind)
+    archive = tmp_path / "Task01_BrainTumour.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(task, arcname=task.name)
+    work = tmp_path / "work"
+    work.mkdir()
+    config = yaml.safe_load(write_config(work / "config.yaml").read_text())
+    # A user's own copy of the MSD archive, unpacked by rule download_brats (no network).
+    config["data"]["source"] = "msd"
+    config["data"]["download"].update(archive=str(archive), md5=None)
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+
+    result = snakemake(
+        "--cores", "2", "results/tfrecords/info.json", workdir=work, configfile=work / "config.yaml"
+    )
+    assert result.returncode != 0
+    plan = json.loads((work / "results/tfrecords/plan.json").read_text())
+    (shard,) = [
+        entry["file"]
+        for entries in plan["shards"].values()
+        for entry in entries
+        if any(case["case_id"] == "BRATS_002" for case in entry["cases"])
+    ]
+    log = (work / f"logs/convert_tfrecords/{shard}.log").read_text()
+    expected = re.compile(f"case BRATS_002: .*{re.escape(problem)}")
+    lines = [line for line in log.splitlines() if expected.search(line)]
+    assert len(lines) == 1, log
+    assert "BrokenProcessPool" not in log and "Traceback" not in log, log
+    # Snakemake's own report of the failure shows the same line, beside the log's path.
+    output = result.stdout + result.stderr
+    shown = [line for line in output.splitlines() if expected.search(line)]
+    assert len(shown) == 1 and lines[0].endswith(shown[0]), output[-3000:]
+    assert shown[0].startswith(f"convert_tfrecords {shard}: error: case BRATS_002: ")
+    assert "skip_bad_cases" in shown[0]
+    assert f"logs/convert_tfrecords/{shard}.log" in output
+    # Nothing of the failed job is left: no shard, no manifest, no temporary file.
+    tfrecords = work / "results/tfrecords"
+    left = sorted(str(p.relative_to(tfrecords)) for p in tfrecords.rglob("*") if p.is_file())
+    assert shard not in left and f"manifests/{shard}.json" not in left, left
+    assert not [name for name in left if name.startswith(".") or "/." in name], left
+    assert "info.json" not in left

@@ -55,6 +55,8 @@ def _convert_params(args: argparse.Namespace):
     # Command-line flags override the config file, key by key.
     if args.shape:
         preprocess["shape"] = args.shape
+    if args.resize:
+        preprocess["resize"] = args.resize
     if args.labels:
         preprocess["labels"] = args.labels
     if args.split:
@@ -184,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for shards and info.json")
     p.add_argument("--config", default=None, help="config.yaml to take data.preprocess from")
     _three_ints(p, "--shape", default=None, help="stored volume size after crop/pad")
+    _three_ints(
+        p,
+        "--resize",
+        default=None,
+        help="resample each RAS scan to this grid (same field of view) before the crop/pad, "
+        "as the original's --reshape",
+    )
     p.add_argument("--labels", choices=["binary", "regions"], default=None)
     p.add_argument("--split", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"), default=None)
     p.add_argument("--seed", type=int, default=None, help="split seed")

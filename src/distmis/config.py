@@ -53,6 +53,17 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             f"data.preprocess.split: fractions must sum to 1, got {total:g} ({split})"
         )
     train = config["train"]
+    # Both U-Nets (backends/*/unet.py) max-pool by 2 once per level, `depth` times, then
+    # upsample back and concatenate skips: each stored size must divide by 2**depth. Checked
+    # here so a bad shape stops the workflow before conversion, not hours later in training.
+    depth = train["model"]["depth"]
+    factor = 2**depth
+    shape = preprocess["shape"]
+    if any(size % factor for size in shape):
+        raise ConfigError(
+            f"data.preprocess.shape: {shape} must be divisible by 2**train.model.depth = "
+            f"{factor} (depth {depth}) on every axis; change the shape or train.model.depth"
+        )
     if train["torch"]["precision"] == "fp16" and not train["use_gpu"]:
         raise ConfigError(
             "train.torch.precision: fp16 needs train.use_gpu: true (CPUs have no fast float16 "

@@ -76,16 +76,34 @@ def plan_tfrecords(snakemake: Any) -> dict:
 
 
 def convert_tfrecords(snakemake: Any) -> dict:
-    """Write one shard (``output.shard``) of the plan and its manifest."""
+    """Write one shard (``output.shard``) of the plan and its manifest.
+
+    A bad case (or an unusable plan) ends the job with one line naming the shard, the case
+    and its problem, in the rule's log and on the job's own stderr, where Snakemake's report
+    of the failure shows it (else the user sees only "exit status 1" and a traceback in the
+    log); exit status 1, no traceback.
+    """
     start_script(snakemake)
     from distmis.data.convert import convert_shard, find_shard, tune_allocator
+    from distmis.errors import CaseError, DistmisError
     from distmis.fileio import read_json, write_json
 
     tune_allocator()  # this job's process only converts; see the function's docstring
-    plan = read_json(snakemake.input.plan, "rule plan_tfrecords")
     shard_path = Path(snakemake.output.shard)
-    split, index = find_shard(plan, shard_path.name)
-    manifest = convert_shard(plan, split, index, shard_path)
+    try:
+        plan = read_json(snakemake.input.plan, "rule plan_tfrecords")
+        split, index = find_shard(plan, shard_path.name)
+        manifest = convert_shard(plan, split, index, shard_path)
+    except DistmisError as exc:
+        line = f"convert_tfrecords {shard_path.name}: error: {exc}"
+        if isinstance(exc, CaseError):
+            line += (
+                "; fix or remove the case, or set data.preprocess.skip_bad_cases: true to "
+                "leave it out"
+            )
+        logging.getLogger(__name__).error("%s", line)
+        print(line, file=sys.__stderr__, flush=True)
+        raise SystemExit(1) from None
     write_json(snakemake.output.manifest, manifest)
     return manifest
 

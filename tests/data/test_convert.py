@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from distmis.data.convert import ConvertParams, convert_dataset, convert_shard, 
 from distmis.errors import CaseError, DatasetError
 from tests.conftest import random_case, write_case, write_dataset_json
 
+SRC = Path(__file__).resolve().parents[2] / "src"
 PARAMS = ConvertParams(shape=(16, 16, 16), label_mode="regions", shards=(2, 1, 1))
 
 
@@ -261,3 +263,52 @@ def test_a_good_conversion_replaces_its_files_and_keeps_others(make_task, tmp_pa
     names = sorted(p.name for p in out.iterdir())
     assert "notes.txt" in names and "info.json" in names and "plan.json" in names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["msd", "out"]
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_reconversion_gives_identical_bytes_with_one_or_two_workers(
+    make_task, tmp_path, compression
+):
+    # The checksums in info.json key training's resume: an identical dataset must keep them.
+    task = make_task(cases=8)
+    params = ConvertParams(shape=(16, 16, 16), shards=(2, 1, 1), compression=compression)
+    one = convert_dataset(task, tmp_path / "one", params, workers=1, progress=False)
+    two = convert_dataset(task, tmp_path / "two", params, workers=2, progress=False)
+    assert one["splits"] == two["splits"]
+    for split in one["splits"].values():
+        for shard in split["shards"]:
+            ours = (tmp_path / "one" / shard["file"]).read_bytes()
+            assert ours == (tmp_path / "two" / shard["file"]).read_bytes()
+            assert hashlib.sha256(ours).hexdigest() == shard["sha256"]
+
+
+def test_the_data_stage_never_imports_tensorflow(tmp_path):
+    # A `tensorflow` that refuses to import, first on the path of the CLI and of every
+    # process it spawns; the parent also checks its own sys.modules at the end.
+    poison = tmp_path / "poison"
+    for name in ("tensorflow", "tf_keras", "keras"):
+        (poison / name).mkdir(parents=True)
+        (poison / name / "__init__.py").write_text(
+            f"raise ImportError('{name} imported by the data stage')\n"
+        )
+    code = (
+        "import sys\n"
+        "from distmis.cli import main\n"
+        f"raw, tfr = {str(tmp_path / 'raw')!r}, {str(tmp_path / 'tfr')!r}\n"
+        "for argv in (\n"
+        "    ['synthesize', '--out', raw, '--cases', '6', '--shape', '20', '20', '18'],\n"
+        "    ['convert', '--msd-dir', raw, '--out', tfr, '--shape', '16', '16', '16',\n"
+        "     '--workers', '2', '--shards', '2', '1', '1', '--compression', 'gzip'],\n"
+        "    ['inspect', tfr],\n"
+        "):\n"
+        "    assert main(argv) == 0, argv\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras'))\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(poison), str(SRC)])}
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "imported by the data stage" not in run.stderr
+    assert json.loads((tmp_path / "tfr" / "info.json").read_text())["compression"] == "gzip"

@@ -85,3 +85,53 @@ def test_label_counts_preserved_inside_crop():
     assert out[..., 0].sum() == (label > 0).sum() - 1
     assert out[..., 1].sum() == ((label == 2) | (label == 3)).sum()
     assert out[..., 2].sum() == 1
+
+
+def test_resize_resamples_the_ras_scan_before_the_centre_crop():
+    # An LPS scan of 10 × 8 × 6 voxels of 1 × 1 × 2 mm; resized to 5 × 12 × 6, cropped to 4 × 8 × 8.
+    affine = LPS @ np.diag([1.0, 1.0, 2.0, 1.0])
+    image = np.zeros((10, 8, 6, 4), dtype=np.float32)
+    image[..., 0] = np.arange(10, dtype=np.float32)[:, None, None] + 1  # a ramp along source i
+    image[..., 1:] = 1.0
+    label = np.zeros((10, 8, 6), dtype=np.uint8)
+    label[2:8, 2:6, 1:5] = 1
+    label[4:6, 3:5, 2:4] = 3
+    out_image, out_label, geometry = preprocess_case(
+        image, label, affine, (4, 8, 8), "regions", np.dtype("<f4"), resize=(5, 12, 6)
+    )
+    assert geometry.resampled_shape == (5, 12, 6)
+    assert geometry.crop_start == center_crop_start((5, 12, 6), (4, 8, 8)) == (0, 2, -1)
+    assert out_image.shape == (4, 8, 8, 4) and out_label.shape == (4, 8, 8, 3)
+    assert out_image.flags.c_contiguous and out_label.flags.c_contiguous
+    # LPS flips source i, so RAS x runs down the ramp; halving x averages voxel pairs.
+    # RAS x = 0..4 holds (10 - 2x) - 0.5: 9.5, 7.5, 5.5, 3.5 (x = 4, 1.5, is cropped away).
+    ramp = out_image[:, 3, 3, 0]
+    np.testing.assert_allclose(np.diff(ramp), np.diff(ramp)[0], rtol=1e-5)
+    assert np.diff(ramp)[0] < 0
+    # Labels: nearest neighbour keeps MSD values, so the regions stay nested and binary.
+    assert set(np.unique(out_label)) <= {0, 1}
+    wt, tc, et = (out_label[..., k].astype(bool) for k in range(3))
+    assert et.any() and not (et & ~tc).any() and not (tc & ~wt).any()
+    # Zero padding along z (6 resampled slices into 8) is all background.
+    np.testing.assert_array_equal(out_image[:, :, [0, 7]], 0)
+    assert geometry.to_json()["resampled_shape"] == [5, 12, 6]
+
+
+def test_no_resize_records_no_resampling_and_changes_nothing():
+    rng = np.random.default_rng(2)
+    image = rng.uniform(1, 2, (10, 8, 6, 4)).astype(np.float32)
+    label = rng.integers(0, 4, (10, 8, 6)).astype(np.uint8)
+    default = preprocess_case(image, label, LPS, (8, 8, 8), "regions", np.dtype("<f4"))
+    explicit = preprocess_case(
+        image, label, LPS, (8, 8, 8), "regions", np.dtype("<f4"), resize=None
+    )
+    assert default[2].resampled_shape is None and default[2] == explicit[2]
+    np.testing.assert_array_equal(default[0], explicit[0])
+    np.testing.assert_array_equal(default[1], explicit[1])
+    # Resizing to the RAS scan's own shape is the identity on the voxels.
+    same = preprocess_case(
+        image, label, LPS, (8, 8, 8), "regions", np.dtype("<f4"), resize=(10, 8, 6)
+    )
+    np.testing.assert_allclose(same[0], default[0], atol=1e-6)
+    np.testing.assert_array_equal(same[1], default[1])
+    assert same[2].crop_start == default[2].crop_start

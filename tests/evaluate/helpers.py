@@ -68,6 +68,24 @@ class Oracle:
         return self.labels[np.asarray(image, dtype=np.float32).tobytes()]
 
 
+class NotNested:
+    """Stands in for a model whose channels are not nested, as an untrained one's may be.
+
+    Each image of ``split`` gets its stored label's regions moved one channel outwards and
+    edema in the innermost: WT ← reference TC, TC ← reference ET, ET ← reference edema
+    (WT∖TC). Predicted ET then lies wholly outside predicted WT, so the written label map
+    (inner regions winning) nests differently from the raw channels: it is 3 on the edema,
+    2 on reference ET, 1 on the rest of the core, so its WT is the whole reference tumour.
+    """
+
+    def __init__(self, info: DatasetInfo, split: str = "test") -> None:
+        self.oracle = Oracle(info, split)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        whole, core, enhancing = np.moveaxis(self.oracle(image) > 0.5, -1, 0)
+        return np.stack([core, enhancing, whole & ~core], axis=-1).astype(np.float32)
+
+
 class OracleBackend(TorchBackend):
     """The torch backend (its real TensorFlow-free reader) with :class:`Oracle` as the model."""
 

@@ -17,12 +17,14 @@ from distmis.errors import ContractError
 from distmis.evaluate.model import TrainedModel
 from distmis.evaluate.predict import (
     case_geometries,
+    label_map_and_regions,
     load_predictor,
     predict_case,
     predict_split,
     write_prediction,
 )
 from distmis.evaluate.restore import restore_to_source
+from distmis.evaluate.score import case_rows
 from tests.evaluate.helpers import (
     SOURCE_SHAPE,
     STORED_SHAPE,
@@ -32,6 +34,8 @@ from tests.evaluate.helpers import (
     source_case,
     split_cases,
 )
+
+REGIONS = ("WT", "TC", "ET")
 
 
 def _stored_record():
@@ -83,6 +87,65 @@ def test_write_prediction_writes_msd_labels_on_the_source_grid(tmp_path):
     assert written.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(written.affine, lps_affine())
     np.testing.assert_array_equal(np.asarray(written.dataobj), source_label)
+
+
+def test_label_map_and_regions_nest_channels_with_inner_regions_winning():
+    # x:                      0  1  2  3  4  5
+    whole = np.array([0, 1, 1, 0, 0, 0], dtype=bool)
+    core = np.array([0, 0, 1, 1, 0, 0], dtype=bool)  # x3 outside WT
+    enhancing = np.array([0, 0, 0, 0, 1, 0], dtype=bool)  # x4 outside WT and TC
+    label, regions = label_map_and_regions(np.stack([whole, core, enhancing], axis=-1))
+    assert label.dtype == np.uint8 and label.tolist() == [0, 1, 2, 2, 3, 0]
+    assert regions.dtype == bool
+    assert regions.T.astype(int).tolist() == [
+        [0, 1, 1, 1, 1, 0],  # WT: label > 0
+        [0, 0, 1, 1, 1, 0],  # TC: label 2 or 3
+        [0, 0, 0, 0, 1, 0],  # ET: label 3
+    ]
+    # Binary: the one channel is the label map's tumour, unchanged.
+    label, regions = label_map_and_regions(whole[:, None])
+    assert label.tolist() == [0, 1, 1, 0, 0, 0]
+    np.testing.assert_array_equal(regions, whole[:, None])
+
+
+class _OneChannelOut:
+    """A predictor moving the stored label's regions one channel out, edema innermost.
+
+    WT ← TC, TC ← ET, ET ← WT∖TC: predicted ET lies wholly outside predicted WT and TC.
+    """
+
+    def __init__(self, label):
+        whole, core, enhancing = np.moveaxis(label.astype(bool), -1, 0)
+        channels = np.stack([core, enhancing, whole & ~core], axis=-1)
+        self.probabilities = channels.astype(np.float32)
+
+    def __call__(self, image):
+        return self.probabilities
+
+
+def test_predict_case_scores_the_regions_of_the_written_map_when_channels_do_not_nest(tmp_path):
+    record, source_label, geometry = _stored_record()
+    case = predict_case(_OneChannelOut(record.label), record, geometry, threshold=0.5)
+    # Source label: 28 edema (1), 6 non-enhancing core (2), 2 enhancing (3) voxels. Predicted
+    # ET is the edema and wins there (3); TC is the reference ET (2); WT the rest of the core (1).
+    moved = np.array([0, 3, 1, 2], dtype=np.uint8)[source_label]
+    np.testing.assert_array_equal(case.source_label, moved)
+    np.testing.assert_array_equal(case.source_predicted, map_labels(moved, "regions") > 0)
+    # The overlays' stored-grid masks nest the same way: WT, ET ∪ edema, edema.
+    whole, core, enhancing = np.moveaxis(record.label.astype(bool), -1, 0)
+    edema = whole & ~core
+    np.testing.assert_array_equal(
+        case.predicted, np.stack([whole, enhancing | edema, edema], axis=-1)
+    )
+    rows = case_rows(
+        "BRATS_001", case.source_predicted, case.source_reference, REGIONS, (1.0, 1.0, 1.0)
+    )
+    # WT: the whole tumour, 2·36 / (36 + 36). TC: edema ∪ ET (30) against the core (8), sharing
+    # ET, 2·2 / (30 + 8). ET: the edema (28) against ET (2), disjoint. The raw channels would
+    # have scored WT 2·8 / (8 + 36) and TC 2·2 / (2 + 8).
+    assert [row["dice"] for row in rows] == [1.0, 2 / 19, 0.0]
+    written = nib.load(write_prediction(tmp_path, case))
+    np.testing.assert_array_equal(np.asarray(written.dataobj), case.source_label)
 
 
 def test_load_predictor_names_a_missing_model_and_its_rule(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from distmis.data.preprocess import map_labels, preprocess_case
 from distmis.evaluate.restore import (
@@ -14,6 +15,8 @@ from distmis.evaluate.restore import (
     regions_to_msd_labels,
     restore_to_source,
     source_spacing,
+    stored_grid_shape,
+    stored_spacing,
     write_prediction_nifti,
 )
 from tests.evaluate.helpers import SOURCE_SHAPE, STORED_SHAPE, lps_affine, source_case
@@ -108,3 +111,64 @@ def test_written_nifti_carries_source_affine_and_data(tmp_path):
     np.testing.assert_array_equal(loaded.affine, affine)
     np.testing.assert_array_equal(np.asarray(loaded.dataobj), label)
     assert list(path.parent.iterdir()) == [path]  # no temp file left behind
+
+
+# The hand-made case resized from RAS (11, 13, 9) down along x and y and up along z, then
+# zero-padded along y: every step of the inverse is exercised.
+RESIZE = (8, 10, 12)
+RESIZED_STORED_SHAPE = (8, 12, 12)
+
+
+def test_resized_prediction_restores_to_the_source_geometry(tmp_path):
+    image, label = source_case()
+    affine = lps_affine()
+    source_path = tmp_path / "BRATS_001_label.nii.gz"
+    nib.save(nib.Nifti1Image(label, affine), source_path)
+    _, stored, geometry = preprocess_case(
+        image, label, affine, RESIZED_STORED_SHAPE, "regions", np.float32, resize=RESIZE
+    )
+    geometry = geometry_from_json(geometry.to_json())
+    assert geometry.resampled_shape == RESIZE and geometry.crop_start == (0, -1, 0)
+    # A perfect prediction made on the stored grid: the stored label itself.
+    restored = restore_to_source(stored.astype(bool), geometry)
+    assert restored.shape == (*SOURCE_SHAPE, 3) and restored.dtype == np.bool_
+    path = tmp_path / "pred" / "BRATS_001.nii.gz"
+    write_prediction_nifti(path, regions_to_msd_labels(restored), geometry.source_affine)
+
+    written, source = sitk.ReadImage(str(path)), sitk.ReadImage(str(source_path))
+    assert written.GetSize() == source.GetSize() == SOURCE_SHAPE
+    assert written.GetSpacing() == source.GetSpacing() == (1.25, 0.875, 2.5)
+    assert written.GetOrigin() == source.GetOrigin()
+    assert written.GetDirection() == source.GetDirection()
+    # Down and back up by nearest neighbour moves a sample by under 2 source voxels per axis,
+    # so only voxels next to another label can differ: 5 of the 1287 here.
+    predicted = sitk.GetArrayFromImage(written).transpose(2, 1, 0)
+    assert set(np.unique(predicted)) == {0, 1, 2, 3}
+    assert int((predicted != label).sum()) == 5
+
+
+def test_stored_grid_and_spacing_of_a_resized_case():
+    image, label = source_case()
+    _, _, plain = preprocess_case(image, label, lps_affine(), STORED_SHAPE, "binary", np.float32)
+    assert stored_grid_shape(plain) == ras_shape(plain) == (11, 13, 9)
+    assert stored_spacing(plain) == ras_spacing(plain) == (0.875, 1.25, 2.5)
+    _, _, resized = preprocess_case(
+        image, label, lps_affine(), RESIZED_STORED_SHAPE, "binary", np.float32, resize=RESIZE
+    )
+    assert stored_grid_shape(resized) == RESIZE
+    # RAS spacing × RAS size / resized size: the field of view is the scan's.
+    assert stored_spacing(resized) == (0.875 * 11 / 8, 1.25 * 13 / 10, 2.5 * 9 / 12)
+
+
+def test_info_json_without_resampled_shape_still_loads():
+    image, label = source_case()
+    _, stored, geometry = preprocess_case(
+        image, label, lps_affine(), STORED_SHAPE, "regions", np.float32
+    )
+    old_entry = geometry.to_json()
+    assert old_entry.pop("resampled_shape") is None
+    old = geometry_from_json(old_entry)
+    assert old == geometry and old.resampled_shape is None
+    np.testing.assert_array_equal(
+        restore_to_source(stored.astype(bool), old), map_labels(label, "regions").astype(bool)
+    )

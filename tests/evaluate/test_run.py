@@ -14,13 +14,16 @@ import pytest
 from distmis import backends
 from distmis.backends.tensorflow import TensorflowBackend
 from distmis.data.info import DatasetInfo
+from distmis.data.preprocess import map_labels
 from distmis.errors import ContractError
 from distmis.evaluate import run
+from distmis.evaluate.metrics import dice, hd95
 from distmis.evaluate.model import TrainedModel, resolve_model
 from distmis.evaluate.restore import geometry_from_json, restore_to_source
 from tests.evaluate.helpers import (
     SYNTHETIC_SOURCE_SHAPE,
     SYNTHETIC_STORED_SHAPE,
+    NotNested,
     Oracle,
     split_cases,
 )
@@ -118,6 +121,39 @@ def test_oracle_scores_perfectly_and_predictions_match_source_labels(
         predicted = np.asarray(nib.load(out / "predictions" / f"{case['case_id']}.nii.gz").dataobj)
         np.testing.assert_array_equal(predicted[kept], source[kept])
         assert not predicted[~kept].any()
+
+
+def test_metrics_csv_scores_the_written_predictions_when_channels_are_not_nested(
+    dataset, tmp_path, monkeypatch
+):
+    # What a BraTS tool does with the released files: read the written label map and the
+    # source label, derive WT/TC/ET from both and score them on the source grid.
+    task, tfrecord_dir = dataset
+    predictor = NotNested(DatasetInfo.from_dir(tfrecord_dir))
+    monkeypatch.setattr(TensorflowBackend, "predictor", lambda self, model_file: predictor)
+    model = tmp_path / "not_nested.keras"
+    model.touch()  # never opened: only checked to be there
+    out = tmp_path / "eval"
+    run.evaluate_model(model, tfrecord_dir, out, overlay_cases=0)
+    rows = {(r["case_id"], r["region"]): r for r in _metrics(out)}
+    assert sorted(rows) == _case_region_pairs(tfrecord_dir)
+    for case in split_cases(tfrecord_dir):
+        name = f"{case['case_id']}.nii.gz"
+        source = nib.load(task / "labelsTr" / name)
+        spacing = tuple(float(s) for s in nib.affines.voxel_sizes(source.affine))
+        reference = map_labels(np.asarray(source.dataobj), "regions").astype(bool)
+        written = np.asarray(nib.load(out / "predictions" / name).dataobj)
+        predicted = map_labels(written, "regions").astype(bool)
+        for channel, region in enumerate(REGIONS):
+            pred, ref = predicted[..., channel], reference[..., channel]
+            row = rows[(case["case_id"], region)]
+            assert (row["dice"], row["hd95_mm"]) == (
+                f"{dice(pred, ref):.6g}",
+                f"{hd95(pred, ref, spacing):.6g}",
+            ), f"{case['case_id']} {region}"
+        # The raw WT channel is the reference TC: scoring it, not the file, would differ.
+        whole, core = reference[..., 0], reference[..., 1]
+        assert f"{dice(core, whole):.6g}" != rows[(case["case_id"], "WT")]["dice"]
 
 
 def test_rerun_replaces_the_outputs_and_a_failed_run_keeps_them(dataset, oracle_model, tmp_path):

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -30,13 +29,13 @@ from tqdm import tqdm
 from distmis.data import msd, records
 from distmis.data.preprocess import LABEL_MODES, preprocess_case
 from distmis.data.split import SPLITS, assign_shards, shard_filename, split_cases
+from distmis.data.tfrecord import COMPRESSIONS, TFRecordWriter
 from distmis.errors import CaseError, DatasetError
 from distmis.fileio import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 INFO_FORMAT_VERSION = 1
-COMPRESSIONS = ("none", "gzip")
 
 
 @dataclass(frozen=True)
@@ -51,10 +50,16 @@ class ConvertParams:
     compression: str = "none"
     image_dtype: str = "float32"
     skip_bad_cases: bool = False
+    # The RAS grid each scan is resampled to before the crop/pad; None keeps its voxels.
+    resize: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or any(int(s) < 1 for s in self.shape):
             raise ValueError(f"shape must be three positive sizes, got {self.shape}")
+        if self.resize is not None and (
+            len(self.resize) != 3 or any(int(s) < 1 for s in self.resize)
+        ):
+            raise ValueError(f"resize must be None or three positive sizes, got {self.resize}")
         if self.label_mode not in LABEL_MODES:
             raise ValueError(
                 f"labels must be one of {sorted(LABEL_MODES)}, got {self.label_mode!r}"
@@ -89,12 +94,14 @@ class ConvertParams:
             compression=preprocess["compression"],
             image_dtype=preprocess["image_dtype"],
             skip_bad_cases=preprocess["skip_bad_cases"],
+            resize=None if preprocess["resize"] is None else tuple(preprocess["resize"]),
         )
 
     def to_json(self) -> dict:
         return {
             **asdict(self),
             "shape": list(self.shape),
+            "resize": None if self.resize is None else list(self.resize),
             "split": dict(zip(SPLITS, self.split, strict=True)),
             "shards": dict(zip(SPLITS, self.shards, strict=True)),
         }
@@ -110,6 +117,8 @@ class ConvertParams:
             compression=payload["compression"],
             image_dtype=payload["image_dtype"],
             skip_bad_cases=payload["skip_bad_cases"],
+            # Plans written before resizing existed have no key: they did not resample.
+            resize=None if payload.get("resize") is None else tuple(payload["resize"]),
         )
 
 
@@ -199,14 +208,6 @@ def find_shard(plan: Mapping, filename: str) -> tuple[str, int]:
     raise DatasetError(f"{filename} is not a shard of the current plan.json (config changed?)")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert_shard(
     plan: Mapping,
     split: str,
@@ -217,15 +218,14 @@ def convert_shard(
     """Convert one shard's cases and write the shard atomically; return its manifest.
 
     A bad case raises :class:`CaseError` unless ``skip_bad_cases`` is set, in which case
-    it is left out and reported in the manifest's ``skipped`` list.
+    it is left out and reported in the manifest's ``skipped`` list. The shard's bytes depend
+    only on the plan and the source files (not on the process or the worker count), so its
+    sha256 — computed while writing — is reproducible.
     """
-    import tensorflow as tf
-
     params = ConvertParams.from_json(plan["params"])
     entry = shard_entry(plan, split, index)
-    options = tf.io.TFRecordOptions(compression_type="GZIP" if params.compression == "gzip" else "")
     written, skipped = [], []
-    with atomic_path(shard_path) as tmp, tf.io.TFRecordWriter(str(tmp), options) as writer:
+    with atomic_path(shard_path) as tmp, TFRecordWriter(tmp, params.compression) as writer:
         for case in entry["cases"]:
             files = msd.CaseFiles(case["case_id"], Path(case["image"]), Path(case["label"]))
             try:
@@ -237,6 +237,7 @@ def convert_shard(
                     params.shape,
                     params.label_mode,
                     records.IMAGE_DTYPES[params.image_dtype],
+                    resize=params.resize,
                 )
             except CaseError as exc:
                 if not params.skip_bad_cases:
@@ -244,7 +245,7 @@ def convert_shard(
                 log.warning("skipping %s", exc)
                 skipped.append({"case_id": exc.case_id, "reason": exc.problem})
             else:
-                writer.write(records.encode_example(files.case_id, image, label))
+                writer.write(records.example_pieces(files.case_id, image, label))
                 written.append(
                     {
                         "case_id": files.case_id,
@@ -260,7 +261,7 @@ def convert_shard(
         "index": index,
         "file": entry["file"],
         "records": len(written),
-        "sha256": _sha256(shard_path),
+        "sha256": writer.sha256,
         "cases": written,
         "skipped": skipped,
     }
@@ -290,7 +291,15 @@ def write_info(plan: Mapping, manifests: Sequence[Mapping], info_path: Path) -> 
         "compression": params.compression,
         "preprocessing": {
             **params.to_json(),
-            "orientation": "RAS (closest canonical, no resampling)",
+            "orientation": "RAS (closest canonical, axes permuted/flipped only)",
+            # Not "resize": that key (from params) holds the grid itself, or null.
+            "resampling": (
+                "none (source voxels kept)"
+                if params.resize is None
+                else f"RAS scan resampled to {list(params.resize)} over the same field of view "
+                "(spacing × size / resize; image linear per channel, MSD label map nearest "
+                "neighbour); each case's resampled_shape in cases[]"
+            ),
             "crop": "centred crop/zero-pad to shape",
             "normalization": "per-channel z-score over nonzero voxels",
         },
@@ -354,7 +363,8 @@ def _convert_into(plan: Mapping, out_dir: Path, workers: int, progress: bool) ->
     write_json(out_dir / "plan.json", plan)
     jobs = [(split, i) for split in SPLITS for i in range(len(plan["shards"][split]))]
     total_cases = sum(len(e["cases"]) for split in SPLITS for e in plan["shards"][split])
-    # spawn, not fork: TensorFlow's runtime threads do not survive a fork.
+    # spawn, not fork: a forked worker inherits the parent's threads' locks (tqdm's monitor,
+    # the Manager's) in whatever state they were, and Python 3.14 makes spawn the default.
     context = multiprocessing.get_context("spawn")
     manifests = []
     started = time.perf_counter()

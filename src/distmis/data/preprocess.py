@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import nibabel as nib
 import numpy as np
 
+from distmis.data import resample
+
 LABEL_MODES = {
     # The original DistMIS trained tumour-vs-background.
     "binary": ("tumour",),
@@ -27,7 +29,10 @@ class Geometry:
 
     ``source_shape`` and ``source_affine`` are the scan as stored on disk;
     ``orientation_transform`` is nibabel's ornt array taking source axes to RAS;
-    ``crop_start[i]`` is the RAS-space index of stored voxel 0 along axis ``i``
+    ``resampled_shape`` is the RAS grid the scan was resampled to over the same field of view
+    (:mod:`distmis.data.resample`), or None when it was not (``data.preprocess.resize: null``;
+    also every info.json written before resizing existed). ``crop_start[i]`` is the index, in
+    that grid (or the RAS scan's when not resampled), of stored voxel 0 along axis ``i``
     (negative means zero padding before the scan).
     """
 
@@ -35,6 +40,7 @@ class Geometry:
     source_affine: tuple[tuple[float, ...], ...]
     orientation_transform: tuple[tuple[float, float], ...]
     crop_start: tuple[int, int, int]
+    resampled_shape: tuple[int, int, int] | None = None
 
     def to_json(self) -> dict:
         # Through JSON once so tuples become the lists a reader of info.json gets back.
@@ -52,6 +58,14 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
         source_ornt, nib.orientations.axcodes2ornt(("R", "A", "S"))
     )
     return nib.orientations.apply_orientation(array, transform), transform
+
+
+def ras_spacing(
+    affine: np.ndarray, transform: np.ndarray, shape: tuple[int, ...]
+) -> tuple[float, float, float]:
+    """Voxel size in mm along each RAS axis of a scan of ``shape`` reoriented by ``transform``."""
+    ras_affine = np.asarray(affine) @ nib.orientations.inv_ornt_aff(transform, shape[:3])
+    return tuple(float(size) for size in nib.affines.voxel_sizes(ras_affine))
 
 
 def center_crop_start(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -130,14 +144,25 @@ def preprocess_case(
     out_shape: tuple[int, int, int],
     label_mode: str,
     image_dtype: np.dtype,
+    resize: tuple[int, int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """Reorient to RAS, centre crop/pad to ``out_shape``, z-score, map labels.
+    """Reorient to RAS, resample if asked, centre crop/pad to ``out_shape``, z-score, map labels.
 
-    Returns C-ordered ``image (X, Y, Z, C)`` in ``image_dtype``, ``label (X, Y, Z, K)``
-    uint8, and the geometry needed to undo the spatial steps.
+    ``resize`` (the original DistMIS's ``--reshape``) resamples the RAS scan to that grid over
+    the same field of view, the image linearly and the MSD label map by nearest neighbour
+    (:mod:`distmis.data.resample`); None skips it. Returns C-ordered ``image (X, Y, Z, C)``
+    in ``image_dtype``, ``label (X, Y, Z, K)`` uint8, and the geometry needed to undo the
+    spatial steps.
     """
     image_ras, transform = to_ras(image, affine)
     label_ras, _ = to_ras(label, affine)
+    if resize is not None:
+        resize = tuple(int(n) for n in resize)
+        # The labels are resampled as MSD values, before map_labels: one nearest-neighbour
+        # pass whatever the label mode, and the regions made from it stay nested.
+        spacing = ras_spacing(affine, transform, image.shape[:3])
+        image_ras = resample.resample_image(image_ras, spacing, resize)
+        label_ras = resample.resample_label(label_ras, spacing, resize)
     start = center_crop_start(image_ras.shape[:3], out_shape)
     # Crop first so normalisation and the layout copy touch only the kept voxels.
     image_out = zscore_nonzero(crop_or_pad(image_ras, out_shape, start), image_dtype)
@@ -147,5 +172,6 @@ def preprocess_case(
         source_affine=tuple(tuple(float(v) for v in row) for row in affine),
         orientation_transform=tuple((float(a), float(b)) for a, b in transform),
         crop_start=tuple(int(s) for s in start),
+        resampled_shape=resize,
     )
     return image_out, np.ascontiguousarray(label_out), geometry

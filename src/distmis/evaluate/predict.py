@@ -6,9 +6,15 @@ The model is loaded and the shards are read through the model's backend
 TensorFlow and a ``.keras`` one without PyTorch. Each case's geometry comes from ``info.json``
 (the stored shards do not carry it).
 
+Thresholded channels need not nest (an ET voxel may lie outside WT), but the label map written
+for a case can hold only one value per voxel. :func:`label_map_and_regions` turns the channels
+into that map (inner regions winning) and the map back into region masks; every mask scored or
+drawn is one of those, so ``metrics.csv`` scores exactly what ``predictions/`` holds.
+
 Cases are predicted one at a time, so memory is one case's, never the split's: its stored image,
-its probabilities and four masks (reference and prediction, stored and source grid); about
-0.4 GB for a 4-channel, 3-region BraTS scan of 240×240×155 voxels, plus the model's activations.
+its probabilities, four masks (reference and prediction, stored and source grid) and the source
+label map; about 0.4 GB for a 4-channel, 3-region BraTS scan of 240×240×155 voxels, plus the
+model's activations.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 from distmis.backends.base import Predictor
 from distmis.data.info import MADE_BY as INFO_MADE_BY
 from distmis.data.info import DatasetInfo
-from distmis.data.preprocess import Geometry
+from distmis.data.preprocess import LABEL_MODES, Geometry, map_labels
 from distmis.data.records import Record
 from distmis.errors import ContractError
 from distmis.evaluate.model import MADE_BY as MODEL_MADE_BY
@@ -35,6 +41,9 @@ from distmis.evaluate.restore import (
     write_prediction_nifti,
 )
 
+# map_labels takes a label mode; a prediction's channel count names it (3 regions, 1 tumour).
+_MODE_BY_CHANNELS = {len(channels): mode for mode, channels in LABEL_MODES.items()}
+
 
 @dataclass(frozen=True)
 class CasePrediction:
@@ -43,7 +52,10 @@ class CasePrediction:
     Stored grid (RAS, cropped: what the model saw): ``image (X, Y, Z, C)`` as stored,
     ``reference`` and ``predicted`` ``(X, Y, Z, K)`` bool. Source grid (the scan's own voxels,
     ``geometry.source_shape``): ``source_reference`` and ``source_predicted`` ``(X', Y', Z', K)``
-    bool, where voxels the conversion cropped away are background in both.
+    bool, where voxels the conversion cropped away are background in both, and
+    ``source_label (X', Y', Z')`` uint8, the MSD label map written for the case.
+    ``predicted`` and ``source_predicted`` are the regions of a label map
+    (:func:`label_map_and_regions`), so they nest even where the model's channels do not.
     """
 
     case_id: str
@@ -53,6 +65,19 @@ class CasePrediction:
     predicted: np.ndarray
     source_reference: np.ndarray
     source_predicted: np.ndarray
+    source_label: np.ndarray
+
+
+def label_map_and_regions(channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Thresholded channels ``(..., K)`` → the MSD label map ``(...)`` uint8 and its regions.
+
+    The map is :func:`~distmis.evaluate.restore.regions_to_msd_labels` (inner regions win); the
+    regions ``(..., K)`` bool are :func:`~distmis.data.preprocess.map_labels` of it, as BraTS
+    tools derive them from a label file: WT = label > 0, TC = label in {2, 3}, ET = label 3
+    (binary: tumour = label > 0, the channel itself). Nested channels come back unchanged.
+    """
+    label = regions_to_msd_labels(channels)
+    return label, map_labels(label, _MODE_BY_CHANNELS[channels.shape[-1]]).astype(bool)
 
 
 def load_predictor(model: TrainedModel) -> Predictor:
@@ -80,9 +105,15 @@ def predict_case(
 
     The reference is the stored label restored like the prediction, because info.json does not
     name the source label files; both therefore lose exactly the voxels the crop removed.
+    The predicted masks on each grid are the regions of that grid's label map
+    (:func:`label_map_and_regions`); the source one is the map written.
     """
-    predicted = predictor(record.image.astype(np.float32)) > threshold
+    channels = predictor(record.image.astype(np.float32)) > threshold
     reference = record.label.astype(bool)
+    _, predicted = label_map_and_regions(channels)
+    # The map is made on the source grid from the restored channels, and the scored masks from
+    # that map, so the file written and the masks scored cannot drift apart.
+    source_label, source_predicted = label_map_and_regions(restore_to_source(channels, geometry))
     return CasePrediction(
         case_id=record.case_id,
         geometry=geometry,
@@ -90,7 +121,8 @@ def predict_case(
         reference=reference,
         predicted=predicted,
         source_reference=restore_to_source(reference, geometry),
-        source_predicted=restore_to_source(predicted, geometry),
+        source_predicted=source_predicted,
+        source_label=source_label,
     )
 
 
@@ -126,8 +158,7 @@ def _predict_records(
 
 
 def write_prediction(directory: str | os.PathLike[str], case: CasePrediction) -> Path:
-    """Write ``<directory>/<case_id>.nii.gz``: MSD labels (uint8) on the source grid and affine."""
+    """Write ``<directory>/<case_id>.nii.gz``: ``case.source_label`` with the source affine."""
     path = Path(directory) / f"{case.case_id}.nii.gz"
-    label = regions_to_msd_labels(case.source_predicted)
-    write_prediction_nifti(path, label, np.asarray(case.geometry.source_affine))
+    write_prediction_nifti(path, case.source_label, np.asarray(case.geometry.source_affine))
     return path

@@ -1,9 +1,12 @@
-"""Stored arrays back to the source scan: undo the crop/pad and the reorientation to RAS.
+"""Stored arrays back to the source scan: undo the crop/pad, the resize and the reorientation.
 
 Conversion (:func:`distmis.data.preprocess.preprocess_case`) reorients each case to RAS by
-permuting and flipping axes, then centre crops/pads it; its :class:`Geometry` records both.
+permuting and flipping axes, optionally resamples it to ``data.preprocess.resize`` over the
+same field of view, then centre crops/pads it; its :class:`Geometry` records all three.
 Undoing them in reverse order puts a prediction on the source voxel grid, so it lines up with
 the source affine. Voxels that the crop removed are unknown to the model and come back as 0.
+The resize is undone by nearest neighbour (:func:`distmis.data.resample.resample_label`):
+what comes back is masks and label maps, whose values must stay exact.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
+from distmis.data import resample
 from distmis.data.preprocess import Geometry, crop_or_pad
 from distmis.fileio import atomic_path
 
@@ -30,6 +34,12 @@ def geometry_from_json(case: Mapping) -> Geometry:
         source_affine=tuple(tuple(float(v) for v in row) for row in case["source_affine"]),
         orientation_transform=tuple((float(a), float(b)) for a, b in case["orientation_transform"]),
         crop_start=tuple(int(s) for s in case["crop_start"]),
+        # info.json files written before resizing existed have no key: nothing was resampled.
+        resampled_shape=(
+            None
+            if case.get("resampled_shape") is None
+            else tuple(int(s) for s in case["resampled_shape"])
+        ),
     )
 
 
@@ -53,8 +63,25 @@ def source_spacing(geometry: Geometry) -> tuple[float, float, float]:
 
 
 def ras_spacing(geometry: Geometry) -> tuple[float, float, float]:
-    """Voxel size in mm along each stored (RAS) axis: the source's, permuted like the axes."""
+    """Voxel size in mm along each RAS axis of the scan: the source's, permuted like the axes.
+
+    Also the stored arrays' spacing unless the case was resampled; see :func:`stored_spacing`.
+    """
     return tuple(_in_ras_order(source_spacing(geometry), geometry))
+
+
+def stored_grid_shape(geometry: Geometry) -> tuple[int, int, int]:
+    """Shape of the RAS grid the crop/pad window was taken from: resampled, or the scan's."""
+    if geometry.resampled_shape is None:
+        return ras_shape(geometry)
+    return tuple(int(n) for n in geometry.resampled_shape)
+
+
+def stored_spacing(geometry: Geometry) -> tuple[float, float, float]:
+    """Voxel size in mm along each axis of the stored arrays (RAS, resampled if it was)."""
+    return resample.resampled_spacing(
+        ras_spacing(geometry), ras_shape(geometry), stored_grid_shape(geometry)
+    )
 
 
 def inverse_transform(transform: np.ndarray) -> np.ndarray:
@@ -71,15 +98,19 @@ def restore_to_source(stored: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Put a stored-space array ``(X, Y, Z)`` or ``(X, Y, Z, K)`` on the source voxel grid.
 
     Returns an array of shape ``source_shape`` (plus the trailing axis, if any) and the input's
-    dtype: zeros where the conversion cropped the scan, the stored values elsewhere, with the
+    dtype: zeros where the conversion cropped the scan, the stored values elsewhere (each
+    source voxel taking its nearest stored voxel's value if the case was resampled), with the
     axes permuted and flipped back so that ``geometry.source_affine`` maps it to the world.
     """
     if stored.ndim not in (3, 4):
         raise ValueError(f"expected (X, Y, Z) or (X, Y, Z, K), got shape {stored.shape}")
     # crop_or_pad computes out[i] = array[i + start]; the conversion stored
-    # stored[j] = ras[j + crop_start], so start = -crop_start inverts it.
+    # stored[j] = grid[j + crop_start], so start = -crop_start inverts it.
     start = tuple(-s for s in geometry.crop_start)
-    ras = crop_or_pad(stored, ras_shape(geometry), start)
+    ras = crop_or_pad(stored, stored_grid_shape(geometry), start)
+    if geometry.resampled_shape is not None:
+        # Back over the same field of view, from the resampled grid to the scan's RAS grid.
+        ras = resample.resample_label(ras, stored_spacing(geometry), ras_shape(geometry))
     inverse = inverse_transform(np.asarray(geometry.orientation_transform))
     source = nib.orientations.apply_orientation(ras, inverse)
     if source.shape[:3] != tuple(geometry.source_shape):

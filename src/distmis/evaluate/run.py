@@ -11,7 +11,9 @@ imported, so each runs in an environment holding only its own framework.
 
 Outputs under ``out_dir``:
 
-- ``metrics.csv``: ``case_id, region, dice, hd95_mm``, one row per case and region;
+- ``metrics.csv``: ``case_id, region, dice, hd95_mm``, one row per case and region, scoring
+  the regions of the written prediction file (WT = label > 0, TC = 2 or 3, ET = 3), not the
+  raw channels, which need not nest;
 - ``summary.json``: per region and metric ``mean``, ``median``, ``std`` (population), ``n``,
   plus the model file, its backend, its trial (from the card, if there), threshold, split;
 - ``predictions/<case_id>.nii.gz``: MSD label values (uint8) on the source voxel grid with the
@@ -38,7 +40,7 @@ from distmis.evaluate.metrics import HD95_ONE_EMPTY_MM
 from distmis.evaluate.model import TrainedModel, resolve_model
 from distmis.evaluate.overlay import FLAIR_CHANNEL, draw_overlay
 from distmis.evaluate.predict import CasePrediction, predict_split, write_prediction
-from distmis.evaluate.restore import ras_spacing, source_spacing
+from distmis.evaluate.restore import source_spacing, stored_spacing
 from distmis.evaluate.score import case_rows, summarise, write_metrics_csv
 from distmis.fileio import staged_dirs, write_json
 
@@ -123,14 +125,15 @@ def _draw_case(
     scores: Mapping[str, float],
 ) -> None:
     # Drawn on the stored grid, which is RAS for every case, so all overlays share one
-    # orientation; its spacing is the source's, permuted like the axes.
+    # orientation; its spacing is the source's permuted like the axes (and resampled, when
+    # data.preprocess.resize changed the grid).
     draw_overlay(
         directory / f"{case.case_id}.png",
         case.image[..., FLAIR_CHANNEL].astype(np.float32),
         case.reference,
         case.predicted,
         regions,
-        ras_spacing(case.geometry),
+        stored_spacing(case.geometry),
         title=title,
         scores=scores,
     )

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from distmis.backends.torch.data import EpochBatches, buffer_shuffled
-from distmis.backends.torch.tfrecord import read_records
 from distmis.data.convert import ConvertParams, convert_dataset
 from distmis.data.info import DatasetInfo
+from distmis.data.records import read_records
 from distmis.data.synthetic import synthesize_dataset
 
 STORED_SHAPE = (8, 8, 8)

@@ -1,8 +1,10 @@
-"""The TensorFlow-free TFRecord reader against TensorFlow's, on shards the real converter wrote."""
+"""The PyTorch datasets over shards the real converter wrote: ranks' and workers' parts.
+
+Framing, CRCs and record decoding are tested in tests/data/test_tfrecord.py.
+"""
 
 from __future__ import annotations
 
-import gzip
 import struct
 import subprocess
 import sys
@@ -10,24 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import torch
 from torch.utils.data import DataLoader
 
-from distmis.backends.torch.tfrecord import (
-    Part,
-    TFRecordVolumes,
-    decode_payload,
-    masked_crc32c,
-    parse_example,
-    rank_part,
-    read_part,
-    read_payloads,
-    read_records,
-)
+from distmis.backends.torch.tfrecord import Part, TFRecordVolumes, rank_part, read_part
 from distmis.data.convert import ConvertParams, convert_dataset
 from distmis.data.info import DatasetInfo, ShardInfo
-from distmis.data.records import decode_example, encode_example
+from distmis.data.records import read_records
 from distmis.data.synthetic import synthesize_dataset
 from distmis.errors import ContractError
 
@@ -53,147 +44,6 @@ def _convert(task: Path, out: Path, **params) -> DatasetInfo:
 def plain(msd_task, tmp_path_factory) -> DatasetInfo:
     """Uncompressed float32 shards, 3 label channels, 4 train shards."""
     return _convert(msd_task, tmp_path_factory.mktemp("plain"), label_mode="regions")
-
-
-@pytest.fixture(scope="module")
-def gzipped(msd_task, tmp_path_factory) -> DatasetInfo:
-    """GZIP float16 shards, 1 label channel."""
-    return _convert(
-        msd_task,
-        tmp_path_factory.mktemp("gzip"),
-        label_mode="binary",
-        compression="gzip",
-        image_dtype="float16",
-    )
-
-
-def _all_files(info: DatasetInfo) -> list[str]:
-    return [f for split in info.splits for f in info.shard_files(split)]
-
-
-def _assert_matches_tensorflow(info: DatasetInfo) -> None:
-    k = len(info.label_channels)
-    for file in _all_files(info):
-        theirs = [
-            decode_example(raw.numpy(), info.image_dtype, k)
-            for raw in tf.data.TFRecordDataset([file], compression_type=info.tf_compression)
-        ]
-        ours = list(read_records(file, info.image_dtype, k, info.compression))
-        assert len(ours) == len(theirs) > 0
-        for mine, ref in zip(ours, theirs, strict=True):
-            assert mine.case_id == ref.case_id
-            assert mine.image.dtype == ref.image.dtype and mine.image.shape == ref.image.shape
-            assert mine.label.dtype == ref.label.dtype and mine.label.shape == ref.label.shape
-            assert mine.image.tobytes() == ref.image.tobytes()
-            assert mine.label.tobytes() == ref.label.tobytes()
-
-
-def test_reader_matches_tensorflow_byte_for_byte(plain):
-    assert plain.image_shape == (*STORED_SHAPE, 4) and len(plain.label_channels) == 3
-    _assert_matches_tensorflow(plain)
-
-
-def test_reader_matches_tensorflow_on_gzip_float16(gzipped):
-    assert gzipped.compression == "gzip" and gzipped.image_dtype == "float16"
-    assert Path(_all_files(gzipped)[0]).read_bytes()[:2] == b"\x1f\x8b"  # really gzip
-    _assert_matches_tensorflow(gzipped)
-
-
-def test_masked_crc_matches_known_value():
-    # CRC32C("123456789") = 0xE3069283 (the standard check value); masked by hand:
-    crc = 0xE3069283
-    expected = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-    assert masked_crc32c(b"123456789") == expected
-
-
-def test_parse_example_agrees_with_protobuf_on_negative_and_unpacked_ints():
-    example = tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=[2, -1, 300, 0])),
-                "case_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a", b""])),
-            }
-        )
-    )
-    assert parse_example(example.SerializeToString()) == {
-        "shape": [2, -1, 300, 0],
-        "case_id": [b"a", b""],
-    }
-    # Int64List written unpacked (field 1, varint, per value), as older writers may do.
-    unpacked = bytes([0x08, 0x05, 0x08, 0x07])
-    feature = bytes([0x1A, len(unpacked)]) + unpacked  # Feature.int64_list = 3
-    entry = bytes([0x0A, 1]) + b"n" + bytes([0x12, len(feature)]) + feature
-    features = bytes([0x0A, len(entry)]) + entry
-    assert parse_example(bytes([0x0A, len(features)]) + features) == {"n": [5, 7]}
-
-
-def test_decode_payload_round_trips_encode_example():
-    rng = np.random.default_rng(0)
-    image = rng.normal(size=(4, 2, 6, 3)).astype(np.float32)
-    label = (rng.random((4, 2, 6, 2)) > 0.5).astype(np.uint8)
-    record = decode_payload(encode_example("BRATS_042", image, label), "float32", 2)
-    assert record.case_id == "BRATS_042"
-    np.testing.assert_array_equal(record.image, image)
-    np.testing.assert_array_equal(record.label, label)
-
-
-def _copy(src: str, dst: Path) -> Path:
-    dst.write_bytes(Path(src).read_bytes())
-    return dst
-
-
-def test_corrupt_payload_byte_names_shard_and_record(plain, tmp_path):
-    shard = _copy(plain.shard_files("train")[0], tmp_path / "bad.tfrecord")
-    data = bytearray(shard.read_bytes())
-    (first_length,) = struct.unpack("<Q", data[:8])
-    second = 12 + first_length + 4  # start of record 1
-    data[second + 12 + 100] ^= 0x01  # one bit inside record 1's payload
-    shard.write_bytes(bytes(data))
-    with pytest.raises(ContractError, match=r"bad\.tfrecord: record 1: CRC32C of the payload"):
-        list(read_payloads(shard))
-
-
-def test_corrupt_length_is_caught_by_its_crc(plain, tmp_path):
-    shard = _copy(plain.shard_files("train")[0], tmp_path / "len.tfrecord")
-    data = bytearray(shard.read_bytes())
-    data[0] ^= 0x04
-    shard.write_bytes(bytes(data))
-    with pytest.raises(
-        ContractError, match=r"len\.tfrecord: record 0: CRC32C of the record length"
-    ):
-        list(read_payloads(shard))
-
-
-@pytest.mark.parametrize("cut", [5, 12 + 50, -2])
-def test_truncated_file_names_shard(plain, tmp_path, cut):
-    shard = _copy(plain.shard_files("train")[0], tmp_path / "cut.tfrecord")
-    data = shard.read_bytes()
-    shard.write_bytes(data[:cut])
-    with pytest.raises(ContractError, match=r"cut\.tfrecord: record \d+: file ends inside"):
-        list(read_payloads(shard))
-
-
-def test_truncated_gzip_names_shard(gzipped, tmp_path):
-    shard = _copy(gzipped.shard_files("train")[0], tmp_path / "cut.tfrecord.gz")
-    shard.write_bytes(shard.read_bytes()[:-40])
-    with pytest.raises(ContractError, match=r"cut\.tfrecord\.gz"):
-        list(read_payloads(shard, "gzip"))
-
-
-def test_corrupt_payload_inside_gzip_names_shard(plain, tmp_path):
-    raw = bytearray(Path(plain.shard_files("val")[0]).read_bytes())
-    raw[-10] ^= 0xFF  # inside the last record's payload
-    shard = tmp_path / "val.tfrecord.gz"
-    shard.write_bytes(gzip.compress(bytes(raw)))
-    with pytest.raises(
-        ContractError, match=r"val\.tfrecord\.gz: record \d+: CRC32C of the payload"
-    ):
-        list(read_payloads(shard, "gzip"))
-
-
-def test_missing_shard_names_it(tmp_path):
-    with pytest.raises(ContractError, match=r"nope\.tfrecord is missing"):
-        list(read_payloads(tmp_path / "nope.tfrecord"))
 
 
 def _record_ids(part: Part) -> list[tuple[str, int]]:

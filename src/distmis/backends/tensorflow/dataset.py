@@ -45,9 +45,19 @@ def _check_shard(shard: tuple[int, int] | None) -> None:
         raise ValueError(f"shard must be (num_workers >= 1, 0 <= index < num_workers), got {shard}")
 
 
+def feature_spec() -> dict:
+    """The ``tf.io.parse_single_example`` spec of :mod:`distmis.data.records`' schema."""
+    return {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.string),
+        "shape": tf.io.FixedLenFeature([4], tf.int64),
+        "case_id": tf.io.FixedLenFeature([], tf.string),
+    }
+
+
 def _parser(info: DatasetInfo):
     """A map function: serialised record → ``(image (X,Y,Z,C), label (X,Y,Z,K))`` float32."""
-    spec = records.feature_spec()
+    spec = feature_spec()
     image_dtype = tf.as_dtype(records.IMAGE_DTYPES[info.image_dtype])
     label_dtype = tf.as_dtype(records.LABEL_DTYPE)
     image_shape, label_shape = tuple(info.image_shape), tuple(info.label_shape)
@@ -182,4 +192,4 @@ def iter_records(info: DatasetInfo, split: str) -> Iterator[records.Record]:
         raise ValueError(f"split must be one of {sorted(info.splits)}, got {split!r}")
     dataset = tf.data.TFRecordDataset(info.shard_files(split), compression_type=info.tf_compression)
     labels = len(info.label_channels)
-    return (records.decode_example(raw, info.image_dtype, labels) for raw in dataset)
+    return (records.decode_example(raw.numpy(), info.image_dtype, labels) for raw in dataset)
