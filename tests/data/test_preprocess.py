@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from distmis.data import preprocess
 from distmis.data.preprocess import (
     center_crop_start,
     crop_or_pad,
@@ -10,6 +11,7 @@ from distmis.data.preprocess import (
     preprocess_case,
     to_ras,
     zscore_nonzero,
+    zscore_window,
 )
 
 RAS = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -42,6 +44,39 @@ def test_zscore_nonzero_exact():
     out = zscore_nonzero(image)
     np.testing.assert_allclose(out[..., 0].ravel(), [-1.0, 1.0, 0.0, 0.0])
     np.testing.assert_array_equal(out[..., 1], 0)  # an all-zero channel stays zero
+
+
+def _reference_zscore(window: np.ndarray) -> np.ndarray:
+    """Crop first, then per-channel z-score over nonzero voxels, written the plain way."""
+    out = np.zeros(window.shape, np.float64)
+    for c in range(window.shape[3]):
+        channel = window[..., c].astype(np.float64)
+        values = channel[channel != 0]
+        if values.size and values.std() > 0:
+            out[..., c] = np.where(channel != 0, (channel - values.mean()) / values.std(), 0)
+    return out
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+@pytest.mark.parametrize("slab_voxels", [7, 1 << 18])  # many thin slabs, or one
+def test_zscore_window_equals_crop_then_zscore(monkeypatch, order, slab_voxels):
+    # Thin slabs exercise the slab bookkeeping along every layout; the window crops x, pads y
+    # and both crops and shifts z, on a flipped (strided) view as to_ras gives for LPS.
+    monkeypatch.setattr(preprocess, "_SLAB_VOXELS", slab_voxels)
+    rng = np.random.default_rng(2)
+    volume = rng.normal(3.0, 2.0, size=(9, 5, 8, 3)).astype(np.float32)
+    volume[rng.random(volume.shape) < 0.3] = 0
+    volume[..., 2] = 0  # an empty channel stays zero
+    volume = np.asarray(volume, order=order)[::-1, ::-1]
+    out_shape, start = (6, 8, 5), (2, -2, 1)
+    out = zscore_window(volume, out_shape, start, np.float32)
+    assert out.shape == (6, 8, 5, 3) and out.flags.c_contiguous and out.dtype == np.float32
+    expected = np.zeros((6, 8, 5, 3))
+    expected[:, 2:7] = _reference_zscore(volume[2:8, :, 1:6])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    half = zscore_window(volume, out_shape, start, np.float16)
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half, expected, rtol=1e-3, atol=2e-3)
 
 
 def test_map_labels_binary_and_regions():
