@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import psutil
 import pytest
 
 from distmis.cluster.ray_cluster import PORT_BLOCK, ports_for_job
-from distmis.cluster.ray_node import terminate_tree
+from distmis.cluster.ray_node import processes_using, terminate_processes, terminate_tree
 from distmis.cluster.resources import job_shape
 
 
@@ -74,3 +76,58 @@ def test_terminate_tree_stops_children_in_their_own_session():
     terminate_tree(parent.pid, grace=5)
     parent.wait(5)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree)
+
+
+def test_processes_using_finds_a_detached_process_by_its_temp_dir(tmp_path):
+    # A process that left every tree (double fork, own session) but names the node's files,
+    # as an orphaned raylet or GCS does; and one naming a longer directory that must survive.
+    temp_dir, other = tmp_path / "ray-job15", tmp_path / "ray-job150"
+    sleeper = "import time, sys; time.sleep(600)"
+    launch = (
+        "import subprocess, sys;"
+        f"p = subprocess.Popen([sys.executable, '-c', {sleeper!r}, sys.argv[1]], start_new_session=True,"
+        " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL);"
+        "print(p.pid)"
+    )
+    pids = []
+    for arg in (f"--log_dir={temp_dir}/session_1/logs", f"--log_dir={other}/session_1/logs"):
+        out = subprocess.run([sys.executable, "-c", launch, arg], capture_output=True, text=True)
+        pids.append(int(out.stdout))
+    orphan, bystander = (psutil.Process(pid) for pid in pids)
+    try:
+        assert orphan.ppid() != 0 and [p.pid for p in processes_using(temp_dir)] == [orphan.pid]
+        terminate_processes(processes_using(temp_dir), grace=5)
+        psutil.wait_procs([orphan], timeout=5)
+        assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+        assert bystander.is_running()
+    finally:
+        for proc in (orphan, bystander):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+
+
+def test_node_wrapper_adopts_and_stops_orphans_of_the_command(tmp_path):
+    """The wrapper's command exits at once, leaving an orphan behind: the wrapper (a child
+    subreaper) still finds and stops it when it exits."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    # The wrapper runs `ray` beside its Python: a fake one that orphans a sleeper and exits.
+    (fake_bin / "python").symlink_to(sys.executable)
+    pid_file = tmp_path / "orphan.pid"
+    (fake_bin / "ray").write_text(
+        f"#!{sys.executable}\n"
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],"
+        " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+    )
+    (fake_bin / "ray").chmod(0o755)
+    result = subprocess.run(
+        [str(fake_bin / "python"), "-m", "distmis.cluster.ray_node", "start", "--block"],
+        # The symlinked interpreter is outside the venv: hand it this one's import path.
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        timeout=60,
+    )
+    assert result.returncode == 0
+    orphan = int(pid_file.read_text())
+    assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from distmis.cluster.ray_node import processes_using, terminate_processes
 from distmis.errors import DistmisError
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,9 @@ class RayCluster:
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait()
+        # The node wrappers clean up their own trees; should one have been killed before it
+        # finished, whatever still names this job's temp dir on this node goes now.
+        terminate_processes(processes_using(self.temp_dir))
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

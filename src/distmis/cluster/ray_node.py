@@ -4,6 +4,12 @@
 SIGTERM (as ``srun`` forwards a cancel to the task it started), and processes that outlive
 the job step escape SLURM's process tracking. This wrapper runs it in its own process group
 and, on SIGTERM/SIGINT/SIGHUP or when it exits, terminates the whole tree it started.
+
+Two independent nets catch what the tree walk could miss: the wrapper is a child subreaper,
+so a process orphaned when its parent dies first (``ray start`` on a cancel) is re-parented
+to the wrapper instead of init and stays in the tree; and the final sweep also stops every
+process of this user whose command line names the node's ``--temp-dir`` (the GCS, raylet
+and agents all do), however it left the tree.
 """
 
 from __future__ import annotations
@@ -52,6 +58,44 @@ def terminate_processes(processes: list[psutil.Process], grace: float = GRACE_SE
             proc.kill()
 
 
+def processes_using(temp_dir: str | os.PathLike[str]) -> list[psutil.Process]:
+    """This user's processes whose command line names ``temp_dir`` (a Ray node's files).
+
+    Matches ``temp_dir`` itself as an argument value or as a path prefix, never a longer name
+    (``/tmp/ray-job15`` does not match ``/tmp/ray-job150``); never this process.
+    """
+    root = os.fspath(temp_dir).rstrip("/")
+    me, uid = os.getpid(), os.getuid()
+    found = []
+    for proc in psutil.process_iter(["cmdline", "uids"]):
+        cmdline, uids = proc.info["cmdline"], proc.info["uids"]
+        if proc.pid == me or not cmdline or uids is None or uids.real != uid:
+            continue
+        for arg in cmdline:
+            value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+            if value.rstrip("/") == root or root + "/" in value:
+                found.append(proc)
+                break
+    return found
+
+
+def _temp_dir(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--temp-dir="):
+            return arg.split("=", 1)[1]
+        if arg == "--temp-dir" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _become_subreaper() -> None:
+    """Adopt our orphaned descendants (Linux), so they stay in our tree and SLURM's."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_child_subreaper = 36
+        libc.prctl(pr_set_child_subreaper, 1)
+
+
 def _die_with_parent() -> None:
     """Get SIGTERM when the launcher that started us dies, however it dies (Linux).
 
@@ -72,6 +116,8 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the signal was armed
         return 1
+    _become_subreaper()
+    temp_dir = _temp_dir(argv)
     ray_bin = str(Path(sys.executable).with_name("ray"))
     child = subprocess.Popen([ray_bin, *argv], start_new_session=True)
 
@@ -98,6 +144,11 @@ def main(argv: list[str]) -> int:
         for proc in _tree(root):
             known.setdefault(proc.pid, proc)
         terminate_processes(list(known.values()))
+        # Orphans re-parented to us while the others died, and anything naming our temp dir.
+        leftovers = psutil.Process().children(recursive=True)
+        if temp_dir is not None:
+            leftovers += processes_using(temp_dir)
+        terminate_processes(leftovers)
 
 
 if __name__ == "__main__":
