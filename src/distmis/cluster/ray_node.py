@@ -88,12 +88,18 @@ def _temp_dir(argv: list[str]) -> str | None:
     return None
 
 
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+def _prctl(option: int, value: int) -> None:
+    """Linux's prctl(2); a no-op where there is no glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value)
+
+
 def _become_subreaper() -> None:
     """Adopt our orphaned descendants (Linux), so they stay in our tree and SLURM's."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_child_subreaper = 36
-        libc.prctl(pr_set_child_subreaper, 1)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def _die_with_parent() -> None:
@@ -103,12 +109,7 @@ def _die_with_parent() -> None:
     leave the job step's process tree, and keep Ray running; with the parent-death signal it
     takes its tree down instead.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def main(argv: list[str]) -> int:
@@ -145,10 +146,10 @@ def main(argv: list[str]) -> int:
             known.setdefault(proc.pid, proc)
         terminate_processes(list(known.values()))
         # Orphans re-parented to us while the others died, and anything naming our temp dir.
-        leftovers = psutil.Process().children(recursive=True)
+        leftovers = {p.pid: p for p in psutil.Process().children(recursive=True)}
         if temp_dir is not None:
-            leftovers += processes_using(temp_dir)
-        terminate_processes(leftovers)
+            leftovers.update((p.pid, p) for p in processes_using(temp_dir))
+        terminate_processes(list(leftovers.values()))
 
 
 if __name__ == "__main__":
