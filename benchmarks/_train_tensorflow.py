@@ -14,7 +14,7 @@ from distmis.backends.tensorflow.loop import compiled_unet, fit_epoch, limit_thr
 # isort: split
 import numpy as np
 import tensorflow as tf
-from _training import SEED, BenchBackend, StepSettings
+from _training import SEED, BenchBackend, StepSettings, node_cache_scope
 
 from distmis.backends.tensorflow.dataset import load_arrays, make_dataset
 from distmis.data.info import DatasetInfo
@@ -73,7 +73,16 @@ class TensorflowBench(BenchBackend):
 
     def pipeline(self, info: DatasetInfo, batch: int, steps_per_epoch: int) -> tf.data.Dataset:
         # Repeats without end; fit_epoch takes steps_per_epoch from it, as a trial does.
-        return make_dataset(info, "train", batch, shuffle=True, seed=SEED, cache=True, repeat=True)
+        return make_dataset(
+            info,
+            "train",
+            batch,
+            shuffle=True,
+            seed=SEED,
+            cache=True,
+            cache_scope=node_cache_scope(),
+            repeat=True,
+        )
 
     def train(self, feed: tf.data.Dataset, steps: int, epoch: int) -> float:
         return fit_epoch(self.model, feed, steps, epoch)["loss"]

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 
 import torch
-from _training import SEED, BenchBackend, StepSettings
+from _training import SEED, BenchBackend, StepSettings, node_cache_scope
 
 from distmis.backends.torch.data import EpochBatches
 from distmis.backends.torch.loop import build_training_step, limit_threads, train_batches
@@ -147,6 +147,7 @@ class TorchBench(BenchBackend):
             shuffle=True,
             seed=SEED,
             cache=True,
+            cache_scope=node_cache_scope(),
             steps_per_epoch=steps_per_epoch,
         )
 

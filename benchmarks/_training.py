@@ -12,7 +12,9 @@ torch side never loads TensorFlow.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import functools
 import importlib
 import itertools
 import json
@@ -146,6 +148,17 @@ class BenchBackend(ABC):
     @abstractmethod
     def batch_sizes(self, feed: Any, epoch: int) -> Iterator[int]:
         """The batches of epoch ``epoch`` of ``feed``, drawn but not trained on: their sizes."""
+
+
+@functools.cache
+def node_cache_scope() -> Path:
+    """This benchmark process's node-cache scope (as a local ``distmis train`` run creates),
+    removed when the process exits."""
+    from distmis.data import node_cache
+
+    scope = node_cache.CacheScope.create(node_cache.cache_root(), f"bench-{os.getpid()}")
+    atexit.register(scope.remove)
+    return scope.path
 
 
 def load_backend(name: str) -> type[BenchBackend]:

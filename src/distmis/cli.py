@@ -135,7 +135,10 @@ def _cmd_ray_cluster(args: argparse.Namespace) -> None:
     if not command:
         raise ValueError("give the command to run after --")
     status = run_with_ray_cluster(
-        command, cpus_per_node=args.cpus_per_node, gpus_per_node=args.gpus_per_node
+        command,
+        cpus_per_node=args.cpus_per_node,
+        gpus_per_node=args.gpus_per_node,
+        cache_dir=args.cache_dir,
     )
     if status != 0:
         raise SystemExit(status)
@@ -244,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cpus-per-node", type=int, required=True)
     p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="node-local folder for the job's shared split caches (train.cache_dir; default "
+        "$DISTMIS_CACHE_DIR, else /dev/shm, else $TMPDIR); removed from every node at the end",
+    )
     p.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     p.set_defaults(func=_cmd_ray_cluster)
 

@@ -185,7 +185,10 @@ def _train(snakemake: Any, mode: str) -> dict | None:
         str(config_path),
     ]
     status = run_with_ray_cluster(
-        command, cpus_per_node=shape.cpus_per_node, gpus_per_node=shape.gpus_per_node
+        command,
+        cpus_per_node=shape.cpus_per_node,
+        gpus_per_node=shape.gpus_per_node,
+        cache_dir=train["cache_dir"],
     )
     if status != 0:
         raise ClusterError(f"training under the job's Ray cluster exited with status {status}")

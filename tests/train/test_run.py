@@ -47,12 +47,19 @@ def overlap(a: dict, b: dict) -> float:
 
 
 def test_experiment_mode_runs_two_at_once_and_records_a_failure(tfrecords, tmp_path):
+    from distmis.data import node_cache
     from distmis.train.run import run_training
 
-    settings = make_settings(tfrecords, tmp_path / "exp", "experiment", 2, max_failures=1)
+    cache_root = tmp_path / "node-cache"
+    settings = make_settings(
+        tfrecords, tmp_path / "exp", "experiment", 2, max_failures=1, cache_dir=str(cache_root)
+    )
     grid = settings.grid()
     failing = grid[1].trial_id
     summary = run_training(replace(settings, fail_trials=(failing,)))
+    # The trials read one shared copy per split from the run's scope, gone with the run.
+    scope = Path(summary["settings"]["cache_scope"])
+    assert scope.parent == node_cache.scopes_dir(cache_root) and not scope.exists()
 
     trials = read_trials(settings.out_dir)
     assert len(trials) == 3

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distmis.cluster.ray_node import processes_using, terminate_processes
+from distmis.data import node_cache
 from distmis.errors import DistmisError
 
 log = logging.getLogger(__name__)
@@ -264,8 +265,14 @@ def run_with_ray_cluster(
     env: Mapping[str, str] | None = None,
     cpus_per_node: int,
     gpus_per_node: int,
+    cache_dir: str | None = None,
 ) -> int:
-    """Start Ray across the allocation, run ``command`` on the head, stop Ray; return its status."""
+    """Start Ray across the allocation, run ``command`` on the head, stop Ray; return its status.
+
+    The job's node caches (:mod:`distmis.data.node_cache`) live in scope ``slurm-<job id>``
+    under ``cache_dir``'s root on every node; each node's wrapper creates it and removes it
+    when Ray stops there, and this launcher removes the head node's once more at the end.
+    """
     environ = dict(os.environ if env is None else env)
     if "SLURM_JOB_ID" not in environ:
         raise ClusterError("not inside a SLURM allocation (SLURM_JOB_ID is unset)")
@@ -279,6 +286,10 @@ def run_with_ray_cluster(
     node_wrapper = [sys.executable, "-m", "distmis.cluster.ray_node"]
     # A token per job: only processes of this job (which inherit it) can join or submit work.
     environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    cache_root = node_cache.cache_root(cache_dir)
+    # Read by the node wrappers (owners of each node's scope) and by `distmis train`.
+    environ[node_cache.ROOT_ENV] = str(cache_root)
+    environ[node_cache.SCOPE_ENV] = f"slurm-{job_id}"
     os.environ.update(
         RAY_AUTH_MODE=environ["RAY_AUTH_MODE"], RAY_AUTH_TOKEN=environ["RAY_AUTH_TOKEN"]
     )
@@ -316,6 +327,9 @@ def run_with_ray_cluster(
         if child is not None and child.poll() is None:
             child.terminate()
         cluster.stop()
+        node_cache.CacheScope(
+            node_cache.scopes_dir(cache_root) / environ[node_cache.SCOPE_ENV]
+        ).remove()
         if child is not None and child.poll() is None:
             try:
                 child.wait(timeout=STOP_GRACE_SECONDS)

@@ -10,6 +10,11 @@ so a process orphaned when its parent dies first (``ray start`` on a cancel) is 
 to the wrapper instead of init and stays in the tree; and the final sweep also stops every
 process of this user whose command line names the node's ``--temp-dir`` (the GCS, raylet
 and agents all do), however it left the tree.
+
+The wrapper also owns the job's node-cache scope on its node (``$DISTMIS_CACHE_SCOPE`` under
+``$DISTMIS_CACHE_DIR``, set by ``distmis ray-cluster``; :mod:`distmis.data.node_cache`): it
+sweeps scopes left by dead runs, creates the job's, and removes it with everything cached in
+it when it exits. Tens of GB in ``/dev/shm`` must not outlive the job.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from distmis.data import node_cache
 
 # Ray drains for up to 30 s on SIGTERM; a cancelled job has no work worth draining, and
 # SLURM SIGKILLs the step after KillWait (often 30 s, 5 s in the tests), so be quick.
@@ -119,6 +126,11 @@ def main(argv: list[str]) -> int:
         return 1
     _become_subreaper()
     temp_dir = _temp_dir(argv)
+    scope = None
+    if os.environ.get(node_cache.SCOPE_ENV):
+        scope = node_cache.CacheScope.create(
+            node_cache.cache_root(), os.environ[node_cache.SCOPE_ENV]
+        )
     ray_bin = str(Path(sys.executable).with_name("ray"))
     child = subprocess.Popen([ray_bin, *argv], start_new_session=True)
 
@@ -150,6 +162,8 @@ def main(argv: list[str]) -> int:
         if temp_dir is not None:
             leftovers.update((p.pid, p) for p in processes_using(temp_dir))
         terminate_processes(list(leftovers.values()))
+        if scope is not None:
+            scope.remove()
 
 
 if __name__ == "__main__":

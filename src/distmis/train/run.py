@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 
 from distmis import backends
 from distmis.cluster.ray_cluster import ClusterError
+from distmis.data import node_cache
 from distmis.data.info import DatasetInfo
 from distmis.fileio import read_json, write_json
 from distmis.train.runtime import scheduler_allocation, start_ray, stop_ray
@@ -25,7 +32,8 @@ STATE_FILE = "run_state.json"
 
 def _fingerprint(settings: TrainSettings, info: DatasetInfo) -> str:
     """Identity of a run: settings and the exact shards; a change means a fresh start."""
-    payload = {k: v for k, v in settings.to_json().items() if k not in ("ray_address",)}
+    where = ("ray_address", "cache_scope")  # where it runs, not what it computes
+    payload = {k: v for k, v in settings.to_json().items() if k not in where}
     payload["shards"] = {s: [x.sha256 for x in shards] for s, shards in info.splits.items()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -47,6 +55,36 @@ def _prepare_state(settings: TrainSettings, fingerprint: str) -> bool:
     return False
 
 
+def _raise_exit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def node_cache_scope(settings: TrainSettings) -> Iterator[str]:
+    """The folder this run's workers cache splits in (:mod:`distmis.data.node_cache`).
+
+    Under ``distmis ray-cluster`` (SLURM) the launcher names the scope and each node's
+    wrapper owns and removes it. Otherwise this process owns it and removes it on the way
+    out, SIGTERM included (Snakemake stops a local job with it); after a SIGKILL the next
+    run's sweep removes it.
+    """
+    root = node_cache.cache_root(settings.cache_dir)
+    launcher_scope = os.environ.get(node_cache.SCOPE_ENV)
+    if launcher_scope:
+        yield str(node_cache.scopes_dir(root) / launcher_scope)
+        return
+    scope = node_cache.CacheScope.create(root, f"run-{socket.gethostname()}-{os.getpid()}")
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        yield str(scope.path)
+    finally:
+        scope.remove()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_training(settings: TrainSettings) -> dict:
     """Run the whole grid in ``settings.mode`` on ``settings.gpus`` GPUs (or CPU workers).
 
@@ -54,6 +92,11 @@ def run_training(settings: TrainSettings) -> dict:
     ``summary.json``, the best model (``best_model.keras`` or ``best_model.pt``) and its card
     ``best_model.json``; returns the summary.
     """
+    with node_cache_scope(settings) as scope:
+        return _run_training(replace(settings, cache_scope=scope))
+
+
+def _run_training(settings: TrainSettings) -> dict:
     from distmis.train.data_parallel import run_data_parallel
     from distmis.train.experiment_parallel import run_experiment_parallel
 

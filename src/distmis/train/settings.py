@@ -94,6 +94,7 @@ class TrainSettings:
     scale_lr: bool
     seed: int
     cache: bool
+    shuffle_buffer: int
     max_failures: int
     debug: bool
     depth: int
@@ -107,6 +108,10 @@ class TrainSettings:
     loader_workers: int = 0
     # Trial ids that raise on purpose; only the fault-tolerance tests set this.
     fail_trials: tuple[str, ...] = field(default=())
+    # train.cache_dir: where node caches live (None: distmis.data.node_cache.cache_root).
+    cache_dir: str | None = None
+    # This run's node-cache scope folder, set when the run starts (not part of its identity).
+    cache_scope: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -161,6 +166,8 @@ class TrainSettings:
             scale_lr=train["scale_lr"],
             seed=train["seed"],
             cache=train["cache"],
+            shuffle_buffer=train["shuffle_buffer"],
+            cache_dir=train["cache_dir"],
             max_failures=train["max_failures"],
             debug=train["debug"],
             depth=train["model"]["depth"],
@@ -218,6 +225,8 @@ class TrainSettings:
             precision=self.precision,
             channels_last_3d=self.channels_last_3d,
             loader_workers=self.loader_workers,
+            shuffle_buffer=self.shuffle_buffer,
+            cache_scope=self.cache_scope,
         )
 
     def trial_config(self, hparams: HParams) -> TrialConfig:

@@ -78,8 +78,10 @@ def test_drop_remainder_gives_static_full_batches(binary):
     assert batch_sizes(dataset) == [4, 4]
 
 
-def test_float16_gzip_regions_decode_to_float32_with_three_label_channels(regions):
-    dataset = make_dataset(regions, "train", 2, shuffle=False, seed=0, cache=True)
+def test_float16_gzip_regions_decode_to_float32_with_three_label_channels(regions, tmp_path):
+    dataset = make_dataset(
+        regions, "train", 2, shuffle=False, seed=0, cache=True, cache_scope=tmp_path
+    )
     assert tuple(dataset.element_spec[1].shape) == (None, 16, 16, 16, 3)
     images, labels = load_arrays(regions, "train")
     assert images.dtype == np.float32 and images.shape == (3, 16, 16, 16, 4)
@@ -127,6 +129,36 @@ def test_more_workers_than_files_falls_back_to_record_sharding(regions):
     assert sorted(len(p) for p in parts) == [0, 1, 1, 1]
 
 
+@pytest.mark.parametrize(("split", "workers"), [("train", 2), ("train", 3), ("val", 2)])
+def test_cached_and_streamed_workers_get_the_records_the_torch_backend_gets(
+    binary, tmp_path, split, workers
+):
+    from distmis.data.parts import rank_part, read_part
+
+    for index in range(workers):
+        kwargs = dict(shuffle=True, seed=3, shard=(workers, index))
+        streamed = make_dataset(binary, split, 2, **kwargs)
+        cached = make_dataset(binary, split, 2, cache=True, cache_scope=tmp_path, **kwargs)
+        part = rank_part(binary.splits[split], index, workers)
+        torch_side = [
+            hashlib.sha256(r.image.astype(np.float32).tobytes()).hexdigest()[:16]
+            for r in read_part(part, binary.image_dtype, 1)
+        ]
+        assert sorted(fingerprints(streamed)) == sorted(fingerprints(cached)) == sorted(torch_side)
+
+
+def test_a_buffer_of_one_record_keeps_each_shard_whole_and_in_file_order(binary):
+    # Interleaving two shards, one record from each in turn; the buffer adds no reordering.
+    dataset = make_dataset(binary, "train", 1, shuffle=True, seed=0, shuffle_buffer=1)
+    drawn = fingerprints(dataset)
+    shards = [
+        fingerprints(make_dataset(binary, "train", 1, shuffle=False, seed=0, shard=(2, i)))
+        for i in range(2)
+    ]
+    assert drawn[0::2][:4] in (shards[0][:4], shards[1][:4])
+    assert sorted(drawn) == sorted(shards[0] + shards[1])
+
+
 def test_sharded_dataset_turns_off_tf_distribute_auto_sharding(binary):
     off = tf.data.experimental.AutoShardPolicy.OFF
     sharded = make_dataset(binary, "train", 2, shuffle=False, seed=0, shard=(2, 0))
@@ -157,3 +189,7 @@ def test_bad_arguments_are_rejected(binary):
         make_dataset(binary, "train", 2, shuffle=False, seed=0, shard=(2, 2))
     with pytest.raises(ValueError, match="batch_size"):
         make_dataset(binary, "train", 0, shuffle=False, seed=0)
+    with pytest.raises(ValueError, match="shuffle_buffer >= 1"):
+        make_dataset(binary, "train", 2, shuffle=True, seed=0, shuffle_buffer=0)
+    with pytest.raises(ValueError, match="cache=True needs cache_scope"):
+        make_dataset(binary, "train", 2, shuffle=True, seed=0, cache=True)

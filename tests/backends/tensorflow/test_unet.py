@@ -189,8 +189,10 @@ def test_model_learns_to_segment_synthetic_tumours(tmp_path):
     info = write_tfrecords(tmp_path, 12, params)
     model = build_unet(info.image_shape, 1, norm="batch", seed=0)
     compile_unet(model, lr=3e-3, beta_2=0.999, amsgrad=False, label_channels=info.label_channels)
-    train = make_dataset(info, "train", 2, shuffle=True, seed=0, cache=True)
-    val = make_dataset(info, "val", 2, shuffle=False, seed=0, cache=True)
+    scope = tmp_path / "cache"
+    scope.mkdir()
+    train = make_dataset(info, "train", 2, shuffle=True, seed=0, cache=True, cache_scope=scope)
+    val = make_dataset(info, "val", 2, shuffle=False, seed=0, cache=True, cache_scope=scope)
     history = model.fit(train, validation_data=val, epochs=8, verbose=0).history
     curve = [round(v, 3) for v in history["val_dice"]]
     print("val dice per epoch:", curve, "train loss:", [round(v, 3) for v in history["loss"]])

@@ -58,7 +58,16 @@ def _cases(info: DatasetInfo, batches) -> list[list[str]]:
 
 def _batches(info: DatasetInfo, split: str, **kwargs) -> EpochBatches:
     settings = {"batch_size": 2, "shuffle": False, "seed": 0, "cache": False, **kwargs}
+    if settings["cache"]:
+        settings.setdefault("cache_scope", _scope(info))
     return EpochBatches(info.root, split, settings.pop("batch_size"), **settings)
+
+
+def _scope(info: DatasetInfo) -> Path:
+    """A node-cache scope beside the module's data set (removed with tmp_path)."""
+    scope = info.root.parent / "node-cache" / "scope"
+    scope.mkdir(parents=True, exist_ok=True)
+    return scope
 
 
 @pytest.mark.parametrize("cache", [True, False])
@@ -73,17 +82,38 @@ def test_every_rank_takes_exactly_steps_full_batches(info, split, world_size, ca
         batches = list(data.epoch(0))
         assert len(batches) == 3, f"rank {rank} of {world_size}"
         for images, labels in batches:
-            assert images.dtype == labels.dtype == torch.float32
+            # As stored: float32 images (this data set), uint8 labels.
+            assert (images.dtype, labels.dtype) == (torch.float32, torch.uint8)
             assert tuple(images.shape) == (2, 4, *STORED_SHAPE)
             assert tuple(labels.shape) == (2, k, *STORED_SHAPE)
-            assert set(labels.unique().tolist()) <= {0.0, 1.0}
+            assert set(labels.unique().tolist()) <= {0, 1}
 
 
-def test_batches_are_channels_first_records(info):
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("loader_workers", [0, 2])
+def test_batches_are_the_stored_records_seen_channels_first_without_a_copy(
+    info, cache, loader_workers
+):
     first = next(read_records(info.shard_files("val")[0], info.image_dtype, 3))
-    images, labels = next(_batches(info, "val", steps_per_epoch=None).epoch(0))
+    data = _batches(info, "val", steps_per_epoch=None, cache=cache, loader_workers=loader_workers)
+    images, labels = next(iter(data.epoch(0)))
     np.testing.assert_array_equal(images[0].numpy(), np.moveaxis(first.image, -1, 0))
     np.testing.assert_array_equal(labels[0].numpy(), np.moveaxis(first.label, -1, 0))
+    # The stored (B, X, Y, Z, C) memory as (B, C, X, Y, Z): channels_last_3d already.
+    for batch in (images, labels):
+        assert batch.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_to_device_widens_to_float32_in_the_model_memory_format(info):
+    from distmis.backends.torch.data import to_device
+
+    batch = next(iter(_batches(info, "val", steps_per_epoch=None).epoch(0)))
+    for memory_format in (torch.channels_last_3d, torch.contiguous_format):
+        images, labels = to_device(batch, torch.device("cpu"), memory_format)
+        assert images.dtype == labels.dtype == torch.float32
+        assert images.is_contiguous(memory_format=memory_format)
+        torch.testing.assert_close(images, batch[0].float())
+        torch.testing.assert_close(labels, batch[1].float())
 
 
 def test_a_rank_with_one_record_repeats_it_to_fill_its_steps(info):
@@ -160,16 +190,25 @@ def test_cache_and_stream_serve_each_rank_the_same_records(info, world_size):
         assert Counter(sum(cached, [])) == Counter(sum(streamed, []))
 
 
-def test_cached_epochs_decode_the_shards_once(info, monkeypatch):
-    from distmis.backends.torch import data as data_module
+def test_cached_epochs_decode_the_shards_once_for_every_rank(info, tmp_path, monkeypatch):
+    from distmis.data import node_cache
 
-    reads = []
-    real = data_module.read_part
-    monkeypatch.setattr(data_module, "read_part", lambda *a: reads.append(1) or real(*a))
-    data = _batches(info, "train", cache=True, shuffle=True, steps_per_epoch=4)
-    for epoch in range(3):
-        assert len(list(data.epoch(epoch))) == 4
-    assert len(reads) == 1
+    made = []
+    real = node_cache._materialise
+    monkeypatch.setattr(node_cache, "_materialise", lambda *a: made.append(a[2]) or real(*a))
+    for rank in range(2):
+        data = _batches(
+            info, "train", cache=True, cache_scope=tmp_path, shuffle=True, steps_per_epoch=4,
+            rank=rank, world_size=2,
+        )  # fmt: skip
+        for epoch in range(3):
+            assert len(list(data.epoch(epoch))) == 4
+    assert made == ["train"]
+
+
+def test_cache_without_a_scope_is_an_error(info):
+    with pytest.raises(ValueError, match="cache=True needs cache_scope"):
+        EpochBatches(info.root, "train", 1, shuffle=False, seed=0, cache=True, steps_per_epoch=1)
 
 
 def test_loader_workers_give_the_same_steps_and_records(info):

@@ -15,9 +15,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from distmis.backends.torch.tfrecord import Part, TFRecordVolumes, rank_part, read_part
+from distmis.backends.torch.tfrecord import TFRecordVolumes
 from distmis.data.convert import ConvertParams, convert_dataset
 from distmis.data.info import DatasetInfo, ShardInfo
+from distmis.data.parts import Part, rank_part, read_part
 from distmis.data.records import read_records
 from distmis.data.synthetic import synthesize_dataset
 from distmis.errors import ContractError

@@ -1,31 +1,48 @@
 """tf.data input pipelines over the TFRecord shards described by ``info.json``.
 
-The pipeline of :func:`make_dataset`::
+The pipeline of :func:`make_dataset`, per worker (its part of the split from
+:func:`distmis.data.parts.rank_part`, the same part the torch backend reads)::
 
-    shard files ─(worker's files)─ shuffle file order ─ interleave(TFRecordDataset)
-      ─(worker's records)─ parse ─ cache? ─ shuffle ─ repeat? ─ batch ─ prefetch
+    streamed: worker's shards ─ shuffle shard order ─ interleave(TFRecordDataset)
+              ─ parse (stored dtype, uint8 labels) ─ shuffle(shuffle_buffer)
+    cached:   positions of the worker's records in the node's shared copy of the split
+              (distmis.data.node_cache) ─ shuffle(all of them) ─ read from the memory map
+    ─ repeat? ─ batch ─ to float32 ─ prefetch
 
 Elements are ``(image, label)``: float32 ``(B, X, Y, Z, C)`` and float32 ``(B, X, Y, Z, K)``.
-Feature names and byte layouts come from :mod:`distmis.data.records`; shapes, dtype and
-compression from :class:`~distmis.data.info.DatasetInfo`.
+Records keep their stored dtype (float16 or float32 images, uint8 labels) until a batch is
+formed, so the shuffle buffer holds stored bytes, not 2-4× as many.
+
+Memory of a streaming worker is bounded by its buffers, whatever the split's size:
+``shuffle_buffer`` records, ``parallel_calls`` records being parsed (each with its serialised
+copy), the batch being formed and :data:`PREFETCH_BATCHES` float32 batches. At the paper's
+size (float16 + binary labels, 79 MB a record; a float32 batch of 2 is 298 MB) and the
+defaults that is ~1.5 GB besides TensorFlow itself. Feature names and byte layouts come from
+:mod:`distmis.data.records`; shapes, dtype and compression from
+:class:`~distmis.data.info.DatasetInfo`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from distmis.data import records
+from distmis.data import node_cache, records
 from distmis.data.info import DatasetInfo
+from distmis.data.parts import Part, rank_part
 
 log = logging.getLogger(__name__)
 
-AUTOTUNE = tf.data.AUTOTUNE
 # Shards read at once; more only adds open files and buffers on tiny splits.
 MAX_CYCLE_LENGTH = 8
+# The schema's train.shuffle_buffer default (records).
+SHUFFLE_BUFFER = 8
+# Batches ready ahead of the step; each is a float32 copy of B records.
+PREFETCH_BATCHES = 2
 
 
 def _check_split(info: DatasetInfo, split: str) -> list[str]:
@@ -56,7 +73,8 @@ def feature_spec() -> dict:
 
 
 def _parser(info: DatasetInfo):
-    """A map function: serialised record → ``(image (X,Y,Z,C), label (X,Y,Z,K))`` float32."""
+    """A map function: serialised record → ``(image (X,Y,Z,C), label (X,Y,Z,K))`` as stored
+    (image in info.json's dtype, label uint8)."""
     spec = feature_spec()
     image_dtype = tf.as_dtype(records.IMAGE_DTYPES[info.image_dtype])
     label_dtype = tf.as_dtype(records.LABEL_DTYPE)
@@ -69,52 +87,75 @@ def _parser(info: DatasetInfo):
             parsed["shape"], tf.constant(image_shape, tf.int64), message="record shape"
         )
         image = tf.io.decode_raw(parsed["image"], image_dtype, little_endian=True)
-        image = tf.reshape(tf.cast(image, tf.float32), image_shape)
         label = tf.io.decode_raw(parsed["label"], label_dtype)
-        label = tf.reshape(tf.cast(label, tf.float32), label_shape)
-        return image, label
+        return tf.reshape(image, image_shape), tf.reshape(label, label_shape)
 
     return parse
 
 
-def _records(info: DatasetInfo, files: list[str], shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Serialised records of ``files``, interleaved in a deterministic (seeded) order."""
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    return dataset.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=info.tf_compression),
-        cycle_length=max(1, min(len(files), MAX_CYCLE_LENGTH)),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
+def _to_float32(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.cast(image, tf.float32), tf.cast(label, tf.float32)
 
 
-def _worker_files(
-    files: list[str], shard: tuple[int, int] | None
-) -> tuple[list[str], tuple[int, int] | None]:
-    """The files this worker reads and the record sharding still to apply (None: none).
+def _streamed(
+    info: DatasetInfo, part: Part, shuffle: bool, seed: int, parallel_calls: int
+) -> tf.data.Dataset:
+    """The part's records, parsed, in a deterministic (seeded) order.
 
-    With at least one file per worker, each worker reads only its own files (every
-    ``num_workers``-th), so no worker reads or parses records it then discards. With fewer
-    files, file sharding would leave a worker without data, and synchronous all-reduce
-    training would hang waiting for it; then every worker reads every file and keeps every
-    ``num_workers``-th record instead. That stays a partition of the split only because all
-    workers see the records in the same order: the caller then keeps the file order fixed
-    (a seeded shuffle would also depend on each worker's global TF seed) and the interleave
-    is deterministic.
+    Whole-shard parts read up to :data:`MAX_CYCLE_LENGTH` shards interleaved, in a shard order
+    reshuffled each epoch. A record-sharded part (fewer shards than workers) reads its shards
+    one after another in info.json order and keeps every ``stride``-th record: that is a
+    partition of the split only because every worker sees the records in the same order.
     """
-    if shard is None:
-        return files, None
-    num_workers, index = shard
-    if len(files) >= num_workers:
-        return files[index::num_workers], None
-    log.info(
-        "%d shard files for %d workers: sharding by record, every worker reads every file",
-        len(files),
-        num_workers,
+    files = [str(s.file) for s in part.shards]
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if part.stride == 1:
+        if shuffle:
+            dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        cycle = max(1, min(len(files), MAX_CYCLE_LENGTH))
+    else:
+        cycle = 1
+    # Sequential, so deterministic, reads (no num_parallel_calls): a parallel interleave buffers whole
+    # serialised records per open shard, 70-150 MB each at the paper's size.
+    dataset = dataset.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=info.tf_compression),
+        cycle_length=cycle,
     )
-    return files, shard
+    if part.stride > 1:
+        # Before parsing, so records of other workers are skipped undecoded.
+        dataset = dataset.shard(part.stride, part.offset)
+    return dataset.map(_parser(info), num_parallel_calls=parallel_calls, deterministic=True)
+
+
+def _from_node_cache(
+    info: DatasetInfo,
+    split: str,
+    part: Part,
+    cache_scope: Path | str,
+    shuffle: bool,
+    seed: int,
+    repeat: bool,
+    parallel_calls: int,
+) -> tf.data.Dataset:
+    """The part's records read from the node's shared copy (one memory copy per record)."""
+    cached = node_cache.open_split(info, split, Path(cache_scope))
+    positions = part.split_positions(info.splits[split])
+    dataset = tf.data.Dataset.from_tensor_slices(positions)
+    if shuffle:
+        dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    image_dtype = tf.as_dtype(records.IMAGE_DTYPES[info.image_dtype])
+    label_dtype = tf.as_dtype(records.LABEL_DTYPE)
+
+    def read(position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return cached.images[position], cached.labels[position]
+
+    def load(position: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image, label = tf.numpy_function(read, [position], (image_dtype, label_dtype))
+        return tf.ensure_shape(image, info.image_shape), tf.ensure_shape(label, info.label_shape)
+
+    return dataset.map(load, num_parallel_calls=parallel_calls, deterministic=True)
 
 
 def make_dataset(
@@ -125,17 +166,22 @@ def make_dataset(
     shuffle: bool,
     seed: int,
     cache: bool = False,
+    cache_scope: Path | str | None = None,
     repeat: bool = False,
     shard: tuple[int, int] | None = None,
     drop_remainder: bool = False,
+    shuffle_buffer: int = SHUFFLE_BUFFER,
+    parallel_calls: int = 1,
 ) -> tf.data.Dataset:
     """Batches ``(image (B, X, Y, Z, C), label (B, X, Y, Z, K))``, both float32, of ``split``.
 
-    ``shuffle`` shuffles file order and records (buffer = the split's record count, reshuffled
-    each epoch), both seeded with ``seed``, so the order is reproducible. ``cache`` keeps the
-    decoded records in memory after the first pass. ``shard=(num_workers, index)`` keeps this
-    worker's part of the split (by file when possible, see :func:`_worker_files`); workers'
-    parts are disjoint and cover the split.
+    ``shuffle`` reorders every epoch, seeded with ``seed`` (reproducible): streamed, the shard
+    order and a buffer of ``shuffle_buffer`` records; cached, a full permutation. ``cache``
+    reads the node's shared decoded copy of the split in the folder ``cache_scope``
+    (:func:`distmis.data.node_cache.open_split`) instead of the shards. ``shard=(num_workers,
+    index)`` keeps this worker's part of the split (:func:`~distmis.data.parts.rank_part`);
+    workers' parts are disjoint and cover the split. ``parallel_calls`` records are parsed or
+    read at once (the worker's cores).
 
     Under ``MultiWorkerMirroredStrategy``, Keras treats ``batch_size`` as the global batch
     and splits every batch across the replicas in sync (tf.distribute rebatching), so pass
@@ -144,22 +190,29 @@ def make_dataset(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if shuffle_buffer < 1 or parallel_calls < 1:
+        raise ValueError(
+            f"need shuffle_buffer >= 1 and parallel_calls >= 1, got {shuffle_buffer} and "
+            f"{parallel_calls}"
+        )
+    if cache and cache_scope is None:
+        raise ValueError("cache=True needs cache_scope, the node cache's scope folder")
     _check_shard(shard)
-    files, record_shard = _worker_files(_check_split(info, split), shard)
-    # Only shuffle file order when each worker owns its files; see _worker_files.
-    dataset = _records(info, files, shuffle and record_shard is None, seed)
-    if record_shard is not None:
-        # Before parsing, so records of other workers are skipped undecoded.
-        dataset = dataset.shard(*record_shard)
-    dataset = dataset.map(_parser(info), num_parallel_calls=AUTOTUNE, deterministic=True)
+    _check_split(info, split)
+    num_workers, index = shard if shard is not None else (1, 0)
+    part = rank_part(info.splits[split], index, num_workers)
     if cache:
-        dataset = dataset.cache()
-    if shuffle:
-        buffer = max(1, info.count(split))
-        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+        dataset = _from_node_cache(
+            info, split, part, cache_scope, shuffle, seed, repeat, parallel_calls
+        )
+    else:
+        dataset = _streamed(info, part, shuffle, seed, parallel_calls)
+        if shuffle:
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.map(_to_float32, num_parallel_calls=1).prefetch(PREFETCH_BATCHES)
     if shard is not None:
         options = tf.data.Options()
         # We already gave this worker its part; tf.distribute's default (AUTO) policy would
@@ -178,8 +231,8 @@ def load_arrays(info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
     dataset = tf.data.TFRecordDataset(files, compression_type=info.tf_compression)
     images, labels = [], []
     for image, label in dataset.map(_parser(info)).as_numpy_iterator():
-        images.append(image)
-        labels.append(label)
+        images.append(image.astype(np.float32))
+        labels.append(label.astype(np.float32))
     return np.stack(images), np.stack(labels)
 
 

@@ -140,8 +140,12 @@ class KerasTrialSteps(TrialSteps):
                 shuffle=split == "train",
                 seed=settings.seed,
                 cache=settings.cache,
+                cache_scope=settings.cache_scope,
                 repeat=True,
                 shard=shard,
+                shuffle_buffer=settings.shuffle_buffer,
+                # The worker's cores parse records between steps (limit_threads gave them).
+                parallel_calls=settings.cpus_per_worker,
             )
             for split in ("train", "val")
         )

@@ -74,7 +74,7 @@ class TorchBackend(Backend):
         return torch_predictor(model_file)
 
     def read_records(self, info: DatasetInfo, split: str) -> Iterator[Record]:
-        from distmis.backends.torch.tfrecord import rank_part, read_part
+        from distmis.data.parts import rank_part, read_part
 
         if split not in info.splits:
             raise ValueError(f"split must be one of {sorted(info.splits)}, got {split!r}")

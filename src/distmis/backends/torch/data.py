@@ -3,10 +3,24 @@
 As :func:`distmis.backends.tensorflow.dataset.make_dataset`, per distributed rank::
 
     rank's part of the split (whole shards, or every world_size-th record: rank_part)
-      ─ cache? ─ per epoch: shuffle (seeded by seed, epoch, rank) ─ repeat ─ batch
+      ─ streamed: per epoch shuffle shard order, buffer-shuffle records (seeded by seed,
+        epoch, rank), repeat
+      ─ cached: the node's shared copy (distmis.data.node_cache), a full permutation per epoch
+      ─ batch
 
-Batches are ``(images (B, C, X, Y, Z), labels (B, K, X, Y, Z))`` float32 on the CPU, with
-``B = batch_size`` per replica (the global batch is ``batch_size · world_size``).
+Batches are ``(images (B, C, X, Y, Z), labels (B, K, X, Y, Z))`` on the CPU, with
+``B = batch_size`` per replica (the global batch is ``batch_size · world_size``). They keep
+what the shards store: images in info.json's ``image_dtype`` (float16 or float32) and labels
+as uint8, both in the stored channels-last layout, i.e. ``torch.channels_last_3d`` strides
+(a permuted view, no copy). :func:`to_device` moves a batch to the model's device first and
+only then widens it to float32 in the model's memory format, so the copy over PCIe carries
+the stored bytes and the cast runs on the GPU.
+
+Memory (see README "Sizing a node"): a streaming rank holds at most ``shuffle_buffer``
+records over all its loader workers, each worker's ``prefetch_factor`` (2) batches, and the
+batch being trained on, whatever the split's size; at the paper's size (float16, binary
+labels: 79 MB a record) the default buffer of 8 is ~0.6 GB. A cached rank holds only its
+batches: the records are the node's shared memory map.
 
 Training (``steps_per_epoch=n``): every epoch gives exactly ``n`` full batches on every rank,
 however many records the rank holds. Ranks that took different step counts would deadlock
@@ -28,25 +42,31 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
+from queue import Full, Queue
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from distmis.backends.torch.tfrecord import Part, rank_part, read_part, to_tensors
+from distmis.data import heap, node_cache
 from distmis.data.info import DatasetInfo
+from distmis.data.parts import Part, rank_part, read_part
 from distmis.data.records import Record
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-# Records a rank holds for shuffling when streaming, over all its DataLoader workers. A BraTS
-# record is 30-150 MB as float32, so tf.data's buffer of the whole split is only affordable
-# when cached; shard order is shuffled as well, so the order still mixes across shards.
-SHUFFLE_BUFFER = 64
+# Records a rank holds for shuffling when streaming, over all its DataLoader workers (the
+# schema's train.shuffle_buffer default). A BraTS record is 79-166 MB, so the buffer, not the
+# split, must bound memory; shard order is reshuffled each epoch, so the order still mixes
+# across shards.
+SHUFFLE_BUFFER = 8
+# Batches formed ahead from a cached split, while the model trains on the current one.
+CACHED_PREFETCH = 2
 # The first entry after the seed keeps the generators of different draws apart.
 SHARD_ORDER, RECORD_ORDER = 0, 1
 
@@ -75,14 +95,50 @@ def buffer_shuffled(
         yield buffer[slot]
 
 
-def _stack(records: list[Record]) -> Batch:
-    images, labels = zip(*(to_tensors(r) for r in records), strict=True)
-    return torch.stack(images), torch.stack(labels)
+TORCH_DTYPES = {
+    np.dtype("<f2"): torch.float16,
+    np.dtype("<f4"): torch.float32,
+    np.dtype("u1"): torch.uint8,
+}
+
+
+def stack_records(records: list[Record]) -> Batch:
+    """``records`` as one batch in their stored dtypes and layout (see the module docstring).
+
+    One copy per record, into the batch; in a DataLoader worker the batch is allocated in
+    shared memory, so handing it to the training process copies nothing more.
+    """
+    in_worker = get_worker_info() is not None
+
+    def stacked(arrays: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.empty((len(arrays), *arrays[0].shape), dtype=TORCH_DTYPES[arrays[0].dtype])
+        if in_worker:
+            batch.share_memory_()
+        np.stack(arrays, out=batch.numpy())
+        # (B, X, Y, Z, C) memory seen as (B, C, X, Y, Z): exactly channels_last_3d strides.
+        return batch.permute(0, 4, 1, 2, 3)
+
+    return stacked([r.image for r in records]), stacked([r.label for r in records])
+
+
+def to_device(
+    batch: Batch, device: torch.device, memory_format: torch.memory_format
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of :func:`stack_records` as float32 on ``device`` in ``memory_format``.
+
+    The stored bytes cross to the device first (asynchronously from pinned memory) and are
+    widened there: float16 images and uint8 labels move 2× and 4× fewer bytes than float32.
+    """
+    images, labels = (t.to(device, non_blocking=True) for t in batch)
+    return (
+        images.to(dtype=torch.float32, memory_format=memory_format),
+        labels.to(dtype=torch.float32, memory_format=memory_format),
+    )
 
 
 class _RankStream(IterableDataset):
-    """The rank's records for one epoch as ``(image, label)`` tensors, read in each DataLoader
-    worker: pass after pass (``cycle``) or one pass."""
+    """The rank's records for one epoch, read in each DataLoader worker: pass after pass
+    (``cycle``) or one pass; the DataLoader batches them with :func:`stack_records`."""
 
     def __init__(
         self,
@@ -100,7 +156,7 @@ class _RankStream(IterableDataset):
         self.info, self.part, self.epoch, self.rank = info, part, epoch, rank
         self.shuffle, self.seed, self.cycle, self.buffer = shuffle, seed, cycle, buffer
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Record]:
         worker = get_worker_info()
         worker_id, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         for pass_index in itertools.count():
@@ -122,10 +178,46 @@ class _RankStream(IterableDataset):
                     self.seed, RECORD_ORDER, self.epoch, self.rank, pass_index, worker_id
                 )
                 records = buffer_shuffled(records, math.ceil(self.buffer / workers), generator)
-            for record in records:
-                yield to_tensors(record)
+            yield from records
             if not self.cycle:
                 return
+
+
+def prefetched(items: Iterator[Batch], depth: int) -> Generator[Batch, None, None]:
+    """``items`` drawn by a background thread up to ``depth`` ahead (numpy's copies release
+    the GIL, so forming the next batch overlaps the step); closing stops the thread."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def fill() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # re-raised in the consumer
+            put(exc)
+
+    thread = threading.Thread(target=fill, name="cached-batches", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class EpochBatches:
@@ -138,10 +230,11 @@ class EpochBatches:
       rank's part does not depend on ``cache`` or ``loader_workers``;
     - ``shuffle``, ``seed``: reorder each epoch and pass (shard order and a shuffle buffer of
       ``shuffle_buffer`` records when streaming, a full permutation when cached);
-    - ``cache``: decode the rank's records once into memory (in the stored dtype, so as much
-      memory as its uncompressed shards) in this process, and serve every epoch from there;
-      otherwise stream them from the shards with ``loader_workers`` DataLoader processes
-      (0: in this process);
+    - ``cache``: serve every epoch from the node's shared decoded copy of the split in the
+      folder ``cache_scope`` (:func:`distmis.data.node_cache.open_split`: materialised once
+      per node, memory-mapped by every process), batches formed by a background thread;
+      otherwise stream the records from the shards with ``loader_workers`` DataLoader
+      processes (0: in this process);
     - ``steps_per_epoch``: batches per epoch, all of ``batch_size``, the rank's records
       repeating as needed; ``None``: one pass, each record once, in batches of at most
       ``batch_size`` (with loader workers, each worker's last batch may be short);
@@ -165,6 +258,7 @@ class EpochBatches:
         loader_workers: int = 0,
         shuffle_buffer: int = SHUFFLE_BUFFER,
         pin_memory: bool = False,
+        cache_scope: Path | str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -177,6 +271,8 @@ class EpochBatches:
                 f"need loader_workers >= 0 and shuffle_buffer >= 1, "
                 f"got {loader_workers} and {shuffle_buffer}"
             )
+        if cache and cache_scope is None:
+            raise ValueError("cache=True needs cache_scope, the node cache's scope folder")
         self.info = DatasetInfo.from_dir(Path(tfrecord_dir))
         if split not in self.info.splits:
             raise ValueError(f"split must be one of {sorted(self.info.splits)}, got {split!r}")
@@ -193,7 +289,10 @@ class EpochBatches:
         self.shuffle, self.seed, self.cache = bool(shuffle), int(seed), bool(cache)
         self.loader_workers, self.shuffle_buffer = int(loader_workers), int(shuffle_buffer)
         self.pin_memory = bool(pin_memory)
-        self._cached: list[Record] | None = None
+        # Freed records and batches must go back to the OS, not fragment the heap.
+        heap.fix_mmap_threshold()
+        self.cache_scope = None if cache_scope is None else Path(cache_scope)
+        self._cached: node_cache.CachedSplit | None = None
         log.info(
             "%s, rank %d of %d: %d records, %s of %d",
             split,
@@ -223,30 +322,35 @@ class EpochBatches:
             # Stops the DataLoader's workers now, not whenever the iterator is collected.
             batches.close()
 
-    def _records_in_memory(self) -> list[Record]:
+    def _cached_split(self) -> node_cache.CachedSplit:
         if self._cached is None:
-            info = self.info
-            self._cached = list(
-                read_part(self.part, info.image_dtype, len(info.label_channels), info.compression)
-            )
+            self._cached = node_cache.open_split(self.info, self.split, self.cache_scope)
         return self._cached
 
     def _from_cache(self, epoch: int) -> Generator[Batch, None, None]:
-        records = self._records_in_memory()
+        cached = self._cached_split()
+        # Where this rank's records sit in the node's copy of the whole split.
+        positions = self.part.split_positions(self.info.splits[self.split])
 
         def order(pass_index: int) -> np.ndarray:
             if not self.shuffle:
-                return np.arange(len(records))
+                return positions
             generator = order_generator(self.seed, RECORD_ORDER, epoch, self.rank, pass_index, 0)
-            return generator.permutation(len(records))
+            return positions[generator.permutation(len(positions))]
 
-        passes = itertools.count() if self.steps_per_epoch else range(1)
-        indices = iter(itertools.chain.from_iterable(order(p) for p in passes))
-        while batch := list(itertools.islice(indices, self.batch_size)):
-            images, labels = _stack([records[i] for i in batch])
-            if self.pin_memory:
-                images, labels = images.pin_memory(), labels.pin_memory()
-            yield images, labels
+        def batches() -> Iterator[Batch]:
+            passes = itertools.count() if self.steps_per_epoch else range(1)
+            indices = iter(itertools.chain.from_iterable(order(p) for p in passes))
+            while batch := list(itertools.islice(indices, self.batch_size)):
+                records = [
+                    Record(cached.case_ids[i], cached.images[i], cached.labels[i]) for i in batch
+                ]
+                images, labels = stack_records(records)
+                if self.pin_memory:
+                    images, labels = images.pin_memory(), labels.pin_memory()
+                yield images, labels
+
+        yield from prefetched(batches(), CACHED_PREFETCH)
 
     def _streamed(self, epoch: int) -> Generator[Batch, None, None]:
         stream = _RankStream(
@@ -262,6 +366,7 @@ class EpochBatches:
         loader = DataLoader(
             stream,
             batch_size=self.batch_size,
+            collate_fn=stack_records,
             num_workers=self.loader_workers,
             pin_memory=self.pin_memory,
             # Own generator: DataLoader draws its workers' base seed from it, not from (and

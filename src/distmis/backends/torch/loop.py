@@ -35,6 +35,7 @@ from torch import nn
 
 from distmis.backends.torch.checkpoint import save_model
 from distmis.backends.torch.data import EpochBatches
+from distmis.backends.torch.data import to_device as batch_to_device
 from distmis.backends.torch.losses import dice_coefficient, soft_dice_per_sample
 from distmis.backends.torch.unet import build_unet_torch
 from distmis.data.info import DatasetInfo
@@ -104,9 +105,9 @@ class TrainingStep:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def to_device(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of :class:`EpochBatches` (stored dtypes) as float32 on the device."""
         images, labels = batch
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        return images, labels.to(self.device, non_blocking=True)
+        return batch_to_device((images, labels), self.device, self.memory_format)
 
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor
@@ -301,7 +302,10 @@ class TorchTrialSteps(TrialSteps):
                 rank=runner.rank,
                 world_size=runner.world_size,
                 cache=settings.cache,
+                cache_scope=settings.cache_scope,
                 loader_workers=settings.loader_workers,
+                shuffle_buffer=settings.shuffle_buffer,
+                pin_memory=self.device.type == "cuda",
             )
             for split in ("train", "val")
         )
