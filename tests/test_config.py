@@ -44,10 +44,13 @@ def test_shipped_config_is_valid_and_sets_only_schema_keys():
         shipped = yaml.safe_load(fh)
     config = load_config("config.yaml")
 
-    # Validation fills defaults but must not change a value the file sets.
+    # Validation fills defaults but must not change a value the file sets (`auto` shard
+    # counts become the count they stand for).
     def same(given, validated):
         if isinstance(given, dict):
             return all(same(v, validated[k]) for k, v in given.items())
+        if given == "auto":
+            return isinstance(validated, int)
         return given == validated
 
     assert same(shipped, config)
@@ -120,3 +123,32 @@ def test_load_config_reads_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"data": {"synthetic": {"cases": 7}}}))
     assert load_config(path)["data"]["synthetic"]["cases"] == 7
+
+
+def _shards(gpu_counts, modes, shards=None, source="msd") -> dict:
+    config = {"train": {"gpu_counts": gpu_counts, "modes": modes}, "data": {"source": source}}
+    if shards is not None:
+        config["data"]["preprocess"] = {"shards": shards}
+    return validate_config(config)["data"]["preprocess"]["shards"]
+
+
+def test_auto_shards_follow_the_largest_data_parallel_job():
+    assert _shards([1, 2, 4, 8, 16, 32], ["data", "experiment"]) == {
+        "train": 32,
+        "val": 32,
+        "test": 1,
+    }
+    # Experiment mode alone reads whole splits per trial: one shard each is enough.
+    assert _shards([1, 4], ["experiment"]) == {"train": 1, "val": 1, "test": 1}
+    # Never more shards than the split will have cases (24 synthetic: 17 train, 4 val).
+    assert _shards([1, 8], ["data"], source="synthetic") == {"train": 8, "val": 4, "test": 1}
+
+
+def test_fewer_shards_than_data_parallel_workers_warns_naming_both_keys(caplog):
+    with caplog.at_level("WARNING", logger="distmis.config"):
+        shards = {"train": 16, "val": 2, "test": 1}
+        assert _shards([1, 4], ["data"], shards) == shards
+        assert "shards.val is 2, fewer than the 4 data-parallel workers of train.gpu_counts" in (
+            caplog.text
+        )
+        assert "shards.train" not in caplog.text

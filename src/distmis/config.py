@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -12,6 +13,8 @@ import jsonschema
 import yaml
 
 from distmis.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 
@@ -71,6 +74,46 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         )
 
 
+def data_parallel_workers(train: Mapping[str, Any]) -> int:
+    """The most workers one data-parallel job uses (1 without data mode)."""
+    return max(train["gpu_counts"]) if "data" in train["modes"] else 1
+
+
+# Cases in the Medical Segmentation Decathlon's Task01_BrainTumour training set.
+MSD_BRATS_CASES = 484
+
+
+def _expected_cases(config: Mapping[str, Any], split: str) -> int:
+    """The cases ``split`` will get (split_cases' rounding), from the source's case count."""
+    data = config["data"]
+    cases = data["synthetic"]["cases"] if data["source"] == "synthetic" else MSD_BRATS_CASES
+    return round(cases * data["preprocess"]["split"][split])
+
+
+def resolve_shards(config: dict) -> None:
+    """Replace ``auto`` shard counts by the largest data-parallel worker count (at most one
+    shard per case), and warn, naming both keys, when a split has fewer shards than a
+    data-parallel job has workers."""
+    shards = config["data"]["preprocess"]["shards"]
+    workers = data_parallel_workers(config["train"])
+    for split in ("train", "val"):
+        if shards[split] == "auto":
+            shards[split] = max(1, min(workers, _expected_cases(config, split)))
+        if shards[split] < workers:
+            log.warning(
+                "data.preprocess.shards.%s is %d, fewer than the %d data-parallel workers of "
+                "train.gpu_counts: each worker will read every %s shard and keep 1/%d of its "
+                "records (%dx the reads); set it to %d or more (or auto)",
+                split,
+                shards[split],
+                workers,
+                split,
+                workers,
+                workers,
+                workers,
+            )
+
+
 def train_backends(train: Mapping[str, Any]) -> list[str]:
     """``train.backend`` as a list: a single name or a list of names, in the order given."""
     backend = train["backend"]
@@ -86,6 +129,7 @@ def validate_config(config: dict) -> dict:
         first = errors[0]
         raise ConfigError(f"config key {_key_path(first)}: {first.message}")
     check_semantics(config)
+    resolve_shards(config)
     return config
 
 

@@ -171,7 +171,7 @@ def plan_conversion(msd_dir: Path, params: ConvertParams) -> dict:
             raise DatasetError(
                 f"split '{split_name}' gets {len(ids)} of {len(by_id)} cases but "
                 f"data.preprocess.shards.{split_name} = {shard_count}; lower the shard count "
-                "or change data.preprocess.split"
+                "(`distmis convert --shards`) or change data.preprocess.split"
             )
         shards[split_name] = [
             {
