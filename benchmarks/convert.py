@@ -48,12 +48,11 @@ from pathlib import Path
 
 from _common import loadavg, verdict, version  # noqa: E402
 
-from distmis.data import msd  # noqa: E402
+from distmis.data import heap, msd  # noqa: E402
 from distmis.data.convert import (  # noqa: E402
     ConvertParams,
     convert_shard,
     plan_conversion,
-    tune_allocator,
 )
 from distmis.data.synthetic import TASK_NAME, synthesize_dataset  # noqa: E402
 
@@ -80,7 +79,7 @@ def _init_worker(barrier, warm_plan: dict, warm_dir: str) -> None:
     _barrier = barrier
     # Both the floor and the conversion run with the allocator settings the converter's
     # own processes use, so the ratio compares like with like.
-    tune_allocator()
+    heap.reuse_freed_blocks()
     _warm_up(warm_plan, Path(warm_dir) / f"warm-{os.getpid()}.tfrecord")
 
 

@@ -47,31 +47,36 @@ def _cmd_download(args: argparse.Namespace) -> None:
 
 
 def _convert_params(args: argparse.Namespace):
-    from distmis.config import load_config
-    from distmis.data.convert import ConvertParams
+    import copy
 
-    config = load_config(Path(args.config) if args.config else None)
-    preprocess = config["data"]["preprocess"]
-    # Command-line flags override the config file, key by key.
-    if args.shape:
-        preprocess["shape"] = args.shape
-    if args.resize:
-        preprocess["resize"] = args.resize
-    if args.labels:
-        preprocess["labels"] = args.labels
-    if args.split:
-        preprocess["split"] = dict(zip(("train", "val", "test"), args.split, strict=True))
-    if args.seed is not None:
-        preprocess["split_seed"] = args.seed
-    if args.shards:
-        preprocess["shards"] = dict(zip(("train", "val", "test"), args.shards, strict=True))
-    if args.compression:
-        preprocess["compression"] = args.compression
-    if args.image_dtype:
-        preprocess["image_dtype"] = args.image_dtype
-    if args.skip_bad_cases:
-        preprocess["skip_bad_cases"] = True
-    return ConvertParams.from_config(preprocess)
+    from distmis.config import read_config, validate_config
+    from distmis.data.convert import ConvertParams
+    from distmis.data.msd import open_task
+
+    raw = read_config(Path(args.config) if args.config else None)
+    preprocess = raw.setdefault("data", {}).setdefault("preprocess", {})
+    # Command-line flags override the config file, key by key, before validation.
+    overrides = {
+        "shape": args.shape,
+        "resize": args.resize,
+        "labels": args.labels,
+        "split": dict(zip(("train", "val", "test"), args.split, strict=True))
+        if args.split
+        else None,
+        "split_seed": args.seed,
+        "shards": dict(zip(("train", "val", "test"), args.shards, strict=True))
+        if args.shards
+        else None,
+        "compression": args.compression,
+        "image_dtype": args.image_dtype,
+        "skip_bad_cases": True if args.skip_bad_cases else None,
+    }
+    preprocess.update({key: value for key, value in overrides.items() if value is not None})
+    # Flags and file first (their errors before the folder's), then `auto` shard counts
+    # sized from this folder's cases rather than the configured source's.
+    validate_config(copy.deepcopy(raw))
+    config = validate_config(raw, cases=len(open_task(Path(args.msd_dir)).cases))
+    return ConvertParams.from_config(config["data"]["preprocess"])
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:

@@ -83,22 +83,25 @@ def data_parallel_workers(train: Mapping[str, Any]) -> int:
 MSD_BRATS_CASES = 484
 
 
-def _expected_cases(config: Mapping[str, Any], split: str) -> int:
-    """The cases ``split`` will get (split_cases' rounding), from the source's case count."""
+def _expected_cases(config: Mapping[str, Any], split: str, cases: int | None) -> int:
+    """The cases ``split`` will get (split_cases' rounding) of ``cases``, by default the
+    source's case count."""
     data = config["data"]
-    cases = data["synthetic"]["cases"] if data["source"] == "synthetic" else MSD_BRATS_CASES
+    if cases is None:
+        synthetic = data["source"] == "synthetic"
+        cases = data["synthetic"]["cases"] if synthetic else MSD_BRATS_CASES
     return round(cases * data["preprocess"]["split"][split])
 
 
-def resolve_shards(config: dict) -> None:
+def resolve_shards(config: dict, cases: int | None = None) -> None:
     """Replace ``auto`` shard counts by the largest data-parallel worker count (at most one
-    shard per case), and warn, naming both keys, when a split has fewer shards than a
-    data-parallel job has workers."""
+    shard per case of ``cases``, default the source's count), and warn, naming both keys,
+    when a split has fewer shards than a data-parallel job has workers."""
     shards = config["data"]["preprocess"]["shards"]
     workers = data_parallel_workers(config["train"])
     for split in ("train", "val"):
         if shards[split] == "auto":
-            shards[split] = max(1, min(workers, _expected_cases(config, split)))
+            shards[split] = max(1, min(workers, _expected_cases(config, split, cases)))
         if shards[split] < workers:
             log.warning(
                 "data.preprocess.shards.%s is %d, fewer than the %d data-parallel workers of "
@@ -120,8 +123,12 @@ def train_backends(train: Mapping[str, Any]) -> list[str]:
     return [backend] if isinstance(backend, str) else list(backend)
 
 
-def validate_config(config: dict) -> dict:
-    """Validate ``config`` in place against the schema (filling defaults) and return it."""
+def validate_config(config: dict, cases: int | None = None) -> dict:
+    """Validate ``config`` in place against the schema (filling defaults) and return it.
+
+    ``cases``: how many cases the data set has, when known (``distmis convert`` on a folder);
+    ``auto`` shard counts are sized from it instead of the configured source's count.
+    """
     schema = load_schema()
     validator = _fill_defaults(jsonschema.validators.validator_for(schema))(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -129,12 +136,12 @@ def validate_config(config: dict) -> dict:
         first = errors[0]
         raise ConfigError(f"config key {_key_path(first)}: {first.message}")
     check_semantics(config)
-    resolve_shards(config)
+    resolve_shards(config, cases)
     return config
 
 
-def load_config(path: Path | None) -> dict:
-    """Read a YAML config file (or the schema defaults when ``path`` is None) and validate it."""
+def read_config(path: Path | None) -> dict:
+    """The YAML config file as written (``{}`` when ``path`` is None), not yet validated."""
     raw: Any = {}
     if path is not None:
         path = Path(path)
@@ -143,4 +150,9 @@ def load_config(path: Path | None) -> dict:
         raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return validate_config(raw)
+    return raw
+
+
+def load_config(path: Path | None) -> dict:
+    """Read a YAML config file (or the schema defaults when ``path`` is None) and validate it."""
+    return validate_config(read_config(path))

@@ -84,11 +84,12 @@ def convert_tfrecords(snakemake: Any) -> dict:
     log); exit status 1, no traceback.
     """
     start_script(snakemake)
-    from distmis.data.convert import convert_shard, find_shard, tune_allocator
+    from distmis.data import heap
+    from distmis.data.convert import convert_shard, find_shard
     from distmis.errors import CaseError, DistmisError
     from distmis.fileio import read_json, write_json
 
-    tune_allocator()  # this job's process only converts; see the function's docstring
+    heap.reuse_freed_blocks()  # this job's process only converts; see the docstring
     shard_path = Path(snakemake.output.shard)
     try:
         plan = read_json(snakemake.input.plan, "rule plan_tfrecords")
