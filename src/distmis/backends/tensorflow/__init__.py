@@ -10,13 +10,15 @@ The project uses ``tf_keras`` (the legacy Keras 2 package, tf-keras 2.21), impor
 "Attempt to convert a value (PerReplica...) to a Tensor", while tf_keras trained with two
 workers.
 
-Importing this package sets ``TF_USE_LEGACY_KERAS=1`` (the only place that does). TensorFlow
+Importing this package sets ``TF_USE_LEGACY_KERAS=1`` and, unless already set,
+``TF_ENABLE_ONEDNN_OPTS=1`` (see :data:`ONEDNN_ENV`: it bounds a full-size step's memory);
+this is the only place that sets them. TensorFlow
 reads that variable when it is first imported (it decides where ``tensorflow.keras.*`` imports
 resolve) and again when ``tf.keras`` is first touched, so third-party code that says
 ``tf.keras`` -- such as Ray's Keras callbacks -- gets the same tf_keras classes as our model.
 Every module that imports tensorflow lives in this package, so importing any of them sets the
-variable first; :data:`LEGACY_KERAS_ENV` is :attr:`TensorflowBackend.worker_env`, which Ray's
-``runtime_env`` passes to worker processes before their first import as well.
+variable first; :data:`WORKER_ENV` (both variables) is :attr:`TensorflowBackend.worker_env`,
+which Ray's ``runtime_env`` passes to worker processes before their first import as well.
 
 The package itself imports neither tensorflow nor keras, so importing it is cheap.
 """
@@ -40,11 +42,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
+# TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX512_VNNI/BF16,
+# AVX_VNNI or AMX. Elsewhere a Conv3D's gradients run Conv3DCustomBackprop{Input,Filter}Op,
+# which for a batch of one build an im2col buffer of the whole volume (27 x C_in floats per
+# voxel): ~30 GB for one 240x240x152 step instead of ~5-6 GB (benchmarks/step_memory.py,
+# README "Sizing a node"). A value already set wins.
+ONEDNN_ENV = {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1")}
+WORKER_ENV = {**LEGACY_KERAS_ENV, **ONEDNN_ENV}
 
 
 def _use_legacy_keras() -> None:
     already = os.environ.get("TF_USE_LEGACY_KERAS") in ("1", "true", "True")
-    os.environ.update(LEGACY_KERAS_ENV)
+    os.environ.update(WORKER_ENV)
     if "tensorflow" in sys.modules and not already:
         # Too late for `from tensorflow.keras... import` paths, which TensorFlow fixed at its
         # own import; `tf.keras` attribute access and our `tf_keras` imports still work.
@@ -62,7 +71,7 @@ class TensorflowBackend(Backend):
 
     name = "tensorflow"
     model_suffix = ".keras"
-    worker_env = LEGACY_KERAS_ENV
+    worker_env = WORKER_ENV
 
     def options(self, train: Mapping[str, Any]) -> dict[str, Any]:
         # train.torch's switches mean nothing to Keras; it trains in float32, channels last.
