@@ -105,42 +105,51 @@ def _pipeline(spec: dict):
 
 
 def _stage_iterators(spec: dict) -> dict:
-    """Cumulative prefixes of the streaming pipeline, one record at a time: where time goes."""
+    """Prefixes of the streaming pipeline (and TensorFlow's native reader, for comparison),
+    one record at a time: where the time goes."""
     from distmis.data.info import DatasetInfo
 
     info = DatasetInfo.from_dir(Path(spec["tfrecords"]))
     files = info.shard_files("train")
+    import itertools
+
+    from distmis.data import buffers
+    from distmis.data.records import decode_example
+    from distmis.data.tfrecord import read_payloads
+
+    pool = buffers.process_pool()  # as both pipelines read
+
+    def payloads():
+        for file in itertools.cycle(files):
+            yield from read_payloads(file, info.compression, pool)
+
+    k = len(info.label_channels)
+    decoded = (decode_example(p, info.image_dtype, k) for p in payloads())
+    out = {
+        "read + CRC32C (read_payloads)": payloads(),
+        "+ decode_example (views)": decoded,
+    }
     if spec["backend"] == "tensorflow":
         from distmis.backends.tensorflow.loop import limit_threads
 
         limit_threads(1)
         import tensorflow as tf
 
-        from distmis.backends.tensorflow.dataset import _parser, feature_spec
+        from distmis.backends.tensorflow.dataset import _parser, _part_records, _record_signature
+        from distmis.data.parts import Part
 
+        generate = _part_records(info, Part(info.splits["train"]))
+        signature = _record_signature(info)
         raw = tf.data.TFRecordDataset(files, compression_type=info.tf_compression).repeat()
-        features = feature_spec()
-        return {
-            "read + CRC (TFRecordDataset)": iter(raw),
-            "+ parse_single_example": iter(
-                raw.map(lambda r: tf.io.parse_single_example(r, features))
+        out = {
+            **out,
+            "+ tensor copy (from_generator)": iter(
+                tf.data.Dataset.from_generator(generate, output_signature=signature).repeat()
             ),
-            "+ decode_raw + reshape": iter(raw.map(_parser(info))),
+            "TF native: TFRecordDataset": iter(raw),
+            "TF native: + parse + decode_raw": iter(raw.map(_parser(info))),
         }
-    import itertools
-
-    from distmis.data.records import decode_example
-    from distmis.data.tfrecord import read_payloads
-
-    def payloads():
-        for file in itertools.cycle(files):
-            yield from read_payloads(file, info.compression)
-
-    k = len(info.label_channels)
-    return {
-        "read + CRC32C (read_payloads)": payloads(),
-        "+ decode_example (views)": (decode_example(p, info.image_dtype, k) for p in payloads()),
-    }
+    return out
 
 
 def stages(spec: dict) -> dict:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distmis.data.buffers import BufferPool
 from distmis.data.info import ShardInfo
 from distmis.data.records import Record, decode_example
 from distmis.data.tfrecord import MADE_BY, read_payloads
@@ -104,10 +105,15 @@ def rank_part(shards: Sequence[ShardInfo], rank: int, world_size: int) -> Part:
 
 
 def read_part(
-    part: Part, image_dtype: str, label_channels: int, compression: str = "none"
+    part: Part,
+    image_dtype: str,
+    label_channels: int,
+    compression: str = "none",
+    pool: BufferPool | None = None,
 ) -> Iterator[Record]:
     """The records of ``part``, in order, as views of their payloads (no copy); others'
-    records are skipped undecoded.
+    records are skipped undecoded. With ``pool`` the payloads are read into its reusable
+    blocks (:func:`~distmis.data.tfrecord.read_payloads`).
 
     A shard whose record count differs from info.json raises :class:`ContractError` (after its
     last record, so a short shard is caught even when none of its records are this part's).
@@ -115,7 +121,7 @@ def read_part(
     index = 0  # of the record within the part's shard sequence
     for shard in part.shards:
         count = 0
-        for payload in read_payloads(shard.file, compression):
+        for payload in read_payloads(shard.file, compression, pool):
             if index >= part.offset and (index - part.offset) % part.stride == 0:
                 try:
                     yield decode_example(payload, image_dtype, label_channels)

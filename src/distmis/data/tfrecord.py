@@ -33,6 +33,7 @@ from typing import BinaryIO
 
 import crc32c
 
+from distmis.data.buffers import BufferPool
 from distmis.data.example import Buffer
 from distmis.errors import ContractError
 
@@ -164,7 +165,19 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _records(stream: BinaryIO, path: Path) -> Iterator[bytes]:
+def _read_into(stream: BinaryIO, size: int, pool: BufferPool) -> memoryview:
+    """``size`` bytes (fewer at the end of the file) read straight into a block of ``pool``."""
+    view = memoryview(pool.take(size))
+    filled = 0
+    while filled < size:
+        got = stream.readinto(view[filled:])
+        if not got:
+            break
+        filled += got
+    return view[:filled]
+
+
+def _records(stream: BinaryIO, path: Path, pool: BufferPool | None) -> Iterator[Buffer]:
     index = 0
     while True:
         where = f"{path}: record {index}"
@@ -179,7 +192,9 @@ def _records(stream: BinaryIO, path: Path) -> Iterator[bytes]:
                 raise ContractError(
                     f"{where}: CRC32C of the record length mismatches; rerun {MADE_BY}"
                 )
-            payload = _read_exactly(stream, length)
+            payload = (
+                _read_exactly(stream, length) if pool is None else _read_into(stream, length, pool)
+            )
             footer = _read_exactly(stream, FOOTER.size)
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             # A truncated or damaged gzip stream surfaces here, inside some record.
@@ -195,11 +210,16 @@ def _records(stream: BinaryIO, path: Path) -> Iterator[bytes]:
         index += 1
 
 
-def read_payloads(path: Path | str, compression: str = "none") -> Iterator[bytes]:
+def read_payloads(
+    path: Path | str, compression: str = "none", pool: BufferPool | None = None
+) -> Iterator[Buffer]:
     """The CRC-checked payloads of one TFRecord file, in order.
 
-    ``compression`` is info.json's ``"none"`` or ``"gzip"``. Raises :class:`ContractError`
-    naming ``path`` and the record index for a bad checksum, a truncated file or bad gzip data.
+    ``compression`` is info.json's ``"none"`` or ``"gzip"``. With ``pool``, each payload is
+    read straight into one of its blocks and yielded as a memoryview of it (the block is
+    reused once nothing refers to the view; :mod:`distmis.data.buffers`); without, as
+    ``bytes``. Raises :class:`ContractError` naming ``path`` and the record index for a bad
+    checksum, a truncated file or bad gzip data.
     """
     path = Path(path)
     _check_compression(compression)
@@ -209,4 +229,4 @@ def read_payloads(path: Path | str, compression: str = "none") -> Iterator[bytes
         raise ContractError(f"shard {path} is missing; rerun {MADE_BY}") from exc
     with raw:
         stream = gzip.GzipFile(fileobj=raw) if compression == "gzip" else raw
-        yield from _records(stream, path)
+        yield from _records(stream, path, pool)

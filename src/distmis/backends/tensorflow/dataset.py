@@ -3,8 +3,8 @@
 The pipeline of :func:`make_dataset`, per worker (its part of the split from
 :func:`distmis.data.parts.rank_part`, the same part the torch backend reads)::
 
-    streamed: worker's shards ─ shuffle shard order ─ interleave(TFRecordDataset)
-              ─ parse (stored dtype, uint8 labels) ─ shuffle(shuffle_buffer)
+    streamed: worker's shards ─ shuffle shard order ─ interleave(one reader per shard:
+              distmis.data.parts.read_part, stored dtype, uint8 labels) ─ shuffle(shuffle_buffer)
     cached:   positions of the worker's records in the node's shared copy of the split
               (distmis.data.node_cache) ─ shuffle(all of them) ─ read from the memory map
     ─ repeat? ─ batch ─ to float32 ─ prefetch
@@ -14,10 +14,10 @@ Records keep their stored dtype (float16 or float32 images, uint8 labels) until 
 formed, so the shuffle buffer holds stored bytes, not 2-4× as many.
 
 Memory of a streaming worker is bounded by its buffers, whatever the split's size:
-``shuffle_buffer`` records, ``parallel_calls`` records being parsed (each with its serialised
-copy), the batch being formed and :data:`PREFETCH_BATCHES` float32 batches. At the paper's
-size (float16 + binary labels, 79 MB a record; a float32 batch of 2 is 298 MB) and the
-defaults that is ~1.5 GB besides TensorFlow itself. Feature names and byte layouts come from
+``shuffle_buffer`` records, the record being read (a reusable block) and its tensor, the batch
+being formed and :data:`PREFETCH_BATCHES` float32 batches. At the paper's size (float16 +
+binary labels, 79 MB a record; a float32 batch of 2 is 298 MB) and the defaults that is
+~1.5 GB besides TensorFlow itself. Feature names and byte layouts come from
 :mod:`distmis.data.records`; shapes, dtype and compression from
 :class:`~distmis.data.info.DatasetInfo`.
 """
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from distmis.data import node_cache, records
+from distmis.data import buffers, node_cache, records
 from distmis.data.info import DatasetInfo
-from distmis.data.parts import Part, rank_part
+from distmis.data.parts import Part, rank_part, read_part
 
 log = logging.getLogger(__name__)
 
@@ -97,34 +97,58 @@ def _to_float32(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
     return tf.cast(image, tf.float32), tf.cast(label, tf.float32)
 
 
-def _streamed(
-    info: DatasetInfo, part: Part, shuffle: bool, seed: int, parallel_calls: int
-) -> tf.data.Dataset:
-    """The part's records, parsed, in a deterministic (seeded) order.
+def _record_signature(info: DatasetInfo) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+    image_dtype = tf.as_dtype(records.IMAGE_DTYPES[info.image_dtype])
+    return (
+        tf.TensorSpec(info.image_shape, image_dtype),
+        tf.TensorSpec(info.label_shape, tf.as_dtype(records.LABEL_DTYPE)),
+    )
+
+
+def _part_records(info: DatasetInfo, part: Part):
+    """A generator function of a shard's index in ``part`` (or of none: the whole part):
+    ``(image, label)`` as stored, read by :func:`distmis.data.parts.read_part` into reusable
+    blocks (CRC-checked, decoded as views); tf.data copies each into a tensor, after which its
+    block is free again."""
+    k = len(info.label_channels)
+
+    def generate(index=None):
+        piece = part if index is None else Part((part.shards[int(index)],))
+        pool = buffers.process_pool()
+        for record in read_part(piece, info.image_dtype, k, info.compression, pool):
+            yield record.image, record.label
+
+    return generate
+
+
+def _streamed(info: DatasetInfo, part: Part, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """The part's records, decoded, in a deterministic (seeded) order.
+
+    Read by the project's TFRecord reader, not ``TFRecordDataset`` + ``parse_single_example``:
+    that path copies each record three times (serialised, parsed feature, decoded tensor) into
+    fresh memory and measured 2.5 volumes/s per core at the paper's size against 6.6 (float32)
+    and 11 (float16) this way (README "Sizing a node").
 
     Whole-shard parts read up to :data:`MAX_CYCLE_LENGTH` shards interleaved, in a shard order
     reshuffled each epoch. A record-sharded part (fewer shards than workers) reads its shards
     one after another in info.json order and keeps every ``stride``-th record: that is a
     partition of the split only because every worker sees the records in the same order.
     """
-    files = [str(s.file) for s in part.shards]
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if part.stride == 1:
-        if shuffle:
-            dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        cycle = max(1, min(len(files), MAX_CYCLE_LENGTH))
-    else:
-        cycle = 1
-    # Sequential, so deterministic, reads (no num_parallel_calls): a parallel interleave buffers whole
-    # serialised records per open shard, 70-150 MB each at the paper's size.
-    dataset = dataset.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=info.tf_compression),
-        cycle_length=cycle,
-    )
+    signature = _record_signature(info)
+    generate = _part_records(info, part)
     if part.stride > 1:
-        # Before parsing, so records of other workers are skipped undecoded.
-        dataset = dataset.shard(part.stride, part.offset)
-    return dataset.map(_parser(info), num_parallel_calls=parallel_calls, deterministic=True)
+        return tf.data.Dataset.from_generator(generate, output_signature=signature)
+    order = tf.data.Dataset.range(len(part.shards))
+    if shuffle:
+        order = order.shuffle(len(part.shards), seed=seed, reshuffle_each_iteration=True)
+    # Sequential, so deterministic, reads (no num_parallel_calls): a parallel interleave
+    # buffers records of every open shard, 79-166 MB each at the paper's size.
+    return order.interleave(
+        lambda index: tf.data.Dataset.from_generator(
+            generate, args=(index,), output_signature=signature
+        ),
+        cycle_length=max(1, min(len(part.shards), MAX_CYCLE_LENGTH)),
+    )
 
 
 def _from_node_cache(
@@ -180,8 +204,8 @@ def make_dataset(
     reads the node's shared decoded copy of the split in the folder ``cache_scope``
     (:func:`distmis.data.node_cache.open_split`) instead of the shards. ``shard=(num_workers,
     index)`` keeps this worker's part of the split (:func:`~distmis.data.parts.rank_part`);
-    workers' parts are disjoint and cover the split. ``parallel_calls`` records are parsed or
-    read at once (the worker's cores).
+    workers' parts are disjoint and cover the split. ``parallel_calls`` threads (the worker's
+    cores) read cached records and cast batches; streamed records are read by one.
 
     Under ``MultiWorkerMirroredStrategy``, Keras treats ``batch_size`` as the global batch
     and splits every batch across the replicas in sync (tf.distribute rebatching), so pass
@@ -206,13 +230,15 @@ def make_dataset(
             info, split, part, cache_scope, shuffle, seed, repeat, parallel_calls
         )
     else:
-        dataset = _streamed(info, part, shuffle, seed, parallel_calls)
+        dataset = _streamed(info, part, shuffle, seed)
         if shuffle:
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         if repeat:
             dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.map(_to_float32, num_parallel_calls=1).prefetch(PREFETCH_BATCHES)
+    # The cast is the CPU's one float32 pass; more than one thread shortens it.
+    dataset = dataset.map(_to_float32, num_parallel_calls=parallel_calls)
+    dataset = dataset.prefetch(PREFETCH_BATCHES)
     if shard is not None:
         options = tf.data.Options()
         # We already gave this worker its part; tf.distribute's default (AUTO) policy would

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from distmis.data import heap, node_cache
+from distmis.data import buffers, heap, node_cache
 from distmis.data.info import DatasetInfo
 from distmis.data.parts import Part, rank_part, read_part
 from distmis.data.records import Record
@@ -105,15 +105,21 @@ TORCH_DTYPES = {
 def stack_records(records: list[Record]) -> Batch:
     """``records`` as one batch in their stored dtypes and layout (see the module docstring).
 
-    One copy per record, into the batch; in a DataLoader worker the batch is allocated in
-    shared memory, so handing it to the training process copies nothing more.
+    One copy per record, into the batch. In a DataLoader worker the batch is allocated in
+    shared memory, so handing it to the training process copies nothing more; in the training
+    process it is a block of the process's :class:`~distmis.data.buffers.BufferPool`, reused
+    once the batch is dropped.
     """
     in_worker = get_worker_info() is not None
 
     def stacked(arrays: list[np.ndarray]) -> torch.Tensor:
-        batch = torch.empty((len(arrays), *arrays[0].shape), dtype=TORCH_DTYPES[arrays[0].dtype])
+        shape, dtype = (len(arrays), *arrays[0].shape), arrays[0].dtype
         if in_worker:
-            batch.share_memory_()
+            batch = torch.empty(shape, dtype=TORCH_DTYPES[dtype]).share_memory_()
+        else:
+            size = int(np.prod(shape)) * dtype.itemsize
+            block = buffers.process_pool().take(size).view(dtype).reshape(shape)
+            batch = torch.from_numpy(block)
         np.stack(arrays, out=batch.numpy())
         # (B, X, Y, Z, C) memory seen as (B, C, X, Y, Z): exactly channels_last_3d strides.
         return batch.permute(0, 4, 1, 2, 3)
@@ -171,7 +177,11 @@ class _RankStream(IterableDataset):
             if mine.records == 0:
                 return  # a worker beyond the rank's records; the others cover them
             records: Iterable[Record] = read_part(
-                mine, self.info.image_dtype, len(self.info.label_channels), self.info.compression
+                mine,
+                self.info.image_dtype,
+                len(self.info.label_channels),
+                self.info.compression,
+                buffers.process_pool(),
             )
             if self.shuffle:
                 generator = order_generator(
@@ -289,7 +299,8 @@ class EpochBatches:
         self.shuffle, self.seed, self.cache = bool(shuffle), int(seed), bool(cache)
         self.loader_workers, self.shuffle_buffer = int(loader_workers), int(shuffle_buffer)
         self.pin_memory = bool(pin_memory)
-        # Freed records and batches must go back to the OS, not fragment the heap.
+        # Records and batches come from a BufferPool; what else is freed must go back to the
+        # OS rather than fragment the heap.
         heap.fix_mmap_threshold()
         self.cache_scope = None if cache_scope is None else Path(cache_scope)
         self._cached: node_cache.CachedSplit | None = None
