@@ -73,7 +73,7 @@ def _pipeline(spec: dict):
     from distmis.config import validate_config
     from distmis.data.info import DatasetInfo
 
-    defaults = validate_config({})["train"]
+    buffer = spec.get("shuffle_buffer") or validate_config({})["train"]["shuffle_buffer"]
     info = DatasetInfo.from_dir(Path(spec["tfrecords"]))
     cache, scope, cores = spec["cache"], spec["scope"], spec["cores"]
     if spec["backend"] == "tensorflow":
@@ -84,7 +84,7 @@ def _pipeline(spec: dict):
 
         data = make_dataset(
             info, "train", BATCH, shuffle=True, seed=0, cache=cache, cache_scope=scope,
-            repeat=True, shuffle_buffer=defaults["shuffle_buffer"], parallel_calls=cores,
+            repeat=True, shuffle_buffer=buffer, parallel_calls=cores,
         )  # fmt: skip
         return (images.shape[0] for images, _ in data)
     import itertools
@@ -97,7 +97,7 @@ def _pipeline(spec: dict):
     steps = max(1, info.count("train") // BATCH)
     data = EpochBatches(
         info.root, "train", BATCH, shuffle=True, seed=0, cache=cache, cache_scope=scope,
-        steps_per_epoch=steps, shuffle_buffer=defaults["shuffle_buffer"],
+        steps_per_epoch=steps, shuffle_buffer=buffer,
         # One core: read in this process; more: that many loader processes, as configured.
         loader_workers=0 if cores == 1 else cores,
     )  # fmt: skip
@@ -278,6 +278,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "torch"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
     parser.add_argument("--workdir", type=Path, default=None, help="kept; reused if present")
+    parser.add_argument(
+        "--shuffle-buffer", type=int, default=None, help="records (default: the schema's)"
+    )
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -312,7 +315,7 @@ def main(argv: list[str]) -> int:
                             spec = dict(
                                 backend=backend, tfrecords=str(tfrecords), cache=cache,
                                 scope=str(scope.path), cores=cores, batches=args.batches,
-                                warmup=args.warmup,
+                                warmup=args.warmup, shuffle_buffer=args.shuffle_buffer,
                             )  # fmt: skip
                             run = _run_child(spec)
                             rate = run["volumes"] / run["seconds"]

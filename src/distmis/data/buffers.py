@@ -33,7 +33,7 @@ class BufferPool:
     Thread-safe; one per process (:func:`process_pool`), never shared across a fork.
     """
 
-    def __init__(self, max_free: int = 4) -> None:
+    def __init__(self, max_free: int = 2) -> None:
         if max_free < 0:
             raise ValueError(f"max_free must be >= 0, got {max_free}")
         self.max_free = max_free

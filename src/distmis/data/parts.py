@@ -129,6 +129,7 @@ def read_part(
                     raise ContractError(
                         f"{shard.file}: record {count}: {exc}; rerun {MADE_BY}"
                     ) from exc
+            del payload  # see read_payloads: lets the next record reuse its block
             count += 1
             index += 1
         if count != shard.records:

@@ -207,6 +207,7 @@ def _records(stream: BinaryIO, path: Path, pool: BufferPool | None) -> Iterator[
         if masked_crc32c(payload) != FOOTER.unpack(footer)[0]:
             raise ContractError(f"{where}: CRC32C of the payload mismatches; rerun {MADE_BY}")
         yield payload
+        del payload  # before the next read, so a pooled block can be reused for it
         index += 1
 
 

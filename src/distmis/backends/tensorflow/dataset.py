@@ -15,7 +15,7 @@ formed, so the shuffle buffer holds stored bytes, not 2-4× as many.
 
 Memory of a streaming worker is bounded by its buffers, whatever the split's size:
 ``shuffle_buffer`` records, the record being read (a reusable block) and its tensor, the batch
-being formed and :data:`PREFETCH_BATCHES` float32 batches. At the paper's size (float16 +
+being formed and :data:`PREFETCH_BATCHES` float32 batch. At the paper's size (float16 +
 binary labels, 79 MB a record; a float32 batch of 2 is 298 MB) and the defaults that is
 ~1.5 GB besides TensorFlow itself. Feature names and byte layouts come from
 :mod:`distmis.data.records`; shapes, dtype and compression from
@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 # Shards read at once; more only adds open files and buffers on tiny splits.
 MAX_CYCLE_LENGTH = 8
 # The schema's train.shuffle_buffer default (records).
-SHUFFLE_BUFFER = 8
-# Batches ready ahead of the step; each is a float32 copy of B records.
-PREFETCH_BATCHES = 2
+SHUFFLE_BUFFER = 6
+# Batches ready ahead of the step (double buffering with the one in use); each is a float32
+# copy of B records, 298 MB at the paper's size and batch 2.
+PREFETCH_BATCHES = 1
 
 
 def _check_split(info: DatasetInfo, split: str) -> list[str]:
@@ -117,6 +118,8 @@ def _part_records(info: DatasetInfo, part: Part):
         pool = buffers.process_pool()
         for record in read_part(piece, info.image_dtype, k, info.compression, pool):
             yield record.image, record.label
+            # A suspended generator of every open shard would otherwise hold a block each.
+            del record
 
     return generate
 

@@ -19,7 +19,7 @@ the stored bytes and the cast runs on the GPU.
 Memory (see README "Sizing a node"): a streaming rank holds at most ``shuffle_buffer``
 records over all its loader workers, each worker's ``prefetch_factor`` (2) batches, and the
 batch being trained on, whatever the split's size; at the paper's size (float16, binary
-labels: 79 MB a record) the default buffer of 8 is ~0.6 GB. A cached rank holds only its
+labels: 79 MB a record) the default buffer of 6 is ~0.5 GB. A cached rank holds only its
 batches: the records are the node's shared memory map.
 
 Training (``steps_per_epoch=n``): every epoch gives exactly ``n`` full batches on every rank,
@@ -64,7 +64,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # schema's train.shuffle_buffer default). A BraTS record is 79-166 MB, so the buffer, not the
 # split, must bound memory; shard order is reshuffled each epoch, so the order still mixes
 # across shards.
-SHUFFLE_BUFFER = 8
+SHUFFLE_BUFFER = 6
 # Batches formed ahead from a cached split, while the model trains on the current one.
 CACHED_PREFETCH = 2
 # The first entry after the seed keeps the generators of different draws apart.
