@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -164,3 +165,19 @@ def test_every_worker_setting_is_read_by_the_skeleton_or_a_backend_loop():
     assert len(loops) == 3
     read = set().union(*(_attributes_read(path, "settings") for path in loops))
     assert {f.name for f in fields(WorkerSettings)} - read == set()
+
+
+def test_torch_loader_workers_default_to_the_cores_beyond_the_training_one(tmp_path):
+    def loader_workers(**train) -> int:
+        return settings(tmp_path, backend="torch", **train).loader_workers
+
+    assert loader_workers(cpus_per_worker=1) == 0
+    assert loader_workers(cpus_per_worker=8) == 7
+    assert loader_workers(cpus_per_worker=8, torch={"loader_workers": 2}) == 2
+
+
+def test_input_settings_reach_the_workers(tmp_path):
+    run = settings(tmp_path, shuffle_buffer=3, cache_dir="/scratch/x")
+    worker = dataclasses.replace(run, cache_scope="/dev/shm/scope").worker_settings()
+    assert (worker.shuffle_buffer, worker.cache_scope) == (3, "/dev/shm/scope")
+    assert WorkerSettings.from_dict(worker.to_dict()) == worker

@@ -42,7 +42,10 @@ class TorchBackend(Backend):
         return {
             "precision": switches["precision"],
             "channels_last_3d": switches["channels_last_3d"],
-            "loader_workers": switches["loader_workers"],
+            # null: the worker's cores beyond the one that trains, each a loader process.
+            "loader_workers": switches["loader_workers"]
+            if switches["loader_workers"] is not None
+            else max(0, train["cpus_per_worker"] - 1),
         }
 
     def check_settings(self, *, precision: str, channels_last_3d: bool, use_gpu: bool) -> None:
