@@ -134,7 +134,8 @@ def test_cache_root_prefers_config_then_environment(tmp_path, monkeypatch):
 
 
 # Two "trial processes" on one node: each opens the split through the node cache at the
-# same time, touches every record, reports its memory, and waits to be told to exit.
+# same time, touches every record, and, once both have, reports its memory and waits to be
+# told to exit.
 TRIAL = textwrap.dedent(
     """
     import json, sys, time
@@ -148,7 +149,9 @@ TRIAL = textwrap.dedent(
     cached = node_cache.open_split(info, "train", Path(sys.argv[2]))
     total = 0.0
     for i in range(len(cached)):  # read every page, as an epoch does
-        total += float(cached.images[i].astype("float32").sum())
+        total += float(cached.images[i].sum(dtype="float64"))
+    print("read", flush=True)
+    sys.stdin.readline()  # measured once both have read: a page only one has mapped is private
     memory = psutil.Process().memory_full_info()
     manifest = json.loads((cached.path / "manifest.json").read_text())
     print(json.dumps({"pss": memory.pss - before.pss, "uss": memory.uss - before.uss,
@@ -160,8 +163,9 @@ TRIAL = textwrap.dedent(
 
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux PSS")
 def test_two_trial_processes_share_one_materialised_copy(tmp_path):
-    # 24 train records of 64x64x48x4 float32 (3.1 MB each): a 75 MB copy.
-    info = convert(tmp_path, 48, shape=(64, 64, 48))
+    # 24 train records of 96x96x64x4 float32 (9.4 MB each): a 226 MB copy, large against
+    # what a process needs besides (~20 MB for the one that materialises: its read blocks).
+    info = convert(tmp_path, 48, shape=(96, 96, 64))
     copy_bytes = info.count("train") * (np.prod(info.image_shape) * 4 + np.prod(info.label_shape))
     scope = node_cache.CacheScope.create(tmp_path / "root", "job")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -176,6 +180,10 @@ def test_two_trial_processes_share_one_materialised_copy(tmp_path):
         for _ in range(2)
     ]
     try:
+        assert [t.stdout.readline().strip() for t in trials] == ["read", "read"]
+        for trial in trials:
+            trial.stdin.write("\n")
+            trial.stdin.flush()
         reports = [json.loads(t.stdout.readline()) for t in trials]
     finally:
         for trial in trials:
@@ -187,7 +195,7 @@ def test_two_trial_processes_share_one_materialised_copy(tmp_path):
     combined = sum(r["pss"] for r in reports)
     assert combined < 1.3 * copy_bytes, (combined, copy_bytes)
     for report in reports:
-        assert report["uss"] < 0.2 * copy_bytes, report
+        assert report["uss"] < 0.25 * copy_bytes, report
     scope.remove()
     assert not scope.path.exists()
 

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from distmis.data import buffers
 from distmis.data.info import MADE_BY, DatasetInfo
 from distmis.data.parts import Part, read_part
 from distmis.data.records import IMAGE_DTYPES, LABEL_DTYPE
@@ -243,8 +244,13 @@ def _materialise(folder: Path, info: DatasetInfo, split: str, key: str) -> None:
     partial.mkdir(parents=True)
     image_shape, label_shape = _expected_shapes(info, split)
     case_ids = []
+    # Payloads in reusable blocks: no fresh memory per record, and none left behind.
     records = read_part(
-        Part(info.splits[split]), info.image_dtype, len(info.label_channels), info.compression
+        Part(info.splits[split]),
+        info.image_dtype,
+        len(info.label_channels),
+        info.compression,
+        buffers.process_pool(),
     )
     try:
         with (
