@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from distmis.backends import NAMES as BACKEND_NAMES
 from distmis.cluster.resources import job_shape
-from distmis.config import check_semantics, schema_path, train_backends
+from distmis.config import check_semantics, resolve_shards, schema_path, train_backends
 from distmis.data.split import SPLITS, shard_filename
 from distmis.errors import ConfigError
 
@@ -18,6 +18,8 @@ try:
     check_semantics(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
+# `auto` shard counts become numbers here, before any rule asks how many shards there are.
+resolve_shards(config)
 
 # Jobs run `python -m distmis.cli` or import distmis from workflow_scripts/; putting the
 # checkout's src/ on PYTHONPATH makes that work inside the per-rule conda envs too, where
