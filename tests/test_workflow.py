@@ -87,8 +87,9 @@ def test_dry_run_lists_one_conversion_job_per_shard(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    # Demo config: 2 train + 1 val + 1 test shards; both modes at G = 1 and 2.
-    assert counts["convert_tfrecords"] == 4
+    # Demo config: shards auto (= 2, the largest data-parallel G) for train and val, 1 test
+    # shard; both modes at G = 1 and 2.
+    assert counts["convert_tfrecords"] == 5
     assert counts["train_data_parallel"] == 2 and counts["train_experiment_parallel"] == 2
     assert counts["scaling"] == 1 and counts["plot_scaling"] == 1
     assert counts["evaluate"] == 2
@@ -236,6 +237,9 @@ def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
     demo_grid = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["search_space"]
     # The demo grid (two learning rates), two epochs: enough for Dice to leave zero.
     config["train"].update(backend="torch", epochs=2, search_space=demo_grid)
+    # Fixed shard counts: with `auto` a larger G below would change them, and so reconvert
+    # the data and retrain everything (README "Configuration").
+    config["data"]["preprocess"]["shards"] = {"train": 2, "val": 2, "test": 1}
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
     trial_count = len(demo_grid["lr"])
@@ -531,7 +535,8 @@ def test_training_rules_relaunch_under_the_jobs_ray_cluster_in_slurm(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     launched = []
 
-    def fake_launcher(command, *, cpus_per_node, gpus_per_node):
+    def fake_launcher(command, *, cpus_per_node, gpus_per_node, cache_dir):
+        assert cache_dir is None  # the schema default: the node cache picks its root
         launched.append((command, cpus_per_node, gpus_per_node))
         return status
 
