@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from _common import loadavg, quiet_stderr, verdict, version
+from _common import cpu_model, loadavg, quiet_stderr, verdict, version
 
 from distmis.data.info import DatasetInfo
 
@@ -519,17 +519,6 @@ def ray_actor(
 
 
 # ---------------------------------------------------------------- printing
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_isa() -> str:

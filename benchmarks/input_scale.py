@@ -49,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import loadavg, verdict, version
+from _common import cpu_model, loadavg, verdict, version
 
 PAPER_TRAIN_CASES = 339
 TARGET_STREAM_RSS = 4e9
@@ -289,7 +289,7 @@ def main(argv: list[str]) -> int:
     from distmis.data import node_cache
     from distmis.data.info import DatasetInfo
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, "
           f"load {loadavg()}; python {platform.python_version()}, numpy {version('numpy')}, "
           f"tensorflow {version('tensorflow')}, torch {version('torch')}")  # fmt: skip
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="distmis-input-"))

@@ -66,7 +66,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from _common import loadavg, version
+from _common import cpu_model, loadavg, version
 
 FULL_SIZE = (240, 240, 152)  # the stored BraTS volume (preprocess.shape)
 DEFAULT_SIZES = ((48, 48, 32), (80, 80, 48), (120, 120, 72))
@@ -108,16 +108,21 @@ class Architecture:
 # ---------------------------------------------------------------- memory of this process
 
 
-def _status_kib(field: str, pid: str = "self") -> int:
-    """A ``/proc/<pid>/status`` field in KiB (VmRSS, VmHWM); 0 when unreadable."""
+def _proc_kib(path: str, field: str) -> int:
+    """A ``field: N kB`` line of a /proc file, in KiB; 0 when unreadable."""
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _status_kib(field: str, pid: str = "self") -> int:
+    """A ``/proc/<pid>/status`` field in KiB (VmRSS, VmHWM); 0 when unreadable."""
+    return _proc_kib(f"/proc/{pid}/status", field)
 
 
 def rss_mib() -> float:
@@ -386,17 +391,6 @@ def measure(
 # ---------------------------------------------------------------- printing
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def memory_gib() -> str:
     kib = _status_kib_meminfo("MemTotal")
     available = _status_kib_meminfo("MemAvailable")
@@ -404,14 +398,7 @@ def memory_gib() -> str:
 
 
 def _status_kib_meminfo(field: str) -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+    return _proc_kib("/proc/meminfo", field)
 
 
 def print_machine(cpus: int) -> None:
