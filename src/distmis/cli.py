@@ -115,6 +115,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
             settings = replace(settings, gpus=gpus)
     if args.epochs is not None:
         settings = replace(settings, epochs=args.epochs)
+    if args.runner != settings.runner:
+        settings = replace(settings, runner=args.runner)  # replace() validates it again
     summary = run_training(settings)
     keys = ("backend", "mode", "gpus", "makespan_seconds", "trial_count", "failed_count", "best")
     print(json.dumps({k: summary[k] for k in keys}))
@@ -236,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument(
+        "--runner",
+        choices=["ray", "local"],
+        default="ray",
+        help=(
+            "ray: Ray Train (data) / Ray Tune (experiment); local: the grid one configuration "
+            "after another in this process on one device, without Ray (G = 1 only)"
+        ),
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("scaling", help="speedup table and figures from the training results")

@@ -73,6 +73,7 @@ def write_run(
     backend: str = "tensorflow",
     best_val_dice: float | None = 0.5,
     use_gpu: bool = True,
+    runner: str = "ray",
     drop: Sequence[str] = (),
 ) -> Path:
     """``root/{backend}/{mode}/{gpus}gpu/`` with summary.json and trials.csv as the contract says.
@@ -87,6 +88,7 @@ def write_run(
     summary = {
         "backend": backend,
         "mode": mode,
+        "runner": runner,
         "gpus": gpus,
         "workers": max(int(r["workers"]) for r in rows),
         "nodes_seen": ["vm"],

@@ -50,8 +50,10 @@ def test_columns_in_documented_order(tmp_path: Path):
         "best_val_dice",
         "resumed",
         "device",
+        "runner",
     ]
     assert table.loc[0, "backend"] == "tensorflow"  # no `backend` key: TensorFlow
+    assert table.loc[0, "runner"] == "ray"  # no `runner` key: an older summary, Ray
 
 
 def test_missing_base_uses_smallest_g_and_says_so(tmp_path: Path):
@@ -124,6 +126,17 @@ def test_no_best_gives_nan_dice(tmp_path: Path):
     row = scaling_table(load_runs(tmp_path)).iloc[0]
     assert pd.isna(row["best_val_dice"]) and pd.isna(row["mean_trial_seconds"])
     assert row["volumes_per_second"] == 0.0
+
+
+def test_series_mixing_runners_is_kept_and_flagged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    write_run(tmp_path, "experiment", 1, 100.0, runner="local")
+    write_run(tmp_path, "experiment", 2, 60.0)
+    with caplog.at_level(logging.WARNING):
+        table = scaling_table(load_runs(tmp_path))
+    assert list(table["runner"]) == ["local", "ray"]
+    assert "mixes runners (local, ray)" in caplog.text
 
 
 def test_resumed_run_is_kept_and_flagged(tmp_path: Path, caplog: pytest.LogCaptureFixture):

@@ -66,6 +66,12 @@ class Backend(ABC):
         :mod:`distmis.train.trial`."""
 
     @abstractmethod
+    def trial_steps(self) -> Callable[..., Any]:
+        """The backend's :data:`~distmis.train.trial.StepsBuilder` (its ``TrialSteps`` class):
+        what :meth:`train_loop_per_worker` runs under Ray and the local runner
+        (:mod:`distmis.train.local`) runs in-process. Imports the framework, never Ray."""
+
+    @abstractmethod
     def ray_trainer(
         self, train_loop_config: dict, *, scaling_config: Any, run_config: Any, use_gpu: bool
     ) -> Any:

@@ -21,7 +21,9 @@ makespan, so idle GPUs and start-up count against it, unlike trials.csv's per-tr
 model it finds); ``resumed`` (true: the makespan spans an interruption, so this row's
 speedup, and every row's in its series if it is the base, is not a clean measurement);
 ``device`` (``gpu``, or ``cpu`` when G counted CPU workers standing in for GPUs, from
-summary.json ``resources.requested.use_gpu``; ``unknown`` if not recorded).
+summary.json ``resources.requested.use_gpu``; ``unknown`` if not recorded); ``runner``
+(``ray``, or ``local`` for ``distmis train --runner local``: one process without Ray's
+start-up, so a series mixing the two compares unlike makespans and is warned about).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ RUN_COLUMNS = [
     "best_val_dice",
     "resumed",
     "device",
+    "runner",
 ]
 # What G counts: GPUs, or CPU workers standing in for them (use_gpu: false).
 DEVICE_NAMES = {True: "gpu", False: "cpu", None: "unknown"}
@@ -84,6 +87,7 @@ def run_metrics(runs: Sequence[Run]) -> pd.DataFrame:
                 ),
                 "resumed": run.summary.resumed,
                 "device": DEVICE_NAMES[run.summary.uses_gpus],
+                "runner": run.summary.runner,
             }
         )
     columns = [*SERIES_COLUMNS, "gpus", "makespan_seconds", *RUN_COLUMNS]
@@ -105,6 +109,15 @@ def add_speedup(metrics: pd.DataFrame) -> pd.DataFrame:
         }
     )
     table = metrics.merge(base, on=SERIES_COLUMNS, how="left")
+    for (backend, mode), series in metrics.groupby(SERIES_COLUMNS):
+        if series["runner"].nunique() > 1:
+            log.warning(
+                "%s/%s mixes runners (%s): a local run has no Ray start-up, so its speedups "
+                "compare unlike makespans",
+                backend,
+                mode,
+                ", ".join(sorted(series["runner"].unique())),
+            )
     speedup = table["base_makespan"] / table["makespan_seconds"]
     efficiency = speedup / (table["gpus"] / table["base_gpus"])
     speedup_columns = []

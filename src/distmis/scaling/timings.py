@@ -94,6 +94,8 @@ class RunSummary:
     best_trial_id: str | None
     best_val_dice: float | None  # None when no trial finished with a validation Dice
     uses_gpus: bool | None  # resources.requested.use_gpu; False: G counts CPU workers
+    # ray, or local (one process, no Ray start-up: not comparable with a Ray run's makespan).
+    runner: str = "ray"
 
     @classmethod
     def from_json(cls, path: Path, mode_hint: str | None = None) -> RunSummary:
@@ -141,6 +143,7 @@ class RunSummary:
             best_trial_id=None if best is None else str(best.get("trial_id")),
             best_val_dice=best_dice,
             uses_gpus=_requested_gpus(payload),
+            runner=str(payload.get("runner", "ray")),  # older summaries: always Ray
         )
 
 

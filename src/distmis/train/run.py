@@ -49,7 +49,7 @@ def _prepare_state(settings: TrainSettings, fingerprint: str) -> bool:
     if state is not None and not state["complete"] and state["fingerprint"] == fingerprint:
         log.info("resuming the interrupted run in %s", settings.out_dir)
         return True
-    for stale in ("trials", "ray", "tensorboard"):
+    for stale in ("trials", "ray", "local", "tensorboard"):
         shutil.rmtree(settings.out_dir / stale, ignore_errors=True)
     write_json(state_path, {"fingerprint": fingerprint, "complete": False, "started": time.time()})
     return False
@@ -85,25 +85,8 @@ def node_cache_scope(settings: TrainSettings) -> Iterator[str]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def run_training(settings: TrainSettings) -> dict:
-    """Run the whole grid in ``settings.mode`` on ``settings.gpus`` GPUs (or CPU workers).
-
-    Writes ``trials.csv`` after every finished configuration and, at the end,
-    ``summary.json``, the best model (``best_model.keras`` or ``best_model.pt``) and its card
-    ``best_model.json``; returns the summary.
-    """
-    with node_cache_scope(settings) as scope:
-        return _run_training(replace(settings, cache_scope=scope))
-
-
-def _run_training(settings: TrainSettings) -> dict:
-    from distmis.train.data_parallel import run_data_parallel
-    from distmis.train.experiment_parallel import run_experiment_parallel
-
-    info = DatasetInfo.from_dir(settings.tfrecord_dir)
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    grid = settings.grid()
-    resumed = _prepare_state(settings, _fingerprint(settings, info))
+def _start_ray_for(settings: TrainSettings) -> dict[str, float]:
+    """Start (or join) Ray with the run's share; an error if it cannot place every worker."""
     workers = settings.gpus
     resources = start_ray(
         settings.ray_address,
@@ -120,21 +103,57 @@ def _run_training(settings: TrainSettings) -> dict:
             f"the Ray cluster has {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs;"
             f" {workers} workers need {needed_cpus} CPUs and {needed_gpus} GPUs"
         )
+    return resources
+
+
+def _run_with_ray(settings: TrainSettings, grid, on_record):
+    from distmis.train.data_parallel import run_data_parallel
+    from distmis.train.experiment_parallel import run_experiment_parallel
+
+    if settings.mode == "data":
+        return run_data_parallel(settings, grid, on_record)
+    return run_experiment_parallel(settings, grid, on_record)
+
+
+def run_training(settings: TrainSettings) -> dict:
+    """Run the whole grid in ``settings.mode`` on ``settings.gpus`` GPUs (or CPU workers).
+
+    Writes ``trials.csv`` after every finished configuration and, at the end,
+    ``summary.json``, the best model (``best_model.keras`` or ``best_model.pt``) and its card
+    ``best_model.json``; returns the summary.
+    """
+    with node_cache_scope(settings) as scope:
+        return _run_training(replace(settings, cache_scope=scope))
+
+
+def _run_training(settings: TrainSettings) -> dict:
+    info = DatasetInfo.from_dir(settings.tfrecord_dir)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    grid = settings.grid()
+    resumed = _prepare_state(settings, _fingerprint(settings, info))
     finished = []
 
     def on_record(record) -> None:
         finished.append(record)
         write_trials(settings.out_dir / "trials.csv", finished)
 
-    try:
+    if settings.runner == "local":
+        from distmis.train.local import run_local
+
+        # This process is the whole run: no cluster to start (its cores are recorded below).
+        resources = None
         makespan_start = time.time()
-        if settings.mode == "data":
-            records = run_data_parallel(settings, grid, on_record)
-        else:
-            records = run_experiment_parallel(settings, grid, on_record)
+        records = run_local(settings, grid, on_record)
         makespan_end = time.time()
-    finally:
-        stop_ray()
+    else:
+        resources = _start_ray_for(settings)
+        try:
+            makespan_start = time.time()
+            records = _run_with_ray(settings, grid, on_record)
+            makespan_end = time.time()
+        finally:
+            stop_ray()
+    workers = settings.gpus
     if resumed:
         # The honest span of a resumed run covers every trial, earlier ones included.
         makespan_start = min([makespan_start, *(r.start_time for r in records)])
@@ -144,6 +163,7 @@ def _run_training(settings: TrainSettings) -> dict:
         backend=settings.backend,
         mode=settings.mode,
         gpus=settings.gpus,
+        runner=settings.runner,
         trials=records,
         makespan_start=makespan_start,
         makespan_end=makespan_end,
@@ -154,7 +174,8 @@ def _run_training(settings: TrainSettings) -> dict:
                 "cpus_per_worker": settings.cpus_per_worker,
                 "use_gpu": settings.use_gpu,
             },
-            "ray_cluster": resources,
+            # The Ray cluster's total resources (none for the local runner).
+            **({"ray_cluster": resources} if resources is not None else {}),
             # Cores this job's process may run on (its cgroup/affinity share, e.g. SLURM's).
             "cpus_visible_to_job": len(os.sched_getaffinity(0)),
             "slurm": scheduler_allocation(),

@@ -15,6 +15,9 @@ from distmis.train.grid import HParams, expand_grid
 from distmis.train.trial import TrialConfig, WorkerSettings
 
 MODES = ("data", "experiment")
+# Who runs the trials: Ray (Train in data mode, Tune in experiment mode) or this process
+# (distmis.train.local: one device, no Ray).
+RUNNERS = ("ray", "local")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 # The original DistMIS TensorFlow scripts read a JSON file with these keys; they map onto ours.
@@ -112,12 +115,20 @@ class TrainSettings:
     cache_dir: str | None = None
     # This run's node-cache scope folder, set when the run starts (not part of its identity).
     cache_scope: str | None = None
+    runner: str = "ray"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.gpus < 1:
             raise ConfigError(f"gpus must be >= 1, got {self.gpus}")
+        if self.runner not in RUNNERS:
+            raise ConfigError(f"runner must be one of {RUNNERS}, got {self.runner!r}")
+        if self.runner == "local" and self.gpus != 1:
+            raise ConfigError(
+                f"the local runner trains on one device in one process; G = {self.gpus} "
+                "needs the Ray runner (--runner ray)"
+            )
         if self.backend not in backends.NAMES:
             raise ConfigError(f"backend must be one of {backends.NAMES}, got {self.backend!r}")
         if self.precision not in PRECISIONS:

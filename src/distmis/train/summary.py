@@ -9,6 +9,8 @@ trained: ``tensorflow`` or ``torch``); the best model is ``best_model<suffix>`` 
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import platform
 import shutil
 from collections.abc import Mapping, Sequence
@@ -23,14 +25,15 @@ from distmis.train.trials import STATUS_FAILED, STATUS_OK, TrialRecord, trial_di
 
 
 def library_versions(backend: str = "tensorflow") -> dict[str, str]:
-    """Versions of Python, Ray and the backend's framework (only that one is imported)."""
-    import ray
+    """Versions of Python, Ray and the backend's framework (only that one is imported).
 
-    return {
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        **backends.get(backend).versions(),
-    }
+    Ray's comes from its installed metadata, so a local run (no Ray) never imports it, and a
+    machine without Ray simply has no ``ray`` entry.
+    """
+    versions = {"python": platform.python_version()}
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        versions["ray"] = importlib.metadata.version("ray")
+    return {**versions, **backends.get(backend).versions()}
 
 
 def build_summary(
@@ -39,6 +42,7 @@ def build_summary(
     gpus: int,
     trials: Sequence[TrialRecord],
     backend: str = "tensorflow",
+    runner: str = "ray",
     makespan_start: float,
     makespan_end: float,
     resources: Mapping[str, Any],
@@ -53,6 +57,8 @@ def build_summary(
     return {
         "backend": backend,
         "mode": mode,
+        # ray (Ray Train / Ray Tune) or local (distmis.train.local: one process, no Ray).
+        "runner": runner,
         "gpus": gpus,
         "workers": max((t.workers for t in trials), default=0),
         "nodes_seen": nodes,

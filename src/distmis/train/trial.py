@@ -138,16 +138,31 @@ class TrialConfig:
         }
 
 
+RUNNER_RAY_TRAIN = "ray_train"
+RUNNER_RAY_TUNE = "ray_tune"
+RUNNER_LOCAL = "local"
+
+
 @dataclass(frozen=True)
 class Runner:
     """What the framework running the trial gives it: this worker's rank among ``world_size``,
-    ``report(metrics, checkpoint=...)``, ``get_checkpoint()`` and the Checkpoint class."""
+    ``report(metrics, checkpoint=...)``, ``get_checkpoint()`` and the Checkpoint class
+    (``from_directory(path)``; an instance's ``as_directory()`` yields its folder).
+
+    ``kind`` says who runs the trial: :data:`RUNNER_RAY_TRAIN` (a worker of a Ray Train
+    group, data mode), :data:`RUNNER_RAY_TUNE` (a Ray Tune trial, experiment mode) or
+    :data:`RUNNER_LOCAL` (:mod:`distmis.train.local`, this process, no Ray). A backend asks
+    Ray for a device or a distributed wrapper only under Ray Train; ``local_rank`` is the
+    worker's index on its node (its GPU among the node's).
+    """
 
     rank: int
     world_size: int
     report: Callable[..., None]
     get_checkpoint: Callable[[], Any]
     checkpoint_type: type
+    kind: str = RUNNER_LOCAL
+    local_rank: int = 0
 
     @classmethod
     def from_ray(cls, mode: str) -> Runner:
@@ -162,11 +177,15 @@ class Runner:
                 report=ray.train.report,
                 get_checkpoint=ray.train.get_checkpoint,
                 checkpoint_type=ray.train.Checkpoint,
+                kind=RUNNER_RAY_TRAIN,
+                local_rank=context.get_local_rank(),
             )
         import ray.tune
 
         # Tune warns about Train's Checkpoint class in a Tune trial; it wants its own.
-        return cls(0, 1, ray.tune.report, ray.tune.get_checkpoint, ray.tune.Checkpoint)
+        return cls(
+            0, 1, ray.tune.report, ray.tune.get_checkpoint, ray.tune.Checkpoint, RUNNER_RAY_TUNE
+        )
 
 
 class ScalarBoard(ABC):
@@ -241,28 +260,35 @@ def cpu_name() -> str:
 
 
 def train_loop(build_steps: StepsBuilder) -> Callable[[dict], None]:
-    """The ``train_loop_per_worker(config: dict)`` Ray runs, for a backend's steps builder.
-
-    A failure is noted in ``failed.json`` (time and error, for trials.csv) and re-raised, so
-    Ray retries or records it.
-    """
+    """The ``train_loop_per_worker(config: dict)`` Ray runs, for a backend's steps builder."""
 
     def train_loop_per_worker(config: dict) -> None:
         started = time.time()
         trial = TrialConfig.from_dict(config)
-        try:
-            run_trial(trial, Runner.from_ray(trial.settings.mode), build_steps, started)
-        except BaseException as exc:
-            trial.directory.mkdir(parents=True, exist_ok=True)
-            failure = {
-                "start_time": started,
-                "end_time": time.time(),
-                "error": f"{type(exc).__name__}: {exc}",
-            }
-            (trial.directory / "failed.json").write_text(json.dumps(failure))
-            raise
+        run_attempt(trial, Runner.from_ray(trial.settings.mode), build_steps, started)
 
     return train_loop_per_worker
+
+
+def run_attempt(
+    trial: TrialConfig, runner: Runner, build_steps: StepsBuilder, started: float
+) -> None:
+    """One attempt at ``trial`` (:func:`run_trial`), whoever runs it.
+
+    A failure is noted in ``failed.json`` (time and error, for trials.csv) and re-raised, so
+    the runner retries or records it.
+    """
+    try:
+        run_trial(trial, runner, build_steps, started)
+    except BaseException as exc:
+        trial.directory.mkdir(parents=True, exist_ok=True)
+        failure = {
+            "start_time": started,
+            "end_time": time.time(),
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+        (trial.directory / "failed.json").write_text(json.dumps(failure))
+        raise
 
 
 def run_trial(

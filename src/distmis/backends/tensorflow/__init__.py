@@ -90,6 +90,11 @@ class TensorflowBackend(Backend):
 
         return train_loop_per_worker
 
+    def trial_steps(self) -> Callable[..., Any]:
+        from distmis.backends.tensorflow.loop import KerasTrialSteps
+
+        return KerasTrialSteps
+
     def ray_trainer(
         self, train_loop_config: dict, *, scaling_config: Any, run_config: Any, use_gpu: bool
     ) -> Any:

@@ -57,6 +57,11 @@ class TorchBackend(Backend):
 
         return train_loop_per_worker
 
+    def trial_steps(self) -> Callable[..., Any]:
+        from distmis.backends.torch.loop import TorchTrialSteps
+
+        return TorchTrialSteps
+
     def ray_trainer(
         self, train_loop_config: dict, *, scaling_config: Any, run_config: Any, use_gpu: bool
     ) -> Any:

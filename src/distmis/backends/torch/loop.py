@@ -40,6 +40,7 @@ from distmis.backends.torch.losses import dice_coefficient, soft_dice_per_sample
 from distmis.backends.torch.unet import build_unet_torch
 from distmis.data.info import DatasetInfo
 from distmis.train.trial import (
+    RUNNER_RAY_TRAIN,
     Runner,
     ScalarBoard,
     TrialConfig,
@@ -183,8 +184,13 @@ def _no_tensorflow_in_tensorboard() -> None:
     sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 
-def choose_device(settings: WorkerSettings) -> torch.device:
-    """The device this worker trains on; an error when GPUs are asked for and none is seen."""
+def choose_device(settings: WorkerSettings, runner: Runner) -> torch.device:
+    """The device this worker trains on; an error when GPUs are asked for and none is seen.
+
+    A Ray Train worker takes the GPU Ray gave it; a Ray Tune trial sees only its own GPU
+    (Tune sets ``CUDA_VISIBLE_DEVICES``), and so does the local runner's one process, which
+    trains on the first visible GPU.
+    """
     if settings.use_gpu and not torch.cuda.is_available():
         # TensorFlow would quietly train on the CPU; a GPU timing that is really a CPU one is
         # worse than no timing.
@@ -194,13 +200,12 @@ def choose_device(settings: WorkerSettings) -> torch.device:
             f"{','.join(gpu_ids()) or 'unset'}); install a CUDA build of torch or set "
             "train.use_gpu: false"
         )
-    if settings.mode == "data":
+    if runner.kind == RUNNER_RAY_TRAIN:
         import ray.train.torch
 
         # The GPU Ray Train gave this worker (CPU without GPUs).
         return ray.train.torch.get_device()
     if settings.use_gpu:
-        # Ray Tune sets CUDA_VISIBLE_DEVICES to the trial's one GPU.
         return torch.device("cuda", 0)
     return torch.device("cpu")
 
@@ -284,7 +289,7 @@ class TorchTrialSteps(TrialSteps):
         self.trial_id, self.debug = trial.trial_id, settings.debug
         self.rank = runner.rank
         self.distributed = settings.mode == "data" and runner.world_size > 1
-        self.device = choose_device(settings)
+        self.device = choose_device(settings, runner)
         info = DatasetInfo.from_dir(Path(settings.tfrecord_dir))
         self.channels = list(info.label_channels)
         self.global_batch = settings.batch_size_per_replica * runner.world_size
@@ -315,7 +320,7 @@ class TorchTrialSteps(TrialSteps):
             **trial.architecture(),
         }
         wrap = None
-        if settings.mode == "data":
+        if runner.kind == RUNNER_RAY_TRAIN:
             import ray.train.torch
 
             # DistributedDataParallel for G > 1 (gradients averaged over workers every step).
@@ -390,3 +395,4 @@ class TorchTrialSteps(TrialSteps):
 
 
 train_loop_per_worker = train_loop(TorchTrialSteps)
+"""What Ray runs per worker (data mode) or per trial (experiment mode)."""
