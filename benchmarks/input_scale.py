@@ -49,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import cpu_model, loadavg, verdict, version
+from _common import cpu_model, loadavg, paper_size_shards, verdict, version
 
 PAPER_TRAIN_CASES = 339
 TARGET_STREAM_RSS = 4e9
@@ -192,28 +192,6 @@ def child(spec: dict) -> dict:
 # ---------------------------------------------------------------- parent
 
 
-def _convert_all(workdir: Path, cases: int, dtypes: list[str]) -> dict[str, Path]:
-    from distmis.data.convert import ConvertParams, convert_dataset
-    from distmis.data.synthetic import synthesize_dataset
-
-    task = workdir / "raw" / "Task01_BrainTumour"
-    if not task.is_dir():
-        print(f"synthesising {cases} cases of {SOURCE_SHAPE} ...", flush=True)
-        synthesize_dataset(workdir / "raw", cases, SOURCE_SHAPE, 0, progress=False, workers=2)
-    out = {}
-    for dtype in dtypes:
-        target = workdir / f"tfrecords-{dtype}"
-        if not (target / "info.json").is_file():
-            print(f"converting to {STORED_SHAPE} {dtype} ...", flush=True)
-            shards = (min(4, round(cases * 0.75)), 1, 1)
-            params = ConvertParams(
-                shape=STORED_SHAPE, split=(0.75, 0.25, 0.0), shards=shards, image_dtype=dtype
-            )
-            convert_dataset(task, target, params, workers=2, progress=False)
-        out[dtype] = target
-    return out
-
-
 def _run_child(spec: dict) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(
@@ -295,7 +273,7 @@ def main(argv: list[str]) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="distmis-input-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        datasets = _convert_all(workdir, args.cases, args.dtypes)
+        datasets = paper_size_shards(workdir, args.cases, args.dtypes, SOURCE_SHAPE, STORED_SHAPE)
         root = node_cache.cache_root()
         print(f"node cache root: {root}; batch {BATCH}; timed {args.batches} batches after "
               f"{args.warmup}\n")  # fmt: skip

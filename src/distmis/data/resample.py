@@ -22,9 +22,22 @@ place that converts is :func:`_to_sitk` / :func:`_from_sitk`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+# SimpleITK (a ~53 MB wheel) is imported only when a case is resampled: converting without
+# `resize` (crop/pad only) then runs on machines without it, e.g. the GPU box
+# benchmarks/gpu_loop.sh carries its packages to.
+
+
+def _sitk():
+    import SimpleITK
+
+    return SimpleITK
 
 
 def resampled_spacing(
@@ -70,7 +83,7 @@ def resample_image(
     out = np.empty((*new_shape, image.shape[3]), dtype=np.float32, order="F")
     for c in range(image.shape[3]):
         out[..., c] = _resample(
-            image[..., c].astype(np.float32, copy=False), spacing, new_shape, sitk.sitkLinear
+            image[..., c].astype(np.float32, copy=False), spacing, new_shape, _sitk().sitkLinear
         )
     return out
 
@@ -94,11 +107,13 @@ def resample_label(
     work = label.view(np.uint8) if label.dtype == np.bool_ else label
     new_shape = tuple(int(m) for m in new_shape)
     if work.ndim == 3:
-        out = _resample(work, spacing, new_shape, sitk.sitkNearestNeighbor)
+        out = _resample(work, spacing, new_shape, _sitk().sitkNearestNeighbor)
     else:
         out = np.empty((*new_shape, work.shape[3]), dtype=work.dtype, order="F")
         for k in range(work.shape[3]):
-            out[..., k] = _resample(work[..., k], spacing, new_shape, sitk.sitkNearestNeighbor)
+            out[..., k] = _resample(
+                work[..., k], spacing, new_shape, _sitk().sitkNearestNeighbor
+            )
     return out.view(np.bool_) if label.dtype == np.bool_ else out
 
 
@@ -114,14 +129,14 @@ def _to_sitk(volume: np.ndarray, spacing: Sequence[float]) -> sitk.Image:
     """A SimpleITK image of ``volume (X, Y, Z)``: origin 0 at voxel 0's centre, identity axes."""
     # SimpleITK reads a numpy array as (z, y, x); transposing makes its x our X. For a
     # Fortran-ordered volume (as NIfTI loads) the transpose is already C-contiguous: no copy.
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)))
+    image = _sitk().GetImageFromArray(np.ascontiguousarray(volume.transpose(2, 1, 0)))
     image.SetSpacing(tuple(float(s) for s in spacing))
     return image
 
 
 def _from_sitk(image: sitk.Image) -> np.ndarray:
     """``(X, Y, Z)`` array of a SimpleITK image (a Fortran-ordered view of its copy)."""
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    return _sitk().GetArrayFromImage(image).transpose(2, 1, 0)
 
 
 def _resample(
@@ -134,6 +149,7 @@ def _resample(
     # The array is RAS already, so the world frame can be the voxel frame itself (identity
     # direction, origin at voxel 0's centre); only the two grids' relation matters.
     origin = tuple((new - old) / 2 for new, old in zip(new_spacing, spacing, strict=True))
+    sitk = _sitk()
     resampled = sitk.Resample(
         source,
         list(new_shape),
