@@ -9,6 +9,7 @@ from distmis.backends.torch.loop import EpochSums, choose_device
 from distmis.backends.torch.losses import dice_coefficient, soft_dice_per_sample
 from distmis.config import validate_config
 from distmis.train.settings import TrainSettings
+from distmis.train.trial import Runner
 
 
 def worker_settings(tmp_path, **train):
@@ -18,12 +19,18 @@ def worker_settings(tmp_path, **train):
     ).worker_settings()
 
 
+LOCAL = Runner(
+    0, 1, report=lambda *a, **k: None, get_checkpoint=lambda: None, checkpoint_type=object
+)
+
+
 def test_use_gpu_without_cuda_is_an_error_not_a_silent_cpu_run(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="use_gpu is true but PyTorch .* sees no CUDA device"):
-        choose_device(worker_settings(tmp_path, use_gpu=True))
-    assert choose_device(worker_settings(tmp_path)) == torch.device("cpu")
+        choose_device(worker_settings(tmp_path, use_gpu=True), LOCAL)
+    # Outside Ray Train (a Tune trial, the local runner) the CPU without use_gpu.
+    assert choose_device(worker_settings(tmp_path), LOCAL) == torch.device("cpu")
 
 
 def test_epoch_metrics_are_per_sample_means_whatever_the_batching():
