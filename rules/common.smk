@@ -9,7 +9,13 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from distmis.backends import NAMES as BACKEND_NAMES
 from distmis.cluster.resources import job_shape
-from distmis.config import check_semantics, resolve_shards, schema_path, train_backends
+from distmis.config import (
+    check_semantics,
+    resolve_shards,
+    run_folders,
+    schema_path,
+    train_backends,
+)
 from distmis.data.split import SPLITS, shard_filename
 from distmis.errors import ConfigError
 
@@ -60,20 +66,24 @@ wildcard_constraints:
     backend="|".join(BACKEND_NAMES),
 
 
+# {mode folder: [G, ...]}: data and experiment at every G, hybrid{k} where k divides G.
+RUN_FOLDERS = run_folders(TRAIN)
+
+
 def train_outputs():
-    """summary.json of every (backend, mode, G) the config asks for."""
+    """summary.json of every (backend, mode folder, G) the config asks for."""
     return [
-        f"results/train/{backend}/{mode}/{gpus}gpu/summary.json"
+        f"results/train/{backend}/{folder}/{gpus}gpu/summary.json"
         for backend in BACKENDS
-        for mode in TRAIN["modes"]
-        for gpus in TRAIN["gpu_counts"]
+        for folder, gpu_counts in RUN_FOLDERS.items()
+        for gpus in gpu_counts
     ]
 
 
 # Keys that only decide which training jobs exist; a job's own settings exclude them, so adding
 # a backend, a G or a mode does not make Snakemake rerun the jobs already done ("Params have
 # changed"). The job's backend comes from its wildcard.
-JOB_SELECTING_KEYS = ("backend", "gpu_counts", "modes")
+JOB_SELECTING_KEYS = ("backend", "gpu_counts", "modes", "gpus_per_trial")
 
 
 def train_params(wildcards):
@@ -83,12 +93,17 @@ def train_params(wildcards):
 
 
 def eval_outputs():
-    """summary.json of the evaluation of every (backend, mode) the config asks for."""
+    """summary.json of the evaluation of every (backend, mode folder) the config asks for."""
     return expand(
         "results/evaluate/{backend}/{mode}/summary.json",
         backend=BACKENDS,
-        mode=TRAIN["modes"],
+        mode=list(RUN_FOLDERS),
     )
+
+
+def eval_gpus(mode_folder):
+    """The largest G a mode folder (data, experiment, hybrid{k}) was trained on."""
+    return max(RUN_FOLDERS[mode_folder])
 
 
 def _shape(wildcards):

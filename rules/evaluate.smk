@@ -4,13 +4,13 @@
 # and info.json + shards are read.
 
 EVAL_DIR = "results/evaluate/{backend}/{mode}"
-# The largest run holds the most tuning effort per mode; every G trains the same grid.
-EVAL_GPUS = max(config["train"]["gpu_counts"])
+# The largest run holds the most tuning effort per mode; every G trains the same grid
+# (eval_gpus in common.smk: hybrid{k} only runs where k divides G).
 
 
 rule evaluate:
     input:
-        model=f"results/train/{{backend}}/{{mode}}/{EVAL_GPUS}gpu/best_model.json",
+        model=lambda w: f"results/train/{w.backend}/{w.mode}/{eval_gpus(w.mode)}gpu/best_model.json",
         info="results/tfrecords/info.json",
     output:
         metrics=report(

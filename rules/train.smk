@@ -1,5 +1,5 @@
-# Training: the same grid, for every backend and G, with data parallelism (Ray Train) and
-# experiment parallelism (Ray Tune). Each job's timings are the product, so a job must not
+# Training: the same grid, for every backend and G, with data parallelism (Ray Train),
+# experiment parallelism (Ray Tune) and hybrid{k} (Ray Tune over Ray Train runs of k GPUs). Each job's timings are the product, so a job must not
 # share its cores or GPUs with another: `threads: training_threads` makes a local run
 # serialise them. The scripts read the backend from the {backend} wildcard. best_model.json
 # (the model card) is written after the weights it names, so it stands for both.
@@ -45,3 +45,28 @@ rule train_experiment_parallel:
         train=train_params,
     script:
         "../workflow_scripts/train_experiment_parallel.py"
+
+
+rule train_hybrid_parallel:
+    input:
+        info="results/tfrecords/info.json",
+    output:
+        trials="results/train/{backend}/hybrid{k}/{gpus}gpu/trials.csv",
+        summary="results/train/{backend}/hybrid{k}/{gpus}gpu/summary.json",
+        model="results/train/{backend}/hybrid{k}/{gpus}gpu/best_model.json",
+    log:
+        "logs/train_hybrid_parallel/{backend}/hybrid{k}/{gpus}gpu.log",
+    wildcard_constraints:
+        k=r"\d+",
+    conda:
+        "../envs/train.yaml"
+    threads: training_threads
+    resources:
+        **TRAIN_RESOURCES,
+    params:
+        out=lambda wildcards: (
+            f"results/train/{wildcards.backend}/hybrid{wildcards.k}/{wildcards.gpus}gpu"
+        ),
+        train=train_params,
+    script:
+        "../workflow_scripts/train_hybrid_parallel.py"

@@ -152,3 +152,53 @@ def test_fewer_shards_than_data_parallel_workers_warns_naming_both_keys(caplog):
             caplog.text
         )
         assert "shards.train" not in caplog.text
+
+
+def test_hybrid_jobs_run_where_k_divides_g():
+    from distmis.config import run_folders
+
+    train = validate_config(
+        {
+            "train": {
+                "gpu_counts": [1, 2, 4, 6],
+                "modes": ["data", "hybrid"],
+                "gpus_per_trial": [2, 4],
+            }
+        }
+    )["train"]
+    assert run_folders(train) == {"data": [1, 2, 4, 6], "hybrid2": [2, 4, 6], "hybrid4": [4]}
+    # auto shards: as many as the most workers one configuration uses
+    assert (
+        validate_config(
+            {"train": {"gpu_counts": [1, 4], "modes": ["hybrid"], "gpus_per_trial": [2]}}
+        )["data"]["preprocess"]["shards"]["train"]
+        == 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        (
+            {"gpu_counts": [1, 3], "modes": ["hybrid"], "gpus_per_trial": [2]},
+            r"train.gpus_per_trial: k = \[2\] divides none of train.gpu_counts \[1, 3\]",
+        ),
+        (
+            {"modes": ["data", "experiment"], "scheduler": "asha"},
+            "train.scheduler: asha stops configurations in experiment and hybrid mode",
+        ),
+    ],
+)
+def test_impossible_mode_combinations_are_named_before_a_job(train, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config({"train": train})
+
+
+def test_asha_overlay_is_a_valid_config():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    base = yaml.safe_load((root / "config.yaml").read_text())
+    overlay = yaml.safe_load((root / "config.asha.yaml").read_text())
+    merged = {**base, "train": {**base["train"], **overlay["train"]}}
+    assert validate_config(merged)["train"]["scheduler"] == "asha"

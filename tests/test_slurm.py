@@ -277,3 +277,42 @@ def test_torch_data_parallel_spans_two_nodes_with_gloo(tmp_path):
     # Both ranks trained on their own half: DDP kept them in step.
     assert all(w["train_volumes_read"] > 0 for w in workers), workers
     assert not leftover_ray_processes("")
+
+
+@pytest.mark.skipif(
+    not TWO_NODES and os.environ.get("DISTMIS_REQUIRE_SLURM") != "1",
+    reason="no 2-node SLURM here (tests/slurm/start_slurm.sh makes one in network namespaces)",
+)
+def test_hybrid_trials_never_straddle_nodes(tmp_path):
+    """Hybrid k = 2 on G = 4 over two nodes of 2 workers: each trial's two workers share a
+    node (STRICT_PACK), so its all-reduce never crosses the network. The test nodes have one
+    fake GPU each, too few for k = 2 GPUs per node, so the workers are CPU workers."""
+    assert TWO_NODES, "tests/slurm/start_slurm.sh could not make the 2-node cluster"
+    two_configs = {"lr": [0.001, 0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
+    result = run_through_profile(
+        tmp_path,
+        {
+            "backend": "torch",
+            "use_gpu": False,
+            "modes": ["hybrid"],
+            "gpus_per_trial": [2],
+            "gpus_per_node": 2,
+            "gpu_counts": [4],
+            "search_space": two_configs,
+        },
+        "--set-resources",
+        "train_hybrid_parallel:slurm_partition=twonode",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = tmp_path / "results/train/torch/hybrid2/4gpu"
+    summary = json.loads((run / "summary.json").read_text())
+    job = scontrol_job(summary["resources"]["slurm"]["SLURM_JOB_ID"])
+    assert "NumNodes=2 " in job, job
+    assert (summary["mode"], summary["gpus_per_trial"]) == ("hybrid", 2)
+    assert summary["nodes_seen"] == ["node1", "node2"]
+    with (run / "trials.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["status"] for row in rows] == ["ok", "ok"], rows
+    # Each trial on one node (never "node1;node2"), both nodes used.
+    assert sorted(row["node"] for row in rows) == ["node1", "node2"], rows
+    assert not leftover_ray_processes("")

@@ -107,6 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         tfrecord_dir=Path(args.data),
         out_dir=Path(args.out),
         backend=args.backend,
+        gpus_per_trial=args.gpus_per_trial,
     )
     if args.seed_config:
         settings = settings.with_seed_config(Path(args.seed_config))
@@ -127,7 +128,13 @@ def _cmd_scaling(args: argparse.Namespace) -> None:
     from distmis.scaling.run import run_scaling
 
     config = load_config(Path(args.config) if args.config else None)
-    written = run_scaling(Path(args.results), Path(args.out), config["report"]["references"])
+    report = config["report"]
+    written = run_scaling(
+        Path(args.results),
+        Path(args.out),
+        report["references"],
+        quality_tolerance=report["quality_tolerance"],
+    )
     print(
         json.dumps(
             {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in written.items()}
@@ -214,7 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("train", help="train the grid in one parallelism mode on G GPUs/workers")
-    p.add_argument("--mode", choices=["data", "experiment"], required=True)
+    p.add_argument("--mode", choices=["data", "experiment", "hybrid"], required=True)
+    p.add_argument(
+        "--gpus-per-trial",
+        type=int,
+        default=None,
+        help="hybrid mode's k: GPUs per configuration (default: train.gpus_per_trial's first)",
+    )
     p.add_argument(
         "--backend",
         choices=backends.NAMES,
@@ -251,10 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scaling", help="speedup table and figures from the training results")
     p.add_argument(
-        "--results", default="results/train", help="folder holding {backend}/{mode}/{G}gpu/"
+        "--results",
+        default="results/train",
+        help="folder holding {backend}/{mode}/{G}gpu/ (mode: data, experiment, hybrid{k})",
     )
     p.add_argument("--out", default="results/scaling", help="folder for scaling.csv and figures")
-    p.add_argument("--config", default=None, help="config.yaml (its report.references)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="config.yaml (its report.references and report.quality_tolerance)",
+    )
     p.set_defaults(func=_cmd_scaling)
 
     p = sub.add_parser(

@@ -67,6 +67,20 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             f"data.preprocess.shape: {shape} must be divisible by 2**train.model.depth = "
             f"{factor} (depth {depth}) on every axis; change the shape or train.model.depth"
         )
+    if "hybrid" in train["modes"]:
+        unused = [k for k in train["gpus_per_trial"] if not hybrid_gpu_counts(train, k)]
+        if unused:
+            raise ConfigError(
+                f"train.gpus_per_trial: k = {unused} divides none of train.gpu_counts "
+                f"{train['gpu_counts']} (a hybrid job on G GPUs runs G/k trials of k GPUs); "
+                "add a G that k divides or drop that k"
+            )
+    if train["scheduler"] == "asha" and "data" in train["modes"]:
+        raise ConfigError(
+            "train.scheduler: asha stops configurations in experiment and hybrid mode; data "
+            "mode trains one at a time and has nothing to stop. Drop data from train.modes "
+            "or set train.scheduler: none"
+        )
     if train["torch"]["precision"] == "fp16" and not train["use_gpu"]:
         raise ConfigError(
             "train.torch.precision: fp16 needs train.use_gpu: true (CPUs have no fast float16 "
@@ -74,9 +88,34 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         )
 
 
+def hybrid_gpu_counts(train: Mapping[str, Any], k: int) -> list[int]:
+    """The G of ``train.gpu_counts`` a hybrid job with k GPUs per trial runs on (k divides G)."""
+    return [g for g in train["gpu_counts"] if g >= k and g % k == 0]
+
+
+def run_folders(train: Mapping[str, Any]) -> dict[str, list[int]]:
+    """Every training job the config asks for, as ``{mode folder: [G, ...]}``: ``data`` and
+    ``experiment`` at every G, ``hybrid{k}`` at every G that k divides."""
+    folders = {}
+    for mode in train["modes"]:
+        if mode == "hybrid":
+            for k in train["gpus_per_trial"]:
+                if hybrid_gpu_counts(train, k):
+                    folders[f"hybrid{k}"] = hybrid_gpu_counts(train, k)
+        else:
+            folders[mode] = list(train["gpu_counts"])
+    return folders
+
+
 def data_parallel_workers(train: Mapping[str, Any]) -> int:
-    """The most workers one data-parallel job uses (1 without data mode)."""
-    return max(train["gpu_counts"]) if "data" in train["modes"] else 1
+    """The most workers one configuration's Ray Train run uses: the largest G of data mode,
+    or the largest k of hybrid mode (1 without either)."""
+    workers = [1]
+    if "data" in train["modes"]:
+        workers.append(max(train["gpu_counts"]))
+    if "hybrid" in train["modes"]:
+        workers += [k for k in train["gpus_per_trial"] if hybrid_gpu_counts(train, k)]
+    return max(workers)
 
 
 # Cases in the Medical Segmentation Decathlon's Task01_BrainTumour training set.

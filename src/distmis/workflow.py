@@ -135,7 +135,14 @@ def train_experiment_parallel(snakemake: Any) -> dict | None:
     return _train(snakemake, "experiment")
 
 
-def _train(snakemake: Any, mode: str) -> dict | None:
+def train_hybrid_parallel(snakemake: Any) -> dict | None:
+    """The whole grid, hybrid (Ray Tune over Ray Train runs of ``{k}`` GPUs), for
+    ``{backend}`` on ``{gpus}`` GPUs."""
+    start_script(snakemake)
+    return _train(snakemake, "hybrid", gpus_per_trial=int(snakemake.wildcards.k))
+
+
+def _train(snakemake: Any, mode: str, gpus_per_trial: int | None = None) -> dict | None:
     """Run ``mode`` for the rule's ``{backend}`` and ``{gpus}`` with the validated ``train``
     config; the run's summary, or None when it ran in a child process (below).
 
@@ -153,7 +160,13 @@ def _train(snakemake: Any, mode: str) -> dict | None:
     out_dir = Path(snakemake.params.out)
     tfrecord_dir = Path(snakemake.input.info).parent
     settings = TrainSettings.from_config(
-        train, mode=mode, gpus=gpus, tfrecord_dir=tfrecord_dir, out_dir=out_dir, backend=backend
+        train,
+        mode=mode,
+        gpus=gpus,
+        tfrecord_dir=tfrecord_dir,
+        out_dir=out_dir,
+        backend=backend,
+        gpus_per_trial=gpus_per_trial,
     )
     if "SLURM_JOB_ID" not in os.environ or settings.ray_address or os.environ.get("RAY_ADDRESS"):
         return run_training(settings)
@@ -184,6 +197,7 @@ def _train(snakemake: Any, mode: str) -> dict | None:
         str(out_dir),
         "--config",
         str(config_path),
+        *(["--gpus-per-trial", str(gpus_per_trial)] if gpus_per_trial is not None else []),
     ]
     status = run_with_ray_cluster(
         command,
@@ -228,21 +242,23 @@ def evaluate(snakemake: Any) -> dict:
 
 
 def scaling(snakemake: Any) -> Path:
-    """The table of the input runs, with each evaluated model's test Dice, into ``output.table``."""
+    """The table of the input runs, with each evaluated model's test Dice, into ``output.table``;
+    ``params.quality_tolerance`` (report.quality_tolerance) decides time_to_best_seconds."""
     start_script(snakemake)
     from distmis.scaling.table import attach_test_dice, scaling_table, write_scaling_csv
 
-    table = attach_test_dice(
-        scaling_table(_rule_runs(snakemake)), [Path(p) for p in snakemake.input.evals]
-    )
+    table = scaling_table(_rule_runs(snakemake), snakemake.params.quality_tolerance)
+    table = attach_test_dice(table, [Path(p) for p in snakemake.input.evals])
     return write_scaling_csv(table, Path(snakemake.output.table))
 
 
 def plot_scaling(snakemake: Any) -> dict[str, list[Path]]:
     """Every figure into the folder of ``output.speedup``.
 
-    The figures come from scaling.csv (so they show what the table says) and the timelines
-    from the runs' trials.csv; a figure the rule declares but the data cannot give is an
+    The figures come from scaling.csv (so they show what the table says), the timelines
+    from the runs' trials.csv and the time-to-quality figure from their trials' epochs.jsonl
+    (within ``params.quality_tolerance`` of each run's best, as the table's
+    time_to_best_seconds); a figure the rule declares but the data cannot give is an
     error here rather than a confusing missing-output failure later.
     """
     start_script(snakemake)
@@ -253,14 +269,13 @@ def plot_scaling(snakemake: Any) -> dict[str, list[Path]]:
     table = read_scaling_csv(Path(snakemake.input.table))
     out_dir = Path(snakemake.output.speedup).parent
     declared = {Path(p) for p in snakemake.output}
-    expected = {
-        out_dir / f"{timeline_stem(run)}{suffix}" for run in runs for suffix in (".png", ".pdf")
-    }
+    stems = ["quality", *(timeline_stem(run) for run in runs)]
+    expected = {out_dir / f"{stem}{suffix}" for stem in stems for suffix in (".png", ".pdf")}
     undeclared = expected - declared
     if undeclared:
         raise ValueError(f"plot_scaling would write undeclared outputs: {sorted(undeclared)}")
     references = parse_references(snakemake.params.references)
-    return plot_all(table, runs, out_dir, references)
+    return plot_all(table, runs, out_dir, references, snakemake.params.quality_tolerance)
 
 
 def _rule_runs(snakemake: Any) -> list:

@@ -122,12 +122,24 @@ def test_a_trial_trains_every_epoch_reports_each_and_leaves_the_contract_files(t
     assert [m["epoch"] for m, _ in runner.reports] == [1, 2, 3]
     assert all(checkpoint is not None for _, checkpoint in runner.reports)
     last_checkpoint = runner.reports[-1][1].path
-    assert json.loads((last_checkpoint / "state.json").read_text()) == {"epoch": 3}
+    assert json.loads((last_checkpoint / "state.json").read_text()) == {
+        "epoch": 3,
+        "trial_id": trial.trial_id,
+    }
+    # One epochs.jsonl line per validated epoch, timed, with every metric.
+    epochs = [
+        json.loads(line) for line in (trial.directory / "epochs.jsonl").read_text().splitlines()
+    ]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert epochs[-1]["val_dice"] == pytest.approx(0.6)
+    assert all(a["time"] <= b["time"] for a, b in zip(epochs, epochs[1:], strict=False))
     result = json.loads((trial.directory / "result.json").read_text())
     assert result["metrics"] == {"loss": pytest.approx(0.7), "dice": pytest.approx(0.3),
                                  "val_loss": 0.9, "val_dice": pytest.approx(0.6)}  # fmt: skip
     assert len(result["history"]) == 3 and result["resumed_from_epoch"] == 0
     assert result["volumes_trained"] == 3 * 3 * 2 and result["start_time"] == 100.0
+    # No submitted_at: start-up counts from entering the trial (started) to the first epoch.
+    assert result["startup_seconds"] == pytest.approx(result["fit_start_time"] - 100.0)
     worker = json.loads((trial.directory / "workers" / "rank0.json").read_text())
     assert (worker["steps_per_epoch"], worker["global_batch_size"]) == (3, 2)
     assert worker["epochs_trained"] == 3  # finish_fields reach the worker file

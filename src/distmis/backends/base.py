@@ -72,12 +72,24 @@ class Backend(ABC):
         (:mod:`distmis.train.local`) runs in-process. Imports the framework, never Ray."""
 
     @abstractmethod
+    def train_grid_per_worker(self) -> Callable[[dict], None]:
+        """What each worker of data mode's one Ray Train run executes: the whole grid, one
+        configuration after another (:func:`distmis.train.trial.train_grid`)."""
+
+    @abstractmethod
     def ray_trainer(
-        self, train_loop_config: dict, *, scaling_config: Any, run_config: Any, use_gpu: bool
+        self,
+        train_loop_config: dict,
+        *,
+        scaling_config: Any,
+        run_config: Any,
+        use_gpu: bool,
+        whole_grid: bool = False,
     ) -> Any:
         """A Ray Train trainer (``TensorflowTrainer``, ``TorchTrainer``) running
-        :meth:`train_loop_per_worker` with ``train_loop_config`` on ``scaling_config``'s
-        workers, with synchronous all-reduce between them."""
+        :meth:`train_loop_per_worker` (one configuration; hybrid mode) or, with
+        ``whole_grid``, :meth:`train_grid_per_worker` (data mode) with ``train_loop_config`` on
+        ``scaling_config``'s workers, with synchronous all-reduce between them."""
 
     @abstractmethod
     def predictor(self, model_file: Path) -> Predictor:

@@ -111,9 +111,7 @@ def resample_label(
     else:
         out = np.empty((*new_shape, work.shape[3]), dtype=work.dtype, order="F")
         for k in range(work.shape[3]):
-            out[..., k] = _resample(
-                work[..., k], spacing, new_shape, _sitk().sitkNearestNeighbor
-            )
+            out[..., k] = _resample(work[..., k], spacing, new_shape, _sitk().sitkNearestNeighbor)
     return out.view(np.bool_) if label.dtype == np.bool_ else out
 
 

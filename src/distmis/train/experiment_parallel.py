@@ -1,4 +1,13 @@
-"""Experiment parallelism: Ray Tune runs up to G configurations at once, one GPU each."""
+"""Ray Tune runs the grid: experiment mode (up to G configurations at once, one GPU each) and
+hybrid mode (up to G/k at once, each a Ray Train run over k GPUs).
+
+Hybrid is the Ray Train V2 way of tuning distributed runs: each Tune trial is a small driver
+function (:func:`_hybrid_trainable`, no resources of its own) that starts the backend's
+trainer on k workers with synchronous all-reduce and forwards its per-epoch reports to Tune
+(``TuneReportCallback``), so Tune's scheduler sees every epoch. Data and experiment mode are
+its two ends, k = G and k = 1. With ``train.scheduler: asha`` Tune's ASHA stops configurations
+whose validation Dice trails their rung; they are recorded as ``stopped``.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +18,61 @@ from collections.abc import Callable, Sequence
 from distmis import backends
 from distmis.train.grid import HParams
 from distmis.train.settings import TrainSettings
-from distmis.train.trials import TrialRecord, build_record, save_record
+from distmis.train.trials import TrialRecord, build_record, save_record, trial_dir
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_NAME = "tune"
+HYBRID_RUNS = "hybrid-runs"  # <out>/ray/hybrid-runs/<trial_id>: each trial's Train run
+METRIC = "val_dice"
+HYBRID_DRIVER_MEMORY = 64 * 2**20  # bytes of Ray's logical memory a hybrid trial's driver asks
 
 
-def _tune_trainable(config: dict) -> None:
-    """Ray Tune entry point: flatten the grid_search entry into the backend loop's config."""
+def _log_to_job() -> None:
     # Ray Train sets up logging in its workers, Tune not in a trial's process: without this
     # the loop's per-epoch lines would never reach the job's log.
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def _tune_trainable(config: dict) -> None:
+    """Ray Tune entry point: flatten the grid_search entry into the backend loop's config."""
+    _log_to_job()
     # Imported here, in the trial's process, so a torch trial never imports TensorFlow.
     train_loop_per_worker = backends.get(config["settings"]["backend"]).train_loop_per_worker()
     train_loop_per_worker({**config["trial"], "settings": config["settings"]})
+
+
+def _hybrid_trainable(config: dict) -> None:
+    """A hybrid trial: one Ray Train run of the configuration on ``k`` workers, its reports
+    forwarded to Tune. Train retries the run ``max_failures`` times from its checkpoint."""
+    _log_to_job()
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    settings, hybrid = config["settings"], config["hybrid"]
+    backend = backends.get(settings["backend"])
+    trial_id = config["trial"]["trial_id"]
+    trainer = backend.ray_trainer(
+        {**config["trial"], "settings": settings, "submitted_at": time.time()},
+        use_gpu=settings["use_gpu"],
+        scaling_config=ScalingConfig(
+            num_workers=hybrid["workers"],
+            use_gpu=settings["use_gpu"],
+            resources_per_worker=hybrid["resources_per_worker"],
+            # One node when k fits on one (its all-reduce then never crosses the network);
+            # else as few nodes as Ray can pack it on.
+            placement_strategy=hybrid["placement_strategy"],
+        ),
+        run_config=RunConfig(
+            name=trial_id,
+            storage_path=hybrid["storage"],
+            failure_config=FailureConfig(max_failures=settings["max_failures"]),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
 
 
 def _grid_entry(settings: TrainSettings, hparams: HParams) -> dict:
@@ -34,29 +81,91 @@ def _grid_entry(settings: TrainSettings, hparams: HParams) -> dict:
     return entry
 
 
+def placement_strategy(settings: TrainSettings, gpus_per_node: int) -> str:
+    """``STRICT_PACK`` (one node) when a trial's k workers fit on one node, else ``PACK``."""
+    return "STRICT_PACK" if settings.workers_per_trial <= gpus_per_node else "PACK"
+
+
+def _scheduler(settings: TrainSettings):
+    if settings.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=METRIC,
+        mode="max",
+        max_t=settings.epochs,
+        grace_period=min(settings.asha_grace_period, settings.epochs),
+        reduction_factor=settings.asha_reduction_factor,
+    )
+
+
 def run_experiment_parallel(
     settings: TrainSettings,
     grid: Sequence[HParams],
     on_record: Callable[[TrialRecord], None],
 ) -> list[TrialRecord]:
-    """Run the grid as Tune trials, at most G at a time, each with one GPU (or CPU share).
+    """Experiment mode: the grid as Tune trials, at most G at a time, each with one GPU (or
+    a CPU share)."""
+    from ray import tune
+
+    trainable = tune.with_resources(
+        _tune_trainable,
+        {"cpu": settings.cpus_per_worker, "gpu": 1 if settings.use_gpu else 0},
+    )
+    return _run_tune(settings, grid, on_record, trainable, {}, settings.max_failures)
+
+
+def run_hybrid_parallel(
+    settings: TrainSettings,
+    grid: Sequence[HParams],
+    on_record: Callable[[TrialRecord], None],
+) -> list[TrialRecord]:
+    """Hybrid mode: the grid as Tune trials, at most G/k at a time, each a Ray Train run of
+    k workers (:func:`_hybrid_trainable`)."""
+    from ray import tune
+
+    # The driver holds no CPU or GPU: its k workers hold them all, so G/k trials fit G GPUs.
+    # Ray refuses an empty request, so it asks for a little of Ray's logical memory instead.
+    trainable = tune.with_resources(
+        _hybrid_trainable, {"cpu": 0, "memory": HYBRID_DRIVER_MEMORY}
+    )
+    hybrid = {
+        "workers": settings.workers_per_trial,
+        "resources_per_worker": {
+            "CPU": settings.cpus_per_worker,
+            **({"GPU": 1} if settings.use_gpu else {}),
+        },
+        "placement_strategy": placement_strategy(settings, settings.gpus_per_node),
+        "storage": str((settings.out_dir / "ray" / HYBRID_RUNS).resolve()),
+    }
+    # Train retries a failing run itself; Tune must not start it over on top of that.
+    return _run_tune(settings, grid, on_record, trainable, {"hybrid": hybrid}, 0)
+
+
+def _run_tune(
+    settings: TrainSettings,
+    grid: Sequence[HParams],
+    on_record: Callable[[TrialRecord], None],
+    trainable,
+    extra_space: dict,
+    tune_failures: int,
+) -> list[TrialRecord]:
+    """Run ``trainable`` over the grid, at most ``settings.concurrent_trials`` at once.
 
     An interrupted run is restored with Tune's experiment restore: finished trials are
     kept, unfinished ones resume from their last checkpoint. A trial that still fails after
-    ``max_failures`` retries is recorded as failed; the others go on.
+    its retries is recorded as failed; one the scheduler stopped as stopped; the others go on.
     """
     from ray import tune
 
     storage = (settings.out_dir / "ray").resolve()
     experiment_path = storage / EXPERIMENT_NAME
-    trainable = tune.with_resources(
-        _tune_trainable,
-        {"cpu": settings.cpus_per_worker, "gpu": 1 if settings.use_gpu else 0},
-    )
     run_config = tune.RunConfig(
         name=EXPERIMENT_NAME,
         storage_path=str(storage),
-        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        failure_config=tune.FailureConfig(max_failures=tune_failures),
         verbose=1,
     )
     started = time.time()
@@ -77,8 +186,13 @@ def run_experiment_parallel(
                 # trials' names and columns.
                 "trial": tune.grid_search([_grid_entry(settings, hp) for hp in grid]),
                 "settings": settings.worker_settings().to_dict(),
+                **extra_space,
             },
-            tune_config=tune.TuneConfig(max_concurrent_trials=settings.gpus, num_samples=1),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=settings.concurrent_trials,
+                num_samples=1,
+                scheduler=_scheduler(settings),
+            ),
             run_config=run_config,
         )
     result_grid = tuner.fit()
@@ -89,8 +203,15 @@ def run_experiment_parallel(
         error = None
         if result.error is not None:
             error = f"{type(result.error).__name__}: {result.error}"
+        finished = (trial_dir(settings, trial_id) / "result.json").is_file()
         record = build_record(
-            settings, by_id[trial_id], error=error, driver_start=started, driver_end=time.time()
+            settings,
+            by_id[trial_id],
+            error=error,
+            driver_start=started,
+            driver_end=time.time(),
+            # Ended without an error and without finishing: the scheduler stopped it.
+            stopped=error is None and not finished and settings.scheduler != "none",
         )
         save_record(settings, record)
         records.append(record)

@@ -108,10 +108,12 @@ def _start_ray_for(settings: TrainSettings) -> dict[str, float]:
 
 def _run_with_ray(settings: TrainSettings, grid, on_record):
     from distmis.train.data_parallel import run_data_parallel
-    from distmis.train.experiment_parallel import run_experiment_parallel
+    from distmis.train.experiment_parallel import run_experiment_parallel, run_hybrid_parallel
 
     if settings.mode == "data":
         return run_data_parallel(settings, grid, on_record)
+    if settings.mode == "hybrid":
+        return run_hybrid_parallel(settings, grid, on_record)
     return run_experiment_parallel(settings, grid, on_record)
 
 
@@ -164,6 +166,8 @@ def _run_training(settings: TrainSettings) -> dict:
         mode=settings.mode,
         gpus=settings.gpus,
         runner=settings.runner,
+        gpus_per_trial=settings.workers_per_trial,
+        scheduler=settings.scheduler,
         trials=records,
         makespan_start=makespan_start,
         makespan_end=makespan_end,

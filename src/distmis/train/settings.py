@@ -14,7 +14,8 @@ from distmis.errors import ConfigError
 from distmis.train.grid import HParams, expand_grid
 from distmis.train.trial import TrialConfig, WorkerSettings
 
-MODES = ("data", "experiment")
+MODES = ("data", "experiment", "hybrid")
+SCHEDULERS = ("none", "asha")
 # Who runs the trials: Ray (Train in data mode, Tune in experiment mode) or this process
 # (distmis.train.local: one device, no Ray).
 RUNNERS = ("ray", "local")
@@ -116,14 +117,39 @@ class TrainSettings:
     # This run's node-cache scope folder, set when the run starts (not part of its identity).
     cache_scope: str | None = None
     runner: str = "ray"
+    # Hybrid mode's k: GPUs (workers) per trial, G/k trials at once. Data mode is k = G and
+    # experiment mode k = 1 (workers_per_trial); only hybrid reads this field.
+    gpus_per_trial: int = 1
+    scheduler: str = "none"
+    gpus_per_node: int = 4  # a hybrid trial with k <= this stays on one node
+    asha_grace_period: int = 1
+    asha_reduction_factor: int = 2
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.gpus < 1:
             raise ConfigError(f"gpus must be >= 1, got {self.gpus}")
+        if self.mode == "hybrid":
+            k = self.gpus_per_trial
+            if k < 2 or k > self.gpus or self.gpus % k:
+                raise ConfigError(
+                    f"hybrid mode on G = {self.gpus} needs gpus_per_trial k with 2 <= k <= G "
+                    f"and k dividing G, got k = {k}"
+                )
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.scheduler == "asha" and self.mode == "data":
+            raise ConfigError(
+                "train.scheduler asha needs experiment or hybrid mode: data mode trains one "
+                "configuration at a time, so there is nothing to stop in favour of another"
+            )
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner must be one of {RUNNERS}, got {self.runner!r}")
+        if self.runner == "local" and self.mode == "hybrid":
+            raise ConfigError("the local runner has one device: hybrid mode needs --runner ray")
+        if self.runner == "local" and self.scheduler != "none":
+            raise ConfigError("the local runner trains every configuration: scheduler must be none")
         if self.runner == "local" and self.gpus != 1:
             raise ConfigError(
                 f"the local runner trains on one device in one process; G = {self.gpus} "
@@ -147,11 +173,13 @@ class TrainSettings:
         tfrecord_dir: Path,
         out_dir: Path,
         backend: str | None = None,
+        gpus_per_trial: int | None = None,
     ) -> TrainSettings:
         """Build from the validated ``train`` config section.
 
         ``backend`` picks one of ``train.backend`` (a name or a list); None takes the only
-        one configured, and is an error when the config lists several.
+        one configured, and is an error when the config lists several. ``gpus_per_trial`` is
+        hybrid mode's k (one of ``train.gpus_per_trial``; None: its only or first value).
         """
         configured = train_backends(train)
         if backend is None:
@@ -185,6 +213,13 @@ class TrainSettings:
             base_filters=train["model"]["base_filters"],
             ray_address=train["ray_address"],
             search_space=dict(train["search_space"]),
+            gpus_per_trial=gpus_per_trial
+            if gpus_per_trial is not None
+            else (train["gpus_per_trial"][0] if mode == "hybrid" else 1),
+            scheduler=train["scheduler"],
+            gpus_per_node=train["gpus_per_node"],
+            asha_grace_period=train["asha"]["grace_period"],
+            asha_reduction_factor=train["asha"]["reduction_factor"],
         )
 
     def with_seed_config(self, path: Path) -> TrainSettings:
@@ -212,9 +247,22 @@ class TrainSettings:
     def grid(self) -> list[HParams]:
         return expand_grid(self.search_space)
 
+    @property
+    def workers_per_trial(self) -> int:
+        """Ranks one configuration trains on: G (data), 1 (experiment), k (hybrid)."""
+        return {"data": self.gpus, "experiment": 1}.get(self.mode, self.gpus_per_trial)
+
+    @property
+    def concurrent_trials(self) -> int:
+        """Configurations training at once: 1 (data), G (experiment), G/k (hybrid)."""
+        return self.gpus // self.workers_per_trial
+
     def lr_effective(self, hparams: HParams) -> float:
-        """Linear scaling (lr × workers) applies to data mode only, when switched on."""
-        return hparams.lr * self.gpus if (self.scale_lr and self.mode == "data") else hparams.lr
+        """Linear scaling (lr × a trial's workers) applies when switched on and a trial has
+        more than one worker (data and hybrid mode)."""
+        if self.scale_lr and self.workers_per_trial > 1:
+            return hparams.lr * self.workers_per_trial
+        return hparams.lr
 
     def worker_settings(self) -> WorkerSettings:
         """What every worker of this run is told (absolute paths: workers may start elsewhere)."""
@@ -238,6 +286,7 @@ class TrainSettings:
             loader_workers=self.loader_workers,
             shuffle_buffer=self.shuffle_buffer,
             cache_scope=self.cache_scope,
+            max_failures=self.max_failures,
         )
 
     def trial_config(self, hparams: HParams) -> TrialConfig:

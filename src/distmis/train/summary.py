@@ -21,7 +21,13 @@ from typing import Any
 from distmis import backends
 from distmis.fileio import write_json
 from distmis.train.settings import TrainSettings
-from distmis.train.trials import STATUS_FAILED, STATUS_OK, TrialRecord, trial_dir
+from distmis.train.trials import (
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_STOPPED,
+    TrialRecord,
+    trial_dir,
+)
 
 
 def library_versions(backend: str = "tensorflow") -> dict[str, str]:
@@ -43,6 +49,8 @@ def build_summary(
     trials: Sequence[TrialRecord],
     backend: str = "tensorflow",
     runner: str = "ray",
+    gpus_per_trial: int | None = None,
+    scheduler: str = "none",
     makespan_start: float,
     makespan_end: float,
     resources: Mapping[str, Any],
@@ -59,6 +67,13 @@ def build_summary(
         "mode": mode,
         # ray (Ray Train / Ray Tune) or local (distmis.train.local: one process, no Ray).
         "runner": runner,
+        # Workers per configuration: G (data), 1 (experiment), k (hybrid).
+        "gpus_per_trial": gpus_per_trial
+        if gpus_per_trial is not None
+        else (gpus if mode == "data" else 1),
+        "scheduler": scheduler,  # none | asha
+        # The run's start-up: every trial's "asked for → first training epoch", summed.
+        "startup_seconds": sum(t.startup_seconds or 0.0 for t in trials),
         "gpus": gpus,
         "workers": max((t.workers for t in trials), default=0),
         "nodes_seen": nodes,
@@ -72,6 +87,7 @@ def build_summary(
         "trial_count": len(trials),
         "ok_count": sum(t.status == STATUS_OK for t in trials),
         "failed_count": sum(t.status == STATUS_FAILED for t in trials),
+        "stopped_count": sum(t.status == STATUS_STOPPED for t in trials),
         "best": None
         if best is None
         else {

@@ -15,16 +15,24 @@ Every trial leaves these files under ``<out>/trials/<trial_id>/`` (the contract
 - ``workers/rank<k>.json``: host, pid, GPU ids, batch sizes, steps and devices of each worker,
   and what the backend measured by the end (torch: the training volumes it read);
 - ``result.json``: times, volumes trained, final metrics ``loss``, ``dice``, ``val_loss``,
-  ``val_dice`` (and ``dice_<channel>``), per-epoch ``history`` (rank 0, when it finished);
+  ``val_dice`` (and ``dice_<channel>``), per-epoch ``history``, ``startup_seconds`` (from when
+  the runner asked for this configuration to its first training epoch) (rank 0, when it
+  finished);
+- ``epochs.jsonl``: one JSON line per validated epoch as it happens, ``{"epoch": n (1-based),
+  "time": wall-clock seconds after its validation, "val_dice": ..., <every metric>}`` (rank 0;
+  appended, so a retried attempt's epochs follow the first's). It survives a trial that was
+  stopped early or failed, and is what time-to-quality is measured from;
 - ``failed.json``: time and error of a failed attempt;
 - the model, ``model<suffix>`` of the backend (``model.keras``, ``model.pt``), from rank 0.
 
-Checkpoints reported to Ray hold ``state.json`` (``{"epoch": n}``, the epochs done) beside the
+Checkpoints reported to Ray hold ``state.json`` (``{"epoch": n, "trial_id": id}``, the epochs
+done and whose they are: one Ray Train run trains many configurations in data mode) beside the
 backend's own files. Nothing here imports TensorFlow or PyTorch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -44,6 +52,7 @@ from distmis.train.grid import HParams
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+EPOCHS_FILE = "epochs.jsonl"
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,9 @@ class WorkerSettings:
     shuffle_buffer: int
     # The node cache's scope folder (distmis.data.node_cache) when cache is on, else None.
     cache_scope: str | None
+    # Attempts per configuration beyond the first (data mode's grid loop skips one that used
+    # them all; Ray retries the others).
+    max_failures: int
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> WorkerSettings:
@@ -99,6 +111,9 @@ class TrialConfig:
     hparams: HParams
     lr_effective: float  # lr after the optional linear scaling by the worker count
     settings: WorkerSettings
+    # When the runner asked for this configuration (epoch seconds; None: when the trial's
+    # function was entered): the start of its startup_seconds.
+    submitted_at: float | None = None
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TrialConfig:
@@ -107,6 +122,7 @@ class TrialConfig:
             hparams=HParams(**config["hparams"]),
             lr_effective=float(config["lr_effective"]),
             settings=WorkerSettings.from_dict(config["settings"]),
+            submitted_at=config.get("submitted_at"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +131,7 @@ class TrialConfig:
             "hparams": self.hparams.to_dict(),
             "lr_effective": self.lr_effective,
             "settings": self.settings.to_dict(),
+            "submitted_at": self.submitted_at,
         }
 
     @property
@@ -166,8 +183,9 @@ class Runner:
 
     @classmethod
     def from_ray(cls, mode: str) -> Runner:
-        """Ray Train's context in data mode, Ray Tune's (one worker) in experiment mode."""
-        if mode == "data":
+        """Ray Train's context in data and hybrid mode (a worker of a Train run), Ray Tune's
+        (one worker) in experiment mode."""
+        if mode in ("data", "hybrid"):
             import ray.train
 
             context = ray.train.get_context()
@@ -270,6 +288,75 @@ def train_loop(build_steps: StepsBuilder) -> Callable[[dict], None]:
     return train_loop_per_worker
 
 
+def train_grid(build_steps: StepsBuilder) -> Callable[[dict], None]:
+    """The per-worker function of a Ray Train run that trains a whole grid, one configuration
+    after another, in one worker group (data mode): the group starts once per run, not once
+    per configuration.
+
+    ``config``: ``{"trials": [TrialConfig dicts without settings], "settings": ...,
+    "submitted_at": t}``. Each configuration is its own trial, with its own fresh model,
+    seed, files and checkpoints (a checkpoint is only restored into the configuration that
+    wrote it). A finished one is reported again, not retrained; one whose attempts are used
+    up (``1 + max_failures``) is skipped, so it stays failed. Any other error propagates:
+    Ray Train restarts the whole group (a rank that failed alone may have left the others
+    inside a collective), which skips what finished and retries this configuration from its
+    last checkpoint.
+    """
+
+    def train_grid_per_worker(config: dict) -> None:
+        started = time.time()
+        settings = config["settings"]
+        runner = Runner.from_ray("data")
+        # The first configuration counts the group's start-up from the driver's fit(); after
+        # Ray restarted the group (an attempt began since that fit), from this entry; each
+        # later configuration from the end of the previous one.
+        submitted = config["submitted_at"]
+        if any(_attempt_times(entry, settings, after=submitted) for entry in config["trials"]):
+            submitted = started
+        for entry in config["trials"]:
+            trial = TrialConfig.from_dict(
+                {**entry, "settings": settings, "submitted_at": submitted}
+            )
+            if not (trial.directory / "result.json").is_file() and (
+                attempts_of(entry, settings) > trial.settings.max_failures
+            ):
+                log.info("%s used all its attempts; left failed", trial.trial_id)
+                continue
+            run_attempt(trial, _own_checkpoints(runner, trial.trial_id), build_steps, time.time())
+            submitted = time.time()
+
+    return train_grid_per_worker
+
+
+def _attempt_times(
+    entry: Mapping[str, Any], settings: Mapping[str, Any], after: float = 0.0
+) -> list[float]:
+    """Start times in the configuration ``entry``'s attempts.log (a TrialConfig dict), those
+    later than ``after``."""
+    log_file = Path(settings["out_dir"]) / "trials" / entry["trial_id"] / "attempts.log"
+    times = [float(t) for t in log_file.read_text().split()] if log_file.is_file() else []
+    return [t for t in times if t > after]
+
+
+def attempts_of(entry: Mapping[str, Any], settings: Mapping[str, Any]) -> int:
+    """Attempts logged so far by the configuration ``entry``."""
+    return len(_attempt_times(entry, settings))
+
+
+def _own_checkpoints(runner: Runner, trial_id: str) -> Runner:
+    """``runner`` whose ``get_checkpoint`` returns only ``trial_id``'s own checkpoints."""
+
+    def get_checkpoint():
+        checkpoint = runner.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            state = json.loads((Path(folder) / STATE_FILE).read_text())
+        return checkpoint if state.get("trial_id") == trial_id else None
+
+    return dataclasses.replace(runner, get_checkpoint=get_checkpoint)
+
+
 def run_attempt(
     trial: TrialConfig, runner: Runner, build_steps: StepsBuilder, started: float
 ) -> None:
@@ -314,6 +401,27 @@ def run_trial(
 
     fit_started = time.time()
     history: list[dict[str, float]] = []
+
+    def finish() -> None:
+        """Model and result.json, before the last report: a scheduler may end the trial
+        there (Tune's ASHA stops every trial that reaches its last epoch), and a trial that
+        trained every epoch must not be left looking unfinished."""
+        fit_ended = time.time()
+        if board is not None:
+            board.close()
+        add_to_worker_file(trial, runner.rank, **steps.finish_fields())
+        steps.save_model(trial.directory / _model_file(settings) if runner.rank == 0 else None)
+        if runner.rank == 0:
+            write_result(
+                trial,
+                started=started,
+                fit_started=fit_started,
+                fit_ended=fit_ended,
+                steps=steps,
+                resumed_from_epoch=initial_epoch,
+                history=history,
+            )
+
     for epoch in range(initial_epoch, settings.epochs):
         epoch_started = time.time()
         metrics = {**steps.train_epoch(epoch), **steps.validate(epoch)}
@@ -329,22 +437,13 @@ def run_trial(
         if board is not None:
             for name, value in metrics.items():
                 board.add_scalar(name, value, epoch + 1)
-        _report_epoch(steps, runner, metrics, epoch + 1)
-    fit_ended = time.time()
-    if board is not None:
-        board.close()
-    add_to_worker_file(trial, runner.rank, **steps.finish_fields())
-    steps.save_model(trial.directory / _model_file(settings) if runner.rank == 0 else None)
-    if runner.rank == 0:
-        write_result(
-            trial,
-            started=started,
-            fit_started=fit_started,
-            fit_ended=fit_ended,
-            steps=steps,
-            resumed_from_epoch=initial_epoch,
-            history=history,
-        )
+        if runner.rank == 0:
+            _append_epoch(trial, epoch + 1, metrics)
+        if epoch + 1 == settings.epochs:
+            finish()
+        _report_epoch(steps, runner, metrics, epoch + 1, trial.trial_id)
+    if initial_epoch >= settings.epochs:  # resumed after the last epoch's checkpoint
+        finish()
 
 
 def _model_file(settings: WorkerSettings) -> str:
@@ -353,14 +452,34 @@ def _model_file(settings: WorkerSettings) -> str:
     return get(settings.backend).trial_model_file
 
 
+def _append_epoch(trial: TrialConfig, epoch: int, metrics: Mapping[str, float]) -> None:
+    """One line of ``epochs.jsonl``: the epoch, when its validation ended, its metrics."""
+    line = json.dumps({"epoch": epoch, "time": time.time(), **metrics})
+    with (trial.directory / EPOCHS_FILE).open("a") as fh:
+        fh.write(line + "\n")
+
+
+def read_epochs(directory: Path) -> list[dict[str, Any]]:
+    """The lines of a trial's ``epochs.jsonl`` (none when absent), in the order written."""
+    path = Path(directory) / EPOCHS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _report_epoch(
-    steps: TrialSteps, runner: Runner, metrics: Mapping[str, float], epochs_done: int
+    steps: TrialSteps,
+    runner: Runner,
+    metrics: Mapping[str, float],
+    epochs_done: int,
+    trial_id: str,
 ) -> None:
     """Report the epoch's metrics with a checkpoint (rank 0's; every rank writes one, as a
     save may be a collective operation)."""
     with tempfile.TemporaryDirectory() as tmp:
         steps.save_checkpoint(Path(tmp))
-        (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": epochs_done}))
+        state = {"epoch": epochs_done, "trial_id": trial_id}
+        (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
         checkpoint = runner.checkpoint_type.from_directory(tmp) if runner.rank == 0 else None
         runner.report({**metrics, "epoch": epochs_done, "time": time.time()}, checkpoint=checkpoint)
 
@@ -443,6 +562,9 @@ def write_result(
         "fit_start_time": fit_started,
         "end_time": time.time(),
         "fit_seconds": fit_ended - fit_started,
+        # Asked for → first training epoch: worker start, imports, data, model, restore.
+        "startup_seconds": fit_started
+        - (trial.submitted_at if trial.submitted_at is not None else started),
         "volumes_trained": (epochs - resumed_from_epoch)
         * steps.steps_per_epoch
         * steps.global_batch,

@@ -16,9 +16,12 @@ from pathlib import Path
 from distmis.fileio import atomic_path, write_json
 from distmis.train.grid import HParams
 from distmis.train.settings import TrainSettings
+from distmis.train.trial import read_epochs
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+# Stopped early by the scheduler (ASHA): it trained fewer epochs, and its metrics are its last.
+STATUS_STOPPED = "stopped"
 
 
 @dataclass
@@ -48,6 +51,8 @@ class TrialRecord:
     worker: str = ""  # process id(s) and GPU id(s), e.g. "pid=123 gpu=0"
     attempts: int = 1
     error: str = ""
+    epochs_run: int = 0  # epochs validated (== epochs when ok; fewer when stopped or failed)
+    startup_seconds: float | None = None  # asked for → first training epoch (result.json)
 
 
 TRIAL_COLUMNS = tuple(f.name for f in fields(TrialRecord))
@@ -92,21 +97,29 @@ def build_record(
     error: str | None,
     driver_start: float,
     driver_end: float,
+    stopped: bool = False,
 ) -> TrialRecord:
     """A trials.csv row from the trial's result.json, worker files and attempt log.
 
     Start and end are what the trial measured itself (rank 0, from entering the training
     function to saving the model), so both modes time the same span; a trial that failed
-    before writing a result falls back to what the driver saw.
+    before writing a result falls back to what the driver saw. ``stopped``: the scheduler
+    ended it early without an error; its metrics and end are its last validated epoch's
+    (``epochs.jsonl``).
     """
     directory = trial_dir(settings, hparams.trial_id)
     result = _read(directory / "result.json") if error is None else None
     workers = worker_files(directory)
     attempts_log = directory / "attempts.log"
     attempts = len(attempts_log.read_text().split()) if attempts_log.is_file() else 0
-    world = settings.gpus if settings.mode == "data" else 1
-    failure = _read(directory / "failed.json") if result is None else None
-    if failure is not None:
+    world = settings.workers_per_trial
+    epochs = read_epochs(directory)
+    failure = _read(directory / "failed.json") if result is None and not stopped else None
+    if result is None and stopped and epochs:
+        first_attempt = float(attempts_log.read_text().split()[0]) if attempts else driver_start
+        start, end, metrics = first_attempt, epochs[-1]["time"], epochs[-1]
+        volumes = _stopped_volumes(workers, len({e["epoch"] for e in epochs}))
+    elif failure is not None:
         start, end, metrics, volumes = failure["start_time"], failure["end_time"], {}, 0
         error = failure["error"]  # the worker's own message, not Ray's wrapper
     elif result is None:
@@ -132,7 +145,9 @@ def build_record(
         batch_size_per_replica=settings.batch_size_per_replica,
         global_batch_size=settings.batch_size_per_replica * world,
         workers=world,
-        status=STATUS_OK if result is not None else STATUS_FAILED,
+        status=STATUS_OK
+        if result is not None
+        else (STATUS_STOPPED if stopped and epochs else STATUS_FAILED),
         start_time=start,
         end_time=end,
         seconds=seconds,
@@ -145,9 +160,21 @@ def build_record(
         worker=";".join(worker_ids),
         attempts=max(attempts, 1),
         error=""
-        if result is not None
+        if result is not None or (stopped and epochs)
         else (error or "trial ended without a result").splitlines()[0][:500],
+        epochs_run=len({e["epoch"] for e in epochs})
+        if epochs
+        else (settings.epochs if result is not None else 0),
+        startup_seconds=result.get("startup_seconds") if result is not None else None,
     )
+
+
+def _stopped_volumes(workers: Sequence[dict], epochs_run: int) -> int:
+    """Training volumes a stopped trial processed: epochs × steps × global batch (its worker
+    files say the steps and batch)."""
+    if not workers:
+        return 0
+    return epochs_run * workers[0]["steps_per_epoch"] * workers[0]["global_batch_size"]
 
 
 def save_record(settings: TrainSettings, record: TrialRecord) -> None:

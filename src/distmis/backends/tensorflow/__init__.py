@@ -90,18 +90,29 @@ class TensorflowBackend(Backend):
 
         return train_loop_per_worker
 
+    def train_grid_per_worker(self) -> Callable[[dict], None]:
+        from distmis.backends.tensorflow.loop import train_grid_per_worker
+
+        return train_grid_per_worker
+
     def trial_steps(self) -> Callable[..., Any]:
         from distmis.backends.tensorflow.loop import KerasTrialSteps
 
         return KerasTrialSteps
 
     def ray_trainer(
-        self, train_loop_config: dict, *, scaling_config: Any, run_config: Any, use_gpu: bool
+        self,
+        train_loop_config: dict,
+        *,
+        scaling_config: Any,
+        run_config: Any,
+        use_gpu: bool,
+        whole_grid: bool = False,
     ) -> Any:
         from ray.train.tensorflow import TensorflowTrainer
 
         return TensorflowTrainer(
-            self.train_loop_per_worker(),
+            self.train_grid_per_worker() if whole_grid else self.train_loop_per_worker(),
             train_loop_config=train_loop_config,
             scaling_config=scaling_config,
             run_config=run_config,

@@ -13,6 +13,7 @@ restart from zero.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import shutil
@@ -28,11 +29,13 @@ from distmis.backends.tensorflow.losses import compile_unet
 from distmis.backends.tensorflow.unet import build_unet
 from distmis.data.info import DatasetInfo
 from distmis.train.trial import (
+    RUNNER_RAY_TRAIN,
     Runner,
     ScalarBoard,
     TrialConfig,
     TrialSteps,
     cpu_name,
+    train_grid,
     train_loop,
 )
 
@@ -48,6 +51,16 @@ def limit_threads(cpus: int) -> None:
     with contextlib.suppress(RuntimeError):
         tf.config.threading.set_intra_op_parallelism_threads(cpus)
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, cpus)))
+
+
+@functools.cache
+def multi_worker_strategy() -> tf.distribute.Strategy:
+    """This process's one MultiWorkerMirroredStrategy (from Ray Train's ``TF_CONFIG``).
+
+    TensorFlow configures its collective ops once per process, so every configuration a
+    data-mode worker trains (one worker group for the whole grid) shares this strategy.
+    """
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def describe_devices() -> list[str]:
@@ -120,10 +133,13 @@ class KerasTrialSteps(TrialSteps):
         # MultiWorkerMirroredStrategy configures collective ops, which TensorFlow only allows
         # before its runtime starts: create it before any dataset or tensor exists.
         strategy = (
-            tf.distribute.MultiWorkerMirroredStrategy()
-            if settings.mode == "data"
+            multi_worker_strategy()
+            if runner.kind == RUNNER_RAY_TRAIN
             else tf.distribute.get_strategy()
         )
+        # Each configuration starts from a fresh graph state (its own model and optimizer
+        # variables), also when a data-mode worker trained another one just before.
+        keras.backend.clear_session()
         info = DatasetInfo.from_dir(Path(settings.tfrecord_dir))
         # Keras under a tf.distribute strategy takes the global batch and splits it across
         # replicas; each worker reads per_replica volumes per step from its own part of the data.
@@ -193,3 +209,4 @@ class KerasTrialSteps(TrialSteps):
 
 
 train_loop_per_worker = train_loop(KerasTrialSteps)
+train_grid_per_worker = train_grid(KerasTrialSteps)

@@ -48,6 +48,7 @@ from distmis.train.trial import (
     WorkerSettings,
     cpu_name,
     gpu_ids,
+    train_grid,
     train_loop,
 )
 
@@ -288,7 +289,8 @@ class TorchTrialSteps(TrialSteps):
         limit_threads(settings.cpus_per_worker)
         self.trial_id, self.debug = trial.trial_id, settings.debug
         self.rank = runner.rank
-        self.distributed = settings.mode == "data" and runner.world_size > 1
+        # All-reduced metrics whenever a Ray Train run has several workers (data, hybrid).
+        self.distributed = runner.kind == RUNNER_RAY_TRAIN and runner.world_size > 1
         self.device = choose_device(settings, runner)
         info = DatasetInfo.from_dir(Path(settings.tfrecord_dir))
         self.channels = list(info.label_channels)
@@ -395,4 +397,6 @@ class TorchTrialSteps(TrialSteps):
 
 
 train_loop_per_worker = train_loop(TorchTrialSteps)
-"""What Ray runs per worker (data mode) or per trial (experiment mode)."""
+"""What Ray runs per worker (hybrid mode) or per trial (experiment mode)."""
+train_grid_per_worker = train_grid(TorchTrialSteps)
+"""What Ray Train runs per worker in data mode: the whole grid in one worker group."""
