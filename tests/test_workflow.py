@@ -88,11 +88,12 @@ def test_dry_run_lists_one_conversion_job_per_shard(tmp_path):
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     # Demo config: shards auto (= 2, the largest data-parallel G) for train and val, 1 test
-    # shard; both modes at G = 1 and 2.
+    # shard; data and experiment at G = 1 and 2, hybrid k = 2 at G = 2 only.
     assert counts["convert_tfrecords"] == 5
     assert counts["train_data_parallel"] == 2 and counts["train_experiment_parallel"] == 2
+    assert counts["train_hybrid_parallel"] == 1
     assert counts["scaling"] == 1 and counts["plot_scaling"] == 1
-    assert counts["evaluate"] == 2
+    assert counts["evaluate"] == 3  # data, experiment, hybrid2
     assert counts["synthesize_brats"] == 1 and counts["index_tfrecords"] == 1
     assert "download_brats" not in counts
 
@@ -606,6 +607,7 @@ def test_scaling_rules_write_declared_outputs(tmp_path: Path, rule_log: Path):
         SimpleNamespace(
             input=Namedlist(summaries=summaries, evals=[str(p) for p in evals]),
             output=Namedlist(table=str(table)),
+            params=SimpleNamespace(quality_tolerance=0.01),
             log=[str(rule_log)],
         )
     )
@@ -616,7 +618,7 @@ def test_scaling_rules_write_declared_outputs(tmp_path: Path, rule_log: Path):
     runs = sorted(timeline_names((1, 2)))
     # Named as rules/scaling.smk names them: PNGs by figure name, PDFs beside them.
     outputs: dict[str, object] = {}
-    for name in ("speedup", "efficiency", "makespan"):
+    for name in ("speedup", "efficiency", "makespan", "quality"):
         outputs[name] = str(figures / f"{name}.png")
         outputs[f"{name}_pdf"] = str(figures / f"{name}.pdf")
     outputs["timelines"] = [str(figures / f"{r}.png") for r in runs]
@@ -624,7 +626,7 @@ def test_scaling_rules_write_declared_outputs(tmp_path: Path, rule_log: Path):
     rule = SimpleNamespace(
         input=Namedlist(table=str(table), summaries=summaries),
         output=Namedlist(**outputs),
-        params=SimpleNamespace(references=REFERENCES),
+        params=SimpleNamespace(references=REFERENCES, quality_tolerance=0.01),
         log=[str(rule_log)],
     )
     workflow.plot_scaling(rule)

@@ -16,14 +16,25 @@ from distmis.scaling.plot import (
     plot_timeline,
     timeline_stem,
 )
+from distmis.scaling.quality import quality_curve
+from distmis.scaling.quality_plot import plot_quality, quality_figure
+from distmis.scaling.style import MODE_COLOURS, mode_colour, mode_name
 from distmis.scaling.table import scaling_table
 from distmis.scaling.timings import Run, load_runs
-from tests.scaling.helpers import REFERENCES, assert_figure, make_results, write_run
+from tests.scaling.helpers import (
+    REFERENCES,
+    START,
+    assert_figure,
+    make_results,
+    trial_row,
+    write_epochs,
+    write_run,
+)
 
 
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
-    return make_results(tmp_path / "train")
+    return make_results(tmp_path / "train", hybrid=True)
 
 
 def test_speedup_efficiency_makespan_figures(results: Path, tmp_path: Path):
@@ -60,3 +71,71 @@ def test_references_are_checked():
         parse_references([{"mode": "data", "gpus": 32, "speedup": 14}])
     with pytest.raises(ConfigError, match=r"report\.references\[0\]: gpus must be >= 1"):
         parse_references([{"label": "x", "mode": "data", "gpus": 0, "speedup": 14}])
+
+
+def test_hybrid_timeline_figure(results: Path, tmp_path: Path):
+    run = Run.from_dir(results / "tensorflow" / "hybrid2" / "4gpu")  # with a stopped trial
+    assert timeline_stem(run) == "timeline_tensorflow_hybrid2_4gpu"
+    stem = tmp_path / "fig" / timeline_stem(run)
+    assert_figure(stem, plot_timeline(run, stem))
+
+
+def test_each_mode_label_has_its_own_colour():
+    assert (mode_colour("data"), mode_colour("experiment")) == ("tab:blue", "tab:orange")
+    labels = ["data", "experiment", "hybrid2", "hybrid4", "hybrid8", "hybrid16", "hybrid3"]
+    assert len({mode_colour(label) for label in labels}) == len(labels)
+    assert "tab:red" not in {mode_colour(label) for label in labels}  # failed trials' colour
+    assert set(MODE_COLOURS) == {"data", "experiment"}
+    assert mode_name("hybrid4") == "hybrid parallelism (4 GPUs per trial)"
+    assert mode_name("data") == "data parallelism"
+
+
+def test_quality_figure_is_written(results: Path, tmp_path: Path):
+    stem = tmp_path / "fig" / "quality"
+    assert_figure(stem, plot_quality(load_runs(results), stem, quality_tolerance=0.02))
+
+
+def test_quality_figure_draws_each_run_curve_and_its_time_to_best(tmp_path: Path):
+    for gpus, scale in ((1, 1.0), (2, 0.5)):
+        rows = [trial_row("a", START, START + 35 * scale)]
+        run = write_run(tmp_path, "experiment", gpus, 40.0 * scale, rows)
+        points = [(1, 10.0 * scale, 0.5), (2, 20.0 * scale, 0.79), (3, 30.0 * scale, 0.8)]
+        write_epochs(run, "a", points)
+    run = write_run(
+        tmp_path,
+        "hybrid",
+        2,
+        30.0,
+        [trial_row("h", START, START + 25, workers=2)],
+        gpus_per_trial=2,
+    )
+    write_epochs(run, "h", [(1, 5.0, 0.6), (2, 25.0, 0.7)])
+    curves = [quality_curve(r, 0.01) for r in load_runs(tmp_path)]
+    figure = quality_figure(curves)
+    one, two = figure.axes[:2]
+    assert [ax.get_title() for ax in (one, two)] == ["G = 1 GPU", "G = 2 GPUs"]
+    # Panel G = 1: the step curve held at the final best to the makespan, its end, the marker.
+    step, end, marker = one.lines
+    assert step.get_xydata().tolist() == [[10.0, 0.5], [20.0, 0.79], [30.0, 0.8], [40.0, 0.8]]
+    assert step.get_drawstyle() == "steps-post"
+    assert end.get_xydata().tolist() == [[40.0, 0.8]]
+    assert marker.get_xydata().tolist() == [[20.0, 0.79]]  # within 0.01 of 0.8 at 20 s
+    assert step.get_color() == "tab:orange"
+    # Panel G = 2: experiment (halved times) and hybrid2, each its own colour.
+    steps = two.lines[::3]
+    assert [line.get_color() for line in steps] == ["tab:orange", "tab:green"]
+    assert [line.get_xydata()[-1].tolist() for line in steps] == [[20.0, 0.8], [30.0, 0.7]]
+    assert [line.get_xydata().tolist() for line in two.lines[2::3]] == [
+        [[10.0, 0.79]],
+        [[25.0, 0.7]],
+    ]
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels[:2] == ["experiment parallelism", "hybrid parallelism (2 GPUs per trial)"]
+    assert "first within 0.01 Dice of the run's final best" in labels[2]
+
+
+def test_quality_figure_without_any_validation(tmp_path: Path):
+    rows = [trial_row("a", START, START + 1, status="failed")]
+    write_run(tmp_path / "train", "data", 1, 5.0, rows, best_val_dice=None)
+    stem = tmp_path / "fig" / "quality"
+    assert_figure(stem, plot_quality(load_runs(tmp_path / "train"), stem))

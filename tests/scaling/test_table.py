@@ -18,7 +18,15 @@ from distmis.scaling.table import (
     write_scaling_csv,
 )
 from distmis.scaling.timings import load_runs
-from tests.scaling.helpers import START, eval_summary, trial_row, write_run
+from tests.scaling.helpers import (
+    NEW_SUMMARY_KEYS,
+    OLD_TRIAL_COLUMNS,
+    START,
+    eval_summary,
+    trial_row,
+    write_epochs,
+    write_run,
+)
 
 
 def test_speedup_and_efficiency_exact(tmp_path: Path):
@@ -39,18 +47,23 @@ def test_columns_in_documented_order(tmp_path: Path):
         "backend",
         "mode",
         "gpus",
+        "gpus_per_trial",
         "base_gpus",
         "makespan_seconds",
+        "time_to_best_seconds",
         "speedup_vs_1gpu",
         "efficiency_vs_1gpu",
         "trials_ok",
         "trials_failed",
+        "trials_stopped",
         "mean_trial_seconds",
         "volumes_per_second",
         "best_val_dice",
         "resumed",
         "device",
         "runner",
+        "scheduler",
+        "startup_seconds",
     ]
     assert table.loc[0, "backend"] == "tensorflow"  # no `backend` key: TensorFlow
     assert table.loc[0, "runner"] == "ray"  # no `runner` key: an older summary, Ray
@@ -165,6 +178,83 @@ def test_read_scaling_csv_names_missing_columns(tmp_path: Path):
     path.write_text("backend,mode,gpus\ntensorflow,data,1\n")
     with pytest.raises(ContractError, match=r"scaling\.csv lacks column\(s\) base_gpus"):
         read_scaling_csv(path)
+
+
+def test_hybrid_series_per_k_with_their_own_base(tmp_path: Path):
+    write_run(tmp_path, "data", 2, 100.0)
+    write_run(tmp_path, "hybrid", 2, 90.0, gpus_per_trial=2)
+    write_run(tmp_path, "hybrid", 4, 45.0, gpus_per_trial=2)
+    write_run(tmp_path, "hybrid", 4, 60.0, gpus_per_trial=4)
+    write_run(tmp_path, "hybrid", 8, 20.0, gpus_per_trial=4)
+    table = scaling_table(load_runs(tmp_path))
+    rows = table[["mode", "gpus", "gpus_per_trial", "base_gpus"]].itertuples(index=False)
+    assert [tuple(row) for row in rows] == [
+        ("data", 2, 2, 2),
+        ("hybrid2", 2, 2, 2),
+        ("hybrid2", 4, 2, 2),
+        ("hybrid4", 4, 4, 4),
+        ("hybrid4", 8, 4, 4),
+    ]
+    assert list(table["speedup_vs_2gpu"].iloc[:3]) == pytest.approx([1.0, 1.0, 2.0])
+    assert list(table["speedup_vs_4gpu"].iloc[3:]) == pytest.approx([1.0, 3.0])
+    assert list(own_efficiency(table)) == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.5])
+
+
+def test_stopped_trials_count_as_work_not_as_trial_length(tmp_path: Path):
+    rows = [
+        trial_row("a", START, START + 10, volumes_per_second=2.0),  # 20 volumes
+        trial_row("b", START + 10, START + 40, volumes_per_second=1.0),  # 30 volumes
+        trial_row("s", START + 40, START + 44, status="stopped", volumes_per_second=5.0),  # 20
+        trial_row("c", START + 44, START + 45, status="failed"),
+    ]
+    write_run(tmp_path, "experiment", 1, 100.0, rows, scheduler="asha", startup_seconds=6.5)
+    row = scaling_table(load_runs(tmp_path)).iloc[0]
+    assert (row["trials_ok"], row["trials_failed"], row["trials_stopped"]) == (2, 1, 1)
+    assert row["mean_trial_seconds"] == pytest.approx(20.0)  # whole trials only: (10 + 30) / 2
+    assert row["volumes_per_second"] == pytest.approx(0.7)  # (20 + 30 + 20) volumes / 100 s
+    assert (row["scheduler"], row["startup_seconds"]) == ("asha", 6.5)
+
+
+def test_time_to_best_beside_the_makespan(tmp_path: Path):
+    run = write_run(tmp_path, "experiment", 2, 40.0, [trial_row("a", START, START + 35)])
+    write_epochs(run, "a", [(1, 10.0, 0.5), (2, 20.0, 0.79), (3, 30.0, 0.8)])
+    runs = load_runs(tmp_path)
+    assert scaling_table(runs).loc[0, "time_to_best_seconds"] == pytest.approx(20.0)
+    assert scaling_table(runs, quality_tolerance=0).loc[0, "time_to_best_seconds"] == 30.0
+
+
+def test_series_mixing_schedulers_is_flagged(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    write_run(tmp_path, "data", 1, 100.0)
+    write_run(tmp_path, "data", 2, 40.0, scheduler="asha")
+    with caplog.at_level(logging.WARNING):
+        scaling_table(load_runs(tmp_path))
+    assert "tensorflow/data mixes schedulers (asha, none)" in caplog.text
+
+
+def test_scaling_csv_of_older_runs_leaves_unrecorded_values_blank(tmp_path: Path):
+    write_run(
+        tmp_path / "train", "data", 1, 100.0, drop=NEW_SUMMARY_KEYS, trial_columns=OLD_TRIAL_COLUMNS
+    )
+    path = write_scaling_csv(scaling_table(load_runs(tmp_path / "train")), tmp_path / "s.csv")
+    row = pd.read_csv(path, keep_default_na=False).iloc[0]
+    assert (row["scheduler"], row["startup_seconds"], row["gpus_per_trial"]) == ("none", "", 1)
+    # No epochs.jsonl: from the trial's end in trials.csv, 1 s before the 100 s makespan.
+    assert row["time_to_best_seconds"] == pytest.approx(99.0)
+
+
+def test_read_scaling_csv_from_before_the_newer_columns(tmp_path: Path):
+    write_run(tmp_path / "train", "data", 1, 100.0)
+    write_run(tmp_path / "train", "data", 2, 60.0)
+    write_run(tmp_path / "train", "experiment", 2, 60.0)
+    table = scaling_table(load_runs(tmp_path / "train"))
+    newer = ["gpus_per_trial", "time_to_best_seconds", "trials_stopped", "scheduler"]
+    old = table.drop(columns=[*newer, "startup_seconds"])
+    path = write_scaling_csv(old, tmp_path / "old.csv")
+    back = read_scaling_csv(path)
+    assert list(back["gpus_per_trial"]) == [1, 2, 1]  # data: G, experiment: 1
+    assert list(back["trials_stopped"]) == [0, 0, 0]
+    assert list(back["scheduler"]) == ["none"] * 3
+    assert back["time_to_best_seconds"].isna().all() and back["startup_seconds"].isna().all()
 
 
 # --- test Dice from rule evaluate ---------------------------------------------------------

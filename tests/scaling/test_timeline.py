@@ -39,11 +39,31 @@ def test_data_parallel_trial_holds_every_rank(tmp_path: Path):
     ]
     run = Run.from_dir(write_run(tmp_path, "data", 2, 22.0, rows))
     assert timeline_bars(run) == [
-        Bar("t2", 0, 12.0, 8.0, True),
-        Bar("t2", 1, 12.0, 8.0, True),
-        Bar("t1", 0, 5.0, 5.0, True),
-        Bar("t1", 1, 5.0, 5.0, True),
+        Bar("t2", 0, 12.0, 8.0, "ok"),
+        Bar("t2", 1, 12.0, 8.0, "ok"),
+        Bar("t1", 0, 5.0, 5.0, "ok"),
+        Bar("t1", 1, 5.0, 5.0, "ok"),
     ]
+
+
+def test_hybrid_trials_hold_blocks_of_k_and_stopped_ones_are_not_failed(tmp_path: Path):
+    rows = [
+        trial_row("a", START + 0.5, START + 9, workers=2),  # lanes 0-1
+        trial_row("b", START + 1, START + 4, workers=2, status="stopped"),  # lanes 2-3
+        trial_row("c", START + 4, START + 8, workers=2, status="failed"),  # 2-3 again
+    ]
+    run = Run.from_dir(write_run(tmp_path, "hybrid", 4, 10.0, rows, gpus_per_trial=2))
+    bars = timeline_bars(run)
+    assert [(b.trial_id, b.lane, b.status) for b in bars] == [
+        ("a", 0, "ok"),
+        ("a", 1, "ok"),
+        ("b", 2, "stopped"),
+        ("b", 3, "stopped"),
+        ("c", 2, "failed"),
+        ("c", 3, "failed"),
+    ]
+    assert [(b.ok, b.stopped) for b in bars[1:3]] == [(True, False), (False, True)]
+    assert lane_count(run, bars) == 4
 
 
 def test_idle_gpus_still_get_lanes(tmp_path: Path):

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 from distmis.errors import ContractError
-from distmis.scaling.timings import TrialTiming, load_runs
-from tests.scaling.helpers import START, trial_row, write_run, write_trials
+from distmis.scaling.timings import Run, TrialTiming, load_runs, made_by
+from tests.scaling.helpers import (
+    NEW_SUMMARY_KEYS,
+    OLD_TRIAL_COLUMNS,
+    START,
+    trial_row,
+    write_run,
+    write_trials,
+)
 
 
 def test_summary_without_makespan_names_file_and_rule(tmp_path: Path):
@@ -100,7 +107,7 @@ def test_trial_count_mismatch_means_mixed_runs(tmp_path: Path):
 def test_summary_in_wrong_folder(tmp_path: Path):
     run = write_run(tmp_path, "data", 2, 10.0)
     summary = json.loads((run / "summary.json").read_text())
-    summary["gpus"] = 4
+    summary["gpus"] = summary["gpus_per_trial"] = 4  # a whole 4-GPU data run, misplaced
     (run / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ContractError, match="says gpus=4 but sits in 2gpu/"):
         load_runs(tmp_path)
@@ -139,3 +146,131 @@ def test_failed_trial_without_dice_loads(tmp_path: Path):
     run = write_run(tmp_path, "data", 1, 10.0, rows)
     (trial,) = TrialTiming.from_csv(run / "trials.csv", "data")
     assert (trial.ok, trial.val_dice, trial.volumes_trained) == (False, None, 0.0)
+
+
+# --- hybrid mode, early stopping and start-up: the newer contract, and the older one ---------
+
+
+def test_each_hybrid_k_is_its_own_series_labelled_hybrid_k(tmp_path: Path):
+    write_run(tmp_path, "hybrid", 2, 50.0, gpus_per_trial=2)
+    write_run(tmp_path, "hybrid", 4, 30.0, gpus_per_trial=2)
+    write_run(tmp_path, "hybrid", 4, 40.0, gpus_per_trial=4)
+    write_run(tmp_path, "data", 4, 20.0)
+    runs = load_runs(tmp_path)
+    assert [(r.directory.relative_to(tmp_path).as_posix(), r.series) for r in runs] == [
+        ("tensorflow/data/4gpu", ("tensorflow", "data")),
+        ("tensorflow/hybrid2/2gpu", ("tensorflow", "hybrid2")),
+        ("tensorflow/hybrid2/4gpu", ("tensorflow", "hybrid2")),
+        ("tensorflow/hybrid4/4gpu", ("tensorflow", "hybrid4")),
+    ]
+    assert [(r.summary.mode, r.summary.gpus_per_trial) for r in runs] == [
+        ("data", 4),
+        ("hybrid", 2),
+        ("hybrid", 2),
+        ("hybrid", 4),
+    ]
+    assert made_by("hybrid4") == made_by("hybrid") == "train_hybrid_parallel"
+
+
+def test_hybrid_k_that_disagrees_with_its_folder(tmp_path: Path):
+    run = write_run(tmp_path, "hybrid", 4, 30.0, gpus_per_trial=2, folder="hybrid4")
+    with pytest.raises(ContractError) as err:
+        load_runs(tmp_path)
+    message = str(err.value)
+    assert str(run / "summary.json") in message
+    assert "says gpus_per_trial=2 but sits in hybrid4/ (expected hybrid2/)" in message
+    assert "train_hybrid_parallel" in message
+
+
+def test_hybrid_run_in_the_data_folder(tmp_path: Path):
+    write_run(tmp_path, "hybrid", 4, 30.0, gpus_per_trial=2, folder="data")
+    with pytest.raises(ContractError, match="says mode=hybrid2 but sits in data/"):
+        load_runs(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "gpus", "gpus_per_trial", "message"),
+    [
+        ("hybrid", 4, None, "lacks gpus_per_trial .*train_hybrid_parallel"),
+        ("hybrid", 4, 3, "hybrid gpus_per_trial=3 must be >= 2 and divide gpus=4"),
+        ("hybrid", 4, 1, "hybrid gpus_per_trial=1 must be >= 2"),
+        ("data", 4, 2, "gpus_per_trial=2 but a data-parallel run on 4 GPUs .* on 4"),
+        ("experiment", 2, 2, "gpus_per_trial=2 but a experiment-parallel run .* on 1"),
+        ("data", 2, True, "gpus_per_trial must be an integer >= 1, got True"),
+    ],
+)
+def test_gpus_per_trial_must_fit_the_mode(tmp_path: Path, mode, gpus, gpus_per_trial, message):
+    folder = {"hybrid": "hybrid2"}.get(mode, mode)
+    run = write_run(tmp_path, mode, gpus, 10.0, gpus_per_trial=2, folder=folder)
+    summary = json.loads((run / "summary.json").read_text())
+    if gpus_per_trial is None:
+        del summary["gpus_per_trial"]
+    else:
+        summary["gpus_per_trial"] = gpus_per_trial
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ContractError, match=message):
+        load_runs(tmp_path)
+
+
+def test_unknown_mode_and_scheduler_are_refused(tmp_path: Path):
+    write_run(tmp_path / "a", "pipeline", 1, 10.0)
+    with pytest.raises(ContractError, match="mode must be one of data, experiment, hybrid"):
+        load_runs(tmp_path / "a")
+    write_run(tmp_path / "b", "data", 1, 10.0, scheduler="hyperband")
+    with pytest.raises(ContractError, match="scheduler must be one of none, asha, got 'hyper"):
+        load_runs(tmp_path / "b")
+
+
+def test_older_summary_and_trials_csv_still_load(tmp_path: Path):
+    for mode, gpus in (("data", 4), ("experiment", 2)):
+        write_run(
+            tmp_path,
+            mode,
+            gpus,
+            10.0,
+            drop=NEW_SUMMARY_KEYS,
+            trial_columns=OLD_TRIAL_COLUMNS,
+        )
+    data, experiment = load_runs(tmp_path)
+    header = (data.directory / "trials.csv").read_text().splitlines()[0]
+    assert "epochs_run" not in header and "startup_seconds" not in header
+    assert "gpus_per_trial" not in (data.directory / "summary.json").read_text()
+    assert (data.summary.gpus_per_trial, experiment.summary.gpus_per_trial) == (4, 1)
+    assert data.series == ("tensorflow", "data")
+    assert (data.summary.scheduler, data.summary.startup_seconds) == ("none", None)
+    (trial,) = data.trials
+    assert (trial.epochs_run, trial.startup_seconds) == (None, None)
+
+
+def test_new_columns_and_keys_are_read(tmp_path: Path):
+    rows = [
+        trial_row("a", START, START + 9, epochs_run=3, startup_seconds=2.5),
+        trial_row("b", START, START + 2, status="stopped", val_dice=0.3),
+    ]
+    run = Run.from_dir(
+        write_run(tmp_path, "experiment", 2, 10.0, rows, scheduler="asha", startup_seconds=4.0)
+    )
+    assert (run.summary.scheduler, run.summary.startup_seconds) == ("asha", 4.0)
+    a, b = run.trials
+    assert (a.ok, a.epochs_run, a.startup_seconds) == (True, 3, 2.5)
+    # Stopped early by ASHA: not ok, not failed, with the Dice and work of its last epoch.
+    assert (b.ok, b.stopped, b.failed, b.val_dice) == (False, True, False, 0.3)
+    assert (b.epochs_run, b.startup_seconds) == (1, None)  # empty startup: not measured
+    assert b.volumes_trained == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("status", "paused", "line 2: status must be ok, failed or stopped, got 'paused'"),
+        ("epochs_run", "2.5", "line 2: epochs_run must be a whole number >= 0, got '2.5'"),
+        ("startup_seconds", "slow", "line 2: startup_seconds must be a number, got 'slow'"),
+    ],
+)
+def test_bad_new_trial_values_name_the_line(tmp_path: Path, column, value, message):
+    run = write_run(tmp_path, "data", 1, 10.0)
+    row = trial_row("t1", START, START + 1)
+    row[column] = value
+    write_trials(run / "trials.csv", [row])
+    with pytest.raises(ContractError, match=message):
+        load_runs(tmp_path)

@@ -1,5 +1,9 @@
 """The scaling figures: one function per figure, each writing ``<stem>.png`` and ``<stem>.pdf``.
 
+Speedup, efficiency and makespan come from the scaling table, the timelines from the runs'
+trials; the time-to-quality figure is :mod:`~distmis.scaling.quality_plot`'s, colours and
+saving :mod:`~distmis.scaling.style`'s.
+
 Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, never pyplot:
 no global figure state and no display needed, so they render the same on a headless node.
 Constrained layout keeps labels and the legends placed outside the axes from being clipped.
@@ -25,21 +29,22 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from distmis.errors import ConfigError
-from distmis.fileio import atomic_path
+from distmis.scaling.quality import DEFAULT_TOLERANCE
+from distmis.scaling.quality_plot import plot_quality
+from distmis.scaling.style import (
+    BACKEND_SHADES,
+    BACKEND_STYLES,
+    FAILED_COLOUR,
+    mode_colour,
+    mode_name,
+    save_figure,
+)
 from distmis.scaling.table import own_efficiency, own_speedup
 from distmis.scaling.timeline import busy_fraction, lane_count, timeline_bars
-from distmis.scaling.timings import DEFAULT_BACKEND, Run
+from distmis.scaling.timings import DEFAULT_BACKEND, STATUS_FAILED, STATUS_STOPPED, Run
 
 log = logging.getLogger(__name__)
 
-PNG_DPI = 150
-# Colour says the mode, marker and line style (bar shade in the makespan bars) the backend,
-# in every figure alike.
-MODE_COLOURS = {"data": "tab:blue", "experiment": "tab:orange"}
-OTHER_COLOURS = ("tab:green", "tab:purple", "tab:brown")
-BACKEND_STYLES = {DEFAULT_BACKEND: ("o", "-"), "torch": ("s", "--")}
-BACKEND_SHADES = {DEFAULT_BACKEND: 1.0, "torch": 0.5}  # bar fill opacity
-FAILED_COLOUR = "tab:red"
 IDEAL_COLOUR = "0.45"
 IDEAL_STYLES = ("--", ":", "-.")
 
@@ -80,18 +85,12 @@ def parse_references(entries: Sequence[Mapping[str, Any]] | None) -> list[Refere
     ]
 
 
-def mode_colour(mode: str) -> str:
-    if mode in MODE_COLOURS:
-        return MODE_COLOURS[mode]
-    return OTHER_COLOURS[sum(map(ord, mode)) % len(OTHER_COLOURS)]
-
-
 def _series(table: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
     return [(key, rows.sort_values("gpus")) for key, rows in table.groupby(["backend", "mode"])]
 
 
 def _series_label(backend: str, mode: str, base_gpus: int, table: pd.DataFrame) -> str:
-    label = f"{mode} parallelism"
+    label = mode_name(mode, _unit(table))
     if table["backend"].nunique() > 1 or backend != DEFAULT_BACKEND:
         label += f" ({backend})"
     if base_gpus != 1:
@@ -165,21 +164,6 @@ def _new_figure(width: float, height: float) -> tuple[Figure, Axes]:
     return figure, figure.add_subplot()
 
 
-def _save(figure: Figure, stem: Path) -> list[Path]:
-    """Write ``stem``.png and .pdf whole; PDFs without a creation date, so reruns match."""
-    paths = []
-    for suffix, kwargs in (
-        (".png", {"dpi": PNG_DPI}),
-        (".pdf", {"metadata": {"CreationDate": None}}),
-    ):
-        path = Path(stem).with_suffix(suffix)
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format=suffix[1:], **kwargs)
-        paths.append(path)
-    log.info("wrote %s", ", ".join(map(str, paths)))
-    return paths
-
-
 def _plot_series(ax, table: pd.DataFrame, values: pd.Series) -> bool:
     """One line per (backend, mode) of ``values`` against G; True if a resumed run is marked."""
     resumed_seen = False
@@ -244,7 +228,7 @@ def plot_speedup(
     ax.grid(True, alpha=0.3)
     ax.set_title("Speedup of the whole hyperparameter grid")
     _legend(ax, "upper left", _resumed_handle() if resumed_seen else None)
-    return _save(figure, stem)
+    return save_figure(figure, stem)
 
 
 def plot_efficiency(table: pd.DataFrame, stem: Path) -> list[Path]:
@@ -260,7 +244,7 @@ def plot_efficiency(table: pd.DataFrame, stem: Path) -> list[Path]:
     ax.grid(True, alpha=0.3)
     ax.set_title("Parallel efficiency")
     _legend(ax, "lower left", _resumed_handle() if resumed_seen else None)
-    return _save(figure, stem)
+    return save_figure(figure, stem)
 
 
 def plot_makespan(table: pd.DataFrame, stem: Path) -> list[Path]:
@@ -294,8 +278,10 @@ def plot_makespan(table: pd.DataFrame, stem: Path) -> list[Path]:
             for m, d in zip(rows["makespan_seconds"], rows["best_val_dice"], strict=True)
         ]
         labels = [
-            text + (f"\n{f} failed" if f else "")
-            for text, f in zip(labels, rows["trials_failed"], strict=True)
+            text + (f"\n{f} failed" if f else "") + (f"\n{s} stopped" if s else "")
+            for text, f, s in zip(
+                labels, rows["trials_failed"], rows["trials_stopped"], strict=True
+            )
         ]
         ax.bar_label(bars, labels=labels, padding=2, fontsize=7)
     ax.set_xticks(range(len(counts)), [str(g) for g in counts])
@@ -307,7 +293,7 @@ def plot_makespan(table: pd.DataFrame, stem: Path) -> list[Path]:
     ax.set_title("Time to train the whole grid (best validation Dice above each bar)")
     resumed = Patch(facecolor="white", edgecolor="black", hatch="//", label="resumed run")
     _legend(ax, "upper right", resumed if resumed_seen else None)
-    return _save(figure, stem)
+    return save_figure(figure, stem)
 
 
 def plot_timeline(run: Run, stem: Path) -> list[Path]:
@@ -317,7 +303,7 @@ def plot_timeline(run: Run, stem: Path) -> list[Path]:
     makespan = run.summary.makespan_seconds
     # Thinner lanes past 16 keep a 32-GPU run on one page.
     figure, ax = _new_figure(9.0, 1.9 + (0.45 if lanes <= 16 else 0.3) * lanes)
-    colour = mode_colour(run.summary.mode)
+    colour = mode_colour(run.summary.mode_label)
     # Bars are numbered by trials.csv row so a straggler can be looked up there.
     row_of = {trial.trial_id: row for row, trial in enumerate(run.trials, start=1)}
     for bar in bars:
@@ -327,8 +313,7 @@ def plot_timeline(run: Run, stem: Path) -> list[Path]:
             max(bar.width, makespan * 0.003),
             left=bar.left,
             height=0.7,
-            color=colour if bar.ok else FAILED_COLOUR,
-            hatch=None if bar.ok else "xx",
+            **_bar_style(bar.status, colour),
             edgecolor="black",
             linewidth=0.5,
         )
@@ -341,7 +326,7 @@ def plot_timeline(run: Run, stem: Path) -> list[Path]:
                 va="center",
                 fontsize=8,
                 color="white" if bar.ok else "black",
-                # On a hatched failed bar the number needs a plain patch to stay legible.
+                # On a hatched bar the number needs a plain patch to stay legible.
                 bbox=None if bar.ok else {"facecolor": "white", "edgecolor": "none", "pad": 1},
             )
     ax.axvline(0.0, color="black", linestyle=":", linewidth=1)
@@ -356,7 +341,8 @@ def plot_timeline(run: Run, stem: Path) -> list[Path]:
     # The backend always shows: a timeline stands alone in the report, with no legend
     # of series to tell a tensorflow run from a torch one.
     title = (
-        f"{run.summary.backend}, {run.summary.mode} parallelism, G = {run.gpus}: "
+        f"{run.summary.backend}, {mode_name(run.summary.mode_label, noun + 's')}, "
+        f"G = {run.gpus}: "
         f"makespan {makespan:.1f} s, {noun}s busy {busy_fraction(run, bars):.0%} of G × makespan"
     )
     if run.summary.resumed:
@@ -364,16 +350,35 @@ def plot_timeline(run: Run, stem: Path) -> list[Path]:
     ax.set_title(title, fontsize=10)
     handles = [
         Patch(facecolor=colour, edgecolor="black", label="trial (ok), #k = trials.csv row k"),
-        Patch(facecolor=FAILED_COLOUR, edgecolor="black", hatch="xx", label="failed trial"),
-        Line2D([], [], color="black", linestyle=":", label="makespan start / end"),
+        Patch(**_bar_style(STATUS_FAILED, colour), edgecolor="black", label="failed trial"),
     ]
-    figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
-    return _save(figure, stem)
+    if any(bar.stopped for bar in bars):
+        handles.append(
+            Patch(
+                **_bar_style(STATUS_STOPPED, colour),
+                edgecolor="black",
+                label="stopped early (ASHA)",
+            )
+        )
+    handles.append(Line2D([], [], color="black", linestyle=":", label="makespan start / end"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+    return save_figure(figure, stem)
+
+
+def _bar_style(status: str, colour: str) -> dict[str, Any]:
+    """Fill and hatch of a timeline bar: the mode's colour when ok, paler and dotted when
+    stopped early, red and crossed when failed."""
+    if status == STATUS_FAILED:
+        return {"facecolor": FAILED_COLOUR, "hatch": "xx"}
+    if status == STATUS_STOPPED:
+        return {"facecolor": to_rgba(colour, 0.45), "hatch": ".."}
+    return {"facecolor": colour, "hatch": None}
 
 
 def timeline_stem(run: Run) -> str:
-    """``timeline_{backend}_{mode}_{G}gpu``: unique per run, as rules/scaling.smk names it."""
-    return f"timeline_{run.summary.backend}_{run.summary.mode}_{run.gpus}gpu"
+    """``timeline_{backend}_{mode}_{G}gpu``: unique per run, as rules/scaling.smk names it;
+    the mode is the label (hybrid runs: ``hybrid{k}``), as in the run's folder."""
+    return f"timeline_{run.summary.backend}_{run.summary.mode_label}_{run.gpus}gpu"
 
 
 def plot_all(
@@ -381,13 +386,16 @@ def plot_all(
     runs: Sequence[Run],
     out_dir: Path,
     references: Sequence[Reference] = (),
+    quality_tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, list[Path]]:
-    """Every figure into ``out_dir``, by figure name: speedup, efficiency, makespan, timelines."""
+    """Every figure into ``out_dir``, by figure name: speedup, efficiency, makespan, quality
+    (time to quality, within ``quality_tolerance`` Dice of each run's best), timelines."""
     out_dir = Path(out_dir)
     written = {
         "speedup": plot_speedup(table, out_dir / "speedup", references),
         "efficiency": plot_efficiency(table, out_dir / "efficiency"),
         "makespan": plot_makespan(table, out_dir / "makespan"),
+        "quality": plot_quality(runs, out_dir / "quality", quality_tolerance),
     }
     for run in runs:
         stem = timeline_stem(run)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from distmis.scaling.plot import parse_references, plot_all
+from distmis.scaling.quality import DEFAULT_TOLERANCE, check_tolerance
 from distmis.scaling.table import scaling_table, write_scaling_csv
 from distmis.scaling.timings import load_runs
 
@@ -22,21 +23,25 @@ def run_scaling(
     references: Sequence[Mapping[str, Any]] | None = None,
     *,
     run_dirs: Sequence[Path] = (),
+    quality_tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, Any]:
     """Write ``out_dir``/scaling.csv and the figures; return the paths by name.
 
     ``results_dir`` (e.g. ``results/train``) is searched for ``{backend}/{mode}/{G}gpu``
-    runs unless ``run_dirs`` lists them.
+    runs (mode folders ``data``, ``experiment``, ``hybrid{k}``) unless ``run_dirs`` lists them.
     ``references`` are ``config["report"]["references"]`` entries (label, mode, gpus,
-    speedup). The result maps ``"scaling_csv"`` to the table's path and each figure name
-    (``speedup``, ``efficiency``, ``makespan``, ``timeline_{backend}_{mode}_{G}gpu``) to its PNG
-    and PDF paths.
+    speedup); ``quality_tolerance`` is ``config["report"]["quality_tolerance"]``, the Dice a
+    run may trail its final best and count as having reached it (``time_to_best_seconds``).
+    The result maps ``"scaling_csv"`` to the table's path and each figure name
+    (``speedup``, ``efficiency``, ``makespan``, ``quality``,
+    ``timeline_{backend}_{mode}_{G}gpu``) to its PNG and PDF paths.
     """
     parsed = parse_references(references)
+    quality_tolerance = check_tolerance(quality_tolerance)
     runs = load_runs(results_dir, run_dirs)
-    table = scaling_table(runs)
+    table = scaling_table(runs, quality_tolerance)
     out_dir = Path(out_dir)
     written: dict[str, Any] = {"scaling_csv": write_scaling_csv(table, out_dir / SCALING_CSV)}
-    written.update(plot_all(table, runs, out_dir, parsed))
+    written.update(plot_all(table, runs, out_dir, parsed, quality_tolerance))
     log.info("scaling analysis of %d runs written to %s", len(runs), out_dir)
     return written

@@ -1,6 +1,8 @@
 """The scaling table: one row per run, speedup and efficiency against the series' base run.
 
-A series is the runs of one (backend, mode). Its base is the run with the fewest GPUs
+A series is the runs of one (backend, mode label); ``mode`` holds the label: ``data``,
+``experiment`` or ``hybrid{k}`` (each k its own series), and ``gpus_per_trial`` the GPUs one
+configuration trains on (G, 1 or k). Its base is the run with the fewest GPUs
 measured, ``B`` (normally 1). For a run on ``G`` GPUs:
 
 - ``speedup_vs_{B}gpu``    = makespan(B) / makespan(G)
@@ -12,18 +14,30 @@ different bases, each base gets its own pair of columns and a row fills only its
 (the others are empty); :func:`own_speedup` and :func:`own_efficiency` pick a row's value.
 
 Other columns: ``makespan_seconds`` (summary.json: from before the first trial starts to
-after the last ends, start-up included); ``trials_ok``, ``trials_failed``;
-``mean_trial_seconds`` (mean ``seconds`` of the ok trials; failed trials stop early and
-would flatter it); ``volumes_per_second`` (the run's throughput: training volumes processed
-by all ok trials, as each counted them (epochs × steps × global batch), divided by the
-makespan, so idle GPUs and start-up count against it, unlike trials.csv's per-trial rate);
+after the last ends, start-up included); ``time_to_best_seconds`` (beside it: seconds from
+the run's start until its best validation Dice so far came within ``report.quality_tolerance``
+of its final best, see :mod:`~distmis.scaling.quality`; empty for a run without a single
+validation); ``trials_ok``, ``trials_failed``, ``trials_stopped`` (ended early by ASHA);
+``mean_trial_seconds`` (mean ``seconds`` of the ok trials only: failed and stopped trials
+end early and would flatter it, and an ASHA run would look as if one configuration trained
+faster, so the mean stays the time of one whole configuration in every run);
+``volumes_per_second`` (the run's throughput: training volumes processed by all ok and
+stopped trials (a stopped trial's epochs were real work), as each counted them (epochs ×
+steps × global batch), divided by the makespan, so idle GPUs and start-up count against
+it, unlike trials.csv's per-trial rate);
 ``best_val_dice`` (summary.json ``best.val_dice``: "faster" is only worth as much as the
 model it finds); ``resumed`` (true: the makespan spans an interruption, so this row's
 speedup, and every row's in its series if it is the base, is not a clean measurement);
 ``device`` (``gpu``, or ``cpu`` when G counted CPU workers standing in for GPUs, from
 summary.json ``resources.requested.use_gpu``; ``unknown`` if not recorded); ``runner``
 (``ray``, or ``local`` for ``distmis train --runner local``: one process without Ray's
-start-up, so a series mixing the two compares unlike makespans and is warned about).
+start-up, so a series mixing the two compares unlike makespans and is warned about);
+``scheduler`` (``none``, or ``asha`` when early stopping ended poor trials: a series mixing
+the two is warned about); ``startup_seconds`` (summary.json: every trial's time from being
+asked for to its first training epoch, summed; empty where not recorded).
+
+:func:`read_scaling_csv` also reads a table from before the newer columns, filling them as
+an older run would have had them (no stopped trials, no scheduler, nothing recorded).
 """
 
 from __future__ import annotations
@@ -38,21 +52,43 @@ import pandas as pd
 from distmis import backends
 from distmis.errors import ContractError
 from distmis.fileio import atomic_path, read_json
+from distmis.scaling.quality import DEFAULT_TOLERANCE, check_tolerance, quality_curve
 from distmis.scaling.timings import DEFAULT_BACKEND, Run
 
 log = logging.getLogger(__name__)
 
-SERIES_COLUMNS = ["backend", "mode"]
+SERIES_COLUMNS = ["backend", "mode"]  # mode: the label, data | experiment | hybrid{k}
+# What identifies and times a run; add_speedup puts base_gpus before makespan_seconds and the
+# speedup columns after these, then RUN_COLUMNS.
+LEAD_COLUMNS = [
+    *SERIES_COLUMNS,
+    "gpus",
+    "gpus_per_trial",
+    "makespan_seconds",
+    "time_to_best_seconds",
+]
 RUN_COLUMNS = [
     "trials_ok",
     "trials_failed",
+    "trials_stopped",
     "mean_trial_seconds",
     "volumes_per_second",
     "best_val_dice",
     "resumed",
     "device",
     "runner",
+    "scheduler",
+    "startup_seconds",
 ]
+# Columns newer than scaling.csv itself, each with what an older table's run had: an older
+# table lacks them and still plots.
+NEWER_COLUMNS = {
+    "gpus_per_trial": None,  # derived from mode and gpus (data: G, experiment: 1)
+    "time_to_best_seconds": math.nan,
+    "trials_stopped": 0,
+    "scheduler": "none",
+    "startup_seconds": math.nan,
+}
 # What G counts: GPUs, or CPU workers standing in for them (use_gpu: false).
 DEVICE_NAMES = {True: "gpu", False: "cpu", None: "unknown"}
 
@@ -65,32 +101,42 @@ def efficiency_column(base_gpus: int) -> str:
     return f"efficiency_vs_{base_gpus}gpu"
 
 
-def run_metrics(runs: Sequence[Run]) -> pd.DataFrame:
+def run_metrics(runs: Sequence[Run], quality_tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
     """Per-run columns (no speedup yet), one row per run, sorted by series then G."""
+    quality_tolerance = check_tolerance(quality_tolerance)
     rows = []
     for run in runs:
         ok = [t for t in run.trials if t.ok]
+        stopped = [t for t in run.trials if t.stopped]
+        summary = run.summary
         rows.append(
             {
-                "backend": run.summary.backend,
-                "mode": run.summary.mode,
-                "gpus": run.summary.gpus,
-                "makespan_seconds": run.summary.makespan_seconds,
+                "backend": summary.backend,
+                "mode": summary.mode_label,
+                "gpus": summary.gpus,
+                "gpus_per_trial": summary.gpus_per_trial,
+                "makespan_seconds": summary.makespan_seconds,
+                "time_to_best_seconds": quality_curve(run, quality_tolerance).time_to_best_seconds,
                 "trials_ok": len(ok),
-                "trials_failed": len(run.trials) - len(ok),
+                "trials_failed": sum(t.failed for t in run.trials),
+                "trials_stopped": len(stopped),
                 "mean_trial_seconds": (sum(t.seconds for t in ok) / len(ok) if ok else math.nan),
                 "volumes_per_second": (
-                    sum(t.volumes_trained for t in ok) / run.summary.makespan_seconds
+                    sum(t.volumes_trained for t in ok + stopped) / summary.makespan_seconds
                 ),
                 "best_val_dice": (
                     math.nan if run.summary.best_val_dice is None else run.summary.best_val_dice
                 ),
                 "resumed": run.summary.resumed,
-                "device": DEVICE_NAMES[run.summary.uses_gpus],
-                "runner": run.summary.runner,
+                "device": DEVICE_NAMES[summary.uses_gpus],
+                "runner": summary.runner,
+                "scheduler": summary.scheduler,
+                "startup_seconds": (
+                    math.nan if summary.startup_seconds is None else summary.startup_seconds
+                ),
             }
         )
-    columns = [*SERIES_COLUMNS, "gpus", "makespan_seconds", *RUN_COLUMNS]
+    columns = [*LEAD_COLUMNS, *RUN_COLUMNS]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values([*SERIES_COLUMNS, "gpus"], ignore_index=True)
 
@@ -118,6 +164,14 @@ def add_speedup(metrics: pd.DataFrame) -> pd.DataFrame:
                 mode,
                 ", ".join(sorted(series["runner"].unique())),
             )
+        if series["scheduler"].nunique() > 1:
+            log.warning(
+                "%s/%s mixes schedulers (%s): early stopping trains less of the grid, so its "
+                "speedups compare unlike work",
+                backend,
+                mode,
+                ", ".join(sorted(series["scheduler"].unique())),
+            )
     speedup = table["base_makespan"] / table["makespan_seconds"]
     efficiency = speedup / (table["gpus"] / table["base_gpus"])
     speedup_columns = []
@@ -133,15 +187,29 @@ def add_speedup(metrics: pd.DataFrame) -> pd.DataFrame:
             row["mode"],
             row["gpus"],
         )
-    ordered = [*SERIES_COLUMNS, "gpus", "base_gpus", "makespan_seconds", *speedup_columns]
+    ordered = [
+        *SERIES_COLUMNS,
+        "gpus",
+        "gpus_per_trial",
+        "base_gpus",
+        "makespan_seconds",
+        "time_to_best_seconds",
+        *speedup_columns,
+    ]
     return table[ordered + RUN_COLUMNS]
 
 
-def scaling_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """The scaling table of ``runs`` (see the module docstring for every column)."""
+def scaling_table(
+    runs: Sequence[Run], quality_tolerance: float = DEFAULT_TOLERANCE
+) -> pd.DataFrame:
+    """The scaling table of ``runs`` (see the module docstring for every column).
+
+    ``quality_tolerance`` (absolute Dice, ``report.quality_tolerance``) decides
+    ``time_to_best_seconds``.
+    """
     if not runs:
         raise ValueError("no runs to tabulate")
-    return add_speedup(run_metrics(runs))
+    return add_speedup(run_metrics(runs, quality_tolerance))
 
 
 def own_speedup(table: pd.DataFrame) -> pd.Series:
@@ -181,6 +249,7 @@ def read_scaling_csv(path: Path) -> pd.DataFrame:
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise ContractError(f"{path} is not a readable CSV ({exc}); rerun {rule}") from exc
     required = [*SERIES_COLUMNS, "gpus", "base_gpus", "makespan_seconds", *RUN_COLUMNS]
+    required = [c for c in required if c not in NEWER_COLUMNS]
     missing = [c for c in required if c not in table.columns]
     if not missing:
         for base in sorted(table["base_gpus"].unique()):
@@ -193,6 +262,7 @@ def read_scaling_csv(path: Path) -> pd.DataFrame:
         raise ContractError(f"{path} has no rows; rerun {rule}")
     table["backend"] = table["backend"].astype(str)
     table["mode"] = table["mode"].astype(str)
+    _fill_newer_columns(table)
     # astype(bool) would read the string "False" as true.
     resumed = table["resumed"].map({True: True, False: False, "True": True, "False": False})
     if resumed.isna().any():
@@ -201,12 +271,25 @@ def read_scaling_csv(path: Path) -> pd.DataFrame:
     return table
 
 
+def _fill_newer_columns(table: pd.DataFrame) -> None:
+    """Give a table from before the newer columns what its (data/experiment) runs had."""
+    for column, value in NEWER_COLUMNS.items():
+        if column not in table.columns:
+            table[column] = value
+    if table["gpus_per_trial"].isna().any():
+        derived = table["gpus"].where(table["mode"] == "data", 1)
+        table["gpus_per_trial"] = table["gpus_per_trial"].fillna(derived).astype(int)
+    # A column pandas read as all-empty is float NaN; the label is text.
+    table["scheduler"] = table["scheduler"].fillna("none").astype(str)
+
+
 def attach_test_dice(table: pd.DataFrame, eval_summaries: Sequence[Path]) -> pd.DataFrame:
     """Add ``test_dice``: the evaluated model's mean test Dice, on the run it came from.
 
     Each ``results/evaluate/{backend}/{mode}/summary.json`` (rule evaluate) scores the best model
-    of one (backend, mode), trained at one G; its ``model`` path
-    (``results/train/{backend}/{mode}/{G}gpu/...``) names the mode and G, its ``backend`` key
+    of one (backend, mode label), trained at one G; its ``model`` path
+    (``results/train/{backend}/{mode}/{G}gpu/...``, the mode folder being the label, e.g.
+    hybrid2) names the mode and G, its ``backend`` key
     the backend (without one: the backend folder the summary or its model sits in, or
     TensorFlow for a summary from before backends had folders; a folder that disagrees is a
     contract error). The value is the mean over regions of the per-region mean Dice. Rows

@@ -3,8 +3,9 @@
 trials.csv does not say which GPU a trial held in a way that survives every cluster (Ray
 renumbers devices per worker), so lanes are derived from the times alone: trials in start
 order each take the lowest block of ``workers`` consecutive lanes free at their start.
-An experiment-parallel trial (1 worker) thus takes the lowest free lane, and a
-data-parallel trial (G workers) lanes 0..G-1, one bar per rank. Concurrent trials never
+An experiment-parallel trial (1 worker) thus takes the lowest free lane, a hybrid trial
+(k workers) the lowest free block of k, and a data-parallel trial (G workers) lanes
+0..G-1, one bar per rank. Concurrent trials never
 share a lane, so the number of lanes in use is the run's real concurrency: lanes beyond
 G would expose oversubscription, empty stretches idle GPUs, a late bar a straggler.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distmis.scaling.timings import Run, TrialTiming
+from distmis.scaling.timings import STATUS_OK, STATUS_STOPPED, Run, TrialTiming
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,15 @@ class Bar:
     lane: int
     left: float
     width: float
-    ok: bool
+    status: str  # ok | failed | stopped, as in trials.csv
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    @property
+    def stopped(self) -> bool:
+        return self.status == STATUS_STOPPED
 
 
 def assign_lanes(trials: tuple[TrialTiming, ...] | list[TrialTiming]) -> dict[str, list[int]]:
@@ -58,7 +67,7 @@ def timeline_bars(run: Run) -> list[Bar]:
             lane=lane,
             left=trial.start_time - origin,
             width=trial.end_time - trial.start_time,
-            ok=trial.ok,
+            status=trial.status,
         )
         for trial in run.trials
         for lane in lanes[trial.trial_id]

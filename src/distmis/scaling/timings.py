@@ -1,12 +1,17 @@
 """Typed, validated access to the training timings: ``trials.csv`` and ``summary.json``.
 
 One :class:`Run` per ``{backend}/{mode}/{G}gpu`` folder (the workflow's
-``results/train/{backend}/{mode}/{G}gpu``). Anything missing or malformed raises
+``results/train/{backend}/{mode}/{G}gpu``, where the mode folder is ``data``, ``experiment``
+or ``hybrid{k}``). Anything missing or malformed raises
 :class:`~distmis.errors.ContractError` naming the file and the rule that writes it, so a
 broken run stops the analysis instead of becoming a silently wrong plot.
 
 ``summary.json`` carries a ``backend`` key; a summary without one is TensorFlow's, the only
-backend before that key existed. A series of runs to compare is a (backend, mode) pair.
+backend before that key existed. Its ``gpus_per_trial`` (G in data mode, 1 in experiment
+mode, k in hybrid mode) is derived for summaries from before the key existed, which were
+never hybrid. A series of runs to compare is a (backend, mode label) pair, the label being
+``data``, ``experiment`` or ``hybrid{k}``: each k of hybrid mode is its own curve, as it
+splits the GPUs differently.
 """
 
 from __future__ import annotations
@@ -31,9 +36,20 @@ TRIALS_NAME = "trials.csv"
 DEFAULT_BACKEND = "tensorflow"
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+STATUS_STOPPED = "stopped"  # ended early by the scheduler (ASHA), with its last epoch's metrics
+STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_STOPPED)
+MODES = ("data", "experiment", "hybrid")
+SCHEDULERS = ("none", "asha")
 # The rule that writes each mode's files, named in every error so the fix is obvious.
-MADE_BY = {"data": "train_data_parallel", "experiment": "train_experiment_parallel"}
+MADE_BY = {
+    "data": "train_data_parallel",
+    "experiment": "train_experiment_parallel",
+    "hybrid": "train_hybrid_parallel",
+}
 RUN_DIR_PATTERN = re.compile(r"^(\d+)gpu$")
+# The folders a run's mode may sit in: hybrid runs carry their k, e.g. hybrid2/.
+MODE_FOLDER_PATTERN = re.compile(r"^(data|experiment|hybrid\d*)$")
+HYBRID_FOLDER_PATTERN = re.compile(r"^hybrid\d*$")
 
 # Only the columns this analysis reads: other trials.csv columns may come and go freely.
 REQUIRED_TRIAL_COLUMNS = (
@@ -59,8 +75,18 @@ REQUIRED_SUMMARY_KEYS = (
 
 
 def made_by(mode: str) -> str:
-    """The rule (or, for an unknown mode, the command) that writes a run's files."""
+    """The rule (or, for an unknown mode, the rules) that writes a run's files.
+
+    ``mode`` is a summary's mode or a mode folder's name (``hybrid2`` is hybrid's).
+    """
+    if HYBRID_FOLDER_PATTERN.match(mode):
+        mode = "hybrid"
     return MADE_BY.get(mode, " or ".join(MADE_BY.values()))
+
+
+def mode_label(mode: str, gpus_per_trial: int) -> str:
+    """The series a run belongs to and the folder it sits in: data, experiment or hybrid{k}."""
+    return f"hybrid{gpus_per_trial}" if mode == "hybrid" else mode
 
 
 def _number(value: Any, what: str, path: Path, rule: str) -> float:
@@ -78,14 +104,55 @@ def _requested_gpus(payload: Mapping[str, Any]) -> bool | None:
     return use_gpu if isinstance(use_gpu, bool) else None
 
 
+def _gpus_per_trial(payload: Mapping[str, Any], mode: str, gpus: int, path: Path, rule: str) -> int:
+    """The workers one configuration trains on: G (data), 1 (experiment), k (hybrid).
+
+    Summaries from before the key were data or experiment runs, so it is derived for those;
+    a hybrid run's k cannot be, and one that contradicts its mode is a broken summary.
+    """
+    expected = {"data": gpus, "experiment": 1}.get(mode)
+    if "gpus_per_trial" not in payload:
+        if expected is None:
+            raise ContractError(f"{path} lacks gpus_per_trial (hybrid mode's k); rerun {rule}")
+        return expected
+    value = payload["gpus_per_trial"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ContractError(
+            f"{path}: gpus_per_trial must be an integer >= 1, got {value!r}; rerun {rule}"
+        )
+    if expected is not None and value != expected:
+        raise ContractError(
+            f"{path}: gpus_per_trial={value} but a {mode}-parallel run on {gpus} GPUs trains "
+            f"each configuration on {expected}; rerun {rule}"
+        )
+    if mode == "hybrid" and (value < 2 or gpus % value):
+        raise ContractError(
+            f"{path}: hybrid gpus_per_trial={value} must be >= 2 and divide gpus={gpus}; "
+            f"rerun {rule}"
+        )
+    return value
+
+
+def _scheduler(payload: Mapping[str, Any], path: Path, rule: str) -> str:
+    # Summaries from before early stopping ran every trial to the end.
+    scheduler = payload.get("scheduler", "none")
+    if scheduler not in SCHEDULERS:
+        raise ContractError(
+            f"{path}: scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}; "
+            f"rerun {rule}"
+        )
+    return scheduler
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """What the analysis needs from one ``summary.json``. Times are epoch seconds."""
 
     path: Path
     backend: str
-    mode: str
+    mode: str  # data | experiment | hybrid
     gpus: int
+    gpus_per_trial: int  # G (data), 1 (experiment), k (hybrid)
     makespan_seconds: float
     makespan_start: float
     makespan_end: float
@@ -96,6 +163,14 @@ class RunSummary:
     uses_gpus: bool | None  # resources.requested.use_gpu; False: G counts CPU workers
     # ray, or local (one process, no Ray start-up: not comparable with a Ray run's makespan).
     runner: str = "ray"
+    scheduler: str = "none"  # none | asha (early stopping)
+    # Every trial's "asked for → first training epoch", summed; None when not recorded.
+    startup_seconds: float | None = None
+
+    @property
+    def mode_label(self) -> str:
+        """data, experiment or hybrid{k}: the series and the folder of this run."""
+        return mode_label(self.mode, self.gpus_per_trial)
 
     @classmethod
     def from_json(cls, path: Path, mode_hint: str | None = None) -> RunSummary:
@@ -113,10 +188,15 @@ class RunSummary:
         if missing:
             raise ContractError(f"{path} lacks {', '.join(missing)}; rerun {rule}, which writes it")
         mode = payload["mode"]
-        rule = made_by(mode) if isinstance(mode, str) else rule
+        if mode not in MODES:
+            raise ContractError(
+                f"{path}: mode must be one of {', '.join(MODES)}, got {mode!r}; rerun {rule}"
+            )
+        rule = made_by(mode)
         gpus = payload["gpus"]
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise ContractError(f"{path}: gpus must be an integer >= 1, got {gpus!r}; rerun {rule}")
+        startup = payload.get("startup_seconds")
         makespan = _number(payload["makespan_seconds"], "makespan_seconds", path, rule)
         if makespan <= 0:
             raise ContractError(f"{path}: makespan_seconds must be > 0, got {makespan}")
@@ -133,8 +213,9 @@ class RunSummary:
         return cls(
             path=path,
             backend=str(payload.get("backend", DEFAULT_BACKEND)),
-            mode=str(mode),
+            mode=mode,
             gpus=gpus,
+            gpus_per_trial=_gpus_per_trial(payload, mode, gpus, path, rule),
             makespan_seconds=makespan,
             makespan_start=_number(payload["makespan_start"], "makespan_start", path, rule),
             makespan_end=_number(payload["makespan_end"], "makespan_end", path, rule),
@@ -144,6 +225,10 @@ class RunSummary:
             best_val_dice=best_dice,
             uses_gpus=_requested_gpus(payload),
             runner=str(payload.get("runner", "ray")),  # older summaries: always Ray
+            scheduler=_scheduler(payload, path, rule),
+            startup_seconds=None
+            if startup is None
+            else _number(startup, "startup_seconds", path, rule),
         )
 
 
@@ -152,17 +237,28 @@ class TrialTiming:
     """One ``trials.csv`` row, reduced to timing, status and the validation Dice."""
 
     trial_id: str
-    status: str  # "ok" | "failed"
+    status: str  # "ok" | "failed" | "stopped" (early, by ASHA: fewer epochs, real metrics)
     start_time: float  # epoch seconds, measured by the trial itself
     end_time: float
     seconds: float
     volumes_per_second: float  # training volumes / seconds, as trials.csv defines it
-    workers: int  # ranks one trial used: G in data mode, 1 in experiment mode
+    workers: int  # ranks one trial used: G in data mode, 1 in experiment mode, k in hybrid
     val_dice: float | None
+    # Columns newer than the rest: None in a trials.csv from before them (or left empty).
+    epochs_run: int | None = None  # epochs validated (fewer than asked when stopped)
+    startup_seconds: float | None = None  # asked for → first training epoch
 
     @property
     def ok(self) -> bool:
         return self.status == STATUS_OK
+
+    @property
+    def stopped(self) -> bool:
+        return self.status == STATUS_STOPPED
+
+    @property
+    def failed(self) -> bool:
+        return self.status == STATUS_FAILED
 
     @property
     def volumes_trained(self) -> float:
@@ -198,8 +294,10 @@ class TrialTiming:
     def _from_row(cls, row: Mapping[str, str], path: Path, line: int, rule: str) -> TrialTiming:
         where = f"{path} line {line}"
         status = row["status"]
-        if status not in (STATUS_OK, STATUS_FAILED):
-            raise ContractError(f"{where}: status must be ok or failed, got {status!r}")
+        if status not in STATUSES:
+            raise ContractError(
+                f"{where}: status must be ok, failed or stopped, got {status!r}; rerun {rule}"
+            )
 
         def number(column: str) -> float:
             try:
@@ -212,6 +310,15 @@ class TrialTiming:
                 raise ContractError(f"{where}: {column} must be finite, got {value}")
             return value
 
+        def optional_number(column: str) -> float | None:
+            # A column newer than the file is absent; a value the trial did not measure, empty.
+            return None if row.get(column) in ("", None) else number(column)
+
+        epochs_run = optional_number("epochs_run")
+        if epochs_run is not None and (epochs_run < 0 or epochs_run != int(epochs_run)):
+            raise ContractError(
+                f"{where}: epochs_run must be a whole number >= 0, got {row['epochs_run']!r}"
+            )
         start, end = number("start_time"), number("end_time")
         if end < start:
             raise ContractError(f"{where}: end_time {end} is before start_time {start}")
@@ -224,7 +331,9 @@ class TrialTiming:
             volumes_per_second=number("volumes_per_second"),
             workers=int(number("workers")),
             # A failed trial has no metrics: the column is then empty.
-            val_dice=number("val_dice") if row["val_dice"] not in ("", None) else None,
+            val_dice=optional_number("val_dice"),
+            epochs_run=None if epochs_run is None else int(epochs_run),
+            startup_seconds=optional_number("startup_seconds"),
         )
 
 
@@ -238,8 +347,8 @@ class Run:
 
     @property
     def series(self) -> tuple[str, str]:
-        """The (backend, mode) whose runs form one speedup curve."""
-        return (self.summary.backend, self.summary.mode)
+        """The (backend, mode label) whose runs form one speedup curve; hybrid{k} per k."""
+        return (self.summary.backend, self.summary.mode_label)
 
     @property
     def gpus(self) -> int:
@@ -247,7 +356,7 @@ class Run:
 
     @classmethod
     def from_dir(cls, directory: Path) -> Run:
-        """Load ``{backend}/{mode}/{G}gpu/`` and check that its files describe that run."""
+        """Load ``{backend}/{mode folder}/{G}gpu/`` and check its files describe that run."""
         directory = Path(directory)
         mode_hint = directory.parent.name
         rule = made_by(mode_hint)
@@ -278,9 +387,17 @@ def _check_consistent(directory: Path, summary: RunSummary, trials: Sequence[Tri
         raise ContractError(
             f"{summary.path} says gpus={summary.gpus} but sits in {directory.name}/; rerun {rule}"
         )
-    if directory.parent.name in MADE_BY and directory.parent.name != summary.mode:
+    folder_mode = directory.parent.name
+    if MODE_FOLDER_PATTERN.match(folder_mode) and folder_mode != summary.mode_label:
+        if summary.mode == "hybrid" and HYBRID_FOLDER_PATTERN.match(folder_mode):
+            # The folder's k and the summary's k disagree: which GPUs a trial had is unknown.
+            raise ContractError(
+                f"{summary.path} says gpus_per_trial={summary.gpus_per_trial} but sits in "
+                f"{folder_mode}/ (expected {summary.mode_label}/); rerun {rule}"
+            )
         raise ContractError(
-            f"{summary.path} says mode={summary.mode} but sits in {directory.parent.name}/"
+            f"{summary.path} says mode={summary.mode_label} but sits in {folder_mode}/; "
+            f"rerun {rule}"
         )
     backend_folder = directory.parent.parent.name
     if backend_folder in backends.NAMES and backend_folder != summary.backend:
@@ -297,7 +414,7 @@ def _check_consistent(directory: Path, summary: RunSummary, trials: Sequence[Tri
 
 
 def run_dirs(results_dir: Path) -> list[Path]:
-    """Every ``{backend}/{mode}/{G}gpu`` folder under ``results_dir`` holding a contract file."""
+    """Every ``{backend}/{mode folder}/{G}gpu`` under ``results_dir`` holding a contract file."""
     results_dir = Path(results_dir)
     found = []
     for directory in sorted(results_dir.glob("*/*/*gpu")):
@@ -341,7 +458,7 @@ def load_runs(results_dir: Path | None = None, directories: Sequence[Path] = ())
         if key in seen:
             raise ContractError(
                 f"{run.directory} and {seen[key]} are both backend={key[0]} mode={key[1]} "
-                f"G={key[2]}: one (backend, mode, G) may have only one run"
+                f"G={key[2]}: one (backend, mode label, G) may have only one run"
             )
         seen[key] = run.directory
     return sorted(runs, key=lambda r: (*r.series, r.gpus))

@@ -128,9 +128,7 @@ def run_hybrid_parallel(
 
     # The driver holds no CPU or GPU: its k workers hold them all, so G/k trials fit G GPUs.
     # Ray refuses an empty request, so it asks for a little of Ray's logical memory instead.
-    trainable = tune.with_resources(
-        _hybrid_trainable, {"cpu": 0, "memory": HYBRID_DRIVER_MEMORY}
-    )
+    trainable = tune.with_resources(_hybrid_trainable, {"cpu": 0, "memory": HYBRID_DRIVER_MEMORY})
     hybrid = {
         "workers": settings.workers_per_trial,
         "resources_per_worker": {

@@ -1,0 +1,216 @@
+"""Time to quality: how soon a run's best validation Dice got within reach of its final best.
+
+The makespan says when a run finished the whole grid; a tuner is done, in practice, once it
+holds a model about as good as it will ever find. So each run's validations are merged into
+one best-so-far curve: every point is a real validation, at the wall-clock time it ended,
+of any of the run's trials, and the curve is the running maximum of ``val_dice`` over them
+in time order, in seconds since the run's ``makespan_start``.
+
+``time_to_best_seconds`` is the first time that curve comes within ``tolerance`` (absolute
+Dice, config ``report.quality_tolerance``) of the run's final best, the curve's last value.
+Early stopping (ASHA) shows here and not in the makespan alone: it ends poor trials sooner,
+so the good ones start, and validate, earlier.
+
+Points come from each trial's ``<run>/trials/<trial_id>/epochs.jsonl`` (one JSON object per
+validated epoch: ``{"epoch": n, "time": t, "val_dice": d, ...}``). A retried attempt repeats
+epoch numbers; each line is still a real validation at a real time, so all are kept. A run
+from before those files has only its trials' final validations: each trial with metrics
+then gives one point, ``(end_time, val_dice)`` from trials.csv, and the curve is coarser
+(it steps only when a trial finishes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distmis.errors import ConfigError, ContractError
+from distmis.scaling.timings import Run, made_by
+
+log = logging.getLogger(__name__)
+
+EPOCHS_NAME = "epochs.jsonl"
+TRIALS_DIR = "trials"
+DEFAULT_TOLERANCE = 0.01
+# Dice is in [0, 1]: a gap this small is float rounding (0.8 - 0.01 is not 0.79), not a shortfall.
+ROUNDING = 1e-9
+SOURCE_EPOCHS = "epochs.jsonl"
+SOURCE_TRIALS = "trials.csv"  # the fallback: one point per finished trial
+
+
+@dataclass(frozen=True)
+class Validation:
+    """One validation of one trial: when it ended (seconds since makespan_start), its Dice."""
+
+    seconds: float
+    val_dice: float
+    trial_id: str
+
+
+@dataclass(frozen=True)
+class QualityCurve:
+    """A run's best validation Dice so far against time, and when it came within tolerance.
+
+    ``seconds`` and ``best_dice`` are the steps of the curve (equal length, time-sorted,
+    ``best_dice`` non-decreasing); both are empty for a run without a single validation.
+    """
+
+    backend: str
+    mode_label: str
+    gpus: int
+    makespan_seconds: float
+    seconds: tuple[float, ...]
+    best_dice: tuple[float, ...]
+    tolerance: float
+    source: str  # epochs.jsonl, or trials.csv for runs from before it
+
+    @property
+    def final_best(self) -> float:
+        return self.best_dice[-1] if self.best_dice else math.nan
+
+    @property
+    def time_to_best_seconds(self) -> float:
+        """First time the best so far is within ``tolerance`` of the final best (NaN: none)."""
+        return time_to_best(self.seconds, self.best_dice, self.tolerance)
+
+    @property
+    def reached(self) -> tuple[float, float] | None:
+        """The step at the time to best, (seconds, best Dice so far); None without steps."""
+        if not self.best_dice:
+            return None
+        index = reached_index(self.best_dice, self.tolerance)
+        return self.seconds[index], self.best_dice[index]
+
+
+def check_tolerance(tolerance: Any) -> float:
+    """``report.quality_tolerance`` as a float, or a ConfigError saying what it got."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
+        raise ConfigError(f"report.quality_tolerance must be a number, got {tolerance!r}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ConfigError(f"report.quality_tolerance must be >= 0, got {tolerance}")
+    return float(tolerance)
+
+
+def best_so_far(points: Sequence[Validation]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The running maximum of ``points``' Dice in time order, as (seconds, best) steps."""
+    seconds: list[float] = []
+    best: list[float] = []
+    # Ties in time: the lower Dice first, so the curve never steps down at one instant.
+    for point in sorted(points, key=lambda p: (p.seconds, p.val_dice)):
+        seconds.append(point.seconds)
+        best.append(max(point.val_dice, best[-1]) if best else point.val_dice)
+    return tuple(seconds), tuple(best)
+
+
+def reached_index(best: Sequence[float], tolerance: float) -> int:
+    """The first index of a non-empty ``best`` within ``tolerance`` of its last value."""
+    final = best[-1]
+    # The last index always qualifies, so there is one.
+    return next(i for i, value in enumerate(best) if final - value <= tolerance + ROUNDING)
+
+
+def time_to_best(seconds: Sequence[float], best: Sequence[float], tolerance: float) -> float:
+    """The first of ``seconds`` whose ``best`` is within ``tolerance`` of the last ``best``."""
+    if len(seconds) != len(best):
+        raise ValueError(f"{len(seconds)} times but {len(best)} Dice values")
+    return seconds[reached_index(best, tolerance)] if best else math.nan
+
+
+def read_epochs(path: Path, trial_id: str, origin: float, rule: str) -> list[Validation]:
+    """The validations in one trial's ``epochs.jsonl``; times relative to ``origin``.
+
+    A line with a NaN Dice (a diverged model) is skipped: it can never be a best.
+    """
+    validations = []
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {line_number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ContractError(f"{where} is not valid JSON ({exc}); rerun {rule}") from None
+        validation = _validation(entry, where, rule, trial_id, origin)
+        if validation is not None:
+            validations.append(validation)
+    return validations
+
+
+def _validation(
+    entry: Any, where: str, rule: str, trial_id: str, origin: float
+) -> Validation | None:
+    if not isinstance(entry, dict):
+        raise ContractError(
+            f"{where}: expected a JSON object, got {type(entry).__name__}; rerun {rule}"
+        )
+    missing = [key for key in ("epoch", "time", "val_dice") if key not in entry]
+    if missing:
+        raise ContractError(f"{where} lacks {', '.join(missing)}; rerun {rule}")
+    epoch, time, dice = entry["epoch"], entry["time"], entry["val_dice"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise ContractError(f"{where}: epoch must be an integer >= 1, got {epoch!r}; rerun {rule}")
+    for name, value in (("time", time), ("val_dice", dice)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ContractError(f"{where}: {name} must be a number, got {value!r}; rerun {rule}")
+    if not math.isfinite(time):
+        raise ContractError(f"{where}: time must be finite, got {time}; rerun {rule}")
+    if math.isnan(dice):
+        log.warning("%s: val_dice is NaN (a diverged model?); not a point of the curve", where)
+        return None
+    return Validation(seconds=float(time) - origin, val_dice=float(dice), trial_id=trial_id)
+
+
+def run_validations(run: Run) -> tuple[list[Validation], str]:
+    """Every validation of ``run``'s trials, and where they came from (epochs.jsonl/trials.csv).
+
+    A trial that failed before its first validation has no epochs.jsonl, so only a run
+    where no trial has one is a run from before those files.
+    """
+    origin = run.summary.makespan_start
+    rule = made_by(run.summary.mode)
+    files = [
+        (trial.trial_id, run.directory / TRIALS_DIR / trial.trial_id / EPOCHS_NAME)
+        for trial in run.trials
+    ]
+    present = [(trial_id, path) for trial_id, path in files if path.is_file()]
+    if present:
+        validations = [
+            v for trial_id, path in present for v in read_epochs(path, trial_id, origin, rule)
+        ]
+        return validations, SOURCE_EPOCHS
+    log.info(
+        "%s: no trial has an %s (results from before it): time to quality from each "
+        "finished trial's end_time and val_dice in %s instead, one point per trial",
+        run.directory,
+        EPOCHS_NAME,
+        SOURCE_TRIALS,
+    )
+    # Stopped trials (a newer status than the fallback is for) carry their last epoch's Dice.
+    validations = [
+        Validation(trial.end_time - origin, trial.val_dice, trial.trial_id)
+        for trial in run.trials
+        if not trial.failed and trial.val_dice is not None
+    ]
+    return validations, SOURCE_TRIALS
+
+
+def quality_curve(run: Run, tolerance: float = DEFAULT_TOLERANCE) -> QualityCurve:
+    """``run``'s best-so-far validation Dice curve (see the module docstring)."""
+    tolerance = check_tolerance(tolerance)
+    validations, source = run_validations(run)
+    seconds, best = best_so_far(validations)
+    return QualityCurve(
+        backend=run.summary.backend,
+        mode_label=run.summary.mode_label,
+        gpus=run.gpus,
+        makespan_seconds=run.summary.makespan_seconds,
+        seconds=seconds,
+        best_dice=best,
+        tolerance=tolerance,
+        source=source,
+    )

@@ -1,0 +1,127 @@
+"""The time-to-quality figure: each run's best validation Dice so far against wall-clock time.
+
+The curves and times to best are :mod:`~distmis.scaling.quality`'s; this module only draws
+them, one panel per G so the parallelism modes at one G sit side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from distmis.scaling.quality import (
+    DEFAULT_TOLERANCE,
+    SOURCE_TRIALS,
+    QualityCurve,
+    check_tolerance,
+    quality_curve,
+)
+from distmis.scaling.style import BACKEND_STYLES, mode_colour, mode_name, save_figure
+from distmis.scaling.timings import DEFAULT_BACKEND, Run
+
+log = logging.getLogger(__name__)
+
+
+def quality_figure(curves: Sequence[QualityCurve], noun: str = "GPUs") -> Figure:
+    """Best validation Dice so far against time, one panel per G, a step curve per run.
+
+    Each curve is drawn to its run's makespan (where a ``|`` marks the run's end) with a
+    marker at its time to best; colour is the mode label, line style and marker the backend.
+    ``noun`` is what G counts (GPUs, or CPU workers standing in for them).
+    """
+    counts = sorted({curve.gpus for curve in curves}) or [0]
+    columns = min(len(counts), 3)
+    rows = math.ceil(len(counts) / columns)
+    figure = Figure(figsize=(4.3 * columns + 0.6, 3.3 * rows + 1.3), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, sharey=True, squeeze=False).ravel()
+    for ax in axes[len(counts) :]:
+        ax.set_visible(False)
+    series: dict[tuple[str, str], Line2D] = {}
+    coarse = False
+    for ax, gpus in zip(axes, counts, strict=False):
+        for curve in (c for c in curves if c.gpus == gpus and c.seconds):
+            marker, style = BACKEND_STYLES.get(curve.backend, ("^", ":"))
+            colour = mode_colour(curve.mode_label)
+            # Held at the final best until the run ended: how long it kept going after that.
+            xs = [*curve.seconds, max(curve.makespan_seconds, curve.seconds[-1])]
+            ys = [*curve.best_dice, curve.final_best]
+            (line,) = ax.step(xs, ys, where="post", color=colour, linestyle=style)
+            ax.plot([xs[-1]], [ys[-1]], marker="|", markersize=12, color=colour)
+            reached_seconds, reached_dice = curve.reached
+            ax.plot(
+                [reached_seconds],
+                [reached_dice],
+                marker=marker,
+                markersize=8,
+                color=colour,
+                markeredgecolor="black",
+                linestyle="none",
+            )
+            series.setdefault((curve.backend, curve.mode_label), line)
+            coarse |= curve.source == SOURCE_TRIALS
+        ax.set_title(f"G = {gpus} {noun if gpus != 1 else noun.removesuffix('s')}", fontsize=10)
+        ax.set_xlabel("wall-clock seconds since the run started")
+        ax.set_xlim(left=0)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[::columns]:
+        ax.set_ylabel("best validation Dice so far")
+    if not series:
+        axes[0].text(
+            0.5, 0.5, "no run has a validation yet", ha="center", transform=axes[0].transAxes
+        )
+    backends = {backend for backend, _ in series}
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=line.get_color(),
+            linestyle=line.get_linestyle(),
+            label=mode_name(label, noun)
+            + (f" ({backend})" if len(backends) > 1 or backend != DEFAULT_BACKEND else ""),
+        )
+        for (backend, label), line in sorted(series.items())
+    ]
+    tolerance = curves[0].tolerance if curves else DEFAULT_TOLERANCE
+    handles += [
+        Line2D(
+            [],
+            [],
+            marker="o",
+            markeredgecolor="black",
+            color="0.5",
+            linestyle="none",
+            label=f"time to best: first within {tolerance:g} Dice of the run's final best",
+        ),
+        Line2D([], [], marker="|", markersize=12, color="0.3", linestyle="none", label="run ends"),
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
+    title = "Time to quality: the best model found so far during each run"
+    if coarse:
+        title += "\n(runs from before epochs.jsonl step only when a trial ends)"
+    figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def plot_quality(
+    runs: Sequence[Run], stem: Path, quality_tolerance: float = DEFAULT_TOLERANCE
+) -> list[Path]:
+    """The time-to-quality figure of ``runs`` (see :func:`quality_figure`)."""
+    quality_tolerance = check_tolerance(quality_tolerance)
+    curves = [quality_curve(run, quality_tolerance) for run in runs]
+    for curve in curves:
+        if not curve.seconds:
+            log.warning(
+                "%s/%s at G = %d has no validation (every trial failed first): no quality curve",
+                curve.backend,
+                curve.mode_label,
+                curve.gpus,
+            )
+    cpu = bool(runs) and all(run.summary.uses_gpus is False for run in runs)
+    return save_figure(quality_figure(curves, "CPU workers" if cpu else "GPUs"), stem)

@@ -1,0 +1,155 @@
+"""Time to quality: best validation Dice so far from epochs.jsonl, or from trials.csv before it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+
+from distmis.errors import ConfigError, ContractError
+from distmis.scaling.quality import (
+    SOURCE_EPOCHS,
+    SOURCE_TRIALS,
+    Validation,
+    best_so_far,
+    quality_curve,
+    time_to_best,
+)
+from distmis.scaling.timings import Run
+from tests.scaling.helpers import (
+    OLD_TRIAL_COLUMNS,
+    START,
+    trial_row,
+    write_epochs,
+    write_run,
+)
+
+
+def two_trial_run(tmp_path: Path) -> Path:
+    """Points (10 s, 0.5), (20 s, 0.79), (30 s, 0.8) spread over two trials, with noise."""
+    rows = [trial_row("a", START + 1, START + 31), trial_row("b", START + 2, START + 25)]
+    run = write_run(tmp_path, "experiment", 2, 40.0, rows)
+    write_epochs(run, "a", [(1, 10.0, 0.5), (2, 30.0, 0.8)])
+    write_epochs(run, "b", [(1, 15.0, 0.3), (2, 20.0, 0.79), (3, 25.0, 0.6)])
+    return run
+
+
+def test_time_to_best_hand_computed(tmp_path: Path):
+    run = Run.from_dir(two_trial_run(tmp_path))
+    curve = quality_curve(run, tolerance=0.01)
+    assert curve.source == SOURCE_EPOCHS
+    assert curve.seconds == (10.0, 15.0, 20.0, 25.0, 30.0)  # since makespan_start
+    assert curve.best_dice == (0.5, 0.5, 0.79, 0.79, 0.8)
+    assert curve.final_best == 0.8
+    # 0.79 is within 0.01 of 0.8 (float rounding of 0.8 - 0.01 must not hide it).
+    assert curve.time_to_best_seconds == 20.0
+    assert curve.reached == (20.0, 0.79)
+    assert quality_curve(run, tolerance=0).time_to_best_seconds == 30.0
+    assert quality_curve(run, tolerance=0.5).time_to_best_seconds == 10.0
+
+
+def test_best_so_far_and_time_to_best_pure():
+    points = [Validation(30.0, 0.8, "a"), Validation(10.0, 0.5, "a"), Validation(20.0, 0.79, "b")]
+    seconds, best = best_so_far(points)
+    assert (seconds, best) == ((10.0, 20.0, 30.0), (0.5, 0.79, 0.8))
+    assert time_to_best(seconds, best, 0.01) == 20.0
+    assert time_to_best(seconds, best, 0.0) == 30.0
+    assert math.isnan(time_to_best((), (), 0.01))
+    # Two validations at one instant: the curve does not step down between them.
+    assert best_so_far([Validation(5.0, 0.7, "a"), Validation(5.0, 0.2, "b")])[1] == (0.2, 0.7)
+
+
+def test_retried_attempts_keep_every_validation(tmp_path: Path):
+    run = write_run(tmp_path, "data", 1, 50.0, [trial_row("a", START, START + 48)])
+    write_epochs(run, "a", [(1, 5.0, 0.4), (2, 10.0, 0.6)])  # first attempt, then a crash
+    write_epochs(run, "a", [(1, 20.0, 0.45), (2, 30.0, 0.62), (3, 40.0, 0.7)])  # the retry
+    curve = quality_curve(Run.from_dir(run), tolerance=0.05)
+    assert curve.seconds == (5.0, 10.0, 20.0, 30.0, 40.0)  # epochs 1 and 2 twice each
+    assert curve.best_dice == (0.4, 0.6, 0.6, 0.62, 0.7)
+    assert curve.time_to_best_seconds == 40.0  # 0.62 is 0.08 short of 0.7
+
+
+def test_runs_from_before_epochs_jsonl_use_trials_csv_and_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    rows = [
+        trial_row("a", START + 1, START + 30, val_dice=0.6),
+        trial_row("b", START + 2, START + 12, val_dice=0.65),
+        trial_row("c", START + 3, START + 5, status="failed"),  # no metrics: no point
+    ]
+    run = write_run(tmp_path, "experiment", 2, 40.0, rows, trial_columns=OLD_TRIAL_COLUMNS)
+    with caplog.at_level(logging.INFO):
+        curve = quality_curve(Run.from_dir(run), tolerance=0.01)
+    assert curve.source == SOURCE_TRIALS
+    assert (curve.seconds, curve.best_dice) == ((12.0, 30.0), (0.65, 0.65))
+    assert curve.time_to_best_seconds == 12.0
+    assert f"{run}: no trial has an epochs.jsonl" in caplog.text
+    assert "from each finished trial's end_time and val_dice in trials.csv" in caplog.text
+
+
+def test_a_trial_that_failed_before_validating_does_not_mean_old_results(tmp_path: Path):
+    rows = [trial_row("a", START, START + 20), trial_row("x", START, START + 1, status="failed")]
+    run = write_run(tmp_path, "experiment", 2, 25.0, rows)
+    write_epochs(run, "a", [(1, 10.0, 0.3)])  # x never validated: it has no epochs.jsonl
+    curve = quality_curve(Run.from_dir(run))
+    assert (curve.source, curve.seconds) == (SOURCE_EPOCHS, (10.0,))
+
+
+def test_run_without_any_validation(tmp_path: Path):
+    rows = [trial_row("a", START, START + 1, status="failed")]
+    run = write_run(tmp_path, "data", 1, 5.0, rows, best_val_dice=None)
+    curve = quality_curve(Run.from_dir(run))
+    assert curve.seconds == () and math.isnan(curve.time_to_best_seconds)
+    assert curve.reached is None
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "line 2 is not valid JSON"),
+        ("[1, 2, 3]", "line 2: expected a JSON object, got list"),
+        ('{"epoch": 2, "time": 1010.0}', "line 2 lacks val_dice"),
+        ('{"epoch": 0, "time": 1010.0, "val_dice": 0.5}', "line 2: epoch must be an integer >= 1"),
+        ('{"epoch": 2, "time": "later", "val_dice": 0.5}', "line 2: time must be a number"),
+        ('{"epoch": 2, "time": 1010.0, "val_dice": null}', "line 2: val_dice must be a number"),
+    ],
+)
+def test_malformed_epochs_line_names_file_and_line(tmp_path: Path, line: str, message: str):
+    run = write_run(tmp_path, "experiment", 1, 20.0, [trial_row("a", START, START + 15)])
+    path = write_epochs(run, "a", [(1, 5.0, 0.4)])
+    with path.open("a") as fh:
+        fh.write(line + "\n")
+    with pytest.raises(ContractError, match=message) as err:
+        quality_curve(Run.from_dir(run))
+    assert str(path) in str(err.value)
+    assert "rerun train_experiment_parallel" in str(err.value)
+
+
+def test_nan_dice_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    run = write_run(tmp_path, "experiment", 1, 20.0, [trial_row("a", START, START + 15)])
+    write_epochs(run, "a", [(1, 5.0, 0.4), (2, 10.0, math.nan), (3, 15.0, 0.5)])
+    with caplog.at_level(logging.WARNING):
+        curve = quality_curve(Run.from_dir(run))
+    assert curve.best_dice == (0.4, 0.5)
+    assert "epochs.jsonl line 2: val_dice is NaN" in caplog.text
+
+
+def test_stopped_trials_validations_count(tmp_path: Path):
+    rows = [
+        trial_row("long", START, START + 30, val_dice=0.7),
+        trial_row("cut", START, START + 8, status="stopped", val_dice=0.75),
+    ]
+    run = write_run(tmp_path, "hybrid", 4, 35.0, rows, gpus_per_trial=2, scheduler="asha")
+    write_epochs(run, "cut", [(1, 8.0, 0.75)])  # an early lucky epoch, then ASHA stopped it
+    write_epochs(run, "long", [(1, 10.0, 0.5), (2, 20.0, 0.6), (3, 30.0, 0.7)])
+    curve = quality_curve(Run.from_dir(run), tolerance=0.01)
+    assert (curve.mode_label, curve.time_to_best_seconds) == ("hybrid2", 8.0)
+
+
+@pytest.mark.parametrize("tolerance", [-0.01, math.nan, "0.01", True])
+def test_tolerance_must_be_a_number_at_least_zero(tmp_path: Path, tolerance):
+    run = Run.from_dir(write_run(tmp_path, "data", 1, 5.0))
+    with pytest.raises(ConfigError, match="report.quality_tolerance must be"):
+        quality_curve(run, tolerance)
