@@ -151,10 +151,18 @@ def _resumed_handle() -> Line2D:
 
 
 def _legend(ax: Axes, loc: str, resumed: Artist | None) -> None:
-    """The legend of the labelled artists, plus the key to resumed runs when one is drawn."""
+    """The legend of the labelled artists, plus the key to resumed runs when one is drawn.
+
+    ``loc`` "below" puts it under the axes (bar charts: inside it would hide the labels of
+    the tallest bars)."""
     handles, _ = ax.get_legend_handles_labels()
     if resumed is not None:
         handles.append(resumed)
+    if loc == "below":
+        ax.figure.legend(
+            handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8
+        )
+        return
     ax.legend(handles=handles, loc=loc, fontsize=8)
 
 
@@ -292,7 +300,7 @@ def plot_makespan(table: pd.DataFrame, stem: Path) -> list[Path]:
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_title("Time to train the whole grid (best validation Dice above each bar)")
     resumed = Patch(facecolor="white", edgecolor="black", hatch="//", label="resumed run")
-    _legend(ax, "upper right", resumed if resumed_seen else None)
+    _legend(ax, "below", resumed if resumed_seen else None)
     return save_figure(figure, stem)
 
 

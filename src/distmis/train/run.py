@@ -120,7 +120,8 @@ def _run_with_ray(settings: TrainSettings, grid, on_record):
 def run_training(settings: TrainSettings) -> dict:
     """Run the whole grid in ``settings.mode`` on ``settings.gpus`` GPUs (or CPU workers).
 
-    Writes ``trials.csv`` after every finished configuration and, at the end,
+    Writes ``trials.csv`` as configurations finish (experiment, hybrid and local runs; data
+    mode's one Ray Train run when it ends, each ``result.json`` as it finishes) and, at the end,
     ``summary.json``, the best model (``best_model.keras`` or ``best_model.pt``) and its card
     ``best_model.json``; returns the summary.
     """
