@@ -185,7 +185,11 @@ def test_hybrid_jobs_run_where_k_divides_g():
         ),
         (
             {"modes": ["data", "experiment"], "scheduler": "asha"},
-            "train.scheduler: asha stops configurations in experiment and hybrid mode",
+            "train.scheduler: asha stops configurations in experiment mode only",
+        ),
+        (
+            {"modes": ["experiment", "hybrid"], "scheduler": "asha"},
+            "in hybrid mode when Tune stops a hybrid trial",
         ),
     ],
 )

@@ -123,6 +123,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps({k: summary[k] for k in keys}))
 
 
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from distmis.plan.model import H200_STEP_SECONDS
+    from distmis.plan.run import run_plan
+
+    step = H200_STEP_SECONDS if args.gpu_step_seconds == "h200" else args.gpu_step_seconds
+    path = run_plan(
+        Path(args.results),
+        Path(args.out),
+        gpus=args.gpus,
+        gpus_per_node=args.gpus_per_node,
+        ks=args.gpus_per_trial,
+        calibrations=[Path(p) for p in args.calibration],
+        gpu_step_seconds=None if step is None else float(step),
+    )
+    print(json.dumps({"plan_csv": str(path)}))
+
+
 def _cmd_scaling(args: argparse.Namespace) -> None:
     from distmis.config import load_config
     from distmis.scaling.run import run_scaling
@@ -275,6 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="config.yaml (its report.references and report.quality_tolerance)",
     )
     p.set_defaults(func=_cmd_scaling)
+
+    p = sub.add_parser(
+        "plan", help="predict makespan, speedup and GPU-hours per mode and G from a calibration"
+    )
+    p.add_argument(
+        "--results", default="results/train", help="measured {backend}/{mode}/{G}gpu runs"
+    )
+    p.add_argument("--out", default="results/plan", help="folder for plan.csv and calibrations")
+    p.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    p.add_argument("--gpus-per-node", type=int, default=4)
+    p.add_argument("--gpus-per-trial", type=int, nargs="+", default=[2, 4, 8], help="hybrid k")
+    p.add_argument(
+        "--calibration", action="append", default=[], help="calibration.json (else from runs)"
+    )
+    p.add_argument(
+        "--gpu-step-seconds",
+        default=None,
+        help="seconds per training step replacing the measured one; 'h200' = the README's "
+        "H200 bf16 step (0.0717 s, batch 2 at 240x240x152)",
+    )
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser(
         "ray-cluster",

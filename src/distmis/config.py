@@ -75,17 +75,22 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 f"{train['gpu_counts']} (a hybrid job on G GPUs runs G/k trials of k GPUs); "
                 "add a G that k divides or drop that k"
             )
-    if train["scheduler"] == "asha" and "data" in train["modes"]:
+    if train["scheduler"] == "asha" and set(train["modes"]) - {"experiment"}:
         raise ConfigError(
-            "train.scheduler: asha stops configurations in experiment and hybrid mode; data "
-            "mode trains one at a time and has nothing to stop. Drop data from train.modes "
-            "or set train.scheduler: none"
+            "train.scheduler: asha stops configurations in experiment mode only: data mode "
+            "trains one at a time and has nothing to stop, and in hybrid mode "
+            + ASHA_HYBRID_WHY
+            + ". Set train.modes: [experiment] or train.scheduler: none"
         )
     if train["torch"]["precision"] == "fp16" and not train["use_gpu"]:
         raise ConfigError(
             "train.torch.precision: fp16 needs train.use_gpu: true (CPUs have no fast float16 "
             "kernels); use bf16 for mixed precision on CPUs"
         )
+
+
+# Why ASHA is refused in hybrid mode (config validation and TrainSettings say it).
+ASHA_HYBRID_WHY = "when Tune stops a hybrid trial it ends the trial's driver mid-run, and Ray Train's placement-group cleaner needs Ray's State API (the dashboard, which stays off), so the stopped run's workers keep their resources and the next trial waits forever"
 
 
 def hybrid_gpu_counts(train: Mapping[str, Any], k: int) -> list[int]:

@@ -59,8 +59,10 @@ def test_impossible_combinations_are_named_before_a_job_starts(tfrecords, tmp_pa
         make_settings(tfrecords, tmp_path, "hybrid", 3, k=2)
     with pytest.raises(ConfigError, match="2 <= k <= G"):
         make_settings(tfrecords, tmp_path, "hybrid", 2, k=4)
-    with pytest.raises(ConfigError, match="asha needs experiment or hybrid mode"):
+    with pytest.raises(ConfigError, match="asha needs experiment mode"):
         make_settings(tfrecords, tmp_path, "data", 2, modes=["experiment"], scheduler="asha")
+    with pytest.raises(ConfigError, match="refused in hybrid mode"):
+        make_settings(tfrecords, tmp_path, "hybrid", 2, k=2, modes=["experiment"], scheduler="asha")
     hybrid = make_settings(tfrecords, tmp_path, "hybrid", 4, k=2, scale_lr=True)
     assert (hybrid.workers_per_trial, hybrid.concurrent_trials) == (2, 2)
     assert hybrid.lr_effective(hybrid.grid()[0]) == pytest.approx(0.002)  # lr × k

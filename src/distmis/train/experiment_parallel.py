@@ -5,8 +5,9 @@ Hybrid is the Ray Train V2 way of tuning distributed runs: each Tune trial is a 
 function (:func:`_hybrid_trainable`, no resources of its own) that starts the backend's
 trainer on k workers with synchronous all-reduce and forwards its per-epoch reports to Tune
 (``TuneReportCallback``), so Tune's scheduler sees every epoch. Data and experiment mode are
-its two ends, k = G and k = 1. With ``train.scheduler: asha`` Tune's ASHA stops configurations
-whose validation Dice trails their rung; they are recorded as ``stopped``.
+its two ends, k = G and k = 1. With ``train.scheduler: asha`` (experiment mode) Tune's ASHA
+stops configurations whose validation Dice trails their rung; they are recorded as
+``stopped``. Hybrid mode refuses ASHA (``distmis.config.ASHA_HYBRID_WHY``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from distmis import backends
-from distmis.config import train_backends
+from distmis.config import ASHA_HYBRID_WHY, train_backends
 from distmis.errors import ConfigError
 from distmis.train.grid import HParams, expand_grid
 from distmis.train.trial import TrialConfig, WorkerSettings
@@ -141,9 +141,11 @@ class TrainSettings:
             raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.scheduler == "asha" and self.mode == "data":
             raise ConfigError(
-                "train.scheduler asha needs experiment or hybrid mode: data mode trains one "
+                "train.scheduler asha needs experiment mode: data mode trains one "
                 "configuration at a time, so there is nothing to stop in favour of another"
             )
+        if self.scheduler == "asha" and self.mode == "hybrid":
+            raise ConfigError(f"train.scheduler asha is refused in hybrid mode: {ASHA_HYBRID_WHY}")
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner must be one of {RUNNERS}, got {self.runner!r}")
         if self.runner == "local" and self.mode == "hybrid":

@@ -1,0 +1,158 @@
+"""What the planner reads from a finished training run: only the documented files.
+
+A run folder (``results/train/{backend}/{data|experiment|hybrid<k>}/{G}gpu``) holds
+``summary.json`` and ``trials.csv`` (:mod:`distmis.train.summary`, :mod:`distmis.train.trials`)
+and, per trial, ``trials/<trial_id>/result.json`` and ``workers/rank0.json``
+(:mod:`distmis.train.trial`). :func:`read_run` turns them into a :class:`MeasuredRun`; a
+missing or malformed file raises :class:`~distmis.errors.ContractError` naming it and the
+rule that writes it. Optional columns and keys from older runs (``gpus_per_trial``,
+``epochs_run``, ``startup_seconds``) fall back as those runs were written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distmis.errors import ContractError
+
+MADE_BY = {
+    "data": "train_data_parallel",
+    "experiment": "train_experiment_parallel",
+    "hybrid": "train_hybrid_parallel",
+}
+ANY_RULE = "train_data_parallel / train_experiment_parallel / train_hybrid_parallel"
+STATUS_OK = "ok"
+
+
+@dataclass(frozen=True)
+class MeasuredTrial:
+    """One configuration of a run. ``epoch_seconds`` (fit seconds per epoch this attempt
+    trained) and ``steps_per_epoch`` are None unless the trial finished (``result.json``)."""
+
+    trial_id: str
+    status: str
+    start_time: float
+    epochs_run: int
+    startup_seconds: float | None
+    epoch_seconds: float | None
+    steps_per_epoch: int | None
+    global_batch_size: int | None
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    """One run; ``trials`` in the order they started (the grid order the runner used)."""
+
+    path: Path
+    backend: str
+    mode: str
+    gpus: int
+    workers_per_trial: int
+    makespan_seconds: float
+    scheduler: str
+    epochs: int
+    batch_size_per_replica: int
+    grid_size: int
+    devices_seen: tuple[str, ...]
+    tfrecord_dir: str | None
+    trials: tuple[MeasuredTrial, ...]
+
+    @property
+    def concurrent_trials(self) -> int:
+        """Configurations that trained at once: 1 (data), G (experiment), G/k (hybrid)."""
+        return max(1, self.gpus // self.workers_per_trial)
+
+    @property
+    def epochs_per_trial(self) -> list[int]:
+        """Epochs each configuration trained, in start order (fewer where ASHA stopped it)."""
+        return [t.epochs_run for t in self.trials]
+
+
+def read_run(run_dir: Path) -> MeasuredRun:
+    """Read one run folder (see the module docstring)."""
+    run_dir = Path(run_dir)
+    summary = _read_json(run_dir / "summary.json", ANY_RULE)
+    try:
+        mode = summary["mode"]
+        gpus = int(summary["gpus"])
+        settings = summary["settings"]
+        made_by = MADE_BY.get(mode, ANY_RULE)
+        workers = summary.get("gpus_per_trial") or (gpus if mode == "data" else 1)
+        epochs = int(settings["epochs"])
+        trials = _read_trials(run_dir, epochs, made_by)
+        return MeasuredRun(
+            path=run_dir,
+            backend=summary.get("backend", "tensorflow"),
+            mode=mode,
+            gpus=gpus,
+            workers_per_trial=int(workers),
+            makespan_seconds=float(summary["makespan_seconds"]),
+            scheduler=summary.get("scheduler", "none"),
+            epochs=epochs,
+            batch_size_per_replica=int(settings["batch_size_per_replica"]),
+            grid_size=int(summary["trial_count"]),
+            devices_seen=tuple(summary.get("devices_seen", ())),
+            tfrecord_dir=settings.get("tfrecord_dir"),
+            trials=tuple(sorted(trials, key=lambda t: t.start_time)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ContractError(
+            f"{run_dir}/summary.json is malformed ({exc!r}); rerun {ANY_RULE}"
+        ) from exc
+
+
+def _read_trials(run_dir: Path, epochs: int, made_by: str) -> list[MeasuredTrial]:
+    path = run_dir / "trials.csv"
+    if not path.is_file():
+        raise ContractError(f"{path} is missing (it is written by {made_by})")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    trials = []
+    for row in rows:
+        try:
+            trials.append(_trial(run_dir, row, epochs, made_by))
+        except (KeyError, ValueError) as exc:
+            raise ContractError(f"{path} is malformed ({exc!r}); rerun {made_by}") from exc
+    return trials
+
+
+def _trial(run_dir: Path, row: dict[str, str], epochs: int, made_by: str) -> MeasuredTrial:
+    directory = run_dir / "trials" / row["trial_id"]
+    ok = row["status"] == STATUS_OK
+    result = _read_json(directory / "result.json", made_by) if ok else None
+    rank0 = _read_json(directory / "workers" / "rank0.json", made_by) if ok else None
+    startup = _optional_float(row.get("startup_seconds"))
+    epoch_seconds = None
+    if result is not None:
+        if startup is None:
+            startup = _optional_float(result.get("startup_seconds"))
+        trained = int(result["epochs"]) - int(result.get("resumed_from_epoch", 0))
+        epoch_seconds = float(result["fit_seconds"]) / trained if trained > 0 else None
+    epochs_run = row.get("epochs_run") or (epochs if ok else 0)
+    return MeasuredTrial(
+        trial_id=row["trial_id"],
+        status=row["status"],
+        start_time=float(row["start_time"]),
+        epochs_run=int(epochs_run),
+        startup_seconds=startup,
+        epoch_seconds=epoch_seconds,
+        steps_per_epoch=int(rank0["steps_per_epoch"]) if rank0 else None,
+        global_batch_size=int(rank0["global_batch_size"]) if rank0 else None,
+    )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def _read_json(path: Path, made_by: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ContractError(f"{path} is missing (it is written by {made_by})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{path} is not JSON ({exc}); rerun {made_by}") from exc

@@ -1,0 +1,55 @@
+"""List scheduling in grid order, checked against schedules worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from distmis.plan.schedule import simulate
+
+
+def test_five_equal_trials_on_two_slots_run_in_three_waves():
+    schedule = simulate([4.0] * 5, slots=2)
+    assert schedule.start_seconds == (0.0, 0.0, 4.0, 4.0, 8.0)
+    assert schedule.end_seconds == (4.0, 4.0, 8.0, 8.0, 12.0)
+    assert schedule.slot == (0, 1, 0, 1, 0)
+    assert schedule.makespan_seconds == 12.0
+
+
+def test_a_straggler_holds_its_slot_while_the_others_share_the_other():
+    schedule = simulate([10.0, 1.0, 1.0, 1.0], slots=2)
+    assert schedule.slot == (0, 1, 1, 1)
+    assert schedule.start_seconds == (0.0, 0.0, 1.0, 2.0)
+    assert schedule.makespan_seconds == 10.0
+
+
+def test_each_trial_takes_the_slot_that_frees_first():
+    # Slot 1 frees at 2 before slot 0 at 5, so trial 2 goes there; trial 3 then takes slot 0.
+    schedule = simulate([5.0, 2.0, 4.0, 1.0], slots=2)
+    assert schedule.slot == (0, 1, 1, 0)
+    assert schedule.start_seconds == (0.0, 0.0, 2.0, 5.0)
+    assert schedule.makespan_seconds == 6.0
+
+
+def test_more_slots_than_trials_leaves_slots_idle():
+    schedule = simulate([3.0, 7.0], slots=8)
+    assert schedule.start_seconds == (0.0, 0.0)
+    assert schedule.slot == (0, 1)
+    assert schedule.makespan_seconds == 7.0
+
+
+def test_one_slot_runs_trials_back_to_back():
+    schedule = simulate([1.0, 2.0, 3.0], slots=1)
+    assert schedule.start_seconds == (0.0, 1.0, 3.0)
+    assert schedule.makespan_seconds == 6.0
+
+
+def test_no_trials_take_no_time():
+    schedule = simulate([], slots=4)
+    assert schedule.start_seconds == ()
+    assert schedule.makespan_seconds == 0.0
+
+
+@pytest.mark.parametrize(("durations", "slots"), [([1.0], 0), ([-1.0], 1)])
+def test_impossible_inputs_are_refused(durations, slots):
+    with pytest.raises(ValueError):
+        simulate(durations, slots)
