@@ -122,21 +122,27 @@ def test_two_backends_train_and_plot_apart(tmp_path):
                 f"{run}/summary.json",
                 f"{run}/trials.csv",
             ]
+    # Hybrid k = 2 runs at G = 2 only (k must divide G), once per backend.
+    hybrid = [job for job in jobs if job["rule"] == "train_hybrid_parallel"]
+    assert sorted(
+        (j["wildcards"]["backend"], j["wildcards"]["k"], j["wildcards"]["gpus"]) for j in hybrid
+    ) == [(backend, "2", "2") for backend in backends]
     outputs = [path for job in jobs if job["rule"].startswith("train_") for path in job["output"]]
-    assert len(outputs) == len(set(outputs)) == 2 * 2 * 2 * 3  # no two jobs share a file
+    # no two jobs share a file: (data + experiment) × 2 G + hybrid2, × 2 backends, 3 files each
+    assert len(outputs) == len(set(outputs)) == 2 * (2 * 2 + 1) * 3
     evaluated = {
         (job["wildcards"]["backend"], job["wildcards"]["mode"])
         for job in jobs
         if job["rule"] == "evaluate"
     }
-    assert evaluated == {(b, m) for b in backends for m in ("data", "experiment")}
+    assert evaluated == {(b, m) for b in backends for m in ("data", "experiment", "hybrid2")}
     (plot,) = [job for job in jobs if job["rule"] == "plot_scaling"]
     timelines = {Path(p).name for p in plot["output"] if Path(p).name.startswith("timeline_")}
+    runs = [(m, g) for m in ("data", "experiment") for g in gpu_counts] + [("hybrid2", "2")]
     assert timelines == {
         f"timeline_{backend}_{mode}_{gpus}gpu{suffix}"
         for backend in backends
-        for mode in ("data", "experiment")
-        for gpus in gpu_counts
+        for mode, gpus in runs
         for suffix in (".png", ".pdf")
     }
 
@@ -426,6 +432,7 @@ def test_every_rule_calls_the_same_named_script_and_function():
         "index_tfrecords",
         "train_data_parallel",
         "train_experiment_parallel",
+        "train_hybrid_parallel",
         "evaluate",
         "scaling",
         "plot_scaling",
