@@ -286,16 +286,21 @@ def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
         assert (tmp_path / f"results/evaluate/torch/{mode}/metrics.csv").stat().st_size > 0
     with (tmp_path / "results/scaling/scaling.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert sorted((row["backend"], row["mode"], row["gpus"]) for row in rows) == [
-        ("torch", mode, gpus) for mode in ("data", "experiment") for gpus in ("1", "2")
-    ]
+    # The demo's hybrid k = 2 runs at G = 2 only: two trials, each over two ranks.
+    assert sorted((row["backend"], row["mode"], row["gpus"]) for row in rows) == sorted(
+        [("torch", mode, gpus) for mode in ("data", "experiment") for gpus in ("1", "2")]
+        + [("torch", "hybrid2", "2")]
+    )
+    hybrid = tmp_path / "results/train/torch/hybrid2/2gpu"
+    assert len(list(hybrid.glob("trials/*/workers/rank*.json"))) == trial_count * 2
+    assert json.loads((hybrid / "summary.json").read_text())["gpus_per_trial"] == 2
     figures = tmp_path / "results/plot_scaling"
-    for name in ("speedup", "efficiency", "makespan"):
+    for name in ("speedup", "efficiency", "makespan", "quality"):
         assert (figures / f"{name}.png").stat().st_size > 0
     timelines = {path.name for path in figures.glob("timeline_*.png")}
     assert timelines == {
         f"timeline_torch_{mode}_{gpus}gpu.png" for mode in ("data", "experiment") for gpus in (1, 2)
-    }
+    } | {"timeline_torch_hybrid2_2gpu.png"}
     report = snakemake(
         "--cores", "2", "--report", "report.html", workdir=tmp_path, configfile=configfile
     )
