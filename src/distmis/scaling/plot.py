@@ -350,7 +350,7 @@ def plot_timeline(run: Run, stem: Path) -> list[Path]:
     # of series to tell a tensorflow run from a torch one.
     title = (
         f"{run.summary.backend}, {mode_name(run.summary.mode_label, noun + 's')}, "
-        f"G = {run.gpus}: "
+        f"G = {run.gpus}:\n"  # two lines: a hybrid run's name alone fills most of one
         f"makespan {makespan:.1f} s, {noun}s busy {busy_fraction(run, bars):.0%} of G × makespan"
     )
     if run.summary.resumed:
