@@ -322,6 +322,10 @@ def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
         for rule in ("train_data_parallel", "train_experiment_parallel")
         for backend, gpu_counts in (("tensorflow", ("1", "2", "4")), ("torch", ("4",)))
         for gpus in gpu_counts
+    } | {  # hybrid k = 2 wherever 2 divides G
+        (backend, "train_hybrid_parallel", gpus)
+        for backend, gpu_counts in (("tensorflow", ("2", "4")), ("torch", ("4",)))
+        for gpus in gpu_counts
     }
     shutil.rmtree(tmp_path / "results")
 
