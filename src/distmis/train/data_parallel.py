@@ -65,11 +65,7 @@ def run_data_parallel(
             settings.gpus,
         )
         worker_settings = settings.worker_settings().to_dict()
-        entries = []
-        for hparams in pending:
-            entry = settings.trial_config(hparams).to_dict()
-            del entry["settings"]  # once for all, below
-            entries.append(entry)
+        entries = [settings.grid_entry(hparams) for hparams in pending]  # settings once, below
         started = time.time()
         trainer = backend.ray_trainer(
             {"trials": entries, "settings": worker_settings, "submitted_at": started},

@@ -76,12 +76,6 @@ def _hybrid_trainable(config: dict) -> None:
     trainer.fit()
 
 
-def _grid_entry(settings: TrainSettings, hparams: HParams) -> dict:
-    entry = settings.trial_config(hparams).to_dict()
-    del entry["settings"]
-    return entry
-
-
 def placement_strategy(settings: TrainSettings, gpus_per_node: int) -> str:
     """``STRICT_PACK`` (one node) when a trial's k workers fit on one node, else ``PACK``."""
     return "STRICT_PACK" if settings.workers_per_trial <= gpus_per_node else "PACK"
@@ -183,7 +177,7 @@ def _run_tune(
             param_space={
                 # The settings once, not in every grid entry: Tune shows the entries as the
                 # trials' names and columns.
-                "trial": tune.grid_search([_grid_entry(settings, hp) for hp in grid]),
+                "trial": tune.grid_search([settings.grid_entry(hp) for hp in grid]),
                 "settings": settings.worker_settings().to_dict(),
                 **extra_space,
             },

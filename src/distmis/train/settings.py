@@ -300,6 +300,13 @@ class TrainSettings:
             settings=self.worker_settings(),
         )
 
+    def grid_entry(self, hparams: HParams) -> dict:
+        """``trial_config(hparams)`` as a dict without the settings, which a Ray run sends
+        once for the whole grid (Tune's grid_search entries, data mode's trial list)."""
+        entry = self.trial_config(hparams).to_dict()
+        del entry["settings"]
+        return entry
+
     def to_json(self) -> dict:
         payload = asdict(self)
         payload.update(
