@@ -15,6 +15,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/scaling.smk"
+include: "rules/plan.smk"
 
 
 rule all:
@@ -23,3 +24,4 @@ rule all:
         train_outputs(),
         rules.plot_scaling.output,
         eval_outputs(),
+        rules.plan.output if PLANNED else [],

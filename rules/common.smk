@@ -11,6 +11,7 @@ from distmis.backends import NAMES as BACKEND_NAMES
 from distmis.cluster.resources import job_shape
 from distmis.config import (
     check_semantics,
+    plannable,
     resolve_shards,
     run_folders,
     schema_path,
@@ -90,6 +91,11 @@ def train_params(wildcards):
     """The validated train section as one training job needs it."""
     own = {k: v for k, v in TRAIN.items() if k not in JOB_SELECTING_KEYS}
     return {**own, "backend": wildcards.backend}
+
+
+# Rule plan calibrates on a one-worker run; a config without one (only data mode at G > 1,
+# only hybrid) has nothing to plan from, so `rule all` leaves the rule out.
+PLANNED = plannable(TRAIN)
 
 
 def eval_outputs():

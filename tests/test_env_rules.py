@@ -399,6 +399,7 @@ RULE_TARGETS: dict[str, list[str]] = {
     "evaluate": [f"results/evaluate/{b}/{m}/summary.json" for b in BACKENDS for m in MODES],
     "scaling": ["results/scaling/scaling.csv"],
     "plot_scaling": ["plot_scaling"],
+    "plan": ["plan"],
 }
 
 
@@ -550,3 +551,4 @@ def test_every_rule_runs_in_its_own_env_alone(tmp_path: Path, make_task, preambl
             evaluated = workdir / f"results/evaluate/{backend}/{mode}/summary.json"
             assert json.loads(evaluated.read_text())["cases"] > 0
     assert (workdir / "results/plot_scaling/speedup.png").stat().st_size > 0
+    assert (workdir / "results/plan/plan.png").stat().st_size > 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distmis.plan.run import TOLERANCE as PLAN_TOLERANCE
 from distmis.train.trials import TRIAL_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,6 +238,15 @@ def test_two_node_jobs_span_both_nodes(tmp_path):
         else:
             # ... or both workers of each data-parallel trial, one per node.
             assert all(row["node"] == "node1;node2" for row in rows)
+    # Rule plan, calibrated on these two-node runs, predicts both within its tolerance.
+    with (tmp_path / "results/plan/plan.csv").open() as fh:
+        errors = {
+            row["mode"]: float(row["relative_error"])
+            for row in csv.DictReader(fh)
+            if row["study"] == "measured" and row["measured_makespan_seconds"]
+        }
+    assert set(errors) == {"data", "experiment"}
+    assert all(abs(error) <= PLAN_TOLERANCE for error in errors.values()), errors
     assert not leftover_ray_processes("")
 
 

@@ -22,6 +22,7 @@ import yaml
 
 from distmis import workflow
 from distmis.config import load_config
+from distmis.plan.run import TOLERANCE as PLAN_TOLERANCE
 from tests.scaling.helpers import (
     BACKENDS,
     MODES,
@@ -291,6 +292,26 @@ def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
         [("torch", mode, gpus) for mode in ("data", "experiment") for gpus in ("1", "2")]
         + [("torch", "hybrid2", "2")]
     )
+    # The planner, calibrated on these very runs, predicts each within its tolerance.
+    with (tmp_path / "results/plan/plan.csv").open() as handle:
+        plan = list(csv.DictReader(handle))
+    errors = {
+        (row["mode"], row["gpus_per_trial"], row["gpus"]): float(row["relative_error"])
+        for row in plan
+        if row["study"] == "measured" and row["measured_makespan_seconds"]
+    }
+    assert set(errors) == {
+        ("data", "1", "1"),
+        ("data", "2", "2"),
+        ("experiment", "1", "1"),
+        ("experiment", "1", "2"),
+        ("hybrid", "2", "2"),
+    }
+    assert all(abs(error) <= PLAN_TOLERANCE for error in errors.values()), errors
+    # ... and projects the paper's grid onto H200s, every mode up to G = 32.
+    projected = {(r["mode"], int(r["gpus"])) for r in plan if r["study"] == "projected"}
+    assert {("data", 32), ("experiment", 32), ("hybrid", 32)} <= projected
+    assert (tmp_path / "results/plan/plan.png").stat().st_size > 0
     hybrid = tmp_path / "results/train/torch/hybrid2/2gpu"
     assert len(list(hybrid.glob("trials/*/workers/rank*.json"))) == trial_count * 2
     assert json.loads((hybrid / "summary.json").read_text())["gpus_per_trial"] == 2
@@ -305,7 +326,8 @@ def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
         "--cores", "2", "--report", "report.html", workdir=tmp_path, configfile=configfile
     )
     assert report.returncode == 0, report.stderr[-2000:]
-    assert "timeline_torch_data_2gpu.png" in (tmp_path / "report.html").read_text(errors="replace")
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "timeline_torch_data_2gpu.png" in html and "plan.png" in html
 
     # Adding a backend (and a G) schedules that backend's jobs only: the torch runs are kept.
     config["train"].update(backend=["tensorflow", "torch"], gpu_counts=[1, 2, 4])
@@ -445,6 +467,7 @@ def test_every_rule_calls_the_same_named_script_and_function():
         "evaluate",
         "scaling",
         "plot_scaling",
+        "plan",
     }
     assert {rule: script for rule, script in rules.items()} == {
         rule: f"../workflow_scripts/{rule}.py" for rule in rules

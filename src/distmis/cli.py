@@ -123,11 +123,34 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps({k: summary[k] for k in keys}))
 
 
-def _cmd_plan(args: argparse.Namespace) -> None:
+def _step_seconds(values: Sequence[str]) -> dict[str, float]:
+    """``--gpu-step-seconds`` values: ``h200`` (PyTorch's measured H200 step), ``S`` (every
+    backend) or ``BACKEND=S``."""
     from distmis.plan.model import H200_STEP_SECONDS
-    from distmis.plan.run import run_plan
 
-    step = H200_STEP_SECONDS if args.gpu_step_seconds == "h200" else args.gpu_step_seconds
+    steps: dict[str, float] = {}
+    for value in values:
+        if value == "h200":
+            steps["torch"] = H200_STEP_SECONDS
+            continue
+        backend, _, seconds = value.rpartition("=")
+        try:
+            step = float(seconds)
+        except ValueError:
+            raise DistmisError(
+                f"--gpu-step-seconds takes h200, S or BACKEND=S (e.g. torch=0.0717), got {value!r}"
+            ) from None
+        for name in [backend] if backend else backends.NAMES:
+            if name not in backends.NAMES:
+                raise DistmisError(f"--gpu-step-seconds: unknown backend {name!r}")
+            steps[name] = step
+    return steps
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from distmis.plan.run import Projection, format_plan, run_plan
+
+    steps = _step_seconds(args.gpu_step_seconds)
     path = run_plan(
         Path(args.results),
         Path(args.out),
@@ -135,8 +158,19 @@ def _cmd_plan(args: argparse.Namespace) -> None:
         gpus_per_node=args.gpus_per_node,
         ks=args.gpus_per_trial,
         calibrations=[Path(p) for p in args.calibration],
-        gpu_step_seconds=None if step is None else float(step),
+        projection=Projection(
+            step_seconds=steps,
+            grid_size=args.grid_size,
+            epochs=args.epochs,
+            train_volumes=args.train_volumes,
+            val_volumes=args.val_volumes,
+        )
+        if steps
+        else None,
+        asha=tuple(args.asha) if args.asha else None,
+        inter_node_bandwidth=args.inter_node_bandwidth,
     )
+    print(format_plan(path))
     print(json.dumps({"plan_csv": str(path)}))
 
 
@@ -294,7 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_scaling)
 
     p = sub.add_parser(
-        "plan", help="predict makespan, speedup and GPU-hours per mode and G from a calibration"
+        "plan",
+        help="predict makespan, speedup and GPU-hours per mode and G from the measured runs",
+        description="Calibrate on the measured runs (each run's calibration.json), predict "
+        "every mode at every G, check the prediction against every measured run, and "
+        "optionally project another study (--gpu-step-seconds and the size flags) onto GPUs.",
     )
     p.add_argument(
         "--results", default="results/train", help="measured {backend}/{mode}/{G}gpu runs"
@@ -304,13 +342,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-node", type=int, default=4)
     p.add_argument("--gpus-per-trial", type=int, nargs="+", default=[2, 4, 8], help="hybrid k")
     p.add_argument(
-        "--calibration", action="append", default=[], help="calibration.json (else from runs)"
+        "--calibration",
+        action="append",
+        default=[],
+        help="calibration_<backend>.json to use instead of the runs (repeatable)",
     )
     p.add_argument(
         "--gpu-step-seconds",
-        default=None,
-        help="seconds per training step replacing the measured one; 'h200' = the README's "
-        "H200 bf16 step (0.0717 s, batch 2 at 240x240x152)",
+        action="append",
+        default=[],
+        metavar="h200|S|BACKEND=S",
+        help="project onto GPUs with this training step (batch_size_per_replica volumes): "
+        "'h200' = PyTorch's measured H200 bf16 step (0.0717 s at 240x240x152, batch 2), S for "
+        "every backend, BACKEND=S for one (repeatable)",
+    )
+    p.add_argument("--grid-size", type=int, help="projection: configurations (default: measured)")
+    p.add_argument("--epochs", type=int, help="projection: epochs per configuration")
+    p.add_argument("--train-volumes", type=int, help="projection: training volumes")
+    p.add_argument("--val-volumes", type=int, help="projection: validation volumes")
+    p.add_argument(
+        "--asha",
+        type=int,
+        nargs=2,
+        metavar=("GRACE", "FACTOR"),
+        help="predict with ASHA early stopping (grace period, reduction factor)",
+    )
+    p.add_argument(
+        "--inter-node-bandwidth",
+        type=float,
+        help="bytes/s of an all-reduce ring across nodes (default: measured, or 12.5e9 for GPUs)",
     )
     p.set_defaults(func=_cmd_plan)
 

@@ -112,6 +112,13 @@ def run_folders(train: Mapping[str, Any]) -> dict[str, list[int]]:
     return folders
 
 
+def plannable(train: Mapping[str, Any]) -> bool:
+    """Whether the runs the config asks for can calibrate ``distmis plan``: it needs a
+    one-worker trial (experiment mode at any G, or data mode at G = 1)."""
+    folders = run_folders(train)
+    return "experiment" in folders or 1 in folders.get("data", [])
+
+
 def data_parallel_workers(train: Mapping[str, Any]) -> int:
     """The most workers one configuration's Ray Train run uses: the largest G of data mode,
     or the largest k of hybrid mode (1 without either)."""

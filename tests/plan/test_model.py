@@ -1,20 +1,44 @@
 """Makespan predictions on a made-up calibration, every number worked out by hand.
 
-The calibration: a step of 2 s and a validation pass of 6 s on one worker, 16 training
-volumes at batch 2 (8 steps on 1 worker, 4 on 2, 2 on 4, 1 on 8), 2 epochs, 4
-configurations; all-reduce measured once, 0.5 s at 2 workers, so the ring fit has
-parameter_bytes / bandwidth = 0.5 s and no latency: allreduce(4) = 1.5 × 0.5 = 0.75 s,
-allreduce(8) = 1.75 × 0.5 = 0.875 s.
+The calibration: a step of 1 s on one worker alone on its node (1.25 s with two busy), a
+validation step of 0.25 s, 8 training and 2 validation volumes at batch 2 (4 steps and 1
+validation step on 1 worker, 2 and 1 on 2), 2 epochs, 2 configurations; all-reduce measured
+once, 0.5 s at 2 workers, so the ring fit has parameter_bytes / bandwidth = 0.5 s and no
+latency: allreduce(4) = 1.5 x 0.5 = 0.75 s. Every mode's parts: set-up 3, relaunch 1, first
+start-up 4, start-up 2, first-epoch extra 0.5, epoch gap 0.1, finish 0.2, teardown 0.5.
 """
 
 from __future__ import annotations
 
+import csv
+from dataclasses import replace
+
 import pytest
 
 from distmis.plan.calibration import Calibration
-from distmis.plan.model import H200_STEP_SECONDS, predict, validate
+from distmis.plan.model import (
+    GPU_INTER_NODE_BANDWIDTH,
+    H200_STEP_SECONDS,
+    Study,
+    asha_epochs,
+    predict,
+    validate,
+)
+from distmis.plan.parts import MODES
+from distmis.plan.run import run_plan
+from tests.plan.fake_runs import Timing, write_info, write_run
 
 PARAMETERS = 1000  # 4000 bytes: the fitted bandwidth is 8000 bytes/s
+PARTS = {
+    "setup_seconds": 3.0,
+    "relaunch_seconds": 1.0,
+    "first_startup_seconds": 4.0,
+    "startup_seconds": 2.0,
+    "first_epoch_extra_seconds": 0.5,
+    "epoch_gap_seconds": 0.1,
+    "finish_seconds": 0.2,
+    "teardown_seconds": 0.5,
+}
 
 
 @pytest.fixture
@@ -22,124 +46,165 @@ def calibration() -> Calibration:
     return Calibration(
         backend="torch",
         hardware="CPU:x86_64",
-        step_seconds=2.0,
-        val_seconds=6.0,
-        trial_startup_seconds=10.0,
-        group_startup_seconds=20.0,
-        config_startup_seconds=1.0,
+        step_seconds={1: 1.0, 2: 1.25},
         allreduce_seconds={2: 0.5},
-        train_volumes=16,
+        val_step_seconds=0.25,
+        parts={mode: {1: dict(PARTS)} for mode in MODES},
+        train_volumes=8,
+        val_volumes=2,
         batch_size_per_replica=2,
         epochs=2,
-        grid_size=4,
+        grid_size=2,
         parameter_count=PARAMETERS,
-        sources={"step_seconds": "measured: by hand"},
+        sources={"step_seconds[1]": "measured: by hand"},
     )
 
 
-def test_experiment_trials_pay_their_start_up_and_run_in_waves(calibration):
-    # A trial: 10 + 2 × (8 × 2 + 6) = 54 s; 4 trials on G slots.
-    one, two, four = (predict(calibration, "experiment", g) for g in (1, 2, 4))
-    assert one.trial_seconds == (54.0,) * 4
-    assert (one.makespan_seconds, two.makespan_seconds, four.makespan_seconds) == (
-        216.0,
-        108.0,
-        54.0,
-    )
-    assert four.speedup == pytest.approx(4.0)
-    assert four.efficiency == pytest.approx(1.0)
-    assert four.gpu_hours == pytest.approx(54.0 * 4 / 3600)
+def test_experiment_at_one_gpu_runs_the_trials_back_to_back(calibration):
+    # epoch = 4 x 1.0 + 1 x 0.25 + 0.1 = 4.35; trial 0 = 4 + 0.5 - 0.1 + 0.2 + 2 x 4.35 = 13.3,
+    # trial 1 = 11.3; 3 + 13.3 + 1 (relaunch) + 11.3 + 0.5 = 29.1.
+    prediction = predict(calibration, "experiment", 1)
+    assert prediction.trial_seconds == pytest.approx((13.3, 11.3))
+    assert prediction.makespan_seconds == pytest.approx(29.1)
+    assert prediction.speedup == pytest.approx(1.0)
 
 
-def test_data_mode_pays_the_group_start_up_once(calibration):
-    # G=1: 20 + 44 + 3 × (1 + 44) = 199. G=2: an epoch 4 × (2 + 0.5) + 6/2 = 13 s, so
-    # 20 + 26 + 3 × 27 = 127. G=4: an epoch 2 × (2 + 0.75) + 1.5 = 7 s: 20 + 14 + 3 × 15 = 79.
-    predictions = {g: predict(calibration, "data", g) for g in (1, 2, 4)}
-    assert predictions[1].makespan_seconds == pytest.approx(199.0)
-    assert predictions[2].makespan_seconds == pytest.approx(127.0)
-    assert predictions[4].trial_seconds == pytest.approx((34.0, 15.0, 15.0, 15.0))
-    assert predictions[4].makespan_seconds == pytest.approx(79.0)
-    assert predictions[4].speedup == pytest.approx(199.0 / 79.0)
-    assert predictions[4].concurrent_trials == 1
+def test_experiment_trials_side_by_side_contend_for_their_node(calibration):
+    # Two busy: step 1.25 and validation slowed alike (0.3125): epoch = 5 + 0.3125 + 0.1.
+    epoch = 4 * 1.25 + 0.3125 + 0.1
+    prediction = predict(calibration, "experiment", 2)
+    assert prediction.trial_seconds == pytest.approx((4.6 + 2 * epoch, 2.6 + 2 * epoch))
+    assert prediction.makespan_seconds == pytest.approx(3 + 4.6 + 2 * epoch + 0.5)
+    assert prediction.speedup == pytest.approx(29.1 / (8.1 + 2 * epoch))
+    assert prediction.assumptions["busy_workers_per_node"]["value"] == 2
 
 
-def test_hybrid_trials_start_a_worker_group_each(calibration):
-    # k=2 on G=4: a trial 20 + 2 × 13 = 46 s, 2 at once: 92 s, against experiment G=1's 216.
+def test_data_mode_splits_the_steps_and_pays_the_all_reduce(calibration):
+    # 2 steps of 1.25 + 0.5, 1 validation step of 0.3125: epoch = 3.5 + 0.3125 + 0.1 = 3.9125;
+    # trials 4.6 + 7.825 and 2.6 + 7.825, one after another with a relaunch.
+    prediction = predict(calibration, "data", 2)
+    assert prediction.trial_seconds == pytest.approx((12.425, 10.425))
+    assert prediction.makespan_seconds == pytest.approx(3 + 12.425 + 1 + 10.425 + 0.5)
+    assert prediction.assumptions["allreduce_seconds[2]"]["value"] == pytest.approx(0.5)
+
+
+def test_hybrid_runs_g_over_k_trials_at_once(calibration):
+    # k = 2 on G = 4: two slots of 2 workers, 4 busy (step at 2, the largest measured).
     prediction = predict(calibration, "hybrid", 4, k=2)
-    assert prediction.trial_seconds == pytest.approx((46.0,) * 4)
-    assert prediction.makespan_seconds == pytest.approx(92.0)
-    assert prediction.speedup == pytest.approx(216.0 / 92.0)
-    assert prediction.assumptions["speedup_baseline"]["value"] == "experiment at G=1"
+    assert prediction.concurrent_trials == 2
+    assert prediction.makespan_seconds == pytest.approx(3 + 12.425 + 0.5)
+    assert prediction.baseline_makespan_seconds == pytest.approx(29.1)  # experiment at G = 1
 
 
 def test_a_ring_across_nodes_runs_at_the_inter_node_bandwidth(calibration):
-    # G=8 over nodes of 4: at 4000 bytes/s allreduce(8) = 1.75 × 4000 / 4000 = 1.75 s; an
-    # epoch 1 × (2 + 1.75) + 6/8 = 4.5 s: 20 + 9 + 3 × 10 = 59. Without the flag the fitted
-    # 8000 bytes/s holds: epoch 2.875 + 0.75 = 3.625 s, 20 + 7.25 + 3 × 8.25 = 52.
-    across = predict(calibration, "data", 8, gpus_per_node=4, inter_node_bandwidth=4000.0)
-    assert across.makespan_seconds == pytest.approx(59.0)
+    # 4 workers over nodes of 2: allreduce(4) = 1.5 x 4000 / 2000 = 3 s instead of 0.75 s.
+    within = predict(calibration, "data", 4, gpus_per_node=4)
+    across = predict(calibration, "data", 4, gpus_per_node=2, inter_node_bandwidth=2000.0)
+    assert within.assumptions["allreduce_seconds[4]"]["value"] == pytest.approx(0.75)
+    assert across.assumptions["allreduce_seconds[4]"]["value"] == pytest.approx(3.0)
     assert across.assumptions["inter_node_bandwidth"]["source"] == "flag"
-    same = predict(calibration, "data", 8, gpus_per_node=4)
-    assert same.makespan_seconds == pytest.approx(52.0)
-    assert same.assumptions["allreduce_bandwidth"]["value"] == pytest.approx(8000.0)
-    within = predict(calibration, "data", 8, gpus_per_node=8, inter_node_bandwidth=4000.0)
-    assert within.makespan_seconds == pytest.approx(52.0)
 
 
-def test_asha_shortened_trials_change_the_schedule(calibration):
-    # Epochs [2, 1, 1, 1]: 54, 32, 32, 32 s on 2 slots. Slot 1 runs trials 1 (0-32) and
-    # 2 (32-64); slot 0 frees at 54 and takes trial 3 (54-86).
-    prediction = predict(calibration, "experiment", 2, epochs_per_trial=[2, 1, 1, 1])
-    assert prediction.trial_seconds == (54.0, 32.0, 32.0, 32.0)
-    assert prediction.schedule.start_seconds == (0.0, 0.0, 32.0, 54.0)
-    assert prediction.makespan_seconds == 86.0
-    # The baseline trains the same epochs: 54 + 3 × 32 = 150 s on one GPU.
-    assert prediction.baseline_makespan_seconds == 150.0
-    assert prediction.assumptions["epochs_per_trial"] == {
-        "value": [2, 1, 1, 1],
+def test_asha_keeps_the_top_fraction_at_each_rung():
+    # 4 trials, 4 epochs, rungs at 1 and 2: 2 go past epoch 1, 1 past epoch 2.
+    assert asha_epochs(4, 4, 1, 2) == [4, 2, 1, 1]
+    # 9 trials, rf 3, 9 epochs: rungs at 1 and 3; 3 past 1, 1 past 3.
+    assert asha_epochs(9, 9, 1, 3) == [9, 3, 3, 1, 1, 1, 1, 1, 1]
+    assert asha_epochs(3, 2, 2, 2) == [2, 2, 2]  # grace reaches max_t: no rung
+    with pytest.raises(ValueError, match="reduction_factor"):
+        asha_epochs(4, 4, 1, 1)
+
+
+def test_asha_stopped_trials_free_their_slot_early(calibration):
+    study = replace(Study.measured(calibration), scheduler="asha")
+    # 2 trials, grace 1, rf 2: the second stops after epoch 1: 2.6 + 4.35 = 6.95.
+    prediction = predict(calibration, "experiment", 1, study=study)
+    assert prediction.trial_seconds == pytest.approx((13.3, 6.95))
+    assert prediction.makespan_seconds == pytest.approx(3 + 13.3 + 1 + 6.95 + 0.5)
+
+
+def test_a_projection_takes_the_gpu_step_and_the_gpu_link(calibration):
+    study = Study(
+        label="projected",
+        grid_size=4,
+        epochs=2,
+        train_volumes=16,
+        val_volumes=4,
+        batch_size_per_replica=2,
+        step_seconds=H200_STEP_SECONDS,
+    )
+    prediction = predict(calibration, "data", 8, study=study, gpus_per_node=4)
+    assumed = prediction.assumptions
+    assert assumed["step_seconds"] == {
+        "value": H200_STEP_SECONDS,
         "source": "flag",
-        "detail": "",
+        "detail": "the target device's step replaces it",
     }
-
-
-def test_a_gpu_step_replaces_the_measured_one_and_scales_validation(calibration):
-    # Step 0.5 s, validation 6 × 0.5 / 2 = 1.5 s: a trial 10 + 2 × (8 × 0.5 + 1.5) = 21 s.
-    prediction = predict(calibration, "experiment", 1, gpu_step_seconds=0.5)
-    assert prediction.makespan_seconds == pytest.approx(84.0)
-    assert prediction.assumptions["step_seconds"]["source"] == "flag"
-    assert prediction.assumptions["val_seconds"]["value"] == pytest.approx(1.5)
-    assert H200_STEP_SECONDS == 0.0717
-
-
-def test_assumptions_name_each_number_and_its_source(calibration):
-    assumptions = predict(calibration, "data", 2).assumptions
-    assert assumptions["step_seconds"]["source"] == "measured"
-    assert assumptions["step_seconds"]["detail"] == "by hand"
-    assert assumptions["allreduce_seconds[2]"]["value"] == pytest.approx(0.5)
-    assert "2(w-1)/w" in assumptions["allreduce_formula"]["value"]
-    assert assumptions["steps_per_epoch[2]"]["value"] == 4
-    assert {a["source"] for a in assumptions.values()} <= {"measured", "config", "default", "flag"}
+    # Validation scales with the step: 0.25 x 0.0717 / 1.0.
+    assert assumed["val_step_seconds"]["value"] == pytest.approx(0.25 * H200_STEP_SECONDS)
+    assert assumed["inter_node_bandwidth"]["value"] == GPU_INTER_NODE_BANDWIDTH
+    assert assumed["grid_size"] == {"value": 4, "source": "flag", "detail": ""}
+    assert len(prediction.trial_seconds) == 4
 
 
 def test_validate_gives_the_relative_error(calibration):
-    prediction = predict(calibration, "experiment", 4)  # 54 s
-    assert validate(prediction, 60.0) == pytest.approx(-0.1)
-    with pytest.raises(ValueError):
+    prediction = predict(calibration, "experiment", 1)
+    assert validate(prediction, 29.1 / 1.1) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="> 0"):
         validate(prediction, 0.0)
 
 
 @pytest.mark.parametrize(
-    ("mode", "gpus", "k", "epochs"),
+    "mode, gpus, k, epochs",
     [
-        ("model", 1, None, None),
-        ("hybrid", 4, None, None),
+        ("model", 2, None, None),
         ("hybrid", 4, 3, None),
-        ("data", 4, 2, None),
+        ("hybrid", 2, None, None),
+        ("data", 2, 1, None),
         ("experiment", 0, None, None),
-        ("experiment", 2, None, [2, 2]),
-        ("experiment", 2, None, [3, 2, 2, 2]),
+        ("experiment", 1, None, [1]),
+        ("experiment", 1, None, [1, 3]),
     ],
 )
 def test_impossible_requests_are_refused(calibration, mode, gpus, k, epochs):
     with pytest.raises(ValueError):
-        predict(calibration, mode, gpus, k=k, epochs_per_trial=epochs)
+        predict(calibration, mode, gpus, k, epochs_per_trial=epochs)
+
+
+@pytest.mark.parametrize(
+    "mode, gpus, workers",
+    [("experiment", 1, None), ("experiment", 2, None), ("data", 2, None), ("hybrid", 4, 2)],
+)
+def test_runs_timed_as_the_model_assumes_are_predicted_exactly(tmp_path, mode, gpus, workers):
+    """Fake runs whose clocks follow the model: calibrated on all of them, each run's
+    makespan comes back exactly; left out of its own calibration too, where the other runs
+    measured what it needs."""
+    data = write_info(tmp_path / "tfrecords")
+    # Two busy on a node: training and validation steps 25 % slower; data and hybrid steps
+    # add 0.5 s of all-reduce to that.
+    alone, shared = Timing(), Timing(step=1.25, val_step=0.3125)
+    synced = Timing(step=1.75, val_step=0.3125)
+    results = tmp_path / "results" / "torch"
+    write_run(results, "experiment", 1, timing=alone, tfrecord_dir=data)
+    write_run(results, "experiment", 2, timing=shared, tfrecord_dir=data)
+    write_run(results, "data", 2, timing=synced, tfrecord_dir=data)
+    write_run(results, "data", 1, timing=alone, tfrecord_dir=data)
+    # A hybrid trial is a Tune trial starting a Train group (parts composed of the two):
+    # set-up 3 + 3, relaunch 1 + 3, every trial starting up as a group's first (4 s).
+    hybrid = replace(synced, setup=6.0, relaunch=4.0, startup=4.0)
+    write_run(results, "hybrid", 4, workers=2, timing=hybrid, tfrecord_dir=data)
+    plan = run_plan(tmp_path / "results", tmp_path / "plan", gpus=[1, 2, 4], ks=[2])
+    rows = {
+        (r["mode"], int(r["gpus"])): r
+        for r in csv.DictReader(plan.open())
+        if r["measured_makespan_seconds"]
+    }
+    row = rows[(mode, gpus)]
+    assert float(row["relative_error"]) == pytest.approx(0.0, abs=1e-9)
+    if (mode, gpus) == ("experiment", 2):
+        # Left out, no other run shows a one-worker step with two busy: the contention is
+        # missed. Measured 3 + 4.6 + 2 x 5.4125 + 0.5 = 18.925 s, predicted with the lone
+        # step 3 + 4.6 + 2 x 4.35 + 0.5 = 16.8 s.
+        assert float(row["loo_relative_error"]) == pytest.approx(16.8 / 18.925 - 1)
+    else:
+        assert float(row["loo_relative_error"]) == pytest.approx(0.0, abs=1e-9)

@@ -53,3 +53,17 @@ def test_no_trials_take_no_time():
 def test_impossible_inputs_are_refused(durations, slots):
     with pytest.raises(ValueError):
         simulate(durations, slots)
+
+
+def test_a_used_slot_waits_the_relaunch_before_its_next_trial():
+    # Slot 0 runs 3 s, waits 1 s, then the third trial; a fresh slot starts at once.
+    schedule = simulate([3.0, 5.0, 2.0], slots=2, relaunch_seconds=1.0)
+    assert schedule.start_seconds == (0.0, 0.0, 4.0)
+    assert schedule.slot == (0, 1, 0)
+    assert schedule.makespan_seconds == 6.0
+
+
+def test_teardown_follows_the_last_trial():
+    from distmis.plan.schedule import Schedule
+
+    assert Schedule((0.0,), (4.0,), (0,), 1, teardown_seconds=0.5).makespan_seconds == 4.5

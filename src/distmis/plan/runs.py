@@ -2,7 +2,7 @@
 
 A run folder (``results/train/{backend}/{data|experiment|hybrid<k>}/{G}gpu``) holds
 ``summary.json`` and ``trials.csv`` (:mod:`distmis.train.summary`, :mod:`distmis.train.trials`)
-and, per trial, ``trials/<trial_id>/result.json`` and ``workers/rank0.json``
+and, per trial, ``trials/<trial_id>/result.json``, ``workers/rank0.json`` and ``epochs.jsonl``
 (:mod:`distmis.train.trial`). :func:`read_run` turns them into a :class:`MeasuredRun`; a
 missing or malformed file raises :class:`~distmis.errors.ContractError` naming it and the
 rule that writes it. Optional columns and keys from older runs (``gpus_per_trial``,
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distmis.errors import ContractError
+from distmis.train.trial import EPOCHS_FILE
 
 MADE_BY = {
     "data": "train_data_parallel",
@@ -29,9 +31,22 @@ STATUS_OK = "ok"
 
 
 @dataclass(frozen=True)
+class EpochTimes:
+    """One validated epoch of ``epochs.jsonl`` with its timing (runs from before the timing
+    was recorded have none, and give no :class:`EpochTimes`)."""
+
+    epoch: int
+    started: float
+    train_seconds: float
+    val_seconds: float
+    validated: float
+
+
+@dataclass(frozen=True)
 class MeasuredTrial:
     """One configuration of a run. ``epoch_seconds`` (fit seconds per epoch this attempt
-    trained) and ``steps_per_epoch`` are None unless the trial finished (``result.json``)."""
+    trained), ``fit_start_time`` and ``steps_per_epoch`` are None unless the trial finished
+    (``result.json``); ``epoch_times`` are its epochs' timings, last attempt only."""
 
     trial_id: str
     status: str
@@ -41,6 +56,9 @@ class MeasuredTrial:
     epoch_seconds: float | None
     steps_per_epoch: int | None
     global_batch_size: int | None
+    end_time: float | None = None
+    fit_start_time: float | None = None
+    epoch_times: tuple[EpochTimes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,9 @@ class MeasuredRun:
     gpus: int
     workers_per_trial: int
     makespan_seconds: float
+    makespan_start: float
+    makespan_end: float
+    node_count: int
     scheduler: str
     epochs: int
     batch_size_per_replica: int
@@ -65,6 +86,14 @@ class MeasuredRun:
     def concurrent_trials(self) -> int:
         """Configurations that trained at once: 1 (data), G (experiment), G/k (hybrid)."""
         return max(1, self.gpus // self.workers_per_trial)
+
+    @property
+    def busy_workers_per_node(self) -> int:
+        """Workers that trained at once on one node: the trials running together times their
+        workers, spread over the nodes the run used (how many share a node's CPUs, memory
+        bandwidth and PCIe)."""
+        busy = min(self.grid_size, self.concurrent_trials) * self.workers_per_trial
+        return max(1, math.ceil(busy / max(1, self.node_count)))
 
     @property
     def epochs_per_trial(self) -> list[int]:
@@ -91,6 +120,9 @@ def read_run(run_dir: Path) -> MeasuredRun:
             gpus=gpus,
             workers_per_trial=int(workers),
             makespan_seconds=float(summary["makespan_seconds"]),
+            makespan_start=float(summary["makespan_start"]),
+            makespan_end=float(summary["makespan_end"]),
+            node_count=int(summary.get("node_count") or 1),
             scheduler=summary.get("scheduler", "none"),
             epochs=epochs,
             batch_size_per_replica=int(settings["batch_size_per_replica"]),
@@ -126,23 +158,57 @@ def _trial(run_dir: Path, row: dict[str, str], epochs: int, made_by: str) -> Mea
     result = _read_json(directory / "result.json", made_by) if ok else None
     rank0 = _read_json(directory / "workers" / "rank0.json", made_by) if ok else None
     startup = _optional_float(row.get("startup_seconds"))
-    epoch_seconds = None
+    epoch_seconds = fit_start = None
     if result is not None:
         if startup is None:
             startup = _optional_float(result.get("startup_seconds"))
         trained = int(result["epochs"]) - int(result.get("resumed_from_epoch", 0))
         epoch_seconds = float(result["fit_seconds"]) / trained if trained > 0 else None
+        fit_start = _optional_float(result.get("fit_start_time"))
     epochs_run = row.get("epochs_run") or (epochs if ok else 0)
+    start = float(row["start_time"])
     return MeasuredTrial(
         trial_id=row["trial_id"],
         status=row["status"],
-        start_time=float(row["start_time"]),
+        start_time=start,
         epochs_run=int(epochs_run),
         startup_seconds=startup,
         epoch_seconds=epoch_seconds,
         steps_per_epoch=int(rank0["steps_per_epoch"]) if rank0 else None,
         global_batch_size=int(rank0["global_batch_size"]) if rank0 else None,
+        end_time=_optional_float(row.get("end_time")),
+        fit_start_time=fit_start,
+        epoch_times=_epoch_times(directory / EPOCHS_FILE, start, made_by),
     )
+
+
+def _epoch_times(path: Path, attempt_start: float, made_by: str) -> tuple[EpochTimes, ...]:
+    """The timed epochs of ``epochs.jsonl`` that the attempt starting at ``attempt_start``
+    trained (an earlier attempt's lines come first and are left out)."""
+    if not path.is_file():
+        return ()
+    times = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if "train_seconds" not in entry or float(entry["started"]) < attempt_start:
+                continue
+            times.append(
+                EpochTimes(
+                    epoch=int(entry["epoch"]),
+                    started=float(entry["started"]),
+                    train_seconds=float(entry["train_seconds"]),
+                    val_seconds=float(entry["val_seconds"]),
+                    validated=float(entry["time"]),
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ContractError(
+                f"{path} line {number} is malformed ({exc!r}); rerun {made_by}"
+            ) from exc
+    return tuple(times)
 
 
 def _optional_float(value: Any) -> float | None:

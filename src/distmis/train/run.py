@@ -20,6 +20,7 @@ from distmis.cluster.ray_cluster import ClusterError
 from distmis.data import node_cache
 from distmis.data.info import DatasetInfo
 from distmis.fileio import read_json, write_json
+from distmis.plan.measure import write_run_calibration
 from distmis.train.runtime import scheduler_allocation, start_ray, stop_ray
 from distmis.train.settings import TrainSettings
 from distmis.train.summary import build_summary, save_best_model, write_summary
@@ -190,6 +191,8 @@ def _run_training(settings: TrainSettings) -> dict:
         resumed=resumed,
     )
     write_summary(settings.out_dir / "summary.json", summary)
+    # What this run measured about itself, for `distmis plan` (its makespan's parts).
+    write_run_calibration(settings.out_dir)
     state = read_json(settings.out_dir / STATE_FILE, "distmis train")
     write_json(settings.out_dir / STATE_FILE, {**state, "complete": True})
     return summary

@@ -19,7 +19,9 @@ Every trial leaves these files under ``<out>/trials/<trial_id>/`` (the contract
   the runner asked for this configuration to its first training epoch) (rank 0, when it
   finished);
 - ``epochs.jsonl``: one JSON line per validated epoch as it happens, ``{"epoch": n (1-based),
-  "time": wall-clock seconds after its validation, "val_dice": ..., <every metric>}`` (rank 0;
+  "time": wall-clock seconds after its validation, "started": when its training began,
+  "train_seconds", "val_seconds": the two parts in between, "val_dice": ..., <every
+  metric>}`` (rank 0;
   appended, so a retried attempt's epochs follow the first's). It survives a trial that was
   stopped early or failed, and is what time-to-quality is measured from;
 - ``failed.json``: time and error of a failed attempt;
@@ -424,7 +426,10 @@ def run_trial(
 
     for epoch in range(initial_epoch, settings.epochs):
         epoch_started = time.time()
-        metrics = {**steps.train_epoch(epoch), **steps.validate(epoch)}
+        train_metrics = steps.train_epoch(epoch)
+        validation_started = time.time()
+        metrics = {**train_metrics, **steps.validate(epoch)}
+        validated = time.time()
         history.append(metrics)
         log.info(
             "%s epoch %d/%d: %s (%.1f s)",
@@ -438,7 +443,8 @@ def run_trial(
             for name, value in metrics.items():
                 board.add_scalar(name, value, epoch + 1)
         if runner.rank == 0:
-            _append_epoch(trial, epoch + 1, metrics)
+            timing = EpochTiming(epoch_started, validation_started, validated)
+            _append_epoch(trial, epoch + 1, metrics, timing)
         if epoch + 1 == settings.epochs:
             finish()
         _report_epoch(steps, runner, metrics, epoch + 1, trial.trial_id)
@@ -452,9 +458,30 @@ def _model_file(settings: WorkerSettings) -> str:
     return get(settings.backend).trial_model_file
 
 
-def _append_epoch(trial: TrialConfig, epoch: int, metrics: Mapping[str, float]) -> None:
-    """One line of ``epochs.jsonl``: the epoch, when its validation ended, its metrics."""
-    line = json.dumps({"epoch": epoch, "time": time.time(), **metrics})
+@dataclass(frozen=True)
+class EpochTiming:
+    """Wall-clock times (epoch seconds) of one epoch on rank 0: it started training, started
+    validating, finished validating. The planner's calibration (:mod:`distmis.train.calibration`)
+    splits an epoch into its training steps and its validation pass with them."""
+
+    started: float
+    validation_started: float
+    validated: float
+
+    def fields(self) -> dict[str, float]:
+        return {
+            "time": self.validated,
+            "started": self.started,
+            "train_seconds": self.validation_started - self.started,
+            "val_seconds": self.validated - self.validation_started,
+        }
+
+
+def _append_epoch(
+    trial: TrialConfig, epoch: int, metrics: Mapping[str, float], timing: EpochTiming
+) -> None:
+    """One line of ``epochs.jsonl``: the epoch, its timing, its metrics."""
+    line = json.dumps({"epoch": epoch, **timing.fields(), **metrics})
     with (trial.directory / EPOCHS_FILE).open("a") as fh:
         fh.write(line + "\n")
 
