@@ -62,6 +62,20 @@ def read_json(path: str | os.PathLike[str], made_by: str) -> Any:
         raise ContractError(f"{path} is not valid JSON ({exc}); rerun {made_by}") from exc
 
 
+def versioned_fields(payload: Any, expected_format: str, names: set[str]) -> dict[str, Any]:
+    """The fields of a ``{"format": ..., <names>}`` JSON artefact, without ``format``; a wrong
+    format or a missing or unknown key is a ValueError saying which, never a default."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object of format {expected_format!r}")
+    keys = names | {"format"}
+    if set(payload) != keys or payload["format"] != expected_format:
+        raise ValueError(
+            f"expected format {expected_format!r}, got {payload.get('format')!r}; "
+            f"missing {sorted(keys - set(payload))}, unknown {sorted(set(payload) - keys)}"
+        )
+    return {k: v for k, v in payload.items() if k != "format"}
+
+
 @contextlib.contextmanager
 def staged_dirs(*targets: Path) -> Iterator[tuple[Path, ...]]:
     """Yield a fresh hidden folder beside each target folder; on success each replaces its target.

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from distmis.errors import ContractError
-from distmis.fileio import read_json, write_json
+from distmis.fileio import read_json, versioned_fields, write_json
 from distmis.plan.measure import RunCalibration, read_run_calibration
 from distmis.plan.parts import DEFAULT_PARTS, Parts, measured_parts, resolve
 
@@ -175,14 +175,7 @@ class Calibration:
     @classmethod
     def from_json(cls, payload: Mapping[str, Any]) -> Calibration:
         """The inverse of :meth:`to_json`; a missing or unknown key is an error, not a default."""
-        names = {f.name for f in fields(cls)} | {"format"}
-        if set(payload) != names or payload["format"] != CALIBRATION_FORMAT:
-            raise ValueError(
-                f"calibration: expected format {CALIBRATION_FORMAT!r}, got "
-                f"{payload.get('format')!r}; missing {sorted(names - set(payload))}, "
-                f"unknown {sorted(set(payload) - names)}"
-            )
-        values = {k: v for k, v in payload.items() if k != "format"}
+        values = versioned_fields(payload, CALIBRATION_FORMAT, {f.name for f in fields(cls)})
         for name in ("step_seconds", "allreduce_seconds"):
             values[name] = {int(k): float(v) for k, v in values[name].items()}
         values["parts"] = {

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from distmis.fileio import read_json, write_json
+from distmis.fileio import read_json, versioned_fields, write_json
 from distmis.plan.runs import MeasuredRun, MeasuredTrial, read_run
 
 RUN_CALIBRATION_FILE = "calibration.json"
@@ -98,13 +98,8 @@ class RunCalibration:
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> RunCalibration:
-        names = {f.name for f in fields(cls)} | {"format"}
-        if set(payload) != names or payload["format"] != RUN_CALIBRATION_FORMAT:
-            raise ValueError(
-                f"expected format {RUN_CALIBRATION_FORMAT!r}, got {payload.get('format')!r}; "
-                f"missing {sorted(names - set(payload))}, unknown {sorted(set(payload) - names)}"
-            )
-        return cls(**{k: v for k, v in payload.items() if k != "format"})
+        names = {f.name for f in fields(cls)}
+        return cls(**versioned_fields(payload, RUN_CALIBRATION_FORMAT, names))
 
 
 def measure_run(run_dir: Path) -> RunCalibration:

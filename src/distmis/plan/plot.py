@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from distmis.errors import ContractError
-from distmis.scaling.plot import IDEAL_COLOUR, Reference, _log2_axis
+from distmis.scaling.plot import IDEAL_COLOUR, Reference, _log2_axis, plot_reference
 from distmis.scaling.style import (
     BACKEND_STYLES,
     HYBRID_LABEL,
@@ -128,20 +128,6 @@ def _log2_speedup_axis(ax: Axes, values: Sequence[float]) -> None:
     ax.set_ylim(low / 2**0.25, high * 2**0.25)
 
 
-def _plot_reference(ax: Axes, reference: Reference) -> None:
-    """A published speedup as a black-edged star in its mode's colour, as plot_speedup."""
-    ax.plot(
-        [reference.gpus],
-        [reference.speedup],
-        marker="*",
-        markersize=15,
-        linestyle="none",
-        color=mode_colour(reference.mode),
-        markeredgecolor="black",
-        label=f"reference: {reference.label} ({reference.speedup:g}× at {reference.gpus})",
-    )
-
-
 def _draw_study(ax: Axes, study: str, rows: pd.DataFrame, references: Sequence[Reference]) -> bool:
     """One panel; True when a measured marker was drawn. Per series a predicted line (open
     markers) and, where it has measurements, a line of filled markers (no line style); then,
@@ -184,7 +170,7 @@ def _draw_study(ax: Axes, study: str, rows: pd.DataFrame, references: Sequence[R
             label="ideal (speedup = G)",
         )
         for reference in references:
-            _plot_reference(ax, reference)
+            plot_reference(ax, reference)
         values += [1, counts[-1], *(r.speedup for r in references)]
     ax.set_xscale("log", base=2)
     _log2_axis(ax.xaxis, counts)

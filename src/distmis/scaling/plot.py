@@ -77,6 +77,21 @@ class Reference:
         return reference
 
 
+def plot_reference(ax: Axes, reference: Reference) -> None:
+    """A published speedup as a black-edged star in its mode's colour (speedup and plan
+    figures alike)."""
+    ax.plot(
+        [reference.gpus],
+        [reference.speedup],
+        marker="*",
+        markersize=15,
+        linestyle="none",
+        color=mode_colour(reference.mode),
+        markeredgecolor="black",
+        label=f"reference: {reference.label} ({reference.speedup:g}× at {reference.gpus})",
+    )
+
+
 def parse_references(entries: Sequence[Mapping[str, Any]] | None) -> list[Reference]:
     """``config["report"]["references"]`` as typed references (None or [] gives none)."""
     return [
@@ -209,16 +224,7 @@ def plot_speedup(
         style = IDEAL_STYLES[index % len(IDEAL_STYLES)]  # one per base, told apart
         ax.plot(xs, [g / base for g in xs], color=IDEAL_COLOUR, linestyle=style, label=label)
     for reference in references:
-        ax.plot(
-            [reference.gpus],
-            [reference.speedup],
-            marker="*",
-            markersize=15,
-            linestyle="none",
-            color=mode_colour(reference.mode),
-            markeredgecolor="black",
-            label=f"reference: {reference.label} ({reference.speedup:g}× at {reference.gpus})",
-        )
+        plot_reference(ax, reference)
     _g_axis(ax, counts, table)
     # Log2 on both axes: speedups from 0.5× to 32× stay readable together, and the ideal
     # is the diagonal. Ticks at the powers of two the data spans.
