@@ -302,7 +302,7 @@ class _Plan:
             _finite(self.inter_bandwidth),
             sources["inter"],
             "bytes/s, a ring across nodes"
-            + ("" if sources["inter"] != ring.source or self.projected else ": as within one"),
+            + ("" if inter is not None or self.projected else ": as fast as within one"),
         )
         self.note("allreduce_latency_seconds", self.latency, sources["latency"], "per log2(w)")
 
@@ -317,15 +317,15 @@ class _Plan:
     def step_seconds(self, busy: int) -> tuple[float, float]:
         """Training and validation step with ``busy`` workers on a node."""
         c = self.calibration
+        alone = c.step_seconds[min(c.step_seconds)]  # the fewest busy workers measured
         if self.projected:
-            base, _ = c.step_at(min(c.step_seconds))
             step = self.study.step_seconds
-            val_step = c.val_step_seconds * step / base
+            val_step = c.val_step_seconds * step / alone
             self.note("step_seconds", step, "flag", "the target device's step replaces it")
             self.note("val_step_seconds", val_step, "flag", "measured val step x step ratio")
             return step, val_step
         step, measured_at = c.step_at(busy)
-        slowdown = step / c.step_at(min(c.step_seconds))[0]
+        slowdown = step / alone
         self._from_calibration(f"step_seconds[{busy}]", step, f"step_seconds[{measured_at}]")
         self.note("step_seconds", step, "measured", f"at {measured_at} busy per node")
         val_step = self._from_calibration(

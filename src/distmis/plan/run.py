@@ -24,7 +24,7 @@ import csv
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +97,7 @@ def _with_asha(study: Study, asha: tuple[int, int] | None) -> Study:
     if asha is None:
         return study
     grace, factor = asha
-    return Study(
-        **{
-            **study.__dict__,
-            "scheduler": "asha",
-            "asha_grace_period": grace,
-            "asha_reduction_factor": factor,
-        }
-    )
+    return replace(study, scheduler="asha", asha_grace_period=grace, asha_reduction_factor=factor)
 
 
 def find_runs(results_dir: Path) -> list[Path]:
