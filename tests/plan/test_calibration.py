@@ -9,6 +9,7 @@ workers takes 1.75 s: 1.25 s at two busy plus 0.5 s of all-reduce.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -20,6 +21,7 @@ from distmis.plan.calibration import (
     UNET_PARAMETERS,
     Calibration,
 )
+from distmis.plan.measure import write_run_calibration
 from tests.plan.fake_runs import Timing, write_info, write_run
 
 ALONE = Timing()
@@ -105,10 +107,23 @@ def test_a_calibration_needs_a_one_worker_run(tmp_path):
 
 def test_without_info_json_the_volumes_must_be_given(tmp_path):
     run = write_run(tmp_path, "experiment", 1)
-    with pytest.raises(ContractError, match="--train-volumes N --val-volumes M"):
+    with pytest.raises(ContractError, match="info.json is gone .*restore their tfrecord_dir"):
         Calibration.from_runs([run])
     calibration = Calibration.from_runs([run], train_volumes=8, val_volumes=2)
     assert calibration.sources["val_volumes"] == "config: given"
+
+
+def test_split_sizes_recorded_by_the_run_outlive_its_data(tmp_path):
+    # The workflow records tfrecord_dir relative to its folder: found from the run's place.
+    workdir = tmp_path / "work"
+    write_info(workdir / "results" / "tfrecords")
+    run = write_run(
+        workdir / "results" / "train" / "torch", "experiment", 1, tfrecord_dir="results/tfrecords"
+    )
+    write_run_calibration(run)
+    shutil.rmtree(workdir / "results" / "tfrecords")
+    calibration = Calibration.from_runs([run])
+    assert (calibration.train_volumes, calibration.val_volumes) == (8, 2)
 
 
 def test_runs_of_different_shapes_are_refused(tmp_path):

@@ -108,10 +108,9 @@ class Calibration:
         paths = [Path(d) for d in run_dirs]
         if not paths:
             raise ValueError("a calibration needs at least one run folder")
+        runs = [read_run_calibration(p) for p in paths]
         return cls.merge(
-            [read_run_calibration(p) for p in paths],
-            sizes=_sizes(paths, train_volumes, val_volumes),
-            parameter_count=parameter_count,
+            runs, sizes=_sizes(runs, train_volumes, val_volumes), parameter_count=parameter_count
         )
 
     @classmethod
@@ -138,7 +137,8 @@ class Calibration:
         if not single:
             raise ValueError(
                 "a calibration needs a finished run with one worker per trial (experiment "
-                f"mode, or data mode at G=1); got {[r.path for r in runs]}"
+                f"mode, or data mode at G=1); got {[r.path for r in runs]}: add experiment "
+                "to train.modes or 1 to train.gpu_counts, and train"
             )
         step_seconds = _by_busy(single, "step_seconds", sources, "step_seconds")
         allreduce = _allreduce(runs, step_seconds, sources)
@@ -303,37 +303,26 @@ def _parts(runs: Sequence[RunCalibration], sources: dict[str, str]) -> dict:
 
 
 def _sizes(
-    paths: Sequence[Path], train_volumes: int | None, val_volumes: int | None
+    runs: Sequence[RunCalibration], train_volumes: int | None, val_volumes: int | None
 ) -> dict[str, Any]:
-    """Training and validation volumes: given, else ``info.json`` of the runs' data."""
+    """Training and validation volumes: given, else what the runs recorded (their data's
+    info.json)."""
     sources = {}
-    counts = _info_counts(paths)
-    if train_volumes is not None:
-        sources["train_volumes"] = "config: given"
-    elif counts is not None:
-        train_volumes = counts["train"]
-        sources["train_volumes"] = "config: info.json of the runs' tfrecord_dir"
-    if val_volumes is not None:
-        sources["val_volumes"] = "config: given"
-    elif counts is not None:
-        val_volumes = counts["val"]
-        sources["val_volumes"] = "config: info.json of the runs' tfrecord_dir"
-    if train_volumes is None or val_volumes is None:
+    recorded = [r for r in runs if r.train_volumes is not None and r.val_volumes is not None]
+    for name, given in (("train_volumes", train_volumes), ("val_volumes", val_volumes)):
+        if given is not None:
+            sources[name] = "config: given"
+        elif recorded:
+            sources[name] = f"config: info.json of the data of {recorded[0].path}"
+    train = train_volumes if train_volumes is not None else _first(recorded, "train_volumes")
+    val = val_volumes if val_volumes is not None else _first(recorded, "val_volumes")
+    if train is None or val is None:
         raise ContractError(
-            f"the runs' info.json is gone ({[str(p) for p in paths]}): give the training "
-            "and validation volumes (distmis plan --train-volumes N --val-volumes M)"
+            f"no split sizes: the runs' info.json is gone ({[r.path for r in runs]}); restore "
+            "their tfrecord_dir or rerun the training rules"
         )
-    return {"train_volumes": train_volumes, "val_volumes": val_volumes, "sources": sources}
+    return {"train_volumes": train, "val_volumes": val, "sources": sources}
 
 
-def _info_counts(paths: Sequence[Path]) -> dict[str, int] | None:
-    """Train and val counts of the first run whose ``tfrecord_dir`` still has info.json."""
-    from distmis.data.info import DatasetInfo
-    from distmis.plan.runs import read_run
-
-    for path in paths:
-        tfrecord_dir = read_run(path).tfrecord_dir
-        if tfrecord_dir and (Path(tfrecord_dir) / "info.json").is_file():
-            info = DatasetInfo.from_dir(Path(tfrecord_dir))
-            return {"train": info.count("train"), "val": info.count("val")}
-    return None
+def _first(runs: Sequence[RunCalibration], name: str) -> int | None:
+    return getattr(runs[0], name) if runs else None

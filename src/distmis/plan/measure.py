@@ -39,7 +39,7 @@ import heapq
 import itertools
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,8 @@ class RunCalibration:
     epochs: int
     batch_size_per_replica: int
     steps_per_epoch: int | None
+    train_volumes: int | None  # the splits' sizes (info.json of its data; None: gone)
+    val_volumes: int | None
     makespan_seconds: float
     timed_trials: int
     setup_seconds: float | None
@@ -126,6 +128,7 @@ def measure(run: MeasuredRun) -> RunCalibration:
         epochs=run.epochs,
         batch_size_per_replica=run.batch_size_per_replica,
         steps_per_epoch=max(steps) if steps else None,
+        **split_sizes(run),
         makespan_seconds=run.makespan_seconds,
         timed_trials=len(timed),
         setup_seconds=by_start[0].start_time - run.makespan_start if by_start else None,
@@ -142,6 +145,24 @@ def measure(run: MeasuredRun) -> RunCalibration:
         teardown_seconds=run.makespan_end - max(t.end_time for t in by_start) if by_start else None,
         path=str(run.path),
     )
+
+
+def split_sizes(run: MeasuredRun) -> dict[str, int | None]:
+    """``train_volumes`` and ``val_volumes`` from the run's ``info.json``: its
+    ``tfrecord_dir`` as recorded, or (recorded relative to the workflow's folder) relative to
+    the folder that holds ``results/train/{backend}/{mode}/{G}gpu``."""
+    from distmis.data.info import DatasetInfo
+
+    if run.tfrecord_dir:
+        recorded = Path(run.tfrecord_dir)
+        candidates = [recorded]
+        if not recorded.is_absolute() and len(run.path.resolve().parents) > 4:
+            candidates.append(run.path.resolve().parents[4] / recorded)
+        for folder in candidates:
+            if (folder / "info.json").is_file():
+                info = DatasetInfo.from_dir(folder)
+                return {"train_volumes": info.count("train"), "val_volumes": info.count("val")}
+    return {"train_volumes": None, "val_volumes": None}
 
 
 def slot_gaps(trials: Sequence[MeasuredTrial], slots: int) -> list[float]:
@@ -216,7 +237,8 @@ def read_run_calibration(run_dir: Path) -> RunCalibration:
         return measure_run(run_dir)
     payload = read_json(path, MADE_BY)
     try:
-        return RunCalibration.from_json(payload)
+        # The folder it was read from, not where the run was written (it may have moved).
+        return replace(RunCalibration.from_json(payload), path=str(run_dir))
     except (TypeError, ValueError) as exc:
         from distmis.errors import ContractError
 
