@@ -198,6 +198,14 @@ def test_impossible_mode_combinations_are_named_before_a_job(train, message):
         validate_config({"train": train})
 
 
+def test_bf16_with_channels_last_is_a_gpu_combination():
+    both = {"precision": "bf16", "channels_last_3d": True}
+    with pytest.raises(ConfigError, match="bf16 with channels_last_3d is a GPU combination"):
+        validate_config({"train": {"backend": "torch", "torch": both}})
+    validate_config({"train": {"backend": "torch", "use_gpu": True, "torch": both}})
+    validate_config({"train": {"backend": "torch", "torch": {"precision": "bf16"}}})
+
+
 def test_asha_overlay_is_a_valid_config():
     from pathlib import Path
 

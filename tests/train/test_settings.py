@@ -100,7 +100,10 @@ def test_seed_config_derives_and_checks_the_worker_count(tmp_path):
 def test_backend_is_chosen_from_the_config(tmp_path):
     assert settings(tmp_path).backend == "tensorflow"
     torch_settings = settings(
-        tmp_path, backend="torch", torch={"precision": "bf16", "channels_last_3d": True}
+        tmp_path,
+        backend="torch",
+        use_gpu=True,
+        torch={"precision": "bf16", "channels_last_3d": True},
     )
     assert (torch_settings.backend, torch_settings.precision) == ("torch", "bf16")
     assert torch_settings.worker_settings().channels_last_3d is True

@@ -151,7 +151,8 @@ def test_data_mode_cli_with_original_torch_json_uses_both_workers(tfrecords, tmp
     assert (out / "best_model.pt").is_file()
 
 
-def test_mixed_precision_and_channels_last_run_on_cpu(tfrecords, tmp_path):
+def test_mixed_precision_runs_on_cpu(tfrecords, tmp_path):
+    # bf16 with channels_last_3d is refused on CPUs (config.check_semantics says why).
     from distmis.train.run import run_training
 
     settings = make_settings(
@@ -160,12 +161,13 @@ def test_mixed_precision_and_channels_last_run_on_cpu(tfrecords, tmp_path):
         "experiment",
         1,
         search_space={**GRID, "lr": [0.005]},
-        torch={"precision": "bf16", "channels_last_3d": True},
+        torch={"precision": "bf16"},
     )
     summary = run_training(settings)
     assert summary["ok_count"] == 1, read_trials(settings.out_dir)
     assert summary["settings"]["precision"] == "bf16"
-    assert summary["settings"]["channels_last_3d"] is True
+    (trial,) = read_trials(settings.out_dir).values()
+    assert 0.0 < float(trial["train_loss"]) < 1.0  # finite: the weights did not go NaN
     # The saved weights are float32 whatever the autocast precision.
     model = load_model(settings.out_dir / "best_model.pt")
     assert all(p.dtype == torch.float32 for p in model.parameters())
