@@ -18,6 +18,7 @@ rule plan:
             "results/plan/plan.png",
             caption="../report/plan.rst",
             category="Planning",
+            subcategory="Forecast",
             labels={"result": "plan"},
         ),
         figure_pdf="results/plan/plan.pdf",
