@@ -343,9 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=int, nargs="+", default=[2, 4, 8], help="hybrid k")
     p.add_argument(
         "--calibration",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
-        help="calibration_<backend>.json to use instead of the runs (repeatable)",
+        metavar="PATH",
+        help="calibration_<backend>.json files to use instead of the runs (one per backend)",
     )
     p.add_argument(
         "--gpu-step-seconds",
