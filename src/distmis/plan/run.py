@@ -101,8 +101,15 @@ def _with_asha(study: Study, asha: tuple[int, int] | None) -> Study:
 
 
 def find_runs(results_dir: Path) -> list[Path]:
-    """Every ``{backend}/{mode}/{G}gpu`` folder under ``results_dir`` with a summary.json."""
-    return sorted(p.parent for p in Path(results_dir).glob("*/*/*gpu/summary.json"))
+    """Every ``{backend}/{mode}/{G}gpu`` folder under ``results_dir`` with a summary.json,
+    links followed (rule plan links the runs it asks for), relative to the working folder
+    where it lies within it: the paths the calibration records."""
+    here = Path.cwd().resolve()
+    runs = []
+    for summary in Path(results_dir).glob("*/*/*gpu/summary.json"):
+        run = summary.parent.resolve()
+        runs.append(run.relative_to(here) if run.is_relative_to(here) else run)
+    return sorted(runs)
 
 
 def _keys(gpus: Sequence[int], ks: Sequence[int]) -> list[tuple[str, int | None, int]]:

@@ -461,8 +461,8 @@ def _model_file(settings: WorkerSettings) -> str:
 @dataclass(frozen=True)
 class EpochTiming:
     """Wall-clock times (epoch seconds) of one epoch on rank 0: it started training, started
-    validating, finished validating. The planner's calibration (:mod:`distmis.train.calibration`)
-    splits an epoch into its training steps and its validation pass with them."""
+    validating, finished validating. A run's calibration (:mod:`distmis.plan.measure`) splits an
+    epoch into its training steps and its validation pass with them."""
 
     started: float
     validation_started: float
