@@ -296,8 +296,6 @@ def plan(snakemake: Any) -> Path:
     ``references`` (the published speedups drawn on the projection).
     """
     start_script(snakemake)
-    import tempfile
-
     from distmis.plan.plot import plot_plan, read_plan_csv
     from distmis.plan.run import Projection, format_plan, run_plan
     from distmis.scaling.plot import parse_references
@@ -305,26 +303,19 @@ def plan(snakemake: Any) -> Path:
     params = snakemake.params
     projection = dict(params.projection)
     table = Path(snakemake.output.table)
-    # Only the runs this config asks for: a folder of links to them, laid out as run_plan
-    # reads it ({backend}/{mode}/{G}gpu), so stale runs on disk never enter the calibration.
-    with tempfile.TemporaryDirectory() as selected:
-        for summary in snakemake.input.summaries:
-            run = Path(summary).parent.resolve()
-            link = Path(selected) / run.parent.parent.name / run.parent.name / run.name
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(run, target_is_directory=True)
-        path = run_plan(
-            Path(selected),
-            table.parent,  # plan.csv and calibration_<backend>.json, the rule's outputs
-            gpus=params.gpus,
-            gpus_per_node=params.gpus_per_node,
-            ks=params.gpus_per_trial,
-            projection=Projection(step_seconds=projection.pop("step_seconds"), **projection)
-            if projection.get("step_seconds")
-            else None,
-            asha=tuple(params.asha) if params.asha else None,
-            inter_node_bandwidth=params.inter_node_bandwidth,
-        )
+    path = run_plan(
+        None,  # not a folder to search: exactly the runs this config asks for, below
+        table.parent,  # plan.csv and calibration_<backend>.json, the rule's outputs
+        run_dirs=[Path(summary).parent for summary in snakemake.input.summaries],
+        gpus=params.gpus,
+        gpus_per_node=params.gpus_per_node,
+        ks=params.gpus_per_trial,
+        projection=Projection(step_seconds=projection.pop("step_seconds"), **projection)
+        if projection.get("step_seconds")
+        else None,
+        asha=tuple(params.asha) if params.asha else None,
+        inter_node_bandwidth=params.inter_node_bandwidth,
+    )
     logging.getLogger(__name__).info("plan:\n%s", format_plan(path))
     plot_plan(
         read_plan_csv(path),

@@ -68,12 +68,6 @@ class Calibration:
     sources: Mapping[str, str] = field(default_factory=dict)
     runs: tuple[str, ...] = ()
 
-    def steps_per_epoch(self, workers: int, volumes: int | None = None) -> int:
-        """``ceil(volumes / (batch × workers))`` (training volumes by default), as both
-        backends step."""
-        volumes = self.train_volumes if volumes is None else volumes
-        return max(1, math.ceil(volumes / (self.batch_size_per_replica * workers)))
-
     def part(self, mode: str, busy_per_node: int, name: str) -> tuple[float, str]:
         """A run-level part and its source (:func:`distmis.plan.parts.resolve`)."""
         value, source = resolve(self.parts, mode, busy_per_node, name)
@@ -105,12 +99,11 @@ class Calibration:
     ) -> Calibration:
         """Merge the calibrations of finished runs (``calibration.json``, or measured from
         the run's files) of one backend at one shape, batch, epochs and grid."""
-        paths = [Path(d) for d in run_dirs]
-        if not paths:
-            raise ValueError("a calibration needs at least one run folder")
-        runs = [read_run_calibration(p) for p in paths]
         return cls.merge(
-            runs, sizes=_sizes(runs, train_volumes, val_volumes), parameter_count=parameter_count
+            [read_run_calibration(Path(d)) for d in run_dirs],
+            train_volumes=train_volumes,
+            val_volumes=val_volumes,
+            parameter_count=parameter_count,
         )
 
     @classmethod
@@ -118,11 +111,15 @@ class Calibration:
         cls,
         runs: Sequence[RunCalibration],
         *,
-        sizes: Mapping[str, Any],
+        train_volumes: int | None = None,
+        val_volumes: int | None = None,
         parameter_count: int = UNET_PARAMETERS,
     ) -> Calibration:
-        """:meth:`from_runs` on run calibrations already read; ``sizes``: ``train_volumes``,
-        ``val_volumes`` and their ``sources``."""
+        """:meth:`from_runs` on run calibrations already read (a planner merging several
+        subsets of the same runs reads each once)."""
+        if not runs:
+            raise ValueError("a calibration needs at least one run folder")
+        sizes = _sizes(runs, train_volumes, val_volumes)
         shape = _common_shape(runs)
         sources: dict[str, str] = {
             "batch_size_per_replica": "config: settings of the runs",

@@ -31,6 +31,7 @@ from typing import Any
 from distmis.errors import DistmisError
 from distmis.fileio import atomic_path
 from distmis.plan.calibration import Calibration
+from distmis.plan.measure import RunCalibration, read_run_calibration
 from distmis.plan.model import Prediction, Study, predict, validate
 from distmis.plan.runs import MeasuredRun, read_run
 
@@ -102,8 +103,8 @@ def _with_asha(study: Study, asha: tuple[int, int] | None) -> Study:
 
 def find_runs(results_dir: Path) -> list[Path]:
     """Every ``{backend}/{mode}/{G}gpu`` folder under ``results_dir`` with a summary.json,
-    links followed (rule plan links the runs it asks for), relative to the working folder
-    where it lies within it: the paths the calibration records."""
+    links followed, relative to the working folder where it lies within it: the paths the
+    calibration records."""
     here = Path.cwd().resolve()
     runs = []
     for summary in Path(results_dir).glob("*/*/*gpu/summary.json"):
@@ -125,13 +126,14 @@ def _run_key(run: MeasuredRun) -> tuple[str, int | None, int]:
 
 
 def run_plan(
-    results_dir: Path,
+    results_dir: Path | None,
     out_dir: Path,
     *,
     gpus: Sequence[int] = DEFAULT_GPUS,
     gpus_per_node: int = 4,
     ks: Sequence[int] = (2, 4, 8),
     calibrations: Sequence[Path] = (),
+    run_dirs: Sequence[Path] | None = None,
     projection: Projection | None = None,
     asha: tuple[int, int] | None = None,
     inter_node_bandwidth: float | None = None,
@@ -139,20 +141,27 @@ def run_plan(
     """Predict every (backend, study, mode, k, G) and write ``plan.csv``; returns its path.
 
     ``calibrations``: calibration files to use instead of deriving them from the runs (no
-    leave-one-out check then). ``asha``: (grace period, reduction factor) when the studies
+    leave-one-out check then). ``run_dirs``: exactly these runs instead of every run under
+    ``results_dir`` (rule plan: the runs its config asks for). ``asha``: (grace period, reduction factor) when the studies
     run ASHA; a measured ASHA run is predicted for the epochs its trials really trained.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    measured = [read_run(p) for p in find_runs(results_dir)] if Path(results_dir).is_dir() else []
+    if run_dirs is None:
+        run_dirs = find_runs(results_dir) if results_dir and Path(results_dir).is_dir() else []
+    measured = [read_run(p) for p in run_dirs]
+    # Each run's own calibration, read once: the backend's and every leave-one-out merge it.
+    measured_parts = (
+        {} if calibrations else {r.path: read_run_calibration(r.path) for r in measured}
+    )
     by_backend: dict[str, Calibration] = {}
     for path in calibrations:
         calibration = Calibration.read(Path(path))
         by_backend[calibration.backend] = calibration
     if not calibrations:
         for backend in sorted({run.backend for run in measured}):
-            runs = [run.path for run in measured if run.backend == backend]
-            by_backend[backend] = Calibration.from_runs(runs)
+            runs = [measured_parts[r.path] for r in measured if r.backend == backend]
+            by_backend[backend] = Calibration.merge(runs)
             by_backend[backend].write(out_dir / f"calibration_{backend}.json")
     if not by_backend:
         raise DistmisError(
@@ -174,7 +183,8 @@ def run_plan(
             )
             loo = None
             if run is not None and not calibrations:
-                loo = _leave_one_out(run, runs.values(), mode, k, epochs, options)
+                others = [measured_parts[r.path] for r in runs.values() if r.path != run.path]
+                loo = _leave_one_out(run, others, mode, k, epochs, options)
             rows.append(_row(backend, "measured", prediction, run, runs, loo))
         projected = projection.study(calibration, asha) if projection else None
         if projected is not None:
@@ -192,16 +202,15 @@ def run_plan(
 
 def _leave_one_out(
     run: MeasuredRun,
-    runs: Sequence[MeasuredRun],
+    others: Sequence[RunCalibration],
     mode: str,
     k: int | None,
     epochs: Sequence[int] | None,
     options: Mapping[str, Any],
 ) -> float | None:
-    """The relative error of ``run``'s prediction from a calibration of the other runs."""
-    others = [r.path for r in runs if r.path != run.path]
+    """The relative error of ``run``'s prediction from a calibration of the ``others``."""
     try:
-        calibration = Calibration.from_runs(others)
+        calibration = Calibration.merge(others)
     except ValueError as exc:  # no one-worker run left, or nothing left at all
         log.info("no leave-one-out check for %s: %s", run.path, exc)
         return None
