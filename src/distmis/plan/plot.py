@@ -10,7 +10,6 @@ so a reader who learnt the scaling figures' key reads this one too.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +20,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from distmis.errors import ContractError
-from distmis.scaling.plot import IDEAL_COLOUR, Reference, _log2_axis, plot_reference
+from distmis.scaling.plot import (
+    IDEAL_COLOUR,
+    Reference,
+    log2_axis,
+    log2_speedup_axis,
+    plot_reference,
+)
 from distmis.scaling.style import (
     BACKEND_STYLES,
     HYBRID_LABEL,
@@ -119,15 +124,6 @@ def _study_title(study: str, rows: pd.DataFrame) -> str:
     return "Projection: " + (", ".join(details) if details else "target study") + "\n(predicted)"
 
 
-def _log2_speedup_axis(ax: Axes, values: Sequence[float]) -> None:
-    """Log2 y axis with the powers of two that ``values`` span as ticks (as plot_speedup)."""
-    low = 2 ** math.floor(math.log2(min(values)))
-    high = 2 ** math.ceil(math.log2(max(values)))
-    ax.set_yscale("log", base=2)
-    _log2_axis(ax.yaxis, [2.0**k for k in range(round(math.log2(low)), round(math.log2(high)) + 1)])
-    ax.set_ylim(low / 2**0.25, high * 2**0.25)
-
-
 def _draw_study(ax: Axes, study: str, rows: pd.DataFrame, references: Sequence[Reference]) -> bool:
     """One panel; True when a measured marker was drawn. Per series a predicted line (open
     markers) and, where it has measurements, a line of filled markers (no line style); then,
@@ -173,12 +169,12 @@ def _draw_study(ax: Axes, study: str, rows: pd.DataFrame, references: Sequence[R
             plot_reference(ax, reference)
         values += [1, counts[-1], *(r.speedup for r in references)]
     ax.set_xscale("log", base=2)
-    _log2_axis(ax.xaxis, counts)
+    log2_axis(ax.xaxis, counts)
     ax.set_xlim(counts[0] / 2**0.5, counts[-1] * 2**0.5)  # end markers off the frame
     # The measuring machine may have run CPU workers in place of GPUs; plan.csv cannot say.
     workers = "GPUs" if study == "projected" else "workers (GPUs, or CPU stand-ins)"
     ax.set_xlabel(f"G, number of {workers} (log₂ scale)")
-    _log2_speedup_axis(ax, values)
+    log2_speedup_axis(ax, values)
     ax.set_ylabel(
         "speedup (×, log₂ scale) over G = 1\n(data, experiment: same mode; hybrid: experiment)"
     )

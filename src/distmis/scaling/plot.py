@@ -128,18 +128,28 @@ def _g_label(table: pd.DataFrame, log_scale: bool) -> str:
     return label + (" (log₂ scale)" if log_scale else "")
 
 
-def _log2_axis(axis: Any, ticks: Sequence[float]) -> None:
+def log2_axis(axis: Any, ticks: Sequence[float]) -> None:
     """Log2 scale on ``axis`` with exactly ``ticks`` marked, written as plain numbers."""
     axis.set_major_locator(FixedLocator(sorted(set(ticks))))
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_locator(NullLocator())
 
 
+def log2_speedup_axis(ax: Axes, values: Sequence[float]) -> None:
+    """Log2 y axis ticked at the powers of two that ``values`` span, a quarter doubling of
+    margin each side."""
+    low = 2 ** math.floor(math.log2(min(values)))
+    high = 2 ** math.ceil(math.log2(max(values)))
+    ax.set_yscale("log", base=2)
+    log2_axis(ax.yaxis, [2.0**k for k in range(round(math.log2(low)), round(math.log2(high)) + 1)])
+    ax.set_ylim(low / 2**0.25, high * 2**0.25)
+
+
 def _g_axis(ax: Axes, counts: Sequence[int], table: pd.DataFrame) -> None:
     """A log2 G axis whose ticks are exactly the G values present."""
     ticks = sorted(set(counts))
     ax.set_xscale("log", base=2)
-    _log2_axis(ax.xaxis, ticks)
+    log2_axis(ax.xaxis, ticks)
     # Half a doubling of margin each side keeps the end markers off the frame.
     ax.set_xlim(ticks[0] / 2**0.5, ticks[-1] * 2**0.5)
     ax.set_xlabel(_g_label(table, log_scale=True))
@@ -233,11 +243,7 @@ def plot_speedup(
         *(r.speedup for r in references),
         *(max(counts) / b for b in table["base_gpus"]),
     ]
-    low = 2 ** math.floor(math.log2(min(values)))
-    high = 2 ** math.ceil(math.log2(max(values)))
-    ax.set_yscale("log", base=2)
-    _log2_axis(ax.yaxis, [2.0**k for k in range(round(math.log2(low)), round(math.log2(high)) + 1)])
-    ax.set_ylim(low / 2**0.25, high * 2**0.25)
+    log2_speedup_axis(ax, values)
     ax.set_ylabel("speedup (×, log₂ scale) = makespan at base G / makespan at G")
     ax.grid(True, alpha=0.3)
     ax.set_title("Speedup of the whole hyperparameter grid")
