@@ -175,9 +175,9 @@ def predict(
     )
     slots = gpus // workers
     baseline_mode = "experiment" if mode == "hybrid" else mode
-    baseline = plan.schedule(baseline_mode, 1, 1, epochs)
+    baseline, _ = plan.schedule(baseline_mode, 1, 1, epochs)
     # Last, so the assumptions noted (busy workers, steps, parts) are this prediction's.
-    schedule = plan.schedule(mode, workers, slots, epochs)
+    schedule, trial_seconds = plan.schedule(mode, workers, slots, epochs)
     plan.note("study", study.label, "flag" if study.label != "measured" else "config")
     plan.note("epochs_per_trial", list(epochs), "flag" if epochs_per_trial else "config")
     plan.note("gpus", gpus, "flag")
@@ -192,7 +192,7 @@ def predict(
         concurrent_trials=slots,
         makespan_seconds=schedule.makespan_seconds,
         baseline_makespan_seconds=baseline.makespan_seconds,
-        trial_seconds=tuple(plan.last_trial_seconds),
+        trial_seconds=tuple(trial_seconds),
         schedule=schedule,
         assumptions=plan.assumptions,
     )
@@ -254,8 +254,6 @@ class _Plan:
         self.study = study
         self.gpus_per_node = gpus_per_node
         self.assumptions: dict[str, dict[str, Any]] = {}
-        self.last_trial_seconds: list[float] = []
-        self.busy = 1  # workers training at once per node, set per schedule
         self.projected = study.step_seconds is not None
         for name in ("grid_size", "epochs", "train_volumes", "val_volumes"):
             self.note(name, getattr(study, name), "flag" if self.projected else "config")
@@ -349,13 +347,14 @@ class _Plan:
         steps = max(1, math.ceil(study.train_volumes / (batch * workers)))
         val_steps = math.ceil(study.val_volumes / (batch * workers)) if study.val_volumes else 0
         step, val_step = self.step_seconds(busy)
-        gap = self.part(mode, "epoch_gap_seconds")
+        gap = self.part(mode, busy, "epoch_gap_seconds")
         self.note(f"steps_per_epoch[{workers}]", steps, "config", "ceil(train / (batch x w))")
         self.note(f"val_steps[{workers}]", val_steps, "config", "ceil(val / (batch x w))")
         return steps * (step + self.allreduce_seconds(workers)) + val_steps * val_step + gap
 
-    def part(self, mode: str, name: str) -> float:
-        value, source = self.calibration.part(mode, self.busy, name)
+    def part(self, mode: str, busy: int, name: str) -> float:
+        """A part of ``mode``'s makespan with ``busy`` workers training per node."""
+        value, source = self.calibration.part(mode, busy, name)
         kind, _, detail = source.partition(":")
         self.note(f"{mode}.{name}", value, kind.strip(), detail.strip())
         return value
@@ -363,34 +362,36 @@ class _Plan:
     def trial_seconds(self, mode: str, workers: int, busy: int, epochs: Sequence[int]) -> list:
         epoch = self.epoch_seconds(mode, workers, busy)
         fixed = (
-            self.part(mode, "first_epoch_extra_seconds")
-            - self.part(mode, "epoch_gap_seconds")
-            + self.part(mode, "finish_seconds")
+            self.part(mode, busy, "first_epoch_extra_seconds")
+            - self.part(mode, busy, "epoch_gap_seconds")
+            + self.part(mode, busy, "finish_seconds")
         )
         first, later = (
-            self.part(mode, "first_startup_seconds"),
-            self.part(mode, "startup_seconds"),
+            self.part(mode, busy, "first_startup_seconds"),
+            self.part(mode, busy, "startup_seconds"),
         )
         return [(first if i == 0 else later) + fixed + e * epoch for i, e in enumerate(epochs)]
 
-    def schedule(self, mode: str, workers: int, slots: int, epochs: Sequence[int]) -> Schedule:
+    def schedule(
+        self, mode: str, workers: int, slots: int, epochs: Sequence[int]
+    ) -> tuple[Schedule, list[float]]:
         """The trials of ``mode`` on ``slots`` slots of ``workers`` each, set-up and
-        teardown included (shifted by the set-up; the makespan adds the teardown)."""
+        teardown included (shifted by the set-up; the makespan adds the teardown), and
+        each trial's seconds."""
         busy = min(min(len(epochs), slots) * workers, self.gpus_per_node)
-        self.busy = busy
         self.note("busy_workers_per_node", busy, "config", "min(trials at once x w, per node)")
         durations = self.trial_seconds(mode, workers, busy, epochs)
-        self.last_trial_seconds = durations
-        placed = simulate(durations, slots, self.part(mode, "relaunch_seconds"))
-        setup = self.part(mode, "setup_seconds")
-        teardown = self.part(mode, "teardown_seconds")
-        return Schedule(
+        placed = simulate(durations, slots, self.part(mode, busy, "relaunch_seconds"))
+        setup = self.part(mode, busy, "setup_seconds")
+        teardown = self.part(mode, busy, "teardown_seconds")
+        schedule = Schedule(
             start_seconds=tuple(setup + s for s in placed.start_seconds),
             end_seconds=tuple(setup + e for e in placed.end_seconds),
             slot=placed.slot,
             slots=slots,
             teardown_seconds=teardown,
         )
+        return schedule, durations
 
 
 def _finite(value: float) -> float | None:
