@@ -170,3 +170,27 @@ def test_mixed_precision_runs_on_cpu(tfrecords, tmp_path):
     # The saved weights are float32 whatever the autocast precision.
     model = load_model(settings.out_dir / "best_model.pt")
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.timeout(600)  # it used to hang: rank 0 alone in a collective, for good
+def test_data_mode_configurations_failing_on_one_rank_are_recorded_and_the_run_ends(tmp_path):
+    # Eight cases leave one validation volume: rank 1 of 2 has none, so it fails alone, every
+    # attempt, while rank 0 goes on into the group's first collective.
+    tfrecords = synthetic_tfrecords(tmp_path / "data", cases=8, seed=5)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"train": {"backend": "torch", "epochs": 1, "search_space": GRID}})
+    )
+    out = tmp_path / "dp"
+    command = [
+        *(sys.executable, "-m", "distmis.cli", "train", "--mode", "data", "--gpus", "2"),
+        *("--data", str(tfrecords), "--out", str(out), "--config", str(config)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=540)
+    trials = read_trials(out)
+    assert [t["status"] for t in trials.values()] == ["failed", "failed"], done.stderr[-3000:]
+    for row in trials.values():
+        assert "rank 1 of 2 no records" in row["error"]
+        assert row["attempts"] == "2"  # 1 + max_failures, then left failed
+    summary = read_json(out / "summary.json")
+    assert (summary["trial_count"], summary["failed_count"]) == (2, 2)

@@ -19,6 +19,7 @@ from distmis.train.trial import (
     TrialConfig,
     TrialSteps,
     run_trial,
+    train_group_grid,
     train_loop,
 )
 
@@ -42,12 +43,27 @@ class DirectoryCheckpoint:
 
 
 class RecordingRunner:
-    def __init__(self, rank: int = 0, world_size: int = 1, checkpoint=None) -> None:
+    """``rank_zero_says``: what a broadcast from rank 0 returns on a rank other than 0."""
+
+    def __init__(
+        self, rank: int = 0, world_size: int = 1, checkpoint=None, rank_zero_says=None
+    ) -> None:
         self.reports: list[tuple[dict, object]] = []
         self.checkpoint = checkpoint
+        self.broadcasts: list[object] = []
+        self.rank_zero_says = rank_zero_says
         self.runner = Runner(
-            rank, world_size, self.report, lambda: self.checkpoint, DirectoryCheckpoint
+            rank,
+            world_size,
+            self.report,
+            lambda: self.checkpoint,
+            DirectoryCheckpoint,
+            broadcast_from_rank_zero=self.broadcast,
         )
+
+    def broadcast(self, value):
+        self.broadcasts.append(value)
+        return value if self.runner.rank == 0 else self.rank_zero_says
 
     def report(self, metrics, checkpoint=None) -> None:
         self.reports.append((metrics, checkpoint))
@@ -198,3 +214,65 @@ def test_a_failing_trial_records_its_error_and_raises(tmp_path, monkeypatch):
         train_loop(CountingSteps)(trial.to_dict())
     failure = json.loads((trial.directory / "failed.json").read_text())
     assert failure["error"].startswith("InjectedFailure: trial lr=0.001")
+
+
+def grid(tmp_path: Path) -> tuple[list[TrialConfig], dict]:
+    """Two configurations of a data-mode run on 2 workers, one retry each, and the
+    ``config`` Ray Train hands every worker (as data_parallel builds it)."""
+    config = validate_config({"train": {"backend": "torch", "epochs": 1, "max_failures": 1}})
+    settings = TrainSettings.from_config(
+        config["train"], mode="data", gpus=2, tfrecord_dir=tmp_path, out_dir=tmp_path / "out"
+    )
+    hparams = [HParams(lr=lr, norm="batch", beta_2=0.99, amsgrad=False) for lr in (1e-3, 5e-3)]
+    trials = [settings.trial_config(h) for h in hparams]
+    entries = [settings.grid_entry(h) for h in hparams]
+    worker = settings.worker_settings().to_dict()
+    return trials, {"trials": entries, "settings": worker, "submitted_at": 50.0}
+
+
+def log_attempts(trial: TrialConfig, *times: float) -> None:
+    trial.directory.mkdir(parents=True, exist_ok=True)
+    (trial.directory / "attempts.log").write_text("".join(f"{t}\n" for t in times))
+
+
+def trained(tmp_path: Path) -> list[str]:
+    return sorted(p.parent.parent.name for p in (tmp_path / "out").glob("trials/*/workers/*.json"))
+
+
+def test_rank_zero_skips_a_configuration_whose_attempts_are_used_up(tmp_path):
+    (first, second), config = grid(tmp_path)
+    log_attempts(first, 10.0, 20.0)  # 1 + max_failures, before this group's fit (50)
+    runner = RecordingRunner(rank=0, world_size=2)
+    train_group_grid(config, runner.runner, CountingSteps, started=60.0)
+    assert runner.broadcasts == [(False, (0,))]
+    assert trained(tmp_path) == [second.trial_id]
+    # Not restarted: the first configuration trained counts its start-up from fit().
+    result = json.loads((second.directory / "result.json").read_text())
+    assert result["startup_seconds"] == pytest.approx(result["fit_start_time"] - 50.0)
+
+
+def test_rank_zero_sees_a_restarted_group_by_an_attempt_since_fit(tmp_path):
+    (first, _), config = grid(tmp_path)
+    log_attempts(first, 55.0)  # an attempt after fit (50): Ray restarted the group
+    runner = RecordingRunner(rank=0, world_size=2)
+    train_group_grid(config, runner.runner, CountingSteps, started=60.0)
+    assert runner.broadcasts == [(True, ())]
+    result = json.loads((first.directory / "result.json").read_text())
+    assert result["startup_seconds"] == pytest.approx(result["fit_start_time"] - 60.0)
+
+
+def test_other_ranks_train_what_rank_zero_decided_not_what_they_count(tmp_path):
+    # Rank 0 decided with one attempt logged, then logged its second as it started: a rank
+    # reading the log now counts the attempts used up, and skipping would leave rank 0
+    # alone in the configuration's collectives.
+    (first, second), config = grid(tmp_path)
+    log_attempts(first, 10.0, 55.0)
+    runner = RecordingRunner(rank=1, world_size=2, rank_zero_says=(True, ()))
+    train_group_grid(config, runner.runner, CountingSteps, started=60.0)
+    assert runner.broadcasts == [None]  # rank 1 decides nothing itself
+    assert trained(tmp_path) == sorted([first.trial_id, second.trial_id])
+    # and the other way round: rank 0 said skip, though this rank's count says train
+    shutil.rmtree(tmp_path / "out")
+    runner = RecordingRunner(rank=1, world_size=2, rank_zero_says=(False, (1,)))
+    train_group_grid(config, runner.runner, CountingSteps, started=60.0)
+    assert trained(tmp_path) == [first.trial_id]

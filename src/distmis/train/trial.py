@@ -182,6 +182,8 @@ class Runner:
     checkpoint_type: type
     kind: str = RUNNER_LOCAL
     local_rank: int = 0
+    # Rank 0's value on every rank (small, picklable); a barrier. One worker: the value.
+    broadcast_from_rank_zero: Callable[[Any], Any] = lambda value: value
 
     @classmethod
     def from_ray(cls, mode: str) -> Runner:
@@ -189,6 +191,7 @@ class Runner:
         (one worker) in experiment mode."""
         if mode in ("data", "hybrid"):
             import ray.train
+            import ray.train.collective
 
             context = ray.train.get_context()
             return cls(
@@ -199,6 +202,7 @@ class Runner:
                 checkpoint_type=ray.train.Checkpoint,
                 kind=RUNNER_RAY_TRAIN,
                 local_rank=context.get_local_rank(),
+                broadcast_from_rank_zero=ray.train.collective.broadcast_from_rank_zero,
             )
         import ray.tune
 
@@ -306,43 +310,54 @@ def train_grid(build_steps: StepsBuilder) -> Callable[[dict], None]:
     """
 
     def train_grid_per_worker(config: dict) -> None:
-        started = time.time()
-        settings = config["settings"]
-        runner = Runner.from_ray("data")
-        # The first configuration counts the group's start-up from the driver's fit(); after
-        # Ray restarted the group (an attempt began since that fit), from this entry; each
-        # later configuration from the end of the previous one.
-        submitted = config["submitted_at"]
-        if any(_attempt_times(entry, settings, after=submitted) for entry in config["trials"]):
-            submitted = started
-        for entry in config["trials"]:
-            trial = TrialConfig.from_dict(
-                {**entry, "settings": settings, "submitted_at": submitted}
-            )
-            if not (trial.directory / "result.json").is_file() and (
-                attempts_of(entry, settings) > trial.settings.max_failures
-            ):
-                log.info("%s used all its attempts; left failed", trial.trial_id)
-                continue
-            run_attempt(trial, _own_checkpoints(runner, trial.trial_id), build_steps, time.time())
-            submitted = time.time()
+        train_group_grid(config, Runner.from_ray("data"), build_steps, time.time())
 
     return train_grid_per_worker
 
 
-def _attempt_times(
-    entry: Mapping[str, Any], settings: Mapping[str, Any], after: float = 0.0
-) -> list[float]:
-    """Start times in the configuration ``entry``'s attempts.log (a TrialConfig dict), those
-    later than ``after``."""
-    log_file = Path(settings["out_dir"]) / "trials" / entry["trial_id"] / "attempts.log"
+def train_group_grid(
+    config: dict, runner: Runner, build_steps: StepsBuilder, started: float
+) -> None:
+    """One worker's part of a data-mode grid (:func:`train_grid`, whose ``config`` it takes).
+
+    Rank 0 decides, from the attempt logs, which configurations this group skips (attempts
+    used up) and whether Ray restarted the group, and every rank takes its decision: rank 0
+    logs an attempt as it starts a configuration, so a rank counting for itself could skip
+    what rank 0 trains and leave it waiting in a collective for good.
+    """
+    settings = config["settings"]
+    trials = [TrialConfig.from_dict({**entry, "settings": settings}) for entry in config["trials"]]
+    submitted = config["submitted_at"]
+    decision = None
+    if runner.rank == 0:
+        restarted = any(attempt_times(trial, after=submitted) for trial in trials)
+        used_up = tuple(
+            index
+            for index, trial in enumerate(trials)
+            if not (trial.directory / "result.json").is_file()
+            and len(attempt_times(trial)) > trial.settings.max_failures
+        )
+        decision = (restarted, used_up)
+    restarted, used_up = runner.broadcast_from_rank_zero(decision)
+    # The first configuration counts the group's start-up from the driver's fit(); after Ray
+    # restarted the group (an attempt began since that fit), from this entry; each later
+    # configuration from the end of the previous one.
+    if restarted:
+        submitted = started
+    for index, trial in enumerate(trials):
+        if index in used_up:
+            log.info("%s used all its attempts; left failed", trial.trial_id)
+            continue
+        trial = dataclasses.replace(trial, submitted_at=submitted)
+        run_attempt(trial, _own_checkpoints(runner, trial.trial_id), build_steps, time.time())
+        submitted = time.time()
+
+
+def attempt_times(trial: TrialConfig, after: float = 0.0) -> list[float]:
+    """Start times in ``trial``'s attempts.log later than ``after``."""
+    log_file = trial.directory / "attempts.log"
     times = [float(t) for t in log_file.read_text().split()] if log_file.is_file() else []
     return [t for t in times if t > after]
-
-
-def attempts_of(entry: Mapping[str, Any], settings: Mapping[str, Any]) -> int:
-    """Attempts logged so far by the configuration ``entry``."""
-    return len(_attempt_times(entry, settings))
 
 
 def _own_checkpoints(runner: Runner, trial_id: str) -> Runner:
