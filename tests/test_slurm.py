@@ -129,14 +129,16 @@ def leftover_ray_processes(marker: str) -> list[str]:
         if not proc_dir.name.isdigit():
             continue
         try:
-            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            argv = (proc_dir / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
+        cmdline = " ".join(argv)
+        # What the process is, not what its arguments mention: a `ps | grep raylet` of
+        # someone else's on the same machine is not a Ray process.
         if (
-            "raylet" in cmdline
-            or "gcs_server" in cmdline
-            or "ray::" in cmdline
-            or "distmis.cluster.ray_node" in cmdline
+            Path(argv[0]).name in {"raylet", "gcs_server"}
+            or argv[0].startswith("ray::")
+            or "distmis.cluster.ray_node" in argv[1:3]
         ) and marker in cmdline:
             found.append(cmdline[:200])
     return found
