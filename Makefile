@@ -53,6 +53,7 @@ bench: venv
 	$(RUN) $(BIN)/python benchmarks/train.py --backend tensorflow
 	$(RUN) $(BIN)/python benchmarks/train.py --backend torch
 	$(RUN) $(BIN)/python benchmarks/train.py --backend torch --precision bf16 --channels-last
+	$(RUN) $(BIN)/python benchmarks/epoch_report.py
 
 clean:
 	rm -rf results/data results/tfrecords logs .snakemake
