@@ -18,6 +18,7 @@ from distmis.train.trial import (
     ScalarBoard,
     TrialConfig,
     TrialSteps,
+    run_attempt,
     run_trial,
     train_group_grid,
     train_loop,
@@ -276,3 +277,28 @@ def test_other_ranks_train_what_rank_zero_decided_not_what_they_count(tmp_path):
     runner = RecordingRunner(rank=1, world_size=2, rank_zero_says=(False, (1,)))
     train_group_grid(config, runner.runner, CountingSteps, started=60.0)
     assert trained(tmp_path) == [first.trial_id]
+
+
+class FailingSteps(CountingSteps):
+    error = ""  # what the next train_epoch raises
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        raise RuntimeError(FailingSteps.error)
+
+
+def test_a_groups_first_error_is_recorded_not_the_peers_it_took_down(tmp_path):
+    trial = trial_config(tmp_path)
+    failed = trial.directory / "failed.json"
+    # Attempt 1: rank 1 fails with the cause, then rank 0's collective with the consequence.
+    FailingSteps.error = "the cause"
+    with pytest.raises(RuntimeError):
+        run_attempt(trial, RecordingRunner(rank=1, world_size=2).runner, FailingSteps, 100.0)
+    FailingSteps.error = "Connection closed by peer"
+    with pytest.raises(RuntimeError):
+        run_attempt(trial, RecordingRunner(rank=0, world_size=2).runner, FailingSteps, 100.2)
+    assert json.loads(failed.read_text())["error"] == "RuntimeError: the cause"
+    # Attempt 2, after Ray restarted the group: its own first error replaces attempt 1's.
+    FailingSteps.error = "the second cause"
+    with pytest.raises(RuntimeError):
+        run_attempt(trial, RecordingRunner(rank=0, world_size=2).runner, FailingSteps, 1e10)
+    assert json.loads(failed.read_text())["error"] == "RuntimeError: the second cause"

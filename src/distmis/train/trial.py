@@ -24,7 +24,8 @@ Every trial leaves these files under ``<out>/trials/<trial_id>/`` (the contract
   metric>}`` (rank 0;
   appended, so a retried attempt's epochs follow the first's). It survives a trial that was
   stopped early or failed, and is what time-to-quality is measured from;
-- ``failed.json``: time and error of a failed attempt;
+- ``failed.json``: time and error of the last failed attempt (its first error: of a worker
+  group, the rank that failed first, not the peers its failure took down);
 - the model, ``model<suffix>`` of the backend (``model.keras``, ``model.pt``), from rank 0.
 
 Checkpoints reported to Ray hold ``state.json`` (``{"epoch": n, "trial_id": id}``, the epochs
@@ -49,12 +50,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from distmis.fileio import write_json
 from distmis.train.grid import HParams
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 EPOCHS_FILE = "epochs.jsonl"
+# How far apart a group's ranks may enter the same configuration (they leave the previous one
+# together, through its last collective).
+RANK_START_SKEW_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -386,13 +391,26 @@ def run_attempt(
         run_trial(trial, runner, build_steps, started)
     except BaseException as exc:
         trial.directory.mkdir(parents=True, exist_ok=True)
-        failure = {
-            "start_time": started,
-            "end_time": time.time(),
-            "error": f"{type(exc).__name__}: {exc}",
-        }
-        (trial.directory / "failed.json").write_text(json.dumps(failure))
+        failure_file = trial.directory / "failed.json"
+        # A group's ranks fail together: the first error is the cause, a peer's later one
+        # (its collective lost a rank) the consequence, so a failure noted since this
+        # attempt began stays. An earlier attempt's ended a group restart ago, seconds before.
+        noted = _read_failure(failure_file)
+        if noted is None or noted["end_time"] < started - RANK_START_SKEW_SECONDS:
+            failure = {
+                "start_time": started,
+                "end_time": time.time(),
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+            write_json(failure_file, failure)
         raise
+
+
+def _read_failure(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def run_trial(
