@@ -38,11 +38,14 @@ fi
 
 setup_namespaces() {
     ip link show "$bridge" >/dev/null 2>&1 || ip link add "$bridge" type bridge || return 1
-    ip addr show dev "$bridge" | grep -q "$subnet.1/" || ip addr add "$subnet.1/24" dev "$bridge" || return 1
+    # Here-strings, not pipes into grep -q: under pipefail, grep quitting at its match can
+    # fail the writer with SIGPIPE, and the check reads "absent" (then "already assigned").
+    grep -qF "inet $subnet.1/" <<<"$(ip addr show dev "$bridge")" ||
+        ip addr add "$subnet.1/24" dev "$bridge" || return 1
     ip link set "$bridge" up || return 1
     for n in 1 2; do
         ns=distmis-node$n
-        if ! ip netns list | grep -qw "$ns"; then
+        if ! grep -qw "$ns" <<<"$(ip netns list)"; then
             ip netns add "$ns" || return 1
             ip link add "veth-dm$n" type veth peer name eth0 netns "$ns" || return 1
             ip link set "veth-dm$n" master "$bridge" || return 1
@@ -111,7 +114,7 @@ if [ "$new_conf" != "$(cat "$conf_dir/slurm.conf" 2>/dev/null)" ] || [ "$new_gre
     # A changed configuration (e.g. the controller address) needs fresh daemons.
     pkill -x slurmctld 2>/dev/null || true
     pkill -x slurmd 2>/dev/null || true
-    for _ in $(seq 50); do pgrep 'slurmctld|slurmd' >/dev/null || break; sleep 0.1; done
+    for _ in $(seq 50); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 0.1; done
     printf '%s\n' "$new_conf" > "$conf_dir/slurm.conf"
     printf '%s\n' "$new_gres" > "$conf_dir/gres.conf"
 fi
