@@ -209,6 +209,19 @@ def _cmd_ray_cluster(args: argparse.Namespace) -> None:
         raise SystemExit(status)
 
 
+def _cmd_preflight(args: argparse.Namespace) -> None:
+    from distmis.fileio import write_json
+    from distmis.train.preflight import check, describe, raise_for_problems
+
+    report = check(args.backend, gpus=args.gpus, check_nccl=args.nccl)
+    # --json: the report whatever it found (training jobs read it from a child process);
+    # --out: written only when the check passed, so a failed check leaves no output behind.
+    print(json.dumps(report, indent=2) if args.json else describe(report))
+    raise_for_problems(report)
+    if args.out:
+        write_json(Path(args.out), report)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from distmis.evaluate.run import evaluate_model
 
@@ -270,6 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-cases", action="store_true")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "preflight",
+        help="check that a backend can train on this node's GPUs (run it on a compute node)",
+    )
+    p.add_argument("--backend", choices=backends.NAMES, required=True)
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="GPUs it must see here (a training job's GPUs per node; 0: a CPU run, which "
+        "records what is there and checks nothing)",
+    )
+    p.add_argument("--nccl", action="store_true", help="also load NCCL (G > 1)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--out", default=None, help="write the report here when the check passes")
+    p.set_defaults(func=_cmd_preflight)
 
     p = sub.add_parser("train", help="train the grid in one parallelism mode on G GPUs/workers")
     p.add_argument("--mode", choices=["data", "experiment", "hybrid"], required=True)

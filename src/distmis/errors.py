@@ -35,3 +35,25 @@ class CaseError(DistmisError):
 
 class ContractError(DistmisError):
     """A file passed between stages is missing or malformed; names the file and its maker."""
+
+
+class DeviceError(DistmisError):
+    """GPUs were asked for and the framework cannot train on them (no GPU seen, a CPU-only
+    build, a driver too old, an architecture the build lacks, no NCCL). One line: the host,
+    the framework and its CUDA build, what it saw and the fix. Raised in Ray workers too, so
+    it pickles with its arguments."""
+
+    def __init__(
+        self, host: str, framework: str, cuda_build: str | None, problems: tuple[str, ...]
+    ) -> None:
+        super().__init__(
+            f"GPU check failed on {host}: {framework} (CUDA build {cuda_build or 'none'}) "
+            + "; and it ".join(problems)
+        )
+        self.host = host
+        self.framework = framework
+        self.cuda_build = cuda_build
+        self.problems = tuple(problems)
+
+    def __reduce__(self):
+        return (type(self), (self.host, self.framework, self.cuda_build, self.problems))

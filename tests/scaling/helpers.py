@@ -154,6 +154,11 @@ def write_run(
         "resources": {"requested": {"cpus": gpus, "gpus": gpus, "use_gpu": use_gpu}},
         "settings": {},
         "devices_seen": [],
+        # What the workers trained on: GPUs for a GPU run (the scaling stage refuses one
+        # whose workers trained on the CPU).
+        "worker_devices": [
+            {"host": "vm", "device_type": "gpu" if use_gpu else "cpu", "device_name": "x"}
+        ],
         "versions": {},
     }
     if startup_seconds is not None:

@@ -274,3 +274,43 @@ def test_bad_new_trial_values_name_the_line(tmp_path: Path, column, value, messa
     write_trials(run / "trials.csv", [row])
     with pytest.raises(ContractError, match=message):
         load_runs(tmp_path)
+
+
+def _rewrite_summary(run: Path, **changes) -> None:
+    path = run / "summary.json"
+    summary = json.loads(path.read_text())
+    summary.update(changes)
+    for key, value in changes.items():
+        if value is None:
+            summary.pop(key)
+    path.write_text(json.dumps(summary))
+
+
+def test_a_gpu_run_whose_workers_trained_on_the_cpu_is_refused_by_name(tmp_path: Path):
+    run = write_run(tmp_path, "experiment", 2, 10.0, use_gpu=True)
+    _rewrite_summary(
+        run,
+        worker_devices=[
+            {"host": "node1", "device_type": "gpu", "device_name": "NVIDIA H100 80GB HBM3"},
+            {"host": "node2", "device_type": "cpu", "device_name": "x86_64"},
+        ],
+    )
+    with pytest.raises(ContractError) as err:
+        load_runs(tmp_path)
+    message = str(err.value)
+    assert str(run / "summary.json") in message
+    assert "node2 (cpu: x86_64)" in message and "node1" not in message
+    assert "train_experiment_parallel" in message
+
+
+def test_a_gpu_run_that_does_not_say_what_its_workers_trained_on_is_refused(tmp_path: Path):
+    run = write_run(tmp_path, "data", 1, 10.0, use_gpu=True)
+    _rewrite_summary(run, worker_devices=None)
+    with pytest.raises(ContractError, match=r"worker_devices.*rerun train_data_parallel"):
+        load_runs(tmp_path)
+
+
+def test_cpu_worker_runs_and_gpu_runs_on_gpus_are_read(tmp_path: Path):
+    write_run(tmp_path, "data", 1, 10.0, use_gpu=False)
+    write_run(tmp_path, "experiment", 1, 10.0, use_gpu=True)
+    assert sorted(run.summary.uses_gpus for run in load_runs(tmp_path)) == [False, True]

@@ -87,6 +87,7 @@ class CountingSteps(TrialSteps):
 
     def __init__(self, trial: TrialConfig, runner: Runner) -> None:
         self.steps_per_epoch, self.global_batch, self.devices = 3, 2 * runner.world_size, ["CPU:t"]
+        self.device_type, self.device_name = "cpu", "t"
         self.epochs_trained = 0
         self.calls: list[str] = []
         self.board = CountingBoard()

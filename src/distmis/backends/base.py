@@ -103,3 +103,17 @@ class Backend(ABC):
     @abstractmethod
     def versions(self) -> dict[str, str]:
         """Versions of the framework (and its Keras, if any), for summary.json."""
+
+    @abstractmethod
+    def device_report(self, *, check_nccl: bool) -> dict[str, Any]:
+        """What the framework sees of this host's GPUs (:mod:`distmis.train.preflight`):
+        ``framework``, ``cuda_build``, ``cudnn_build``, ``gpus`` (index, name, compute
+        capability, a kernel run on each) and ``nccl`` (version or error, when asked)."""
+
+    @abstractmethod
+    def device_problems(
+        self, facts: Mapping[str, Any], *, expected_gpus: int, driver: str | None
+    ) -> list[str]:
+        """What keeps the framework from training on ``expected_gpus`` GPUs of this host,
+        given its :meth:`device_report`; each names its fix (the env file, the build, the
+        driver)."""

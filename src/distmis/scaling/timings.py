@@ -104,6 +104,31 @@ def _requested_gpus(payload: Mapping[str, Any]) -> bool | None:
     return use_gpu if isinstance(use_gpu, bool) else None
 
 
+def _checked_gpus(payload: Mapping[str, Any], path: Path, rule: str) -> bool | None:
+    """``use_gpu`` of the run, refused when it says GPUs and its workers trained elsewhere:
+    such a run's speedups would be CPU timings filed as GPU ones."""
+    use_gpu = _requested_gpus(payload)
+    if not use_gpu:
+        return use_gpu
+    devices = payload.get("worker_devices")
+    if devices is None:
+        raise ContractError(
+            f"{path}: use_gpu is true but the run does not record what its workers trained on "
+            f"(worker_devices; summaries before it could not tell a CPU fallback); rerun {rule}"
+        )
+    elsewhere = sorted(
+        f"{d.get('host')} ({d.get('device_type')}: {d.get('device_name')})"
+        for d in devices
+        if d.get("device_type") != "gpu"
+    )
+    if elsewhere:
+        raise ContractError(
+            f"{path}: use_gpu is true but workers trained off the GPU on {', '.join(elsewhere)}; "
+            f"rerun {rule} where `distmis preflight` passes"
+        )
+    return use_gpu
+
+
 def _gpus_per_trial(payload: Mapping[str, Any], mode: str, gpus: int, path: Path, rule: str) -> int:
     """The workers one configuration trains on: G (data), 1 (experiment), k (hybrid).
 
@@ -223,7 +248,7 @@ class RunSummary:
             trial_count=int(_number(payload["trial_count"], "trial_count", path, rule)),
             best_trial_id=None if best is None else str(best.get("trial_id")),
             best_val_dice=best_dice,
-            uses_gpus=_requested_gpus(payload),
+            uses_gpus=_checked_gpus(payload, path, rule),
             runner=str(payload.get("runner", "ray")),  # older summaries: always Ray
             scheduler=_scheduler(payload, path, rule),
             startup_seconds=None

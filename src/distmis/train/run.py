@@ -17,15 +17,17 @@ from dataclasses import replace
 
 from distmis import backends
 from distmis.cluster.ray_cluster import ClusterError
+from distmis.cluster.resources import job_shape
 from distmis.data import node_cache
 from distmis.data.info import DatasetInfo
-from distmis.errors import DistmisError
+from distmis.errors import DeviceError, DistmisError
 from distmis.fileio import read_json, write_json
 from distmis.plan.measure import write_run_calibration
+from distmis.train.preflight import require_gpus
 from distmis.train.runtime import scheduler_allocation, start_ray, stop_ray
 from distmis.train.settings import TrainSettings
 from distmis.train.summary import build_summary, save_best_model, write_summary
-from distmis.train.trials import devices_seen, write_trials
+from distmis.train.trials import devices_seen, worker_devices, write_trials
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +129,47 @@ def run_training(settings: TrainSettings) -> dict:
     ``summary.json``, the best model (``best_model.keras`` or ``best_model.pt``) and its card
     ``best_model.json``; returns the summary.
     """
+    if settings.use_gpu:
+        # Before Ray, the data or any trial: a framework that cannot use the GPUs would
+        # train on the CPU and file the timings as GPU ones.
+        require_gpus(
+            settings.backend,
+            gpus_on_this_node(settings),
+            check_nccl=settings.workers_per_trial > 1,
+        )
     with node_cache_scope(settings) as scope:
         return _run_training(replace(settings, cache_scope=scope))
+
+
+def gpus_on_this_node(settings: TrainSettings) -> int:
+    """The GPUs this job's first node must show: the local runner trains on one; a Ray run's
+    G spread over ceil(G / gpus_per_node) nodes (:func:`job_shape`)."""
+    if settings.runner == "local":
+        return 1
+    return job_shape(
+        settings.gpus, settings.gpus_per_node, settings.cpus_per_worker, use_gpu=True
+    ).gpus_per_node
+
+
+def refuse_cpu_fallback(settings: TrainSettings, records, summary: dict) -> None:
+    """An error when a ``use_gpu`` run's workers could not train on a GPU (a worker's own
+    check failed, e.g. on another node) or trained on something else. The run's files stay
+    for a look, and the run counts as complete, so the rerun after the fix starts afresh
+    instead of keeping these failed trials."""
+    if not settings.use_gpu:
+        return
+    refused = [r for r in records if DeviceError.__name__ in (r.error or "")]
+    if refused:
+        raise DistmisError(f"{refused[0].trial_id}: {refused[0].error}")
+    elsewhere = [d for d in summary["worker_devices"] if d["device_type"] != "gpu"]
+    if elsewhere:
+        where = ", ".join(
+            f"{d['host']} ({d['device_type']}: {d['device_name']})" for d in elsewhere
+        )
+        raise DistmisError(
+            f"use_gpu is true but workers trained off the GPU on {where}; see "
+            f"{settings.out_dir}/trials/*/workers/"
+        )
 
 
 def _run_training(settings: TrainSettings) -> dict:
@@ -190,6 +231,7 @@ def _run_training(settings: TrainSettings) -> dict:
         settings=settings.to_json(),
         devices_seen=devices_seen(settings, records),
         resumed=resumed,
+        worker_devices=worker_devices(settings, records),
     )
     write_summary(settings.out_dir / "summary.json", summary)
     # What this run measured about itself, for `distmis plan` (its makespan's parts). A
@@ -201,4 +243,5 @@ def _run_training(settings: TrainSettings) -> dict:
         log.warning("no calibration.json for %s: %s", settings.out_dir, exc)
     state = read_json(settings.out_dir / STATE_FILE, "distmis train")
     write_json(settings.out_dir / STATE_FILE, {**state, "complete": True})
+    refuse_cpu_fallback(settings, records, summary)
     return summary

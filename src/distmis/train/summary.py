@@ -57,6 +57,7 @@ def build_summary(
     settings: Mapping[str, Any],
     devices_seen: Sequence[str],
     resumed: bool,
+    worker_devices: Sequence[Mapping[str, str]] = (),
 ) -> dict:
     """The summary.json payload for one run of one mode at one G."""
     ok = [t for t in trials if t.status == STATUS_OK and t.val_dice is not None]
@@ -98,6 +99,9 @@ def build_summary(
         "resources": dict(resources),
         "settings": dict(settings),
         "devices_seen": sorted(set(devices_seen)),
+        # What each host's workers trained on (device_type gpu|cpu, device_name): the scaling
+        # stage refuses a use_gpu run whose workers trained on the CPU.
+        "worker_devices": [dict(d) for d in worker_devices],
         "versions": library_versions(backend),
     }
 

@@ -12,8 +12,9 @@ Every trial leaves these files under ``<out>/trials/<trial_id>/`` (the contract
 :mod:`distmis.train.trials` reads):
 
 - ``attempts.log``: one start time per attempt (rank 0);
-- ``workers/rank<k>.json``: host, pid, GPU ids, batch sizes, steps and devices of each worker,
-  and what the backend measured by the end (torch: the training volumes it read);
+- ``workers/rank<k>.json``: host, pid, GPU ids, batch sizes, steps and devices of each worker
+  (``device_type`` gpu or cpu and ``device_name``: what it trained on), and what the backend
+  measured by the end (torch: the training volumes it read);
 - ``result.json``: times, volumes trained, final metrics ``loss``, ``dice``, ``val_loss``,
   ``val_dice`` (and ``dice_<channel>``), per-epoch ``history``, ``startup_seconds`` (from when
   the runner asked for this configuration to its first training epoch) (rank 0, when it
@@ -234,13 +235,18 @@ class TrialSteps(ABC):
     ``save_checkpoint``, then ``finish_fields`` and ``save_model``.
 
     Attributes set by the builder: ``steps_per_epoch`` (training steps on every rank),
-    ``global_batch`` (volumes per step over all ranks) and ``devices`` (what trains, e.g.
-    ``["CPU:x86_64"]``).
+    ``global_batch`` (volumes per step over all ranks), ``devices`` (what the framework sees,
+    e.g. ``["CPU:x86_64"]``), ``device_type`` (``gpu`` or ``cpu``: what this worker trains on)
+    and ``device_name`` (the card, e.g. ``NVIDIA H100 80GB HBM3``, or the CPU). A builder
+    raises :class:`~distmis.errors.DeviceError` instead when ``use_gpu`` is set and the
+    worker has no GPU it can train on.
     """
 
     steps_per_epoch: int
     global_batch: int
     devices: list[str]
+    device_type: str
+    device_name: str
 
     @abstractmethod
     def restore(self, directory: Path) -> None:
@@ -585,6 +591,8 @@ def write_worker_file(trial: TrialConfig, runner: Runner, steps: TrialSteps) -> 
         "global_batch_size": steps.global_batch,
         "steps_per_epoch": steps.steps_per_epoch,
         "devices": list(steps.devices),
+        "device_type": steps.device_type,
+        "device_name": steps.device_name,
     }
     (workers_dir / f"rank{runner.rank}.json").write_text(json.dumps(payload, indent=2))
 

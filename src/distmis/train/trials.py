@@ -196,3 +196,19 @@ def devices_seen(settings: TrainSettings, records: Sequence[TrialRecord]) -> lis
             for d in w["devices"]
         }
     )
+
+
+def worker_devices(settings: TrainSettings, records: Sequence[TrialRecord]) -> list[dict[str, str]]:
+    """What the workers trained on, once per (host, device type, device name), sorted: the
+    ``worker_devices`` of summary.json."""
+    # A worker file from before devices were recorded (a run resumed across versions) says
+    # "unrecorded", which the scaling stage refuses for a GPU run like a CPU.
+    seen = {
+        (w["host"], w.get("device_type", "unrecorded"), w.get("device_name", "unrecorded"))
+        for r in records
+        for w in worker_files(trial_dir(settings, r.trial_id))
+    }
+    return [
+        {"host": host, "device_type": kind, "device_name": name}
+        for host, kind, name in sorted(seen)
+    ]

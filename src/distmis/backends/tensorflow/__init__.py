@@ -128,6 +128,18 @@ class TensorflowBackend(Backend):
 
         return iter_records(info, split)
 
+    def device_report(self, *, check_nccl: bool) -> dict[str, Any]:
+        from distmis.backends.tensorflow.devices import report
+
+        return report(check_nccl=check_nccl)
+
+    def device_problems(
+        self, facts: Mapping[str, Any], *, expected_gpus: int, driver: str | None
+    ) -> list[str]:
+        from distmis.backends.tensorflow.devices import problems
+
+        return problems(dict(facts), expected_gpus=expected_gpus, driver=driver)
+
     def versions(self) -> dict[str, str]:
         import tensorflow as tf
         import tf_keras

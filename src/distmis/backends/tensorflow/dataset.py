@@ -124,7 +124,9 @@ def _part_records(info: DatasetInfo, part: Part):
     return generate
 
 
-def _streamed(info: DatasetInfo, part: Part, shuffle: bool, seed: int) -> tf.data.Dataset:
+def _streamed(
+    info: DatasetInfo, part: Part, shuffle: bool, seed: int, reshuffle: bool
+) -> tf.data.Dataset:
     """The part's records, decoded, in a deterministic (seeded) order.
 
     Read by the project's TFRecord reader, not ``TFRecordDataset`` + ``parse_single_example``:
@@ -143,7 +145,7 @@ def _streamed(info: DatasetInfo, part: Part, shuffle: bool, seed: int) -> tf.dat
         return tf.data.Dataset.from_generator(generate, output_signature=signature)
     order = tf.data.Dataset.range(len(part.shards))
     if shuffle:
-        order = order.shuffle(len(part.shards), seed=seed, reshuffle_each_iteration=True)
+        order = order.shuffle(len(part.shards), seed=seed, reshuffle_each_iteration=reshuffle)
     # Sequential, so deterministic, reads (no num_parallel_calls): a parallel interleave
     # buffers records of every open shard, 79-166 MB each at the paper's size.
     return order.interleave(
@@ -161,6 +163,7 @@ def _from_node_cache(
     cache_scope: Path | str,
     shuffle: bool,
     seed: int,
+    reshuffle: bool,
     repeat: bool,
     parallel_calls: int,
 ) -> tf.data.Dataset:
@@ -169,7 +172,7 @@ def _from_node_cache(
     positions = part.split_positions(info.splits[split])
     dataset = tf.data.Dataset.from_tensor_slices(positions)
     if shuffle:
-        dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=reshuffle)
     if repeat:
         dataset = dataset.repeat()
     image_dtype = tf.as_dtype(records.IMAGE_DTYPES[info.image_dtype])
@@ -199,6 +202,7 @@ def make_dataset(
     drop_remainder: bool = False,
     shuffle_buffer: int = SHUFFLE_BUFFER,
     parallel_calls: int = 1,
+    reshuffle: bool = True,
 ) -> tf.data.Dataset:
     """Batches ``(image (B, X, Y, Z, C), label (B, X, Y, Z, K))``, both float32, of ``split``.
 
@@ -209,6 +213,10 @@ def make_dataset(
     index)`` keeps this worker's part of the split (:func:`~distmis.data.parts.rank_part`);
     workers' parts are disjoint and cover the split. ``parallel_calls`` threads (the worker's
     cores) read cached records and cast batches; streamed records are read by one.
+    ``reshuffle=False`` gives every iterator of the dataset the one order ``seed`` fixes (a
+    trainer that builds one dataset per epoch and derives its seed from the epoch), where
+    ``True`` reorders per iterator from a generator whose state a tf.distribute strategy may
+    copy or not: the order would then depend on the strategy, not on the seed alone.
 
     Under ``MultiWorkerMirroredStrategy``, Keras treats ``batch_size`` as the global batch
     and splits every batch across the replicas in sync (tf.distribute rebatching), so pass
@@ -230,12 +238,12 @@ def make_dataset(
     part = rank_part(info.splits[split], index, num_workers)
     if cache:
         dataset = _from_node_cache(
-            info, split, part, cache_scope, shuffle, seed, repeat, parallel_calls
+            info, split, part, cache_scope, shuffle, seed, reshuffle, repeat, parallel_calls
         )
     else:
-        dataset = _streamed(info, part, shuffle, seed)
+        dataset = _streamed(info, part, shuffle, seed, reshuffle)
         if shuffle:
-            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=reshuffle)
         if repeat:
             dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)

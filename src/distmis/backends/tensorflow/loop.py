@@ -21,10 +21,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from distmis.backends.tensorflow.dataset import make_dataset
+from distmis.backends.tensorflow.devices import training_device
 from distmis.backends.tensorflow.losses import compile_unet
 from distmis.backends.tensorflow.unet import build_unet
 from distmis.data.info import DatasetInfo
@@ -73,6 +75,18 @@ def describe_devices() -> list[str]:
     return names
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The training data order's seed for epoch ``epoch`` (0-based) of a run seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def seed_trial(seed: int) -> None:
+    """Every random state a trial draws from (Python's, numpy's, TensorFlow's global seed and
+    its op-seed counter) set from ``seed`` alone, so a configuration trains the same whatever
+    ran before it in the process."""
+    keras.utils.set_random_seed(seed)
+
+
 def compiled_unet(
     image_shape: Sequence[int],
     label_channels: Sequence[str],
@@ -89,7 +103,7 @@ def compiled_unet(
 
     Call inside ``strategy.scope()`` when training distributed.
     """
-    keras.utils.set_random_seed(seed)
+    seed_trial(seed)
     model = build_unet(
         tuple(image_shape),
         len(label_channels),
@@ -137,9 +151,16 @@ class KerasTrialSteps(TrialSteps):
             if runner.kind == RUNNER_RAY_TRAIN
             else tf.distribute.get_strategy()
         )
+        # Before anything trains: TensorFlow without a usable GPU would train on the CPU.
+        self.device_type, self.device_name = training_device(settings.use_gpu)
         # Each configuration starts from a fresh graph state (its own model and optimizer
         # variables), also when a data-mode worker trained another one just before.
         keras.backend.clear_session()
+        # Before anything draws a random number: a seeded op (the datasets' shuffles) pairs
+        # its own seed with the global one, and a process that trained another configuration
+        # has that set already, so seeding later made this configuration's data order (and
+        # its Dice) depend on what trained before it in the process.
+        seed_trial(settings.seed)
         info = DatasetInfo.from_dir(Path(settings.tfrecord_dir))
         # Keras under a tf.distribute strategy takes the global batch and splits it across
         # replicas; each worker reads per_replica volumes per step from its own part of the data.
@@ -148,13 +169,15 @@ class KerasTrialSteps(TrialSteps):
         self.val_steps = max(1, math.ceil(info.count("val") / self.global_batch))
         self.verbose = 1 if settings.debug else 0
         shard = (runner.world_size, runner.rank) if runner.world_size > 1 else None
-        self.train_data, self.val_data = (
-            make_dataset(
+
+        def dataset(split: str, seed: int) -> tf.data.Dataset:
+            return make_dataset(
                 info,
                 split,
                 self.global_batch,
                 shuffle=split == "train",
-                seed=settings.seed,
+                seed=seed,
+                reshuffle=False,
                 cache=settings.cache,
                 cache_scope=settings.cache_scope,
                 repeat=True,
@@ -163,8 +186,13 @@ class KerasTrialSteps(TrialSteps):
                 # The worker's cores parse records between steps (limit_threads gave them).
                 parallel_calls=settings.cpus_per_worker,
             )
-            for split in ("train", "val")
-        )
+
+        # One training dataset per epoch, its order fixed by (seed, epoch) alone: reshuffling
+        # one dataset per iterator depended on the strategy (MultiWorkerMirroredStrategy
+        # copies the dataset for every fit, so data mode at G = 1 saw other orders than
+        # experiment mode from epoch 2 on) and on where a resumed trial's iterator started.
+        self.train_data = lambda epoch: dataset("train", epoch_seed(settings.seed, epoch))
+        self.val_data = dataset("val", settings.seed)
         with strategy.scope():
             self.model = compiled_unet(
                 info.image_shape,
@@ -179,7 +207,9 @@ class KerasTrialSteps(TrialSteps):
         self.model.load_weights(str(directory / WEIGHTS_FILE))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        return fit_epoch(self.model, self.train_data, self.steps_per_epoch, epoch, self.verbose)
+        return fit_epoch(
+            self.model, self.train_data(epoch), self.steps_per_epoch, epoch, self.verbose
+        )
 
     def validate(self, epoch: int) -> dict[str, float]:
         scores = self.model.evaluate(

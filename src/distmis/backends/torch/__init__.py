@@ -100,6 +100,18 @@ class TorchBackend(Backend):
         part = rank_part(info.splits[split], 0, 1)
         return read_part(part, info.image_dtype, len(info.label_channels), info.compression)
 
+    def device_report(self, *, check_nccl: bool) -> dict[str, Any]:
+        from distmis.backends.torch.devices import report
+
+        return report(check_nccl=check_nccl)
+
+    def device_problems(
+        self, facts: Mapping[str, Any], *, expected_gpus: int, driver: str | None
+    ) -> list[str]:
+        from distmis.backends.torch.devices import problems
+
+        return problems(dict(facts), expected_gpus=expected_gpus, driver=driver)
+
     def versions(self) -> dict[str, str]:
         import torch
 

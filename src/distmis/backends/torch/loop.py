@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import socket
 import sys
 import types
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +35,7 @@ from torch import nn
 from distmis.backends.torch.checkpoint import save_model
 from distmis.backends.torch.data import EpochBatches
 from distmis.backends.torch.data import to_device as batch_to_device
+from distmis.backends.torch.devices import training_device_error
 from distmis.backends.torch.losses import dice_coefficient, soft_dice_per_sample
 from distmis.backends.torch.unet import build_unet_torch
 from distmis.data.info import DatasetInfo
@@ -47,7 +47,6 @@ from distmis.train.trial import (
     TrialSteps,
     WorkerSettings,
     cpu_name,
-    gpu_ids,
     train_grid,
     train_loop,
 )
@@ -61,9 +60,42 @@ ADAM_EPSILON = 1e-7
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def adam(model: nn.Module, lr: float, beta_2: float, amsgrad: bool) -> torch.optim.Adam:
-    """Adam as Keras configures it (``beta_1`` 0.9, ``eps`` 1e-7)."""
-    return torch.optim.Adam(
+class KerasAdam(torch.optim.Adam):
+    """torch's Adam with Keras' ``epsilon``: the update of ``tf_keras.optimizers.Adam``.
+
+    Keras (``adaptive_epsilon=False``, its default) adds ``epsilon`` to ``sqrt(v)`` before the
+    bias correction: ``Δ = lr·sqrt(1-β₂ᵗ)/(1-β₁ᵗ) · m / (sqrt(v) + ε)``; torch adds it after:
+    ``Δ = lr/(1-β₁ᵗ) · m / (sqrt(v)/sqrt(1-β₂ᵗ) + ε)``. The two agree when torch's ``eps`` is
+    ``ε / sqrt(1-β₂ᵗ)``, which this class sets before each step (32x ε at step 1, ε in the
+    limit). A gradient of 1e-3 then moves its weight 0.3 % less on the first step, as in Keras;
+    with torch's own placement the two backends' losses drifted apart ~2x faster (see
+    tests/backends/test_train_parity.py). ``defaults["eps"]`` stays Keras' ``ε``.
+    """
+
+    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float, amsgrad: bool):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, amsgrad=amsgrad)
+        self.keras_epsilon = float(eps)
+
+    def _next_step(self, group: dict) -> int:
+        """The step number (1-based) this group's next update is, from Adam's own state."""
+        for param in group["params"]:
+            state = self.state.get(param)
+            if state and "step" in state:
+                return int(state["step"]) + 1
+        return 1
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            bias_correction2 = 1.0 - group["betas"][1] ** self._next_step(group)
+            group["eps"] = self.keras_epsilon / math.sqrt(bias_correction2)
+        return super().step(closure)
+
+
+def adam(model: nn.Module, lr: float, beta_2: float, amsgrad: bool) -> KerasAdam:
+    """Adam as Keras configures and computes it (``beta_1`` 0.9, ``epsilon`` 1e-7 added to
+    the uncorrected ``sqrt(v)``: :class:`KerasAdam`)."""
+    return KerasAdam(
         model.parameters(), lr=lr, betas=(ADAM_BETA_1, beta_2), eps=ADAM_EPSILON, amsgrad=amsgrad
     )
 
@@ -176,6 +208,34 @@ def train_batches(
     return sums
 
 
+def validate_batches(
+    step: TrainingStep, batches: Iterable[Sequence[torch.Tensor]], channels: int
+) -> EpochSums:
+    """Score every ``(images, labels)`` of ``batches`` as validation does: the bare model in
+    eval mode (BatchNorm normalises with its running statistics, as Keras' ``evaluate``), no
+    gradients, the step's autocast; the per-sample loss and Dice summed on the host.
+
+    The bare model, not the DDP wrapper: each worker validates its own records in as many
+    batches as they take, so no collective may run per batch. The model's mode is restored
+    afterwards, so a caller that trains next needs no ``train()`` of its own.
+    """
+    was_training = step.model.training
+    step.model.eval()
+    sums = EpochSums(channels)
+    try:
+        with torch.no_grad(), torch.autocast(**step.autocast):
+            for batch in batches:
+                images, labels = step.to_device(batch)
+                probabilities = step.model(images)
+                sums.add(
+                    soft_dice_per_sample(labels, probabilities),
+                    dice_coefficient(labels, probabilities),
+                )
+    finally:
+        step.model.train(was_training)
+    return sums
+
+
 def _no_tensorflow_in_tensorboard() -> None:
     """Make TensorBoard's writer use its TF-free stub even though TensorFlow is installed.
 
@@ -186,35 +246,39 @@ def _no_tensorflow_in_tensorboard() -> None:
 
 
 def choose_device(settings: WorkerSettings, runner: Runner) -> torch.device:
-    """The device this worker trains on; an error when GPUs are asked for and none is seen.
+    """The device this worker trains on; a :class:`DeviceError` when GPUs are asked for and
+    this worker cannot train on one (none seen, a driver too old for the build, a GPU the build
+    has no kernels for), before anything trains.
 
     A Ray Train worker takes the GPU Ray gave it; a Ray Tune trial sees only its own GPU
     (Tune sets ``CUDA_VISIBLE_DEVICES``), and so does the local runner's one process, which
     trains on the first visible GPU.
     """
-    if settings.use_gpu and not torch.cuda.is_available():
-        # TensorFlow would quietly train on the CPU; a GPU timing that is really a CPU one is
-        # worse than no timing.
-        raise RuntimeError(
-            f"use_gpu is true but PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees "
-            f"no CUDA device on {socket.gethostname()} (CUDA_VISIBLE_DEVICES="
-            f"{','.join(gpu_ids()) or 'unset'}); install a CUDA build of torch or set "
-            "train.use_gpu: false"
-        )
     if runner.kind == RUNNER_RAY_TRAIN:
         import ray.train.torch
 
         # The GPU Ray Train gave this worker (CPU without GPUs).
-        return ray.train.torch.get_device()
+        device = ray.train.torch.get_device() if torch.cuda.is_available() else None
+    else:
+        device = torch.device("cuda", 0) if settings.use_gpu else torch.device("cpu")
     if settings.use_gpu:
-        return torch.device("cuda", 0)
-    return torch.device("cpu")
+        # A GPU timing that is really a CPU one is worse than no timing.
+        error = training_device_error(device or torch.device("cuda", 0))
+        if error is not None:
+            raise error
+    return device or torch.device("cpu")
+
+
+def training_device(device: torch.device) -> tuple[str, str]:
+    """``(type, name)`` of ``device``: ``("gpu", "NVIDIA H100 80GB HBM3")`` or the CPU's."""
+    if device.type == "cuda":
+        return "gpu", torch.cuda.get_device_name(device)
+    return "cpu", cpu_name()
 
 
 def describe_devices(device: torch.device) -> list[str]:
-    if device.type == "cuda":
-        return [f"GPU:{torch.cuda.get_device_name(device)}"]
-    return [f"CPU:{cpu_name()}"]
+    kind, name = training_device(device)
+    return [f"{kind.upper()}:{name}"]
 
 
 def limit_threads(cpus: int) -> None:
@@ -340,6 +404,7 @@ class TorchTrialSteps(TrialSteps):
         )
         self.model, self.optimizer = self.step.model, self.step.optimizer
         self.devices = describe_devices(self.device)
+        self.device_type, self.device_name = training_device(self.device)
         self.volumes_read = 0
 
     def restore(self, directory: Path) -> None:
@@ -366,18 +431,7 @@ class TorchTrialSteps(TrialSteps):
         return sums.metrics(self.channels, "", self.device, self.distributed)
 
     def validate(self, epoch: int) -> dict[str, float]:
-        # The bare model, not the DDP wrapper: each worker validates its own records in as
-        # many batches as they take, so no collective may run per batch.
-        self.model.eval()
-        sums = EpochSums(len(self.channels))
-        with torch.no_grad(), torch.autocast(**self.step.autocast):
-            for batch in self.val_batches.epoch(epoch):
-                images, labels = self.step.to_device(batch)
-                probabilities = self.model(images)
-                sums.add(
-                    soft_dice_per_sample(labels, probabilities),
-                    dice_coefficient(labels, probabilities),
-                )
+        sums = validate_batches(self.step, self.val_batches.epoch(epoch), len(self.channels))
         return sums.metrics(self.channels, "val_", self.device, self.distributed)
 
     def save_checkpoint(self, directory: Path) -> None:
