@@ -123,6 +123,30 @@ def index_tfrecords(snakemake: Any) -> dict:
 # --- rules/train.smk ---------------------------------------------------------------------
 
 
+def preflight(snakemake: Any) -> dict:
+    """Rule preflight: on a node like the training jobs', check that ``{backend}`` can train
+    on ``params.gpus`` GPUs (0: a CPU run, recorded only) and write ``output.report``; else end
+    with one line naming the host, the framework, what it saw and the fix, in the log and on
+    the job's own stderr, where Snakemake's report of the failure shows it."""
+    start_script(snakemake)
+    from distmis.errors import DeviceError
+    from distmis.fileio import write_json
+    from distmis.train.preflight import check, describe, raise_for_problems
+
+    backend = snakemake.wildcards.backend
+    report = check(backend, gpus=int(snakemake.params.gpus), check_nccl=bool(snakemake.params.nccl))
+    logging.getLogger(__name__).info("preflight %s:\n%s", backend, describe(report))
+    try:
+        raise_for_problems(report)
+    except DeviceError as exc:
+        line = f"preflight {backend}: error: {exc}"
+        logging.getLogger(__name__).error("%s", line)
+        print(line, file=sys.__stderr__, flush=True)
+        raise SystemExit(1) from None
+    write_json(snakemake.output.report, report)
+    return report
+
+
 def train_data_parallel(snakemake: Any) -> dict | None:
     """The whole grid, data-parallel (Ray Train), for ``{backend}`` on ``{gpus}`` GPUs."""
     start_script(snakemake)

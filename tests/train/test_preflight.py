@@ -78,7 +78,8 @@ def test_preflight_command_prints_what_it_found_and_refuses_in_one_line(tmp_path
         "preflight", "--backend", "torch", "--gpus", "2", "--out", str(report), cwd=tmp_path
     )
     assert result.returncode == 2
-    assert "GPUs            none" in result.stdout and "check           failed" in result.stdout
+    assert "\nGPUs                 none\n" in result.stdout
+    assert "\ncheck                failed (2 GPU(s) expected)" in result.stdout
     line = refusal_line(result.stderr)
     assert "PyTorch" in line and "train.torch_cuda: cu126" in line
     assert not report.exists()  # a failed check leaves no report for a rule to take as done

@@ -11,7 +11,8 @@ A GPU run that silently trained on the CPU would file CPU timings as GPU ones; s
 - every worker checks its own device when it starts (the backends' ``training_device``).
 
 The report (``results/preflight/{backend}.json``, format :data:`FORMAT`): ``host``,
-``backend``, ``use_gpu``, ``gpus_expected``, ``cuda_visible_devices``, ``driver`` (the
+``backend``, ``use_gpu``, ``gpus_expected``, ``cuda_visible_devices``,
+``slurm_gpus_on_node``, ``driver`` (the
 NVIDIA kernel module, or null), ``ray`` (its version, or null), the backend's facts
 (``framework``, ``cuda_build``, ``cudnn_build``, ``gpus``: index, name, compute capability and
 a kernel run on each; ``nccl``: version or error; torch adds ``arch_list``), ``problems``
@@ -55,6 +56,8 @@ def check(backend: str, *, gpus: int, check_nccl: bool = False) -> dict[str, Any
         "use_gpu": gpus > 0,
         "gpus_expected": gpus,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        # What SLURM says it gave the job on this node (None outside SLURM).
+        "slurm_gpus_on_node": os.environ.get("SLURM_GPUS_ON_NODE"),
         "driver": driver,
         "ray": _version("ray"),
         **facts,
@@ -80,36 +83,42 @@ def raise_for_problems(report: Mapping[str, Any]) -> None:
 
 def describe(report: Mapping[str, Any]) -> str:
     """The report for a person: one fact per line."""
-    lines = [
-        f"host            {report['host']}",
-        f"framework       {report['framework']} (CUDA build {report['cuda_build'] or 'none'}, "
-        f"cuDNN {report['cudnn_build'] or 'none'})",
+    facts = [
+        ("host", report["host"]),
+        (
+            "framework",
+            f"{report['framework']} (CUDA build {report['cuda_build'] or 'none'}, "
+            f"cuDNN {report['cudnn_build'] or 'none'})",
+        ),
     ]
     if report.get("arch_list"):
-        lines.append(f"architectures   {' '.join(report['arch_list'])}")
-    lines += [
-        f"driver          {report['driver'] or 'none'}",
-        f"CUDA_VISIBLE_DEVICES {report['cuda_visible_devices'] or 'unset'}",
-        f"Ray             {report['ray'] or 'not installed'}",
+        facts.append(("architectures", " ".join(report["arch_list"])))
+    facts += [
+        ("driver", report["driver"] or "none"),
+        ("CUDA_VISIBLE_DEVICES", report["cuda_visible_devices"] or "unset"),
+        ("SLURM_GPUS_ON_NODE", report["slurm_gpus_on_node"] or "unset (not a SLURM GPU job)"),
+        ("Ray", report["ray"] or "not installed"),
     ]
     for gpu in report["gpus"]:
-        lines.append(
-            f"GPU {gpu['index']}           {gpu['name']} (compute capability "
-            f"{gpu['compute_capability']}), kernel {gpu['kernel']}"
+        facts.append(
+            (
+                f"GPU {gpu['index']}",
+                f"{gpu['name']} (compute capability {gpu['compute_capability']}), "
+                f"kernel {gpu['kernel']}",
+            )
         )
     if not report["gpus"]:
-        lines.append("GPUs            none")
+        facts.append(("GPUs", "none"))
     nccl = report["nccl"]
     if nccl["version"] or nccl["error"]:
-        lines.append(f"NCCL            {nccl['version'] or nccl['error']}")
+        facts.append(("NCCL", nccl["version"] or nccl["error"]))
     expected = report["gpus_expected"]
-    verdict = "failed" if report["problems"] else "ok"
-    lines.append(
-        f"check           {verdict} ({expected} GPU(s) expected)"
-        if expected
-        else "check           CPU run: nothing asked of the GPUs"
-    )
-    return "\n".join(lines)
+    if not expected:
+        facts.append(("check", "CPU run: nothing asked of the GPUs"))
+    else:
+        verdict = "failed" if report["problems"] else "ok"
+        facts.append(("check", f"{verdict} ({expected} GPU(s) expected)"))
+    return "\n".join(f"{name:<21}{value}" for name, value in facts)
 
 
 def require_gpus(backend: str, gpus: int, *, check_nccl: bool) -> dict[str, Any]:

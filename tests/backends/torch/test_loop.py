@@ -8,6 +8,7 @@ import torch
 from distmis.backends.torch.loop import EpochSums, choose_device
 from distmis.backends.torch.losses import dice_coefficient, soft_dice_per_sample
 from distmis.config import validate_config
+from distmis.errors import DeviceError
 from distmis.train.settings import TrainSettings
 from distmis.train.trial import Runner
 
@@ -27,7 +28,8 @@ LOCAL = Runner(
 def test_use_gpu_without_cuda_is_an_error_not_a_silent_cpu_run(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(RuntimeError, match="use_gpu is true but PyTorch .* sees no CUDA device"):
+    # This CI's torch is a CPU build: the one line says so and names the CUDA builds.
+    with pytest.raises(DeviceError, match=r"GPU check failed on .*: PyTorch .* CPU-only build"):
         choose_device(worker_settings(tmp_path, use_gpu=True), LOCAL)
     # Outside Ray Train (a Tune trial, the local runner) the CPU without use_gpu.
     assert choose_device(worker_settings(tmp_path), LOCAL) == torch.device("cpu")
