@@ -52,7 +52,11 @@ def scontrol_job(job_id: str) -> str:
 
 def run_through_profile(tmp_path: Path, train: dict, *extra: str) -> subprocess.CompletedProcess:
     """The demo pipeline on tiny data through profiles/slurm (test-only overrides: the real
-    partition, no conda, which the test machine lacks; squeue for job status)."""
+    partition, no conda, which the test machine lacks; squeue for job status).
+
+    The workers are CPU workers: SLURM's GPUs here are fake (empty device files), and a
+    use_gpu run stops at its GPU preflight (test_a_gpu_job_gets_its_gpus_and_stops_at_the_preflight
+    checks what SLURM gives a GPU job)."""
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     profile.pop("software-deployment-method")
     profile["default-resources"]["slurm_partition"] = "debug"
@@ -63,7 +67,7 @@ def run_through_profile(tmp_path: Path, train: dict, *extra: str) -> subprocess.
             "synthetic": {"cases": 10, "shape": [20, 20, 18]},
             "preprocess": {"shape": [16, 16, 16]},
         },
-        "train": {"use_gpu": True, "epochs": 1, **train},
+        "train": {"use_gpu": False, "epochs": 1, **train},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     command = [
@@ -105,13 +109,13 @@ def test_demo_pipeline_through_the_slurm_profile(tmp_path):
             run = tmp_path / f"results/train/tensorflow/{mode}/{gpus}gpu"
             summary = json.loads((run / "summary.json").read_text())
             slurm = summary["resources"]["slurm"]
-            # The job really ran under SLURM, with G (fake) GPUs on one node ...
+            # The job really ran under SLURM, with G CPU workers' cores on one node ...
             assert slurm["SLURM_JOB_ID"] in submitted
-            assert slurm["SLURM_GPUS_ON_NODE"] == str(gpus)
             job = scontrol_job(slurm["SLURM_JOB_ID"])
-            assert "NumNodes=1 " in job and f"TresPerNode=gres:gpu:{gpus}" in job
-            # ... inside the job's own Ray cluster, which saw those GPUs ...
-            assert summary["resources"]["ray_cluster"]["GPU"] == gpus
+            assert "NumNodes=1 " in job and f"NumCPUs={gpus} " in job and "gres:gpu" not in job
+            # ... inside the job's own Ray cluster, its workers on the CPU as configured ...
+            assert summary["resources"]["ray_cluster"]["CPU"] == gpus
+            assert {d["device_type"] for d in summary["worker_devices"]} == {"cpu"}
             # ... and wrote the same contract as a local run.
             with (run / "trials.csv").open() as fh:
                 rows = list(csv.DictReader(fh))
@@ -120,6 +124,51 @@ def test_demo_pipeline_through_the_slurm_profile(tmp_path):
             assert (summary["gpus"], summary["ok_count"]) == (gpus, 1)
     assert (tmp_path / "results/scaling/scaling.csv").is_file()
     assert not leftover_ray_processes("")
+
+
+def test_a_gpu_job_gets_its_gpus_and_stops_at_the_preflight(tmp_path):
+    """With use_gpu, the backend's preflight runs on a node of the training jobs' shape (gres
+    gpu:2). SLURM's GPUs here are empty files, so TensorFlow sees none and the job fails in one
+    line (tests/test_workflow.py checks that no training job starts after it)."""
+    result = run_through_profile(
+        tmp_path,
+        {"use_gpu": True, "gpus_per_node": 4, "gpu_counts": [1, 2]},
+        "results/preflight/tensorflow.json",
+    )
+    assert result.returncode != 0
+    (job_id,) = re.findall(
+        r"has been submitted with SLURM jobid (\d+)", result.stdout + result.stderr
+    )
+    job = scontrol_job(job_id)
+    assert "NumNodes=1 " in job and "TresPerNode=gres:gpu:2" in job, job
+    log = (tmp_path / "logs/preflight/tensorflow.log").read_text()
+    # What the job was given: two GPUs on its node ...
+    assert re.search(r"^SLURM_GPUS_ON_NODE   2$", log, re.MULTILINE), log[-3000:]
+    # ... and what TensorFlow made of them, in one line naming the host and the fix.
+    (line,) = [x for x in log.splitlines() if "preflight tensorflow: error: " in x]
+    assert "GPU check failed on " in line and "TensorFlow" in line and "fix: " in line
+    assert not (tmp_path / "results/train").exists()
+    assert not (tmp_path / "results/preflight/tensorflow.json").exists()
+
+
+def test_ray_gives_each_gpu_worker_its_own_gpu_of_the_job(tmp_path):
+    """Inside a job of gres gpu:2, the launcher's Ray cluster has 2 GPUs and a task asking
+    for one sees exactly one of the job's (SLURM numbers them 0 and 1)."""
+    program = (
+        "import os, ray; ray.init(); "
+        "f = ray.remote(num_gpus=1)(lambda: os.environ['CUDA_VISIBLE_DEVICES']); "
+        "print('GPUs', ray.cluster_resources()['GPU'], 'seen', sorted(ray.get([f.remote(), f.remote()])))"
+    )
+    job_id = sbatch(
+        tmp_path,
+        f'{sys.executable} -m distmis.cli ray-cluster --cpus-per-node 2 --gpus-per-node 2 -- {sys.executable} -c "{program}"',
+        cpus_per_task="2",
+        gres="gpu:2",
+    )
+    wait_for(lambda: job_gone(job_id), 180, "the job to finish")
+    output = (tmp_path / f"{job_id}.out").read_text()
+    assert "GPUs 2.0 seen ['0', '1']" in output, output[-3000:]
+    wait_for(lambda: not leftover_ray_processes(f"ray-job{job_id}"), 30, "Ray processes to exit")
 
 
 def leftover_ray_processes(marker: str) -> list[str]:
@@ -214,7 +263,7 @@ TWO_NODES = Path("/run/distmis-slurm/two_nodes").exists()
 def test_two_node_jobs_span_both_nodes(tmp_path):
     assert TWO_NODES, "tests/slurm/start_slurm.sh could not make the 2-node cluster"
     two_configs = {"lr": [0.001, 0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
-    # One GPU per node: G = 2 needs both nodes of partition "twonode".
+    # One worker per node: G = 2 needs both nodes of partition "twonode".
     result = run_through_profile(
         tmp_path,
         {"gpus_per_node": 1, "gpu_counts": [2], "search_space": two_configs},
@@ -229,7 +278,7 @@ def test_two_node_jobs_span_both_nodes(tmp_path):
         job = scontrol_job(summary["resources"]["slurm"]["SLURM_JOB_ID"])
         assert "NumNodes=2 " in job and " NodeList=node[1-2]" in job, job
         # One Ray cluster over both nodes ...
-        assert summary["resources"]["ray_cluster"]["GPU"] == 2
+        assert summary["resources"]["ray_cluster"]["CPU"] == 2
         assert summary["nodes_seen"] == ["node1", "node2"], summary["nodes_seen"]
         with (run / "trials.csv").open() as fh:
             rows = list(csv.DictReader(fh))
@@ -260,12 +309,11 @@ def test_torch_data_parallel_spans_two_nodes_with_gloo(tmp_path):
     """PyTorch DDP over the job's two nodes (Gloo over TCP between the node namespaces)."""
     assert TWO_NODES, "tests/slurm/start_slurm.sh could not make the 2-node cluster"
     one_config = {"lr": [0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
-    # No GPUs here for PyTorch to use: 2 CPU workers, one per node (gpus_per_node 1).
+    # 2 CPU workers, one per node (gpus_per_node 1).
     result = run_through_profile(
         tmp_path,
         {
             "backend": "torch",
-            "use_gpu": False,
             "modes": ["data"],
             "gpus_per_node": 1,
             "gpu_counts": [2],
@@ -305,7 +353,6 @@ def test_hybrid_trials_never_straddle_nodes(tmp_path):
         tmp_path,
         {
             "backend": "torch",
-            "use_gpu": False,
             "modes": ["hybrid"],
             "gpus_per_trial": [2],
             "gpus_per_node": 2,
