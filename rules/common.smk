@@ -16,6 +16,7 @@ from distmis.config import (
     run_folders,
     schema_path,
     train_backends,
+    train_env,
 )
 from distmis.data.split import SPLITS, shard_filename
 from distmis.errors import ConfigError
@@ -81,10 +82,15 @@ def train_outputs():
     ]
 
 
-# Keys that only decide which training jobs exist; a job's own settings exclude them, so adding
-# a backend, a G or a mode does not make Snakemake rerun the jobs already done ("Params have
-# changed"). The job's backend comes from its wildcard.
-JOB_SELECTING_KEYS = ("backend", "gpu_counts", "modes", "gpus_per_trial")
+# Keys that only decide which training jobs exist (or, torch_cuda, which env runs them); a job's
+# own settings exclude them, so adding a backend, a G or a mode does not make Snakemake rerun the
+# jobs already done ("Params have changed"). The job's backend comes from its wildcard.
+JOB_SELECTING_KEYS = ("backend", "gpu_counts", "modes", "gpus_per_trial", "torch_cuda")
+
+
+def train_conda_env(wildcards):
+    """The conda env of a training or evaluation job: its {backend}'s (README "GPU set-up")."""
+    return f"../envs/{train_env(TRAIN, wildcards.backend)}.yaml"
 
 
 def train_params(wildcards):
@@ -144,3 +150,28 @@ TRAIN_RESOURCES = {
     "tasks_per_gpu": 0,
     "runtime": TRAIN_RUNTIME_MINUTES,
 }
+
+
+# The GPU check before training: the GPUs one node of the largest training job holds (0: CPU
+# workers, nothing to check) and NCCL when a configuration trains over several GPUs.
+PREFLIGHT_GPUS = (
+    max(
+        job_shape(
+            g, TRAIN["gpus_per_node"], TRAIN["cpus_per_worker"], True
+        ).gpus_per_node
+        for gpu_counts in RUN_FOLDERS.values()
+        for g in gpu_counts
+    )
+    if TRAIN["use_gpu"] and RUN_FOLDERS
+    else 0
+)
+PREFLIGHT_NCCL = PREFLIGHT_GPUS > 0 and any(
+    folder != "experiment" and max(gpu_counts) > 1
+    for folder, gpu_counts in RUN_FOLDERS.items()
+)
+
+
+def preflight_threads(wildcards):
+    """Locally, every core, so the check never runs beside a timed training job; on a
+    cluster (no --cores), one."""
+    return workflow._cores or 1

@@ -33,7 +33,7 @@ rule evaluate:
     log:
         "logs/evaluate/{backend}/{mode}.log",
     conda:
-        "../envs/train.yaml"
+        train_conda_env
     threads: 4
     resources:
         runtime=120,

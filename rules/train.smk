@@ -5,9 +5,36 @@
 # (the model card) is written after the weights it names, so it stands for both.
 
 
+# Before the first training job of a backend, on the training partition: can the framework
+# train on the GPUs one node of a training job holds? A misconfigured cluster (CPU build, a
+# driver too old, missing CUDA libraries) fails here in a minute, not after the data stage.
+# Training jobs take the report as ancient(): a new check never retrains finished runs.
+rule preflight:
+    output:
+        report="results/preflight/{backend}.json",
+    log:
+        "logs/preflight/{backend}.log",
+    conda:
+        train_conda_env
+    threads: preflight_threads
+    resources:
+        nodes=1,
+        tasks=1,
+        cpus_per_task=1,
+        gres=f"gpu:{PREFLIGHT_GPUS}" if PREFLIGHT_GPUS else "",
+        tasks_per_gpu=0,
+        runtime=15,
+    params:
+        gpus=PREFLIGHT_GPUS,
+        nccl=PREFLIGHT_NCCL,
+    script:
+        "../workflow_scripts/preflight.py"
+
+
 rule train_data_parallel:
     input:
         info="results/tfrecords/info.json",
+        preflight=ancient("results/preflight/{backend}.json"),
     output:
         trials="results/train/{backend}/data/{gpus}gpu/trials.csv",
         summary="results/train/{backend}/data/{gpus}gpu/summary.json",
@@ -15,7 +42,7 @@ rule train_data_parallel:
     log:
         "logs/train_data_parallel/{backend}/{gpus}gpu.log",
     conda:
-        "../envs/train.yaml"
+        train_conda_env
     threads: training_threads
     resources:
         **TRAIN_RESOURCES,
@@ -29,6 +56,7 @@ rule train_data_parallel:
 rule train_experiment_parallel:
     input:
         info="results/tfrecords/info.json",
+        preflight=ancient("results/preflight/{backend}.json"),
     output:
         trials="results/train/{backend}/experiment/{gpus}gpu/trials.csv",
         summary="results/train/{backend}/experiment/{gpus}gpu/summary.json",
@@ -36,7 +64,7 @@ rule train_experiment_parallel:
     log:
         "logs/train_experiment_parallel/{backend}/{gpus}gpu.log",
     conda:
-        "../envs/train.yaml"
+        train_conda_env
     threads: training_threads
     resources:
         **TRAIN_RESOURCES,
@@ -50,6 +78,7 @@ rule train_experiment_parallel:
 rule train_hybrid_parallel:
     input:
         info="results/tfrecords/info.json",
+        preflight=ancient("results/preflight/{backend}.json"),
     output:
         trials="results/train/{backend}/hybrid{k}/{gpus}gpu/trials.csv",
         summary="results/train/{backend}/hybrid{k}/{gpus}gpu/summary.json",
@@ -59,7 +88,7 @@ rule train_hybrid_parallel:
     wildcard_constraints:
         k=r"\d+",
     conda:
-        "../envs/train.yaml"
+        train_conda_env
     threads: training_threads
     resources:
         **TRAIN_RESOURCES,

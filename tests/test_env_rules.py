@@ -41,7 +41,9 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.test_workflow import dry_run_jobs, write_config
+from distmis.config import train_env, validate_config
+from distmis.errors import ConfigError
+from tests.test_workflow import dry_run_jobs, snakemake, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVS_DIR = ROOT / "envs"
@@ -52,17 +54,22 @@ SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])
 # --- which rule runs in which env ----------------------------------------------------------
 
 RULE_BLOCK = re.compile(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", re.MULTILINE | re.DOTALL)
-CONDA_ENV = re.compile(r'^    conda:\n\s+"\.\./envs/([\w-]+)\.yaml"', re.MULTILINE)
+# A rule's env: a file of envs/, or rules/common.smk's train_conda_env (its {backend}'s env).
+BY_BACKEND = "train_conda_env"
+CONDA_ENV = re.compile(
+    rf'^    conda:\n\s+(?:"\.\./envs/([\w-]+)\.yaml"|({BY_BACKEND}))$', re.MULTILINE
+)
 
 
 def rule_envs(rules_dir: Path = ROOT / "rules") -> dict[str, str]:
-    """Each rule of ``rules_dir/*.smk`` → the stem of the env file its ``conda:`` names."""
+    """Each rule of ``rules_dir/*.smk`` → the stem of the env file its ``conda:`` names, or
+    BY_BACKEND."""
     found = {}
     for smk in sorted(rules_dir.glob("*.smk")):
         for name, body in RULE_BLOCK.findall(smk.read_text()):
             envs = CONDA_ENV.findall(body)
             assert len(envs) == 1, f"rule {name} in {smk.name} names {len(envs)} conda envs"
-            found[name] = envs[0]
+            found[name] = envs[0][0] or envs[0][1]
     return found
 
 
@@ -71,6 +78,91 @@ def env_pip_requirements(env_file: Path) -> list[str]:
     env = yaml.safe_load(env_file.read_text())
     (pip,) = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
     return list(pip)
+
+
+# The .venv is the development install (`make venv`, CPU): the CUDA 12 wheels of TensorFlow's
+# `and-cuda` extra are not there to link, and nothing run here loads them.
+GPU_EXTRAS = {"tensorflow": {"and-cuda"}}
+
+
+def venv_requirements(env_file: Path) -> list[str]:
+    """An env file's requirements as the .venv can hold them: without GPU_EXTRAS and pip
+    options (an index line)."""
+    requirements = []
+    for text in env_pip_requirements(env_file):
+        if text.startswith("-"):
+            continue
+        requirement = Requirement(text)
+        requirement.extras -= GPU_EXTRAS.get(canonicalize_name(requirement.name), set())
+        requirements.append(str(requirement))
+    return requirements
+
+
+def test_train_env_is_the_backends_env_and_torch_cuda_picks_torchs():
+    assert train_env({"torch_cuda": "cu13"}, "tensorflow") == "train-tensorflow"
+    assert train_env({"torch_cuda": "cu126"}, "tensorflow") == "train-tensorflow"
+    assert train_env({"torch_cuda": "cu13"}, "torch") == "train-torch"
+    assert train_env({"torch_cuda": "cu126"}, "torch") == "train-torch-cu126"
+    with pytest.raises(ConfigError, match="got 'jax'"):
+        train_env({"torch_cuda": "cu13"}, "jax")
+
+
+def test_rules_with_a_backend_take_its_env_and_no_other_rule_does(tmp_path: Path):
+    configfile = tmp_path / "config.yaml"
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["train"]["backend"] = ["tensorflow", "torch"]
+    configfile.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", workdir=tmp_path, configfile=configfile)
+    assert result.returncode == 0, result.stderr
+    jobs = dry_run_jobs(result.stdout)
+    with_backend = {job["rule"] for job in jobs if "backend" in job["wildcards"]}
+    training = {"train_data_parallel", "train_experiment_parallel", "train_hybrid_parallel"}
+    assert training | {"evaluate"} <= with_backend
+    assert {rule for rule, env in rule_envs().items() if env == BY_BACKEND} == with_backend
+
+
+# Answers the questions Snakemake asks conda before a dry run (version, install prefix, channel
+# priority) and refuses anything else: `--list-conda-envs` then lists the env files of every job
+# of the DAG, as it would on a login node, without creating one.
+FAKE_CONDA = """#!/bin/sh
+case "$*" in
+  "--version") echo "conda 24.7.1" ;;
+  "info --json") printf '{"conda_prefix": "%s", "platform": "linux-64"}\\n' "$(dirname "$0")" ;;
+  "config --get channel_priority --json") echo '{"get": {"channel_priority": "strict"}}' ;;
+  *) echo "fake conda: refusing '$*'" >&2; exit 1 ;;
+esac
+"""
+
+
+def deployed_envs(tmp_path: Path, train: Mapping[str, object]) -> set[str]:
+    """Stems of the env files `snakemake --sdm conda --list-conda-envs` lists for config.yaml
+    with ``train`` merged over its train section."""
+    fake = tmp_path / "fake-conda" / "conda"
+    if not fake.exists():
+        fake.parent.mkdir()
+        fake.write_text(FAKE_CONDA)
+        fake.chmod(0o755)
+    env = {**os.environ, "PATH": os.pathsep.join([str(fake.parent), os.environ["PATH"]])}
+    snakemake_bin = Path(sys.executable).parent / "snakemake"
+    command = [str(snakemake_bin), "--snakefile", str(ROOT / "Snakefile"), "--directory"]
+    command += [str(tmp_path), "--configfile", str(ROOT / "config.yaml")]
+    command += ["--config", f"train={json.dumps(train)}", "--sdm", "conda", "--list-conda-envs"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.split("environment\tcontainer\tlocation\n", 1)[1].splitlines()
+    return {Path(line.split("\t")[0]).stem for line in lines}
+
+
+def test_snakemake_deploys_each_backends_env_for_its_jobs(tmp_path: Path):
+    # The config's backends decide which training and evaluation jobs exist, so the envs
+    # Snakemake deploys for one backend are its jobs' envs (beside data's and plots').
+    others = {"data", "plots"}
+    assert deployed_envs(tmp_path, {"backend": "tensorflow"}) == others | {"train-tensorflow"}
+    assert deployed_envs(tmp_path, {"backend": "torch"}) == others | {"train-torch"}
+    cu126 = {"backend": "torch", "torch_cuda": "cu126"}
+    assert deployed_envs(tmp_path, cu126) == others | {"train-torch-cu126"}
+    both = {"backend": ["tensorflow", "torch"]}
+    assert deployed_envs(tmp_path, both) == others | {"train-tensorflow", "train-torch"}
 
 
 # --- building a venv of a dependency closure ------------------------------------------------
@@ -380,13 +472,15 @@ def test_a_built_env_imports_its_closure_and_nothing_else(tmp_path: Path):
 BACKENDS = ("tensorflow", "torch")
 MODES = ("data", "experiment")
 # Every rule in pipeline order with the files that make Snakemake run it; consecutive rules of
-# one env run in one Snakemake call restricted to them (--allowed-rules).
+# one env run in one Snakemake call restricted to them (--allowed-rules), and consecutive rules
+# of BY_BACKEND env in one call per backend, in its env, for that backend's files.
 RULE_TARGETS: dict[str, list[str]] = {
     "synthesize_brats": ["results/data/synthetic/Task01_BrainTumour"],
     "download_brats": ["results/data/msd/Task01_BrainTumour"],
     "plan_tfrecords": ["results/tfrecords/plan.json"],
     "convert_tfrecords": [],  # wildcards: run for index_tfrecords's inputs
     "index_tfrecords": ["results/tfrecords/info.json"],
+    "preflight": [f"results/preflight/{b}.json" for b in BACKENDS],
     "train_data_parallel": [f"results/train/{b}/data/1gpu/summary.json" for b in BACKENDS],
     "train_experiment_parallel": [
         f"results/train/{b}/experiment/1gpu/summary.json" for b in BACKENDS
@@ -406,15 +500,27 @@ RULE_TARGETS: dict[str, list[str]] = {
 NOT_RUN = {"train_hybrid_parallel"}
 
 
-def stages(envs: Mapping[str, str]) -> list[tuple[str, list[str]]]:
-    """(env, its rules) for each run of consecutive rules of RULE_TARGETS in one env."""
+def stages(
+    envs: Mapping[str, str], train: Mapping[str, object]
+) -> list[tuple[str, list[str], list[str]]]:
+    """(env, its rules, their targets) for each Snakemake call: a run of consecutive rules of
+    RULE_TARGETS in one env, or of BY_BACKEND rules once per backend in that backend's env."""
     grouped: list[tuple[str, list[str]]] = []
     for rule in RULE_TARGETS:
         if grouped and grouped[-1][0] == envs[rule]:
             grouped[-1][1].append(rule)
         else:
             grouped.append((envs[rule], [rule]))
-    return grouped
+    calls = []
+    for env, rules in grouped:
+        targets = [target for rule in rules for target in RULE_TARGETS[rule]]
+        if env != BY_BACKEND:
+            calls.append((env, rules, targets))
+            continue
+        for backend in BACKENDS:
+            mine = [target for target in targets if f"/{backend}/" in target]
+            calls.append((train_env(train, backend), rules, mine))
+    return calls
 
 
 def msd_archive(task: Path, archive: Path) -> Path:
@@ -486,17 +592,7 @@ def test_a_job_gets_its_env_and_only_the_preamble_from_snakemake(tmp_path, pream
 def test_every_rule_runs_in_its_own_env_alone(tmp_path: Path, make_task, preamble_modules):
     envs = rule_envs()
     assert set(RULE_TARGETS) == set(envs), "add the new rule to RULE_TARGETS"
-    assert envs["train_hybrid_parallel"] == envs["train_experiment_parallel"]
-    started = time.perf_counter()
-    venvs = {
-        env: build_venv(
-            env_pip_requirements(ENVS_DIR / f"{env}.yaml"),
-            tmp_path / "venvs" / env,
-            with_snakemake=True,
-        )
-        for env in sorted(set(envs.values()))
-    }
-    timings = {"build venvs": time.perf_counter() - started}
+    assert envs["train_hybrid_parallel"] == envs["train_experiment_parallel"] == BY_BACKEND
 
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -509,9 +605,24 @@ def test_every_rule_runs_in_its_own_env_alone(tmp_path: Path, make_task, preambl
     # Both backends and both modes, at one G: every import path of the training rules.
     config["train"].update(backend=list(BACKENDS), modes=list(MODES), gpu_counts=[1])
     configfile.write_text(yaml.safe_dump(config))
+    train = validate_config(yaml.safe_load(configfile.read_text()))["train"]
 
-    for env, rules in stages(envs):
-        targets = [target for rule in rules for target in RULE_TARGETS[rule]]
+    calls = stages(envs, train)
+    started = time.perf_counter()
+    venvs = {
+        env: build_venv(
+            venv_requirements(ENVS_DIR / f"{env}.yaml"),
+            tmp_path / "venvs" / env,
+            with_snakemake=True,
+        )
+        for env in sorted({env for env, _, _ in calls})
+    }
+    timings = {"build venvs": time.perf_counter() - started}
+    # A backend's env holds its framework only; a job that imports the other one fails here.
+    assert "torch" not in venvs["train-tensorflow"].distributions
+    assert "tensorflow" not in venvs["train-torch"].distributions
+
+    for env, rules, targets in calls:
         run = run_snakemake(
             venvs[env],
             "--snakefile",
@@ -529,7 +640,7 @@ def test_every_rule_runs_in_its_own_env_alone(tmp_path: Path, make_task, preambl
             workdir=workdir,
             allow=preamble_modules,
         )
-        timings[env] = run.seconds
+        timings[env] = timings.get(env, 0.0) + run.seconds
         logs = "".join(
             f"\n--- {p.relative_to(workdir)}\n{p.read_text()[-2000:]}"
             for p in sorted((workdir / "logs").rglob("*.log"))

@@ -12,6 +12,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from distmis.backends import NAMES
 from distmis.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,22 @@ def train_backends(train: Mapping[str, Any]) -> list[str]:
     """``train.backend`` as a list: a single name or a list of names, in the order given."""
     backend = train["backend"]
     return [backend] if isinstance(backend, str) else list(backend)
+
+
+def train_env(train: Mapping[str, Any], backend: str) -> str:
+    """Name of the conda env file (``envs/<name>.yaml``) that runs ``backend``'s training and
+    evaluation jobs.
+
+    One env per backend: TensorFlow's CUDA 12 wheels and PyTorch's CUDA 13 wheels write the
+    same files, so they cannot share one. torch takes the CUDA build ``train.torch_cuda``
+    names: ``cu13`` (PyPI's wheel, ``train-torch``) or PyTorch's ``cu126`` build
+    (``train-torch-cu126``, for sm_70 GPUs and drivers before R580).
+    """
+    if backend not in NAMES:
+        raise ConfigError(f"backend must be one of {NAMES}, got {backend!r}")
+    if backend == "torch" and train["torch_cuda"] != "cu13":
+        return f"train-torch-{train['torch_cuda']}"
+    return f"train-{backend}"
 
 
 def validate_config(config: dict, cases: int | None = None) -> dict:
