@@ -389,6 +389,38 @@ def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
     }
     for rule in ("train_data_parallel", "train_experiment_parallel"):
         assert {g: requested[(rule, g)] for g in expected} == expected
+    # The GPU preflight runs first, on one node holding as many GPUs as a training job's node.
+    (preflight,) = [
+        j for j in dry_run_jobs(result.stdout + result.stderr) if j["rule"] == "preflight"
+    ]
+    assert preflight["output"] == ["results/preflight/tensorflow.json"]
+    assert tuple(preflight["resources"][k] for k in ("nodes", "tasks", "gres")) == (
+        "1",
+        "1",
+        "gpu:4",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("backend", "framework"), [("tensorflow", "TensorFlow"), ("torch", "PyTorch")]
+)
+def test_use_gpu_without_a_gpu_fails_at_the_preflight_before_any_training_job(
+    tmp_path, backend, framework
+):
+    config = write_config(tmp_path / "c.yaml")
+    settings = yaml.safe_load(config.read_text())
+    settings["train"].update(use_gpu=True, backend=backend)
+    config.write_text(yaml.safe_dump(settings))
+    result = snakemake("--cores", "2", workdir=tmp_path, configfile=config)
+    assert result.returncode != 0
+    prefix = f"preflight {backend}: error: "
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith(prefix)]
+    assert "GPU check failed on" in line and framework in line and "fix: " in line
+    # No training job started (Snakemake prints "rule <name>:" as it starts one).
+    assert not re.search(r"^rule train_", result.stderr, re.MULTILINE), result.stderr[-3000:]
+    assert not (tmp_path / "results/train").exists()
+    assert not (tmp_path / f"results/preflight/{backend}.json").exists()
 
 
 # --- the rule adapters: distmis.workflow -------------------------------------------------
@@ -461,6 +493,7 @@ def test_every_rule_calls_the_same_named_script_and_function():
         "plan_tfrecords",
         "convert_tfrecords",
         "index_tfrecords",
+        "preflight",
         "train_data_parallel",
         "train_experiment_parallel",
         "train_hybrid_parallel",
