@@ -36,6 +36,20 @@ def test_views_of_a_view_keep_the_block_in_use():
     del image, other
 
 
+def test_arrays_derived_from_a_taken_array_keep_the_block_in_use():
+    """As torch's stack_records uses it: ``take(n).view(dtype).reshape(shape)``, the taken
+    array itself dropped at once."""
+    pool = BufferPool()
+    batch = pool.take(2 * MIB).view(np.float32).reshape(2, -1)
+    batch[:] = 1.0
+    gc.collect()
+    other = pool.take(2 * MIB)
+    other[:] = 0
+    assert pool.allocated == 2, "the block was handed out while the batch still used it"
+    assert float(batch.min()) == 1.0
+    del batch, other
+
+
 def test_idle_blocks_are_bounded_whatever_passes_through():
     pool = BufferPool(max_free=2)
     live = [pool.take(MIB) for _ in range(5)]

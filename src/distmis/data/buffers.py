@@ -52,7 +52,12 @@ class BufferPool:
         if block is None:
             block = np.empty(size, dtype=np.uint8)
             self.allocated += 1
-        view = block[:nbytes]
+        # Through a memoryview, so that numpy makes this array, not the block, the base of
+        # every array derived from it (``.view(dtype)``, ``reshape``, slices): a plain
+        # ``block[:nbytes]`` lets them point past it at the block, the finalizer then runs as
+        # soon as the caller drops ``view`` and the block is handed out again while they
+        # still use it (torch's stack_records: every in-process batch shared one block).
+        view = np.frombuffer(memoryview(block)[:nbytes], dtype=np.uint8)
         weakref.finalize(view, self._give_back, block)
         return view
 
