@@ -8,6 +8,7 @@ ever loads the framework it uses.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -103,6 +104,12 @@ class Backend(ABC):
     @abstractmethod
     def versions(self) -> dict[str, str]:
         """Versions of the framework (and its Keras, if any), for summary.json."""
+
+    def run_devices(self, use_gpu: bool) -> contextlib.AbstractContextManager[None]:
+        """A context a training run lasts in: what the framework must be told, before this
+        process or the run's workers import it, about the devices the run may use (TensorFlow:
+        the CPU only when ``use_gpu`` is false). Nothing by default."""
+        return contextlib.nullcontext()
 
     @abstractmethod
     def device_report(self, *, check_nccl: bool) -> dict[str, Any]:

@@ -137,7 +137,10 @@ def run_training(settings: TrainSettings) -> dict:
             gpus_on_this_node(settings),
             check_nccl=settings.workers_per_trial > 1,
         )
-    with node_cache_scope(settings) as scope:
+    # Before any trial imports the framework: e.g. a use_gpu: false run keeps TensorFlow, here
+    # and in its Ray workers, off CUDA (no "failed call to cuInit" error line in a green run).
+    run_devices = backends.get(settings.backend).run_devices(settings.use_gpu)
+    with run_devices, node_cache_scope(settings) as scope:
         return _run_training(replace(settings, cache_scope=scope))
 
 

@@ -17,14 +17,28 @@ reads that variable when it is first imported (it decides where ``tensorflow.ker
 resolve) and again when ``tf.keras`` is first touched, so third-party code that says
 ``tf.keras`` -- such as Ray's Keras callbacks -- gets the same tf_keras classes as our model.
 Every module that imports tensorflow lives in this package, so importing any of them sets the
-variable first; :data:`WORKER_ENV` (both variables) is :attr:`TensorflowBackend.worker_env`,
-which Ray's ``runtime_env`` passes to worker processes before their first import as well.
+variable first; :data:`WORKER_ENV` (both variables) is :attr:`TensorflowBackend.worker_env`
+(with :data:`CPU_ONLY_ENV` during a CPU-only run), which Ray's ``runtime_env`` passes to worker
+processes before their first import as well.
 
 The package itself imports neither tensorflow nor keras, so importing it is cheap.
+
+CPU-only runs
+-------------
+On a machine or job without a usable GPU, TensorFlow's CUDA probe fails and logs
+``E0000 ... cuda_platform.cc:52] failed call to cuInit: ...`` at error level once per
+process, green runs included. TensorFlow skips the probe when its device factories are limited
+to the CPU (:data:`CPU_ONLY_ENV`, read when the library loads): importing this package sets it
+when no CUDA driver library can be loaded (nothing to probe), and
+:func:`hide_gpus_if_cpu_only` sets it for the process and its Ray workers while a
+``use_gpu: false`` run lasts. ``TF_CPP_MIN_LOG_LEVEL`` is left alone, so real errors still
+reach the log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import sys
@@ -65,13 +79,81 @@ def _use_legacy_keras() -> None:
 
 _use_legacy_keras()
 
+# TensorFlow creates devices of these types only (its TF_ENABLED_DEVICE_TYPES, read once, when
+# the library loads): with "CPU" it never loads the CUDA driver nor calls cuInit, whose
+# failure is the error-level line of a CPU run (package docstring). CUDA_VISIBLE_DEVICES=""
+# and tf.config.set_visible_devices([], "GPU") still let it call cuInit and log the line.
+CPU_ONLY_ENV = {"TF_ENABLED_DEVICE_TYPES": "CPU"}
+# How many use_gpu: false runs are under way in this process (hide_gpus_if_cpu_only).
+_cpu_only_runs = 0
+
+
+def _cuda_driver_loads() -> bool:
+    """Whether the CUDA driver library that TensorFlow would load (libcuda.so.1) loads here."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def _cpu_only_without_a_driver() -> None:
+    # Without the driver library TensorFlow can use no GPU, and its probe can only fail.
+    if any(k in os.environ for k in CPU_ONLY_ENV) or "tensorflow" in sys.modules:
+        return
+    if not _cuda_driver_loads():
+        os.environ.update(CPU_ONLY_ENV)
+
+
+_cpu_only_without_a_driver()
+
+
+@contextlib.contextmanager
+def hide_gpus_if_cpu_only(use_gpu: bool) -> Iterator[None]:
+    """While a run with ``use_gpu`` false lasts, TensorFlow creates CPU devices only: in this
+    process (when it imports tensorflow inside the block) and in the Ray workers the run starts
+    (:attr:`TensorflowBackend.worker_env`, and the environment a local Ray inherits). So it
+    neither probes CUDA (no cuInit error line) nor takes a GPU the run did not ask for. With
+    ``use_gpu`` true it does nothing. A value of ``TF_ENABLED_DEVICE_TYPES`` already set wins;
+    the environment is restored on the way out, so later processes (a GPU run's preflight)
+    see the GPUs again.
+    """
+    global _cpu_only_runs
+    if use_gpu:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in CPU_ONLY_ENV}
+    for name, value in CPU_ONLY_ENV.items():
+        os.environ.setdefault(name, value)
+    if "tensorflow" in sys.modules:
+        log.debug("tensorflow is already loaded: its devices here stay as they are")
+    _cpu_only_runs += 1
+    try:
+        yield
+    finally:
+        _cpu_only_runs -= 1
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
 
 class TensorflowBackend(Backend):
     """tf_keras under ``tf.distribute`` (``MultiWorkerMirroredStrategy`` in data mode)."""
 
     name = "tensorflow"
     model_suffix = ".keras"
-    worker_env = WORKER_ENV
+
+    @property
+    def worker_env(self) -> Mapping[str, str]:  # type: ignore[override]
+        """:data:`WORKER_ENV`, plus :data:`CPU_ONLY_ENV` while a CPU-only run lasts."""
+        if not _cpu_only_runs:
+            return WORKER_ENV
+        return {**WORKER_ENV, **{k: os.environ.get(k, v) for k, v in CPU_ONLY_ENV.items()}}
+
+    def run_devices(self, use_gpu: bool) -> contextlib.AbstractContextManager[None]:
+        return hide_gpus_if_cpu_only(use_gpu)
 
     def options(self, train: Mapping[str, Any]) -> dict[str, Any]:
         # train.torch's switches mean nothing to Keras; it trains in float32, channels last.
