@@ -16,6 +16,19 @@ DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
 MIN_DRIVER_FOR_CUDA = {12: 525, 13: 580}
 
 
+NO_DRIVER_FIX = "run on a GPU node (the job's partition and gres) with the NVIDIA driver loaded"
+
+
+def too_few_gpus(seen: int, expected: int) -> str | None:
+    """The problem (with its fix) when a framework sees fewer GPUs than a job's node holds."""
+    if seen >= expected:
+        return None
+    return (
+        f"sees {seen} GPU(s), the job expects {expected} on this node; fix: ask the scheduler "
+        f"for gres gpu:{expected} (train.gpus_per_node)"
+    )
+
+
 def driver_version(path: Path = DRIVER_VERSION_FILE) -> str | None:
     """The NVIDIA kernel module's version (e.g. ``"580.65.06"``), or None without one."""
     try:

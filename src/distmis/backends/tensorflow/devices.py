@@ -17,7 +17,13 @@ from typing import Any
 
 import tensorflow as tf
 
-from distmis.cluster.nvidia import driver_too_old, driver_version, nccl_version
+from distmis.cluster.nvidia import (
+    NO_DRIVER_FIX,
+    driver_too_old,
+    driver_version,
+    nccl_version,
+    too_few_gpus,
+)
 from distmis.errors import DeviceError
 
 ENV_FILE = "envs/train-tensorflow.yaml"
@@ -91,7 +97,7 @@ def problems(facts: dict[str, Any], *, expected_gpus: int, driver: str | None) -
     gpus = facts["gpus"]
     if not gpus:
         if driver is None:
-            fix = "run on a GPU node (the job's partition and gres) with the NVIDIA driver loaded"
+            fix = NO_DRIVER_FIX
         elif (needed := driver_too_old(driver, facts["cuda_build"])) is not None:
             fix = f"driver {driver} is older than the R{needed} its CUDA build needs: update it"
         else:
@@ -101,11 +107,8 @@ def problems(facts: dict[str, Any], *, expected_gpus: int, driver: str | None) -
                 "(tensorflow[and-cuda] brings them), not the plain tensorflow wheel"
             )
         found.append(f"sees no GPU; fix: {fix}")
-    elif len(gpus) < expected_gpus:
-        found.append(
-            f"sees {len(gpus)} GPU(s), the job expects {expected_gpus} on this node; fix: ask "
-            f"the scheduler for gres gpu:{expected_gpus} (train.gpus_per_node)"
-        )
+    elif (too_few := too_few_gpus(len(gpus), expected_gpus)) is not None:
+        found.append(too_few)
     for gpu in gpus:
         if gpu["kernel"] != "ok":
             found.append(

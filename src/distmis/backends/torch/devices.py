@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from distmis.cluster.nvidia import driver_too_old, driver_version
+from distmis.cluster.nvidia import NO_DRIVER_FIX, driver_too_old, driver_version, too_few_gpus
 from distmis.errors import DeviceError
 
 ENV_FILE = "envs/train-torch.yaml"
@@ -100,18 +100,15 @@ def problems(facts: dict[str, Any], *, expected_gpus: int, driver: str | None) -
     gpus = facts["gpus"]
     if not gpus:
         if driver is None:
-            fix = "run on a GPU node (the job's partition and gres) with the NVIDIA driver loaded"
+            fix = NO_DRIVER_FIX
         elif (needed := driver_too_old(driver, facts["cuda_build"])) is not None:
             fix = f"driver {driver} is older than the R{needed} this build needs: {OLD_GPU_FIX}"
         else:
             fix = "check the job's gres and CUDA_VISIBLE_DEVICES, and the node with nvidia-smi"
         warning = f" ({facts['cuda_warnings'][0]})" if facts["cuda_warnings"] else ""
         found.append(f"sees no CUDA device{warning}; fix: {fix}")
-    elif len(gpus) < expected_gpus:
-        found.append(
-            f"sees {len(gpus)} GPU(s), the job expects {expected_gpus} on this node; fix: ask "
-            f"the scheduler for gres gpu:{expected_gpus} (train.gpus_per_node)"
-        )
+    elif (too_few := too_few_gpus(len(gpus), expected_gpus)) is not None:
+        found.append(too_few)
     for gpu in gpus:
         capability = tuple(int(part) for part in gpu["compute_capability"].split("."))
         if not supports(capability, facts["arch_list"]):
