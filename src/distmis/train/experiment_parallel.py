@@ -3,11 +3,11 @@ hybrid mode (up to G/k at once, each a Ray Train run over k GPUs).
 
 Hybrid is the Ray Train V2 way of tuning distributed runs: each Tune trial is a small driver
 function (:func:`_hybrid_trainable`, no resources of its own) that starts the backend's
-trainer on k workers with synchronous all-reduce and forwards its per-epoch reports to Tune
-(``TuneReportCallback``), so Tune's scheduler sees every epoch. Data and experiment mode are
-its two ends, k = G and k = 1. With ``train.scheduler: asha`` (experiment mode) Tune's ASHA
-stops configurations whose validation Dice trails their rung; they are recorded as
-``stopped``. Hybrid mode refuses ASHA (``distmis.config.ASHA_HYBRID_WHY``).
+trainer on k workers with synchronous all-reduce and reports its epochs to Tune from its own
+thread (:mod:`distmis.train.report_forwarding`), so Tune's scheduler sees every epoch. Data
+and experiment mode are its two ends, k = G and k = 1. With ``train.scheduler: asha``
+(experiment mode) Tune's ASHA stops configurations whose validation Dice trails their rung;
+they are recorded as ``stopped``. Hybrid mode refuses ASHA (``distmis.config.ASHA_HYBRID_WHY``).
 """
 
 from __future__ import annotations
@@ -47,33 +47,38 @@ def _tune_trainable(config: dict) -> None:
 
 def _hybrid_trainable(config: dict) -> None:
     """A hybrid trial: one Ray Train run of the configuration on ``k`` workers, its reports
-    forwarded to Tune. Train retries the run ``max_failures`` times from its checkpoint."""
+    forwarded to Tune (:mod:`distmis.train.report_forwarding`). Train retries the run
+    ``max_failures`` times from its checkpoint."""
     _log_to_job()
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from distmis.train.report_forwarding import fit_and_report
 
     settings, hybrid = config["settings"], config["hybrid"]
     backend = backends.get(settings["backend"])
     trial_id = config["trial"]["trial_id"]
-    trainer = backend.ray_trainer(
-        {**config["trial"], "settings": settings, "submitted_at": time.time()},
-        use_gpu=settings["use_gpu"],
-        scaling_config=ScalingConfig(
-            num_workers=hybrid["workers"],
+
+    def make_trainer(callbacks):
+        return backend.ray_trainer(
+            {**config["trial"], "settings": settings, "submitted_at": time.time()},
             use_gpu=settings["use_gpu"],
-            resources_per_worker=hybrid["resources_per_worker"],
-            # One node when k fits on one (its all-reduce then never crosses the network);
-            # else as few nodes as Ray can pack it on.
-            placement_strategy=hybrid["placement_strategy"],
-        ),
-        run_config=RunConfig(
-            name=trial_id,
-            storage_path=hybrid["storage"],
-            failure_config=FailureConfig(max_failures=settings["max_failures"]),
-            callbacks=[TuneReportCallback()],
-        ),
-    )
-    trainer.fit()
+            scaling_config=ScalingConfig(
+                num_workers=hybrid["workers"],
+                use_gpu=settings["use_gpu"],
+                resources_per_worker=hybrid["resources_per_worker"],
+                # One node when k fits on one (its all-reduce then never crosses the
+                # network); else as few nodes as Ray can pack it on.
+                placement_strategy=hybrid["placement_strategy"],
+            ),
+            run_config=RunConfig(
+                name=trial_id,
+                storage_path=hybrid["storage"],
+                failure_config=FailureConfig(max_failures=settings["max_failures"]),
+                callbacks=callbacks,
+            ),
+        )
+
+    fit_and_report(make_trainer)
 
 
 def placement_strategy(settings: TrainSettings, gpus_per_node: int) -> str:
