@@ -97,6 +97,9 @@ class Usage:
     user: float
     sys: float
     faults: int  # minor page faults: freshly touched memory, 4 KiB each unless huge pages
+    # The worker's peak RSS so far (bytes): what a conversion job's memory request is sized by
+    # (distmis.cluster.memory). Peaks are not summed: a job converts one shard in one process.
+    peak_rss: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -104,6 +107,7 @@ class Usage:
             self.user + other.user,
             self.sys + other.sys,
             self.faults + other.faults,
+            max(self.peak_rss, other.peak_rss),
         )
 
 
@@ -116,6 +120,7 @@ def _measured(job: Callable[[], int]) -> Usage:
         after.ru_utime - before.ru_utime,
         after.ru_stime - before.ru_stime,
         after.ru_minflt - before.ru_minflt,
+        after.ru_maxrss * 1024,  # KiB on Linux
     )
 
 
@@ -436,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"  {'mode':<8}{'procs':>6}{'cases':>7}{'seconds':>9}{'cases/s':>9}{'s/case':>8}"
             f"{'cpu/wall':>10}{'user/case':>11}{'sys/case':>10}{'kfaults/case':>14}"
+            f"{'peak RSS':>10}"
         )
         for p, best in results.items():
             for mode in ("load", "write", "io floor", "convert"):
@@ -443,13 +449,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(
                     f"  {mode:<8}{p:>6}{cases:>7}{sec:>9.2f}{cases / sec:>9.3f}{sec / cases:>8.3f}"
                     f"{(u.user + u.sys) / sec:>10.2f}{u.user / cases:>11.3f}{u.sys / cases:>10.3f}"
-                    f"{u.faults / 1000 / cases:>14.0f}"
+                    f"{u.faults / 1000 / cases:>14.0f}{u.peak_rss / 1e9:>8.2f} GB"
                 )
         print(
             "  cpu/wall: worker CPU seconds (user + sys, all threads) / wall seconds; about equal"
             " to procs when the workers are CPU-bound and have the cores to themselves."
             " kfaults: thousands of minor page faults, i.e. fresh memory the kernel had to map"
             " and zero (4 KiB each, or 2 MiB where transparent huge pages apply)."
+            " peak RSS: the largest worker's, imports included (a conversion job's memory)."
         )
 
         print("\nratios")

@@ -8,6 +8,12 @@ from snakemake.utils import validate
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from distmis.backends import NAMES as BACKEND_NAMES
+from distmis.cluster.memory import (
+    SplitSizes,
+    conversion_memory,
+    evaluation_memory,
+    training_memory,
+)
 from distmis.cluster.resources import job_shape
 from distmis.config import (
     check_semantics,
@@ -135,21 +141,51 @@ def training_threads(wildcards):
     return cores if cores else _shape(wildcards).cpus_per_node
 
 
-# What a training job for G GPUs asks a scheduler for (profiles/slurm maps these onto
-# sbatch): ceil(G / gpus_per_node) nodes, one task per node holding that node's workers'
-# CPUs, and GPUs per node as GRES. GRES rather than the `gpu` resource, which the SLURM
-# plugin turns into a job-wide --gpus=G that SLURM may spread unevenly over the nodes.
-TRAIN_RESOURCES = {
-    "nodes": lambda wildcards: _shape(wildcards).nodes,
-    "tasks": lambda wildcards: _shape(wildcards).nodes,
-    "cpus_per_task": lambda wildcards: _shape(wildcards).cpus_per_node,
-    "gres": lambda wildcards: (
-        f"gpu:{_shape(wildcards).gpus_per_node}" if TRAIN["use_gpu"] else ""
-    ),
-    # Keeps the plugin from adding --ntasks-per-gpu for GPU jobs (one task per node here).
-    "tasks_per_gpu": 0,
-    "runtime": TRAIN_RUNTIME_MINUTES,
-}
+def split_sizes(info_json):
+    """The converted data's sizes from info.json; before the conversion has run (a dry run of
+    a fresh checkout), what the config says it will write. Snakemake sizes a job again when
+    it submits it, so a submitted job always has info.json's."""
+    if os.path.exists(info_json):
+        return SplitSizes.from_info(info_json)
+    return SplitSizes.from_config(config)
+
+
+def train_resources(mode):
+    """What a training job of ``mode`` for G GPUs asks a scheduler for (profiles/slurm maps
+    these onto sbatch): ceil(G / gpus_per_node) nodes, one task per node holding that node's
+    workers' CPUs, GPUs per node as GRES, and memory per node from the data and the config
+    (distmis.cluster.memory; the formula is printed in the job's log, `--set-resources
+    RULE:mem_mb=N` overrides it). GRES rather than the `gpu` resource, which the SLURM plugin
+    turns into a job-wide --gpus=G that SLURM may spread unevenly over the nodes."""
+
+    def mem_mb(wildcards, input):
+        k = int(wildcards.k) if mode == "hybrid" else None
+        request = training_memory(
+            wildcards.backend, mode, int(wildcards.gpus), k, TRAIN, split_sizes(input.info)
+        )
+        return request.mem_mb
+
+    return {
+        "nodes": lambda wildcards: _shape(wildcards).nodes,
+        "tasks": lambda wildcards: _shape(wildcards).nodes,
+        "cpus_per_task": lambda wildcards: _shape(wildcards).cpus_per_node,
+        "gres": lambda wildcards: (
+            f"gpu:{_shape(wildcards).gpus_per_node}" if TRAIN["use_gpu"] else ""
+        ),
+        # Keeps the plugin from adding --ntasks-per-gpu for GPU jobs (one task per node here).
+        "tasks_per_gpu": 0,
+        "runtime": TRAIN_RUNTIME_MINUTES,
+        "mem_mb": mem_mb,
+    }
+
+
+def evaluation_mem_mb(wildcards, input):
+    """An evaluation job's memory (distmis.cluster.memory.evaluation_memory)."""
+    return evaluation_memory(wildcards.backend, TRAIN, split_sizes(input.info)).mem_mb
+
+
+# One conversion job's memory: a shard, one case at a time (distmis.cluster.memory).
+CONVERSION_MEM_MB = conversion_memory(config).mem_mb
 
 
 # The GPU check before training: the GPUs one node of the largest training job holds (0: CPU

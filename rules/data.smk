@@ -71,7 +71,7 @@ rule convert_tfrecords:
     conda:
         "../envs/data.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=CONVERSION_MEM_MB,
         runtime=60,
     script:
         "../workflow_scripts/convert_tfrecords.py"

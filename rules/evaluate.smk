@@ -37,6 +37,7 @@ rule evaluate:
     threads: 4
     resources:
         runtime=120,
+        mem_mb=evaluation_mem_mb,
     params:
         threshold=config["evaluate"]["threshold"],
         overlay_cases=config["evaluate"]["overlay_cases"],

@@ -45,7 +45,7 @@ rule train_data_parallel:
         train_conda_env
     threads: training_threads
     resources:
-        **TRAIN_RESOURCES,
+        **train_resources("data"),
     params:
         out=lambda wildcards: f"results/train/{wildcards.backend}/data/{wildcards.gpus}gpu",
         train=train_params,
@@ -67,7 +67,7 @@ rule train_experiment_parallel:
         train_conda_env
     threads: training_threads
     resources:
-        **TRAIN_RESOURCES,
+        **train_resources("experiment"),
     params:
         out=lambda wildcards: f"results/train/{wildcards.backend}/experiment/{wildcards.gpus}gpu",
         train=train_params,
@@ -91,7 +91,7 @@ rule train_hybrid_parallel:
         train_conda_env
     threads: training_threads
     resources:
-        **TRAIN_RESOURCES,
+        **train_resources("hybrid"),
     params:
         out=lambda wildcards: (
             f"results/train/{wildcards.backend}/hybrid{wildcards.k}/{wildcards.gpus}gpu"

@@ -26,7 +26,9 @@ def _example(cls: type) -> errors.DistmisError:
         for p in inspect.signature(cls.__init__).parameters.values()
         if p.name != "self" and p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
     ]
-    return cls(*(f"{cls.__name__}-{p.name}" for p in required)) if required else cls("the problem")
+    # Sizes are numbers (CacheSpaceError's bytes); everything else a string naming itself.
+    values = [1 if p.annotation in (int, "int") else f"{cls.__name__}-{p.name}" for p in required]
+    return cls(*values) if required else cls("the problem")
 
 
 def test_every_subclass_is_checked():

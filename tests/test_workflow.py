@@ -352,13 +352,10 @@ def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
     shutil.rmtree(tmp_path / "results")
 
 
-def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    config["train"].update(
-        gpu_counts=[1, 2, 4, 8, 16, 32], use_gpu=True, gpus_per_node=4, cpus_per_worker=10
-    )
+def profile_dry_run(tmp_path: Path, config: dict) -> subprocess.CompletedProcess:
+    """``config`` through the real profile, as a cluster user runs it (-n: nothing is
+    submitted); asserts it plans."""
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    # The real profile, as a cluster user runs it (-n: nothing is submitted).
     result = snakemake(
         "-n",
         "--forceall",
@@ -372,6 +369,15 @@ def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
         configfile=tmp_path / "c.yaml",
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["train"].update(
+        gpu_counts=[1, 2, 4, 8, 16, 32], use_gpu=True, gpus_per_node=4, cpus_per_worker=10
+    )
+    result = profile_dry_run(tmp_path, config)
     requested = {
         (job["rule"], int(job["wildcards"]["gpus"])): tuple(
             job["resources"][key] for key in ("nodes", "tasks", "gres", "cpus_per_task")
@@ -399,6 +405,79 @@ def test_paper_scale_jobs_request_nodes_and_gpus(tmp_path):
         "1",
         "gpu:4",
     )
+
+
+PAPER_TRAIN = {
+    "backend": ["tensorflow", "torch"],
+    "modes": ["data", "experiment", "hybrid"],
+    "gpus_per_trial": [2, 4],
+    "gpu_counts": [1, 2, 4, 8, 16, 32],
+    "use_gpu": True,
+    "gpus_per_node": 4,
+    "cpus_per_worker": 8,
+}
+
+
+@pytest.mark.parametrize(
+    ("variant", "with_info_json"),
+    [({}, True), ({"image_dtype": "float16", "cache": False}, False)],
+    ids=["float32-cached-info.json", "float16-streaming-before-conversion"],
+)
+def test_paper_scale_jobs_ask_the_memory_their_nodes_hold(tmp_path, variant, with_info_json):
+    """The paper's study through the real profile (-n): every training job's nodes, tasks,
+    GRES, CPUs and memory per node, against the job shape and distmis.cluster.memory; sized
+    from info.json once the conversion has run, from the config before."""
+    from distmis.cluster.memory import SplitSizes, training_memory
+    from distmis.cluster.resources import job_shape
+    from tests.cluster.test_memory import write_info
+
+    dtype = variant.get("image_dtype", "float32")
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["data"].update(source="msd")
+    config["data"]["preprocess"].update(shape=[240, 240, 152], image_dtype=dtype)
+    config["train"].update(PAPER_TRAIN, cache=variant.get("cache", True))
+    info = tmp_path / "results/tfrecords/info.json"
+    if with_info_json:
+        write_info(info.parent, {"train": 339, "val": 73, "test": 72}, dtype=dtype)
+    result = profile_dry_run(tmp_path, config)
+    validated = load_config(tmp_path / "c.yaml")
+    sizes = SplitSizes.from_info(info) if with_info_json else SplitSizes.from_config(validated)
+    assert sizes.cached_bytes() / 1e9 == pytest.approx(
+        61.3 if dtype == "float32" else 32.5, abs=0.1
+    )
+    jobs = [
+        j for j in dry_run_jobs(result.stdout + result.stderr) if j["rule"].startswith("train_")
+    ]
+    # (data + experiment) × 6 G + hybrid2 at 5 G + hybrid4 at 4 G, × 2 backends
+    assert len(jobs) == 2 * (2 * 6 + 5 + 4)
+    for job in jobs:
+        wildcards, resources = job["wildcards"], job["resources"]
+        gpus, mode = int(wildcards["gpus"]), job["rule"].split("_")[1]
+        k = int(wildcards["k"]) if mode == "hybrid" else None
+        shape = job_shape(gpus, 4, 8, True)
+        expected = training_memory(
+            wildcards["backend"], mode, gpus, k, validated["train"], sizes
+        ).mem_mb
+        assert (
+            resources["nodes"],
+            resources["tasks"],
+            resources["gres"],
+            resources["cpus_per_task"],
+            resources["mem_mb"],
+        ) == (
+            str(shape.nodes),
+            str(shape.nodes),
+            f"gpu:{shape.gpus_per_node}",
+            str(shape.cpus_per_node),
+            str(expected),
+        ), job
+        # A cached node holds the whole copy: never less than the README's "Sizing a node".
+        if variant.get("cache", True):
+            assert int(resources["mem_mb"]) * 2**20 > 61.3e9
+    converting = [
+        j for j in dry_run_jobs(result.stdout + result.stderr) if j["rule"] == "convert_tfrecords"
+    ]
+    assert converting and all(1000 > int(j["resources"]["mem_mb"]) > 900 for j in converting)
 
 
 @pytest.mark.slow
@@ -577,7 +656,10 @@ def test_start_script_sends_stderr_and_logging_to_the_log(rule_log: Path):
 
 
 def train_rule(tmp_path: Path, rule_log: Path, backend: str = "torch", gpus: int = 2):
+    from tests.cluster.test_memory import write_info
+
     train = load_config(None)["train"]
+    write_info(tmp_path / "tfrecords", {"train": 17, "val": 4, "test": 3}, shape=(32, 32, 24))
     return SimpleNamespace(
         input=SimpleNamespace(info=str(tmp_path / "tfrecords" / "info.json")),
         params=SimpleNamespace(train=train, out=str(tmp_path / "out")),
@@ -597,6 +679,8 @@ def test_training_rules_run_in_process_outside_slurm(tmp_path, rule_log, monkeyp
     (settings,) = ran
     assert (settings.mode, settings.gpus, settings.backend) == ("experiment", 2, "torch")
     assert (settings.tfrecord_dir, settings.out_dir) == (tmp_path / "tfrecords", tmp_path / "out")
+    # The job's memory request, as its formula adds it up, opens its log.
+    assert "memory train torch experiment G=2 (info.json): mem_mb " in rule_log.read_text()
 
 
 def test_training_rules_relaunch_under_the_jobs_ray_cluster_in_slurm(

@@ -156,14 +156,16 @@ def data_parallel_workers(train: Mapping[str, Any]) -> int:
 MSD_BRATS_CASES = 484
 
 
-def _expected_cases(config: Mapping[str, Any], split: str, cases: int | None) -> int:
-    """The cases ``split`` will get (split_cases' rounding) of ``cases``, by default the
-    source's case count."""
+def expected_split_counts(config: Mapping[str, Any], cases: int | None = None) -> dict[str, int]:
+    """The cases each split will get (``split_cases``' rounding) of ``cases``, by default the
+    source's case count: what the conversion will write, known before it runs."""
+    from distmis.data.split import split_counts
+
     data = config["data"]
     if cases is None:
         synthetic = data["source"] == "synthetic"
         cases = data["synthetic"]["cases"] if synthetic else MSD_BRATS_CASES
-    return round(cases * data["preprocess"]["split"][split])
+    return split_counts(cases, data["preprocess"]["split"])
 
 
 def resolve_shards(config: dict, cases: int | None = None) -> None:
@@ -172,9 +174,10 @@ def resolve_shards(config: dict, cases: int | None = None) -> None:
     when a split has fewer shards than a data-parallel job has workers."""
     shards = config["data"]["preprocess"]["shards"]
     workers = data_parallel_workers(config["train"])
+    expected = expected_split_counts(config, cases)
     for split in ("train", "val"):
         if shards[split] == "auto":
-            shards[split] = max(1, min(workers, _expected_cases(config, split, cases)))
+            shards[split] = max(1, min(workers, expected[split]))
         if shards[split] < workers:
             log.warning(
                 "data.preprocess.shards.%s is %d, fewer than the %d data-parallel workers of "

@@ -57,3 +57,45 @@ class DeviceError(DistmisError):
 
     def __reduce__(self):
         return (type(self), (self.host, self.framework, self.cuda_build, self.problems))
+
+
+def _size(n_bytes: int) -> str:
+    # GB at the paper's size; MB below 10 MB, where "0.00 GB" would hide the numbers.
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 10_000_000 else f"{n_bytes / 1e6:.2f} MB"
+
+
+def _either(options: tuple[str, ...]) -> str:
+    # "a; b; or c": the options themselves hold commas.
+    return "; or ".join(["; ".join(options[:-1]), options[-1]] if len(options) > 1 else options)
+
+
+class CacheSpaceError(DistmisError):
+    """A split's node cache does not fit where it would be written. One line: the split, the
+    folder, the bytes needed and available, the limit that is short and the fixes. Raised in
+    Ray workers, so it pickles with its arguments."""
+
+    def __init__(
+        self,
+        split: str,
+        folder: str,
+        needed: int,
+        available: int,
+        limit: str,
+        fixes: tuple[str, ...],
+    ) -> None:
+        super().__init__(
+            f"no room to cache split {split!r} in {folder}: it needs {_size(needed)} but "
+            f"{limit} is {_size(max(available, 0))}; fix: {_either(fixes)}"
+        )
+        self.split = split
+        self.folder = folder
+        self.needed = needed
+        self.available = available
+        self.limit = limit
+        self.fixes = tuple(fixes)
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self.split, self.folder, self.needed, self.available, self.limit, self.fixes),
+        )

@@ -175,6 +175,7 @@ def _train(snakemake: Any, mode: str, gpus_per_trial: int | None = None) -> dict
     starts one Ray cluster across the job's nodes with ports and an auth token of its own (so
     jobs sharing a node do not collide) and stops it whatever happens.
     """
+    from distmis.cluster.memory import SplitSizes, training_memory
     from distmis.train.run import run_training
     from distmis.train.settings import TrainSettings
 
@@ -183,6 +184,11 @@ def _train(snakemake: Any, mode: str, gpus_per_trial: int | None = None) -> dict
     backend = snakemake.wildcards.backend
     out_dir = Path(snakemake.params.out)
     tfrecord_dir = Path(snakemake.input.info).parent
+    sizes = SplitSizes.from_info(Path(snakemake.input.info))
+    request = training_memory(backend, mode, gpus, gpus_per_trial, train, sizes)
+    asked = getattr(getattr(snakemake, "resources", None), "mem_mb", None)
+    memory_line = request.describe(asked, os.environ.get("SLURM_MEM_PER_NODE"))
+    logging.getLogger(__name__).info("memory %s", memory_line)
     settings = TrainSettings.from_config(
         train,
         mode=mode,

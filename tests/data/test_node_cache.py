@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from distmis.data.convert import ConvertParams, convert_dataset
 from distmis.data.info import DatasetInfo
 from distmis.data.records import read_records
 from distmis.data.synthetic import synthesize_dataset
-from distmis.errors import ContractError
+from distmis.errors import CacheSpaceError, ContractError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,6 +102,134 @@ def test_a_shard_that_does_not_match_info_json_is_refused(tmp_path):
     with pytest.raises(ContractError, match=f"{shard.name} does not match its sha256"):
         node_cache.open_split(info, "train", scope)
     assert not [p for p in scope.iterdir() if p.is_dir()], "no partial copy left"
+
+
+def test_a_split_that_does_not_fit_is_refused_before_anything_is_written(
+    info, tmp_path, monkeypatch
+):
+    made = count_materialisations(monkeypatch)
+    needed = info.decoded_bytes("train") + node_cache.ROOM_ALLOWANCE_BYTES
+    monkeypatch.setattr(node_cache, "free_bytes", lambda path: needed - 1)
+    with pytest.raises(CacheSpaceError) as refused:
+        node_cache.open_split(info, "train", tmp_path)
+    assert refused.value.needed == needed and refused.value.available == needed - 1
+    assert made == [] and not [p for p in tmp_path.iterdir() if p.is_dir()]
+    monkeypatch.setattr(node_cache, "free_bytes", lambda path: needed)
+    assert len(node_cache.open_split(info, "train", tmp_path)) == info.count("train")
+
+
+def test_check_room_names_the_split_folder_sizes_limit_and_fixes_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(node_cache, "free_bytes", lambda path: 3_100_000_000)
+    node_cache.check_room("train", tmp_path, 3_100_000_000, "float32", environ={})  # fits
+    with pytest.raises(CacheSpaceError) as refused:
+        node_cache.check_room("train", tmp_path, 51_234_000_000, "float32", environ={})
+    assert str(refused.value) == (
+        f"no room to cache split 'train' in {tmp_path}: it needs 51.23 GB but the "
+        "filesystem's free space is 3.10 GB; fix: set train.cache_dir to a node-local folder "
+        "with room; set data.preprocess.image_dtype: float16 (half the bytes); or set "
+        "train.cache: false (stream from the shards)"
+    )
+    with pytest.raises(CacheSpaceError, match="with room; or set train.cache: false"):
+        node_cache.check_room("train", tmp_path, 51_234_000_000, "float16", environ={})
+
+
+def test_check_room_on_a_tmpfs_in_a_slurm_job_checks_the_jobs_memory_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(node_cache, "free_bytes", lambda path: 100_000_000_000)
+    monkeypatch.setattr(node_cache, "tmpfs_mount", lambda path: Path("/dev/shm"))
+    monkeypatch.setattr(node_cache, "job_memory_room", lambda: 2_000_000_000)
+    node_cache.check_room("val", tmp_path, 5_000_000_000, environ={})  # not a SLURM job
+    with pytest.raises(CacheSpaceError) as refused:
+        node_cache.check_room("val", tmp_path, 5_000_000_000, environ={"SLURM_JOB_ID": "77"})
+    message = str(refused.value)
+    assert "but the room under SLURM job 77's memory limit is 2.00 GB" in message
+    assert f"fix: {node_cache.FIX_MEMORY}; set train.cache_dir" in message
+    monkeypatch.setattr(node_cache, "job_memory_room", lambda: None)  # no limit readable
+    node_cache.check_room("val", tmp_path, 5_000_000_000, environ={"SLURM_JOB_ID": "77"})
+
+
+def test_the_space_error_pickles_with_its_message_and_fields():
+    error = CacheSpaceError("train", "/dev/shm/x", 51_000_000_000, 3_000_000_000, "L", ("a", "b"))
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is CacheSpaceError and str(again) == str(error)
+    assert (again.needed, again.available, again.fixes) == (
+        51_000_000_000,
+        3_000_000_000,
+        ("a", "b"),
+    )
+
+
+def test_tmpfs_mount_is_the_longest_mount_point_holding_the_path(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "overlay / overlay rw 0 0\n"
+        "tmpfs /dev/shm tmpfs rw,size=65536k 0 0\n"
+        "tmpfs /scratch/my\\040job tmpfs rw 0 0\n"
+        "/dev/sda1 /scratch/my\\040job/disk ext4 rw 0 0\n"
+    )
+    assert node_cache.tmpfs_mount(Path("/dev/shm/distmis-cache-0"), mounts) == Path("/dev/shm")
+    assert node_cache.tmpfs_mount(Path("/scratch/my job/a"), mounts) == Path("/scratch/my job")
+    assert node_cache.tmpfs_mount(Path("/scratch/my job/disk/a"), mounts) is None
+    assert node_cache.tmpfs_mount(Path("/dev/shmx"), mounts) is None
+    assert node_cache.tmpfs_mount(Path("/dev/shm"), tmp_path / "absent") is None
+
+
+def fake_cgroup(folder: Path, files: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text + "\n")
+
+
+def test_cgroup_v2_room_is_the_tightest_limit_less_usage_up_the_tree(tmp_path):
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/slurmstepd.scope/job_7/step_0/user/task_0\n")
+    root = tmp_path / "sys"
+    job = root / "system.slice/slurmstepd.scope/job_7"
+    # The step and task set no limit; the job does; its inactive file cache is reclaimable.
+    fake_cgroup(job / "step_0/user/task_0", {"memory.max": "max", "memory.current": "10"})
+    stat = "anon 4000000000\ninactive_file 1000000000\nactive_file 5"
+    fake_cgroup(
+        job, {"memory.max": "8000000000", "memory.current": "5000000000", "memory.stat": stat}
+    )
+    fake_cgroup(
+        root / "system.slice", {"memory.max": "100000000000", "memory.current": "90000000000"}
+    )
+    assert node_cache.job_memory_room(proc, root) == 8_000_000_000 - 4_000_000_000
+    # A parent with less room is the one that counts.
+    fake_cgroup(
+        root / "system.slice", {"memory.max": "100000000000", "memory.current": "97000000000"}
+    )
+    assert node_cache.job_memory_room(proc, root) == 3_000_000_000
+
+
+def test_cgroup_v2_without_limits_has_no_room_to_report(tmp_path):
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/job\n")
+    fake_cgroup(tmp_path / "sys/job", {"memory.max": "max", "memory.current": "1000"})
+    assert node_cache.job_memory_room(proc, tmp_path / "sys") is None
+    assert node_cache.job_memory_room(tmp_path / "absent", tmp_path / "sys") is None
+
+
+def test_cgroup_v1_room_reads_the_memory_controllers_hierarchy(tmp_path):
+    proc = tmp_path / "cgroup"
+    proc.write_text(
+        "5:cpu,cpuacct:/slurm/uid_0/job_7/step_0\n4:memory:/slurm/uid_0/job_7/step_0\n0::/\n"
+    )
+    memory = tmp_path / "sys/memory"
+    unlimited = str(9223372036854771712)  # what cgroup v1 writes for "no limit"
+    fake_cgroup(memory, {"memory.limit_in_bytes": unlimited, "memory.usage_in_bytes": "1"})
+    fake_cgroup(
+        memory / "slurm/uid_0/job_7",
+        {
+            "memory.limit_in_bytes": "6000000000",
+            "memory.usage_in_bytes": "2500000000",
+            "memory.stat": "inactive_file 1\ntotal_inactive_file 500000000",
+        },
+    )
+    step = memory / "slurm/uid_0/job_7/step_0"
+    fake_cgroup(step, {"memory.limit_in_bytes": unlimited, "memory.usage_in_bytes": "2000000000"})
+    assert node_cache.job_memory_room(proc, tmp_path / "sys") == 4_000_000_000
+    (memory / "slurm/uid_0/job_7/memory.limit_in_bytes").write_text(unlimited)
+    assert node_cache.job_memory_room(proc, tmp_path / "sys") is None
 
 
 def _dead_pid() -> int:

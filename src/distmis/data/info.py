@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from distmis.fileio import read_json
 
 MADE_BY = "rule index_tfrecords (`distmis convert`)"
+
+
+def decoded_record_bytes(
+    image_shape: tuple[int, ...], label_shape: tuple[int, ...], image_dtype: str
+) -> int:
+    """Bytes of one decoded record: the image in ``image_dtype``, the label as uint8."""
+    from distmis.data.records import IMAGE_DTYPES, LABEL_DTYPE
+
+    return (
+        math.prod(image_shape) * IMAGE_DTYPES[image_dtype].itemsize
+        + math.prod(label_shape) * LABEL_DTYPE.itemsize
+    )
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,13 @@ class DatasetInfo:
 
     def count(self, split: str) -> int:
         return sum(s.records for s in self.splits[split])
+
+    def decoded_bytes(self, split: str) -> int:
+        """Bytes of ``split`` decoded: its images in ``image_dtype`` and its uint8 labels, what
+        a node's cached copy of it holds (``data/node_cache.py``) and a job's memory pays for."""
+        return self.count(split) * decoded_record_bytes(
+            self.image_shape, self.label_shape, self.image_dtype
+        )
 
     @property
     def tf_compression(self) -> str:

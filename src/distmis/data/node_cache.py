@@ -28,6 +28,13 @@ Lifetime: a :class:`CacheScope` is created by whoever outlives the training proc
 node (the local ``distmis train`` driver; on SLURM, ``distmis ray-cluster``'s node wrapper)
 and removed when it exits. A scope whose owner died without cleaning up (SIGKILL, a node
 crash) is removed by :func:`sweep_stale`, which every new scope runs first.
+
+Room: a full ``/dev/shm`` shows up as a bus error or an OOM kill deep in a training worker,
+so before materialising, :func:`check_room` makes sure the copy (``info.decoded_bytes`` and a
+small allowance) fits: in the folder's filesystem (:func:`free_bytes`) and, when that is a
+tmpfs (:func:`tmpfs_mount`) inside a SLURM job, under the job's cgroup memory limit, which
+tmpfs pages are charged to (:func:`job_memory_room`). A copy that does not fit raises
+:class:`~distmis.errors.CacheSpaceError`, naming the fixes, before anything is written.
 """
 
 from __future__ import annotations
@@ -38,10 +45,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +61,7 @@ from distmis.data import buffers
 from distmis.data.info import MADE_BY, DatasetInfo
 from distmis.data.parts import Part, read_part
 from distmis.data.records import IMAGE_DTYPES, LABEL_DTYPE
-from distmis.errors import ContractError
+from distmis.errors import CacheSpaceError, ContractError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,17 @@ IMAGES_FILE, LABELS_FILE = "images.npy", "labels.npy"
 # died in the instant between mkdir and writing the file; only the latter gets this old.
 ORPHAN_AGE_SECONDS = 3600.0
 HASH_CHUNK = 1 << 20
+# Besides the arrays: two npy headers (128 B each), manifest.json (~20 KB at 339 records) and
+# tmpfs's rounding of each file up to whole pages; all far below this.
+ROOM_ALLOWANCE_BYTES = 1 << 20
+# cgroup v1 writes "no limit" as PAGE_COUNTER_MAX pages (~9.2e18 bytes); no real limit is near.
+CGROUP_V1_UNLIMITED = 1 << 60
+FIX_MEMORY = (
+    "request more memory (the rule's mem_mb, e.g. --set-resources RULE:mem_mb=N, or sbatch --mem)"
+)
+FIX_CACHE_DIR = "set train.cache_dir to a node-local folder with room"
+FIX_FLOAT16 = "set data.preprocess.image_dtype: float16 (half the bytes)"
+FIX_NO_CACHE = "set train.cache: false (stream from the shards)"
 
 
 def cache_root(configured: str | os.PathLike[str] | None = None) -> Path:
@@ -158,6 +178,139 @@ class CacheScope:
     def remove(self) -> None:
         """Delete the scope and every split cached in it."""
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes a process without root's reserve may still write in ``path``'s filesystem."""
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _mount_field(field: str) -> str:
+    # /proc/self/mounts writes a space, tab, newline or backslash in a path as octal (\040).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def tmpfs_mount(path: Path, mounts: Path = Path("/proc/self/mounts")) -> Path | None:
+    """The mount point of ``path``'s filesystem when it is a tmpfs, else None (also when
+    ``mounts`` cannot be read). The longest mount point holding ``path`` wins; of equal ones,
+    the last listed, which is mounted over the others."""
+    target = Path(os.path.realpath(path))
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return None
+    found: tuple[Path, str] | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(_mount_field(fields[1]))
+        holds = point == target or point in target.parents
+        if holds and (found is None or len(point.parts) >= len(found[0].parts)):
+            found = (point, fields[2])
+    return found[0] if found and found[1] == "tmpfs" else None
+
+
+def _memory_stat(folder: Path, key: str) -> int:
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_room(folder: Path, limit_file: str, usage_file: str, reclaimable: str) -> int | None:
+    """``folder``'s memory limit less its usage; None when it sets no limit or is unreadable.
+    Inactive file cache (e.g. shards read earlier) is left out of the usage: the kernel drops
+    it before it kills anything. tmpfs pages are not in it: they sit on the anon lists."""
+    try:
+        limit_text = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text().strip())
+        if limit_text == "max":
+            return None
+        limit = int(limit_text)
+    except (OSError, ValueError):
+        return None
+    if limit >= CGROUP_V1_UNLIMITED:
+        return None
+    return limit - (usage - _memory_stat(folder, reclaimable))
+
+
+def job_memory_room(
+    cgroup_file: Path = Path("/proc/self/cgroup"), cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """Bytes this process's cgroup may still charge before a memory limit stops it: the least
+    room of its cgroup and each parent that sets a limit (SLURM sets it on the job, above
+    the step this process runs in). cgroup v1's memory controller when ``cgroup_file`` lists
+    one, else cgroup v2's ``0::`` line. None when no limit is set or none can be read."""
+    try:
+        lines = cgroup_file.read_text().splitlines()
+    except OSError as exc:
+        log.debug("cannot read %s (%s): no memory limit checked", cgroup_file, exc)
+        return None
+    v1 = v2 = None
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if "memory" in controllers.split(","):
+            v1 = path
+        elif hierarchy == "0" and not controllers:
+            v2 = path
+    if v1 is not None:
+        base, files = cgroup_root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        reclaimable, path = "total_inactive_file", v1
+    elif v2 is not None:
+        base, files = cgroup_root, ("memory.max", "memory.current")
+        reclaimable, path = "inactive_file", v2
+    else:
+        log.debug("%s names no memory cgroup: no memory limit checked", cgroup_file)
+        return None
+    rooms = []
+    folder = base / path.strip("/")
+    # Up from the process's own cgroup to the hierarchy's root, whatever exists of it (in a
+    # container the root may be the container's cgroup itself).
+    for candidate in (folder, *folder.parents):
+        if candidate != base and base not in candidate.parents:
+            break
+        room = _cgroup_room(candidate, *files, reclaimable)
+        if room is not None:
+            rooms.append(room)
+    if not rooms:
+        log.debug("no memory limit set or readable under %s for %s", base, path)
+        return None
+    return min(rooms)
+
+
+def check_room(
+    split: str,
+    folder: Path,
+    needed: int,
+    image_dtype: str = "float32",
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """Raise :class:`CacheSpaceError` when ``needed`` bytes do not fit in ``folder``: its
+    filesystem's free space, and, on a tmpfs inside a SLURM job, the room under the job's
+    memory limit. The shorter of the two is the one named."""
+    elsewhere = (FIX_CACHE_DIR, *([FIX_FLOAT16] if image_dtype != "float16" else []), FIX_NO_CACHE)
+    shortfalls = []
+    free = free_bytes(folder)
+    if free < needed:
+        shortfalls.append((free, "the filesystem's free space", elsewhere))
+    job = environ.get("SLURM_JOB_ID")
+    if job and tmpfs_mount(folder) is not None:
+        room = job_memory_room()
+        if room is None:
+            log.debug("SLURM job %s: no cgroup memory limit readable; not checked", job)
+        elif room < needed:
+            limit = f"the room under SLURM job {job}'s memory limit"
+            # Growing the job's memory does not grow the tmpfs: only named for this limit.
+            shortfalls.append((room, limit, (FIX_MEMORY, *elsewhere)))
+    if shortfalls:
+        available, limit, fixes = min(shortfalls)
+        raise CacheSpaceError(split, str(folder), needed, available, limit, fixes)
 
 
 def split_key(info: DatasetInfo, split: str) -> str:
@@ -283,11 +436,31 @@ def _materialise(folder: Path, info: DatasetInfo, split: str, key: str) -> None:
     )
 
 
+def check_room_for_run(info: DatasetInfo, scope: Path, splits=("train", "val")) -> None:
+    """Before a run starts: raise :class:`CacheSpaceError` when ``splits`` (those not cached in
+    ``scope`` yet) do not fit together, so a node short of room fails in a second, not after
+    its first split was written. Each worker checks its own node again (:func:`open_split`)."""
+    scope = Path(scope)
+    missing = []
+    for split in splits:
+        key = split_key(info, split)
+        if _load(scope / f"{split}-{key[:16]}", info, split, key) is None:
+            missing.append(split)
+    if not missing:
+        return
+    # The scope folder may not exist yet on this node: its nearest existing folder is on the
+    # same filesystem.
+    folder = next(p for p in (scope, *scope.parents) if p.is_dir())
+    needed = sum(info.decoded_bytes(split) + ROOM_ALLOWANCE_BYTES for split in missing)
+    check_room(" + ".join(missing), folder, needed, info.image_dtype)
+
+
 def open_split(info: DatasetInfo, split: str, scope: Path) -> CachedSplit:
     """The node's cached copy of ``split`` in ``scope``, materialised first if no process has.
 
     Processes that ask at once wait on one lock; the first materialises, the others then map
-    what it wrote. Raises :class:`ContractError` when a shard does not match info.json.
+    what it wrote. Raises :class:`ContractError` when a shard does not match info.json, and
+    :class:`CacheSpaceError` when the copy does not fit (:func:`check_room`).
     """
     if split not in info.splits:
         raise ValueError(f"split must be one of {sorted(info.splits)}, got {split!r}")
@@ -304,6 +477,8 @@ def open_split(info: DatasetInfo, split: str, scope: Path) -> CachedSplit:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cached = _load(folder, info, split, key)
         if cached is None:
+            needed = info.decoded_bytes(split) + ROOM_ALLOWANCE_BYTES
+            check_room(split, scope, needed, info.image_dtype)
             _materialise(folder, info, split, key)
             cached = _load(folder, info, split, key)
         if cached is None:  # written just now and unreadable: the storage is at fault

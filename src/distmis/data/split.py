@@ -9,6 +9,13 @@ import numpy as np
 SPLITS = ("train", "val", "test")
 
 
+def split_counts(cases: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    """Cases per split: train and val take ``round(n * fraction)``, test the rest."""
+    n_train = round(cases * fractions["train"])
+    n_val = round(cases * fractions["val"])
+    return {"train": n_train, "val": n_val, "test": cases - n_train - n_val}
+
+
 def split_cases(
     case_ids: Sequence[str], fractions: Mapping[str, float], seed: int
 ) -> dict[str, list[str]]:
@@ -21,8 +28,8 @@ def split_cases(
     ids = sorted(case_ids)
     order = np.random.default_rng(seed).permutation(len(ids))
     shuffled = [ids[i] for i in order]
-    n_train = round(len(ids) * fractions["train"])
-    n_val = round(len(ids) * fractions["val"])
+    counts = split_counts(len(ids), fractions)
+    n_train, n_val = counts["train"], counts["val"]
     return {
         "train": sorted(shuffled[:n_train]),
         "val": sorted(shuffled[n_train : n_train + n_val]),

@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 from distmis import backends
 from distmis.cluster.ray_cluster import ClusterError
 from distmis.cluster.resources import job_shape
 from distmis.data import node_cache
 from distmis.data.info import DatasetInfo
-from distmis.errors import DeviceError, DistmisError
+from distmis.errors import CacheSpaceError, DeviceError, DistmisError
 from distmis.fileio import read_json, write_json
 from distmis.plan.measure import write_run_calibration
 from distmis.train.preflight import require_gpus
@@ -154,16 +155,26 @@ def gpus_on_this_node(settings: TrainSettings) -> int:
     ).gpus_per_node
 
 
+# Trial errors that blame the node, not the configuration: every trial there fails the same
+# way, so the run fails with the first one's reason instead of ending green with failed trials.
+NODE_ERRORS = (DeviceError, CacheSpaceError)
+
+
+def refuse_node_failures(records) -> None:
+    """An error when a trial failed for its node's sake (no usable GPU, no room for the node
+    cache). The run's files stay for a look, and the run counts as complete, so the rerun
+    after the fix starts afresh instead of keeping these failed trials."""
+    for error_type in NODE_ERRORS:
+        refused = [r for r in records if error_type.__name__ in (r.error or "")]
+        if refused:
+            raise DistmisError(f"{refused[0].trial_id}: {refused[0].error}")
+
+
 def refuse_cpu_fallback(settings: TrainSettings, records, summary: dict) -> None:
-    """An error when a ``use_gpu`` run's workers could not train on a GPU (a worker's own
-    check failed, e.g. on another node) or trained on something else. The run's files stay
-    for a look, and the run counts as complete, so the rerun after the fix starts afresh
-    instead of keeping these failed trials."""
+    """An error when a ``use_gpu`` run's workers trained on something else than a GPU (the
+    run counts as complete, as in :func:`refuse_node_failures`)."""
     if not settings.use_gpu:
         return
-    refused = [r for r in records if DeviceError.__name__ in (r.error or "")]
-    if refused:
-        raise DistmisError(f"{refused[0].trial_id}: {refused[0].error}")
     elsewhere = [d for d in summary["worker_devices"] if d["device_type"] != "gpu"]
     if elsewhere:
         where = ", ".join(
@@ -179,6 +190,9 @@ def _run_training(settings: TrainSettings) -> dict:
     info = DatasetInfo.from_dir(settings.tfrecord_dir)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     grid = settings.grid()
+    if settings.cache:
+        # This node's room for the splits, before Ray or any trial starts.
+        node_cache.check_room_for_run(info, Path(settings.cache_scope))
     resumed = _prepare_state(settings, _fingerprint(settings, info))
     finished = []
 
@@ -246,5 +260,6 @@ def _run_training(settings: TrainSettings) -> dict:
         log.warning("no calibration.json for %s: %s", settings.out_dir, exc)
     state = read_json(settings.out_dir / STATE_FILE, "distmis train")
     write_json(settings.out_dir / STATE_FILE, {**state, "complete": True})
+    refuse_node_failures(records)
     refuse_cpu_fallback(settings, records, summary)
     return summary
