@@ -126,6 +126,34 @@ def test_split_sizes_recorded_by_the_run_outlive_its_data(tmp_path):
     assert (calibration.train_volumes, calibration.val_volumes) == (8, 2)
 
 
+def test_a_relative_tfrecord_dir_never_resolves_against_the_current_directory(
+    tmp_path, monkeypatch
+):
+    """A checkout whose own results/tfrecords holds another data set (the demo's, after
+    `make demo`) must not lend its sizes to a run elsewhere."""
+    from distmis.plan.measure import measure_run
+
+    elsewhere = tmp_path / "checkout"
+    write_info(elsewhere / "results" / "tfrecords")
+    info = elsewhere / "results" / "tfrecords" / "info.json"
+    payload = json.loads(info.read_text())
+    payload["splits"]["train"]["shards"][0]["records"] = 17
+    info.write_text(json.dumps(payload))
+    monkeypatch.chdir(elsewhere)
+    workdir = tmp_path / "work"
+    write_info(workdir / "results" / "tfrecords")
+    run = write_run(
+        workdir / "results" / "train" / "torch", "experiment", 1, tfrecord_dir="results/tfrecords"
+    )
+    assert (measure_run(run).train_volumes, measure_run(run).val_volumes) == (8, 2)
+    # Gone from the run's place: unknown, not the checkout's 17.
+    shutil.rmtree(workdir / "results" / "tfrecords")
+    assert measure_run(run).train_volumes is None
+    # What the training process recorded wins over any lookup.
+    write_run_calibration(run, {"train_volumes": 8, "val_volumes": 2})
+    assert json.loads((run / "calibration.json").read_text())["train_volumes"] == 8
+
+
 def test_runs_of_different_shapes_are_refused(tmp_path):
     one = write_run(tmp_path / "a", "experiment", 1, grid=1)
     two = write_run(tmp_path / "b", "experiment", 1, grid=2)

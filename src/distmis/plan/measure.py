@@ -148,21 +148,22 @@ def measure(run: MeasuredRun) -> RunCalibration:
 
 
 def split_sizes(run: MeasuredRun) -> dict[str, int | None]:
-    """``train_volumes`` and ``val_volumes`` from the run's ``info.json``: its
-    ``tfrecord_dir`` as recorded, or (recorded relative to the workflow's folder) relative to
-    the folder that holds ``results/train/{backend}/{mode}/{G}gpu``."""
+    """``train_volumes`` and ``val_volumes`` from the run's ``info.json``: its ``tfrecord_dir``
+    as recorded when absolute; when relative (the workflow records it relative to its folder),
+    against the folder that holds ``results/train/{backend}/{mode}/{G}gpu``. Never against the
+    current directory: the data there may be another run's."""
     from distmis.data.info import DatasetInfo
 
-    if run.tfrecord_dir:
-        recorded = Path(run.tfrecord_dir)
-        candidates = [recorded]
-        if not recorded.is_absolute() and len(run.path.resolve().parents) > 4:
-            candidates.append(run.path.resolve().parents[4] / recorded)
-        for folder in candidates:
-            if (folder / "info.json").is_file():
-                info = DatasetInfo.from_dir(folder)
-                return {"train_volumes": info.count("train"), "val_volumes": info.count("val")}
-    return {"train_volumes": None, "val_volumes": None}
+    if not run.tfrecord_dir:
+        return {"train_volumes": None, "val_volumes": None}
+    folder = Path(run.tfrecord_dir)
+    if not folder.is_absolute():
+        parents = run.path.resolve().parents
+        folder = parents[4] / folder if len(parents) > 4 else None
+    if folder is None or not (folder / "info.json").is_file():
+        return {"train_volumes": None, "val_volumes": None}
+    info = DatasetInfo.from_dir(folder)
+    return {"train_volumes": info.count("train"), "val_volumes": info.count("val")}
 
 
 def slot_gaps(trials: Sequence[MeasuredTrial], slots: int) -> list[float]:
@@ -222,10 +223,15 @@ def _median(values: Iterable[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def write_run_calibration(run_dir: Path) -> Path:
-    """Measure the run in ``run_dir`` and write its ``calibration.json`` whole."""
+def write_run_calibration(run_dir: Path, sizes: dict[str, int] | None = None) -> Path:
+    """Measure the run in ``run_dir`` and write its ``calibration.json`` whole. ``sizes``
+    (``train_volumes``, ``val_volumes``): the splits the run trained on, as the training
+    process knows them, instead of looking up its ``info.json`` again."""
     path = Path(run_dir) / RUN_CALIBRATION_FILE
-    write_json(path, measure_run(run_dir).to_json())
+    calibration = measure_run(run_dir)
+    if sizes is not None:
+        calibration = replace(calibration, **sizes)
+    write_json(path, calibration.to_json())
     return path
 
 

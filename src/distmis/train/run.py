@@ -255,7 +255,10 @@ def _run_training(settings: TrainSettings) -> dict:
     # finished grid is worth more than this file: rule plan measures the run itself when the
     # file is missing, and names what is wrong there.
     try:
-        write_run_calibration(settings.out_dir)
+        write_run_calibration(
+            settings.out_dir,
+            {"train_volumes": info.count("train"), "val_volumes": info.count("val")},
+        )
     except (DistmisError, KeyError, TypeError, ValueError) as exc:
         log.warning("no calibration.json for %s: %s", settings.out_dir, exc)
     state = read_json(settings.out_dir / STATE_FILE, "distmis train")
