@@ -22,7 +22,7 @@ The source says which (``measured: ...`` or ``default: ...``).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from distmis.plan.measure import PARTS, RunCalibration
 
@@ -50,7 +50,6 @@ DEFAULT_PARTS = {
 
 # {mode: {busy: {part: seconds}}}; only what runs measured.
 Parts = Mapping[str, Mapping[int, Mapping[str, float]]]
-Lookup = Callable[[str, str], float | None]
 
 
 def measured_parts(runs: Sequence[RunCalibration]) -> tuple[dict, dict[str, str]]:

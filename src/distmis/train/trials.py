@@ -84,12 +84,6 @@ def worker_files(directory: Path) -> list[dict]:
     return sorted((w for w in found if w), key=lambda w: w["rank"])
 
 
-def _one_line(error: str) -> str:
-    """The last non-empty line of a (Ray-wrapped) traceback: the exception that was raised."""
-    lines = [line.strip() for line in error.splitlines() if line.strip()]
-    return lines[-1][:500] if lines else error
-
-
 def build_record(
     settings: TrainSettings,
     hparams: HParams,
