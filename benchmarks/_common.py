@@ -93,3 +93,64 @@ def paper_size_shards(
             convert_dataset(task, target, params, workers=workers, progress=False)
         out[dtype] = target
     return out
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity), else all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_isa() -> str:
+    """The instruction-set flags that decide which kernels run (AVX-512, native bf16, AMX)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), []
+            )
+    except OSError:
+        return "flags unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return "flags " + " ".join(f"{f}{'+' if f in flags else '-'}" for f in wanted)
+
+
+def _meminfo_kib(field: str) -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def memory_gib() -> str:
+    """The machine's memory and what is available now."""
+    total, available = _meminfo_kib("MemTotal"), _meminfo_kib("MemAvailable")
+    if not total:
+        return "unknown"
+    return f"{total / 2**20:.1f} GiB ({available / 2**20:.1f} GiB available)"
+
+
+def print_machine(
+    given: object, dists: Sequence[str], runtime: Sequence[tuple[str, str]] = ()
+) -> None:
+    """The machine, a labelled line each: cores (all, usable, ``given`` to the measured
+    processes), platform, CPU, memory, Python, the versions of ``dists``, ``runtime``, load
+    average. Every benchmark prints it before its numbers."""
+    lines = [
+        ("cpus", f"{os.cpu_count()} (usable by this process: {usable_cpus()}; given: {given})"),
+        ("platform", f"{platform.platform()} ({platform.processor() or platform.machine()})"),
+        ("cpu", f"{cpu_model()}; {cpu_isa()}"),
+        ("memory", memory_gib()),
+        ("python", f"{sys.version.split()[0]} ({platform.python_implementation()})"),
+        *((dist, version(dist)) for dist in dists),
+        *runtime,
+    ]
+    print("machine")
+    for label, value in lines:
+        print(f"  {label:<11} {value}")
+    print(f"  {'load avg':<11} {loadavg()} (1, 5, 15 min)")

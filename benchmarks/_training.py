@@ -20,11 +20,9 @@ import itertools
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -33,18 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from _common import cpu_model, loadavg, quiet_stderr, verdict, version
+from _common import loadavg, quiet_stderr, usable_cpus, verdict
 
 from distmis.data.info import DatasetInfo
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity), else all the machine has."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
 
 # ---------------------------------------------------------------- settings
 
@@ -519,36 +508,6 @@ def ray_actor(
 
 
 # ---------------------------------------------------------------- printing
-
-
-def cpu_isa() -> str:
-    """The instruction-set flags that decide which kernels run (AVX-512, native bf16, AMX)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), []
-            )
-    except OSError:
-        return "flags unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return "flags " + " ".join(f"{f}{'+' if f in flags else '-'}" for f in wanted)
-
-
-def print_machine(cpus: int, dists: Sequence[str], runtime: Sequence[tuple[str, str]] = ()) -> None:
-    """The machine, a labelled line each: cores (all, usable, given), platform, CPU, Python,
-    the versions of ``dists``, ``runtime``, load average."""
-    lines = [
-        ("cpus", f"{os.cpu_count()} (usable by this process: {usable_cpus()}; given: {cpus})"),
-        ("platform", f"{platform.platform()} ({platform.processor() or platform.machine()})"),
-        ("cpu", f"{cpu_model()}; {cpu_isa()}"),
-        ("python", f"{sys.version.split()[0]} ({platform.python_implementation()})"),
-        *((dist, version(dist)) for dist in dists),
-        *runtime,
-    ]
-    print("machine")
-    for label, value in lines:
-        print(f"  {label:<11} {value}")
-    print(f"  {'load avg':<11} {loadavg()} (1, 5, 15 min)")
 
 
 def print_process(title: str, report: dict) -> None:

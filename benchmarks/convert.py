@@ -34,7 +34,6 @@ import io
 import json
 import multiprocessing
 import os
-import platform
 import pstats
 import resource
 import shutil
@@ -46,7 +45,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import loadavg, verdict, version  # noqa: E402
+from _common import loadavg, print_machine, verdict  # noqa: E402
 
 from distmis.data import heap, msd  # noqa: E402
 from distmis.data.convert import (  # noqa: E402
@@ -164,29 +163,6 @@ def _convert_one_shard(plan: dict, index: int, out_path: str) -> Usage:
 
 
 # ---------------------------------------------------------------- driver
-
-
-def _memory_gib() -> str:
-    try:
-        with open("/proc/meminfo") as fh:
-            kib = int(fh.readline().split()[1])
-        return f"{kib / 2**20:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        return "unknown"
-
-
-def _print_machine() -> None:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    print("machine")
-    print(f"  cpus        {os.cpu_count()} (usable by this process: {usable})")
-    print(f"  memory      {_memory_gib()}")
-    print(f"  platform    {platform.platform()} ({platform.processor() or platform.machine()})")
-    print(f"  python      {sys.version.split()[0]} ({platform.python_implementation()})")
-    for dist in ("numpy", "nibabel", "crc32c", "SimpleITK"):
-        print(f"  {dist:<11} {version(dist)}")
 
 
 def _dataset(root: Path, cases: int, shape: tuple[int, int, int], workers: int) -> Path:
@@ -404,7 +380,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    _print_machine()
+    print_machine("1 per worker process", ("numpy", "nibabel", "crc32c", "SimpleITK"))
 
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="distmis-bench-")) if own_workdir else args.workdir

@@ -135,11 +135,15 @@ def _stage_iterators(spec: dict) -> dict:
         limit_threads(1)
         import tensorflow as tf
 
-        from distmis.backends.tensorflow.dataset import _parser, _part_records, _record_signature
+        from distmis.backends.tensorflow.dataset import (
+            part_records,
+            record_parser,
+            record_signature,
+        )
         from distmis.data.parts import Part
 
-        generate = _part_records(info, Part(info.splits["train"]))
-        signature = _record_signature(info)
+        generate = part_records(info, Part(info.splits["train"]))
+        signature = record_signature(info)
         raw = tf.data.TFRecordDataset(files, compression_type=info.tf_compression).repeat()
         out = {
             **out,
@@ -147,7 +151,7 @@ def _stage_iterators(spec: dict) -> dict:
                 tf.data.Dataset.from_generator(generate, output_signature=signature).repeat()
             ),
             "TF native: TFRecordDataset": iter(raw),
-            "TF native: + parse + decode_raw": iter(raw.map(_parser(info))),
+            "TF native: + parse + decode_raw": iter(raw.map(record_parser(info))),
         }
     return out
 

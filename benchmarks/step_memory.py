@@ -66,7 +66,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from _common import cpu_model, loadavg, version
+from _common import print_machine
 
 FULL_SIZE = (240, 240, 152)  # the stored BraTS volume (preprocess.shape)
 DEFAULT_SIZES = ((48, 48, 32), (80, 80, 48), (120, 120, 72))
@@ -391,35 +391,6 @@ def measure(
 # ---------------------------------------------------------------- printing
 
 
-def memory_gib() -> str:
-    kib = _status_kib_meminfo("MemTotal")
-    available = _status_kib_meminfo("MemAvailable")
-    return f"{kib / 2**20:.1f} GiB ({available / 2**20:.1f} GiB available)" if kib else "unknown"
-
-
-def _status_kib_meminfo(field: str) -> int:
-    return _proc_kib("/proc/meminfo", field)
-
-
-def print_machine(cpus: int) -> None:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    print("machine")
-    print(f"  cpus        {os.cpu_count()} (usable: {usable}; each child gets {cpus})")
-    print(f"  cpu         {cpu_model()}")
-    print(f"  memory      {memory_gib()}")
-    print(f"  python      {sys.version.split()[0]}")
-    for dist in ("numpy", "tensorflow", "tf-keras", "torch"):
-        print(f"  {dist:<11} {version(dist)}")
-    env = {
-        k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "MALLOC_ARENA_MAX") if k in os.environ
-    }
-    print(f"  env         {env or '(no TF/malloc switches set)'}")
-    print(f"  load avg    {loadavg()}")
-
-
 def voxels_of(shape) -> int:
     return shape[0] * shape[1] * shape[2]
 
@@ -565,7 +536,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         return child_main(args)
     arch = Architecture(args.depth, args.base_filters, args.norm)
-    print_machine(args.cpus)
+    env = {
+        k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "MALLOC_ARENA_MAX") if k in os.environ
+    }
+    print_machine(
+        f"{args.cpus} per child",
+        ("numpy", "tensorflow", "tf-keras", "torch"),
+        [("env", str(env or "(no TF/malloc switches set)"))],
+    )
     print(
         f"\nmodel: U-Net depth {arch.depth} base {arch.base_filters} {arch.norm} norm,"
         f" {IN_CHANNELS} in / {len(LABEL_CHANNELS)} out channels, batch 1, Adam; {args.steps}"

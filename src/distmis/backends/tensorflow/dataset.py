@@ -111,7 +111,7 @@ def feature_spec() -> dict:
     }
 
 
-def _parser(info: DatasetInfo):
+def record_parser(info: DatasetInfo):
     """A map function: serialised record → ``(image (X,Y,Z,C), label (X,Y,Z,K))`` as stored
     (image in info.json's dtype, label uint8)."""
     spec = feature_spec()
@@ -136,7 +136,7 @@ def _to_float32(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
     return tf.cast(image, tf.float32), tf.cast(label, tf.float32)
 
 
-def _record_signature(info: DatasetInfo) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+def record_signature(info: DatasetInfo) -> tuple[tf.TensorSpec, tf.TensorSpec]:
     image_dtype = tf.as_dtype(records.IMAGE_DTYPES[info.image_dtype])
     return (
         tf.TensorSpec(info.image_shape, image_dtype),
@@ -144,7 +144,7 @@ def _record_signature(info: DatasetInfo) -> tuple[tf.TensorSpec, tf.TensorSpec]:
     )
 
 
-def _part_records(info: DatasetInfo, part: Part):
+def part_records(info: DatasetInfo, part: Part):
     """A generator function of a shard's index in ``part`` (or of none: the whole part):
     ``(image, label)`` as stored, read by :func:`distmis.data.parts.read_part` into reusable
     blocks (CRC-checked, decoded as views); tf.data copies each into a tensor, after which its
@@ -179,8 +179,8 @@ def _streamed(
     one after another in info.json order and keeps every ``stride``-th record: that is a
     partition of the split only because every worker sees the records in the same order.
     """
-    signature = _record_signature(info)
-    generate = _part_records(info, part)
+    signature = record_signature(info)
+    generate = part_records(info, part)
     if part.stride > 1:
         return tf.data.Dataset.from_generator(generate, output_signature=signature)
     order = tf.data.Dataset.range(len(part.shards))
@@ -309,7 +309,7 @@ def load_arrays(info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
     files = _check_split(info, split)
     dataset = tf.data.TFRecordDataset(files, compression_type=info.tf_compression)
     images, labels = [], []
-    for image, label in dataset.map(_parser(info)).as_numpy_iterator():
+    for image, label in dataset.map(record_parser(info)).as_numpy_iterator():
         images.append(image.astype(np.float32))
         labels.append(label.astype(np.float32))
     return np.stack(images), np.stack(labels)
