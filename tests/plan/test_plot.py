@@ -183,3 +183,16 @@ def test_a_missing_plan_names_the_file_and_its_rule(tmp_path: Path):
     path = tmp_path / "plan.csv"
     with pytest.raises(ContractError, match=rf"{path} is missing.*rule plan / distmis plan"):
         read_plan_csv(path)
+
+
+@pytest.mark.parametrize("projected", [False, True], ids=["one panel", "two panels"])
+def test_the_legend_lies_inside_the_figure(projected: bool):
+    """Long labels (references, "measured (filled marker, …)") in three columns overflowed a
+    one-panel figure and were cut at both edges."""
+    rows = measured_rows() + (projected_rows() if projected else [])
+    figure = build_plan_figure(pd.DataFrame(rows), REFERENCES)
+    figure.canvas.draw()
+    (legend,) = figure.legends
+    box = legend.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width and box.y0 >= 0, (box, figure.bbox)
+    assert len(legend.get_texts()) >= 5

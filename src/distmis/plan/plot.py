@@ -212,13 +212,21 @@ def build_plan_figure(table: pd.DataFrame, references: Sequence[Reference] = ())
             markeredgecolor="black",
             label="measured (filled marker, colour of its series)",
         )
-    figure.legend(
-        handles=list(handles.values()),
-        loc="outside lower center",
-        ncols=min(3, len(handles)),
-        fontsize=8,
-    )
+    _fit_legend(figure, list(handles.values()))
     return figure
+
+
+def _fit_legend(figure: Figure, handles: list[Line2D], most_columns: int = 3) -> None:
+    """The legend below the panels in as many columns (up to ``most_columns``) as fit the
+    figure's width: three long labels side by side overflowed a one-panel figure, cut at both
+    edges (the demo's plan.png)."""
+    for ncols in range(min(most_columns, len(handles)), 0, -1):
+        legend = figure.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8)
+        figure.canvas.draw()
+        box = legend.get_window_extent()
+        if ncols == 1 or (box.x0 >= 0 and box.x1 <= figure.bbox.width):
+            return
+        legend.remove()
 
 
 def plot_plan(table: pd.DataFrame, stem: Path, references: Sequence[Reference] = ()) -> list[Path]:
