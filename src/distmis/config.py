@@ -152,28 +152,14 @@ def data_parallel_workers(train: Mapping[str, Any]) -> int:
     return max(workers)
 
 
-# Cases in the Medical Segmentation Decathlon's Task01_BrainTumour training set.
-MSD_BRATS_CASES = 484
-
-
-def expected_split_counts(config: Mapping[str, Any], cases: int | None = None) -> dict[str, int]:
-    """The cases each split will get (``split_cases``' rounding) of ``cases``, by default the
-    source's case count: what the conversion will write, known before it runs."""
-    from distmis.data.split import split_counts
-
-    data = config["data"]
-    if cases is None:
-        synthetic = data["source"] == "synthetic"
-        cases = data["synthetic"]["cases"] if synthetic else MSD_BRATS_CASES
-    return split_counts(cases, data["preprocess"]["split"])
-
-
 def resolve_shards(config: dict, cases: int | None = None) -> None:
     """Replace ``auto`` shard counts by the largest data-parallel worker count (at most one
     shard per case of ``cases``, default the source's count), and warn, naming both keys,
     when a split has fewer shards than a data-parallel job has workers."""
     shards = config["data"]["preprocess"]["shards"]
     workers = data_parallel_workers(config["train"])
+    from distmis.data.split import expected_split_counts
+
     expected = expected_split_counts(config, cases)
     for split in ("train", "val"):
         if shards[split] == "auto":

@@ -18,7 +18,7 @@ import yaml
 from distmis.config import validate_config
 from distmis.errors import ConfigError
 from distmis.train.settings import TrainSettings
-from distmis.train.trial import read_epochs
+from distmis.trial import read_epochs
 from tests.conftest import synthetic_tfrecords
 
 GRID = {"lr": [0.001, 0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}

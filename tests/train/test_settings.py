@@ -11,9 +11,9 @@ import pytest
 import distmis
 from distmis.config import validate_config
 from distmis.errors import ConfigError
-from distmis.train.grid import HParams, expand_grid
+from distmis.hparams import HParams, expand_grid
 from distmis.train.settings import TrainSettings
-from distmis.train.trial import WorkerSettings
+from distmis.trial import WorkerSettings
 
 
 def settings(tmp_path: Path, **train) -> TrainSettings:
@@ -164,7 +164,7 @@ def _attributes_read(path: Path, owner: str) -> set[str]:
 def test_every_worker_setting_is_read_by_the_skeleton_or_a_backend_loop():
     # A setting nobody reads is a switch that silently does nothing.
     src = Path(distmis.__file__).parent
-    loops = [src / "train" / "trial.py", *sorted(src.glob("backends/*/loop.py"))]
+    loops = [src / "trial.py", *sorted(src.glob("backends/*/loop.py"))]
     assert len(loops) == 3
     read = set().union(*(_attributes_read(path, "settings") for path in loops))
     assert {f.name for f in fields(WorkerSettings)} - read == set()

@@ -62,20 +62,20 @@ class Backend(ABC):
     @abstractmethod
     def train_loop_per_worker(self) -> Callable[[dict], None]:
         """The function Ray Train runs on each of G workers (data mode) and Ray Tune runs as one
-        trial (experiment mode). It takes a :class:`~distmis.train.trial.TrialConfig` as a dict,
+        trial (experiment mode). It takes a :class:`~distmis.trial.TrialConfig` as a dict,
         is a module-level function (so it pickles by reference) and leaves the files of
-        :mod:`distmis.train.trial`."""
+        :mod:`distmis.trial`."""
 
     @abstractmethod
     def trial_steps(self) -> Callable[..., Any]:
-        """The backend's :data:`~distmis.train.trial.StepsBuilder` (its ``TrialSteps`` class):
+        """The backend's :data:`~distmis.trial.StepsBuilder` (its ``TrialSteps`` class):
         what :meth:`train_loop_per_worker` runs under Ray and the local runner
         (:mod:`distmis.train.local`) runs in-process. Imports the framework, never Ray."""
 
     @abstractmethod
     def train_grid_per_worker(self) -> Callable[[dict], None]:
         """What each worker of data mode's one Ray Train run executes: the whole grid, one
-        configuration after another (:func:`distmis.train.trial.train_grid`)."""
+        configuration after another (:func:`distmis.trial.train_grid`)."""
 
     @abstractmethod
     def ray_trainer(

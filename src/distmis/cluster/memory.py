@@ -150,9 +150,9 @@ class SplitSizes:
     def from_config(cls, config: Mapping[str, Any]) -> SplitSizes:
         """What the conversion will write, before it has run: the dry run of a fresh checkout.
         A job is sized again from info.json when it is submitted."""
-        from distmis.config import expected_split_counts
         from distmis.data.msd import EXPECTED_CHANNELS
         from distmis.data.preprocess import LABEL_MODES
+        from distmis.data.split import expected_split_counts
 
         preprocess = config["data"]["preprocess"]
         shape = tuple(preprocess["shape"])

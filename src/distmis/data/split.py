@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,19 @@ def split_counts(cases: int, fractions: Mapping[str, float]) -> dict[str, int]:
     n_train = round(cases * fractions["train"])
     n_val = round(cases * fractions["val"])
     return {"train": n_train, "val": n_val, "test": cases - n_train - n_val}
+
+
+def expected_split_counts(config: Mapping[str, Any], cases: int | None = None) -> dict[str, int]:
+    """The cases each split will get of ``cases``, by default the source's case count (the
+    config's synthetic ``cases``, or MSD Task01's): what the conversion will write, known
+    before it runs."""
+    from distmis.data.msd import MSD_BRATS_CASES
+
+    data = config["data"]
+    if cases is None:
+        synthetic = data["source"] == "synthetic"
+        cases = data["synthetic"]["cases"] if synthetic else MSD_BRATS_CASES
+    return split_counts(cases, data["preprocess"]["split"])
 
 
 def split_cases(

@@ -3,7 +3,7 @@
 A run folder (``results/train/{backend}/{data|experiment|hybrid<k>}/{G}gpu``) holds
 ``summary.json`` and ``trials.csv`` (:mod:`distmis.train.summary`, :mod:`distmis.train.trials`)
 and, per trial, ``trials/<trial_id>/result.json``, ``workers/rank0.json`` and ``epochs.jsonl``
-(:mod:`distmis.train.trial`). :func:`read_run` turns them into a :class:`MeasuredRun`; a
+(:mod:`distmis.trial`). :func:`read_run` turns them into a :class:`MeasuredRun`; a
 missing or malformed file raises :class:`~distmis.errors.ContractError` naming it and the
 rule that writes it. Optional columns and keys from older runs (``gpus_per_trial``,
 ``epochs_run``, ``startup_seconds``) fall back as those runs were written.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from distmis.errors import ContractError
-from distmis.train.trial import EPOCHS_FILE
+from distmis.trial import EPOCHS_FILE
 
 MADE_BY = {
     "data": "train_data_parallel",

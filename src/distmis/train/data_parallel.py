@@ -4,7 +4,7 @@ in ONE worker group.
 The trainer is the backend's (:meth:`distmis.backends.base.Backend.ray_trainer`):
 ``TensorflowTrainer`` with ``MultiWorkerMirroredStrategy``, or ``TorchTrainer`` with
 ``DistributedDataParallel`` (NCCL on GPUs, Gloo on CPUs). Its workers run
-:func:`distmis.train.trial.train_grid`: the group (processes, framework imports, process
+:func:`distmis.trial.train_grid`: the group (processes, framework imports, process
 group) starts once for the run, and every configuration after the first only builds its model
 and data inside it. A Ray Train run per configuration cost 10–13 s of start-up each on the
 demo, more than a whole epoch at paper size on 32 GPUs.
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from distmis import backends
-from distmis.train.grid import HParams
+from distmis.hparams import HParams
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import (
     TrialRecord,

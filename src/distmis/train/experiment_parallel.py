@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from distmis import backends
-from distmis.train.grid import HParams
+from distmis.hparams import HParams
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import TrialRecord, build_record, save_record, trial_dir
 

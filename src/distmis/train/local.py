@@ -2,7 +2,7 @@
 
 ``distmis train --runner local`` trains on one device (the first visible GPU, or this
 process's CPU share) with the backend's own trial steps (:meth:`Backend.trial_steps`) under
-the shared skeleton (:func:`distmis.train.trial.run_attempt`), so a trial leaves exactly the
+the shared skeleton (:func:`distmis.trial.run_attempt`), so a trial leaves exactly the
 files a Ray trial leaves and the run the same ``trials.csv``, ``summary.json`` and best
 model. It exists for machines that have a framework but no Ray (a GPU box to measure the
 loop on), and for debugging a trial without Ray's processes in between.
@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from distmis import backends
-from distmis.train.grid import HParams
+from distmis.hparams import HParams
 from distmis.train.settings import TrainSettings
-from distmis.train.trial import RUNNER_LOCAL, Runner, StepsBuilder, run_attempt
 from distmis.train.trials import TrialRecord, build_record, load_record, save_record
+from distmis.trial import RUNNER_LOCAL, Runner, StepsBuilder, run_attempt
 
 log = logging.getLogger(__name__)
 

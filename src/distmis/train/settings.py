@@ -11,8 +11,8 @@ from typing import Any
 from distmis import backends
 from distmis.config import ASHA_HYBRID_WHY, train_backends
 from distmis.errors import ConfigError
-from distmis.train.grid import HParams, expand_grid
-from distmis.train.trial import TrialConfig, WorkerSettings
+from distmis.hparams import HParams, expand_grid
+from distmis.trial import TrialConfig, WorkerSettings
 
 MODES = ("data", "experiment", "hybrid")
 SCHEDULERS = ("none", "asha")

@@ -1,5 +1,5 @@
 """The ``trials.csv`` contract: one :class:`TrialRecord` per configuration, built from what the
-trial left in ``<out>/trials/<trial_id>/`` (the files of :mod:`distmis.train.trial`).
+trial left in ``<out>/trials/<trial_id>/`` (the files of :mod:`distmis.trial`).
 
 Columns are the fields of :class:`TrialRecord`, in order (:data:`TRIAL_COLUMNS`). The scaling
 stage reads only this file and ``summary.json`` (:mod:`distmis.train.summary`).
@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from distmis.fileio import atomic_path, write_json
-from distmis.train.grid import HParams
+from distmis.hparams import HParams
 from distmis.train.settings import TrainSettings
-from distmis.train.trial import read_epochs
+from distmis.trial import read_epochs
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"

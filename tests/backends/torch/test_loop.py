@@ -10,7 +10,7 @@ from distmis.backends.torch.losses import dice_coefficient, soft_dice_per_sample
 from distmis.config import validate_config
 from distmis.errors import DeviceError
 from distmis.train.settings import TrainSettings
-from distmis.train.trial import Runner
+from distmis.trial import Runner
 
 
 def worker_settings(tmp_path, **train):

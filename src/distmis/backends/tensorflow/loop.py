@@ -1,4 +1,4 @@
-"""The TensorFlow training steps: what :func:`distmis.train.trial.run_trial` calls for a
+"""The TensorFlow training steps: what :func:`distmis.trial.run_trial` calls for a
 tf_keras trial.
 
 In data mode Ray Train runs the loop on G workers at once (``TF_CONFIG`` set by
@@ -25,12 +25,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from distmis import backends
 from distmis.backends.tensorflow.dataset import make_dataset
 from distmis.backends.tensorflow.devices import training_device
 from distmis.backends.tensorflow.losses import compile_unet
 from distmis.backends.tensorflow.unet import build_unet
 from distmis.data.info import DatasetInfo
-from distmis.train.trial import (
+from distmis.trial import (
     RUNNER_RAY_TRAIN,
     Runner,
     ScalarBoard,
@@ -140,6 +141,8 @@ class _SummaryBoard(ScalarBoard):
 
 class KerasTrialSteps(TrialSteps):
     """A tf_keras trial: datasets, the compiled model under the run's strategy."""
+
+    model_file = backends.get("tensorflow").trial_model_file
 
     def __init__(self, trial: TrialConfig, runner: Runner) -> None:
         settings = trial.settings

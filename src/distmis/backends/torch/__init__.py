@@ -11,7 +11,7 @@ only have PyTorch (e.g. a GPU node for ``benchmarks/gpu_unet.py``):
   with the tf.data pipeline's sharding, shuffling, caching and repeating;
 - :mod:`.checkpoint`: the saved model (``.pt``: architecture + weights);
 - :mod:`.loop`: the training step and the per-trial steps the shared skeleton
-  (:mod:`distmis.train.trial`) calls;
+  (:mod:`distmis.trial`) calls;
 - :mod:`.predict`: a saved ``.pt`` model as a predictor.
 
 The package itself imports nothing heavy; torch is imported by the modules above.

@@ -1,4 +1,4 @@
-"""The PyTorch training steps: what :func:`distmis.train.trial.run_trial` calls for a torch trial.
+"""The PyTorch training steps: what :func:`distmis.trial.run_trial` calls for a torch trial.
 
 In data mode Ray Train's ``TorchTrainer`` runs the loop on G workers with a process group
 already set up (NCCL on GPUs, Gloo on CPUs): the model is wrapped in
@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distmis import backends
 from distmis.backends.torch.checkpoint import save_model
 from distmis.backends.torch.data import EpochBatches
 from distmis.backends.torch.data import to_device as batch_to_device
@@ -39,7 +40,7 @@ from distmis.backends.torch.devices import training_device_error
 from distmis.backends.torch.losses import dice_coefficient, soft_dice_per_sample
 from distmis.backends.torch.unet import build_unet_torch
 from distmis.data.info import DatasetInfo
-from distmis.train.trial import (
+from distmis.trial import (
     RUNNER_RAY_TRAIN,
     Runner,
     ScalarBoard,
@@ -349,6 +350,8 @@ class _WriterBoard(ScalarBoard):
 class TorchTrialSteps(TrialSteps):
     """A torch trial: the rank's batch streams, the model (DDP-wrapped in data mode) and its
     :class:`TrainingStep`."""
+
+    model_file = backends.get("torch").trial_model_file
 
     def __init__(self, trial: TrialConfig, runner: Runner) -> None:
         settings = trial.settings

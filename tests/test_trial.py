@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from distmis.config import validate_config
-from distmis.train.grid import HParams
+from distmis.hparams import HParams
 from distmis.train.settings import TrainSettings
-from distmis.train.trial import (
+from distmis.trial import (
     InjectedFailure,
     Runner,
     ScalarBoard,
@@ -84,6 +84,8 @@ class CountingBoard(ScalarBoard):
 
 class CountingSteps(TrialSteps):
     """Loss falls by 0.1 per epoch; the 'model' is the number of epochs trained."""
+
+    model_file = "model.pt"
 
     def __init__(self, trial: TrialConfig, runner: Runner) -> None:
         self.steps_per_epoch, self.global_batch, self.devices = 3, 2 * runner.world_size, ["CPU:t"]

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from distmis.fileio import write_json
-from distmis.train.grid import HParams
+from distmis.hparams import HParams
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,9 @@ class TrialSteps(ABC):
     ``restore`` (when resuming), then per epoch ``train_epoch``, ``validate`` and
     ``save_checkpoint``, then ``finish_fields`` and ``save_model``.
 
+    ``model_file`` (a class attribute): the file name of the model a trial leaves in its
+    folder, the backend's ``trial_model_file``.
+
     Attributes set by the builder: ``steps_per_epoch`` (training steps on every rank),
     ``global_batch`` (volumes per step over all ranks), ``devices`` (what the framework sees,
     e.g. ``["CPU:x86_64"]``), ``device_type`` (``gpu`` or ``cpu``: what this worker trains on)
@@ -242,6 +245,7 @@ class TrialSteps(ABC):
     worker has no GPU it can train on.
     """
 
+    model_file: str
     steps_per_epoch: int
     global_batch: int
     devices: list[str]
@@ -451,7 +455,7 @@ def run_trial(
         if board is not None:
             board.close()
         add_to_worker_file(trial, runner.rank, **steps.finish_fields())
-        steps.save_model(trial.directory / _model_file(settings) if runner.rank == 0 else None)
+        steps.save_model(trial.directory / steps.model_file if runner.rank == 0 else None)
         if runner.rank == 0:
             write_result(
                 trial,
@@ -489,12 +493,6 @@ def run_trial(
         _report_epoch(steps, runner, metrics, epoch + 1, trial.trial_id)
     if initial_epoch >= settings.epochs:  # resumed after the last epoch's checkpoint
         finish()
-
-
-def _model_file(settings: WorkerSettings) -> str:
-    from distmis.backends import get
-
-    return get(settings.backend).trial_model_file
 
 
 @dataclass(frozen=True)
