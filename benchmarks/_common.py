@@ -74,8 +74,8 @@ def paper_size_shards(
     (resampled to ``stored_shape``, 75 % train / 25 % val, up to 4 train shards) once per
     image dtype: ``{dtype: tfrecord folder}``. Reuses what an earlier run left in ``workdir``.
     """
-    from distmis.data.convert import ConvertParams, convert_dataset
-    from distmis.data.synthetic import synthesize_dataset
+    from distmis.prepare.convert import ConvertParams, convert_dataset
+    from distmis.prepare.synthetic import synthesize_dataset
 
     task = workdir / "raw" / "Task01_BrainTumour"
     if not task.is_dir():

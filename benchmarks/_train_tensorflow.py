@@ -17,7 +17,7 @@ import tensorflow as tf
 from _training import SEED, BenchBackend, StepSettings, node_cache_scope
 
 from distmis.backends.tensorflow.dataset import load_arrays, make_dataset
-from distmis.data.info import DatasetInfo
+from distmis.shards.info import DatasetInfo
 
 
 class TensorflowBench(BenchBackend):

@@ -15,7 +15,7 @@ from _training import SEED, BenchBackend, StepSettings, node_cache_scope
 from distmis.backends.torch.data import EpochBatches
 from distmis.backends.torch.loop import build_training_step, limit_threads, train_batches
 from distmis.backends.torch.unet import count_parameters
-from distmis.data.info import DatasetInfo
+from distmis.shards.info import DatasetInfo
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,7 @@ the two sides that train (:class:`Trainer`), timings, process reports, the Ray a
 A backend adds only a :class:`BenchBackend`: how to build the training loop's step and how to
 feed it batches (``_train_tensorflow.py``, ``_train_torch.py``; :func:`load_backend` imports
 the one asked for and nothing of the other). Imports only the standard library and
-:mod:`distmis.data.info` at module level: the TensorFlow side must import
+:mod:`distmis.shards.info` at module level: the TensorFlow side must import
 ``distmis.backends.tensorflow`` (its Keras switch) before anything loads TensorFlow, and the
 torch side never loads TensorFlow.
 """
@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 from _common import loadavg, quiet_stderr, usable_cpus, verdict
 
-from distmis.data.info import DatasetInfo
+from distmis.shards.info import DatasetInfo
 
 # ---------------------------------------------------------------- settings
 
@@ -143,7 +143,7 @@ class BenchBackend(ABC):
 def node_cache_scope() -> Path:
     """This benchmark process's node-cache scope (as a local ``distmis train`` run creates),
     removed when the process exits."""
-    from distmis.data import node_cache
+    from distmis.shards import node_cache
 
     scope = node_cache.CacheScope.create(node_cache.cache_root(), f"bench-{os.getpid()}")
     atexit.register(scope.remove)
@@ -168,8 +168,8 @@ def training_dataset(
     """Synthesise and convert ``cases`` (every one in the train split) under ``root``, or reuse
     an earlier run's data when it matches; returns its ``DatasetInfo``."""
     # Imported here, not at module level: a Ray worker importing this module needs neither.
-    from distmis.data.convert import ConvertParams, convert_dataset
-    from distmis.data.synthetic import synthesize_dataset
+    from distmis.prepare.convert import ConvertParams, convert_dataset
+    from distmis.prepare.synthetic import synthesize_dataset
 
     out = root / "tfrecords"
     stamp = root / DATA_STAMP

@@ -47,13 +47,14 @@ from pathlib import Path
 
 from _common import loadavg, print_machine, verdict  # noqa: E402
 
-from distmis.data import heap, msd  # noqa: E402
-from distmis.data.convert import (  # noqa: E402
+from distmis.prepare import msd  # noqa: E402
+from distmis.prepare.convert import (  # noqa: E402
     ConvertParams,
     convert_shard,
     plan_conversion,
 )
-from distmis.data.synthetic import TASK_NAME, synthesize_dataset  # noqa: E402
+from distmis.prepare.synthetic import TASK_NAME, synthesize_dataset  # noqa: E402
+from distmis.shards import heap  # noqa: E402
 
 SEED = 0
 WARMUP_SHAPE = (32, 32, 32)

@@ -45,8 +45,8 @@ GRID = {"lr": [0.001, 0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [
 
 def prepare_data(workdir: Path, cases: int) -> Path:
     """``cases`` synthetic 24×24×20 cases converted to 16³ TFRecords (reused if present)."""
-    from distmis.data.convert import ConvertParams, convert_dataset
-    from distmis.data.synthetic import synthesize_dataset
+    from distmis.prepare.convert import ConvertParams, convert_dataset
+    from distmis.prepare.synthetic import synthesize_dataset
 
     out = workdir / "tfr"
     if (out / "info.json").is_file():

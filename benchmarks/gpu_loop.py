@@ -318,7 +318,7 @@ def loop_child(spec: dict) -> dict:
     )
     from dataclasses import replace
 
-    from distmis.data import node_cache
+    from distmis.shards import node_cache
 
     scope = node_cache.CacheScope.create(node_cache.cache_root(spec["cache_dir"]), "gpu-loop")
     settings = replace(settings, runner="local", cache_scope=str(scope.path))

@@ -8,7 +8,7 @@ fresh process pinned to ``--cores`` cores:
 
 * STREAMING (``cache: false``): records read, CRC-checked, decoded and shuffled from the
   shards every epoch (shards in the page cache: this is the CPU cost, not the disk's);
-* CACHED (``cache: true``): the node's shared copy (``distmis.data.node_cache``), materialised
+* CACHED (``cache: true``): the node's shared copy (``distmis.shards.node_cache``), materialised
   by the first process (timed separately) and memory-mapped.
 
 What a "volume" costs differs by backend because the output does: tf.data hands Keras float32
@@ -71,7 +71,7 @@ def _rss() -> int:
 def _pipeline(spec: dict):
     """An endless iterator of batches of the backend's training pipeline, as a trial builds it."""
     from distmis.config import validate_config
-    from distmis.data.info import DatasetInfo
+    from distmis.shards.info import DatasetInfo
 
     buffer = spec.get("shuffle_buffer") or validate_config({})["train"]["shuffle_buffer"]
     info = DatasetInfo.from_dir(Path(spec["tfrecords"]))
@@ -107,15 +107,15 @@ def _pipeline(spec: dict):
 def _stage_iterators(spec: dict) -> dict:
     """Prefixes of the streaming pipeline (and TensorFlow's native reader, for comparison),
     one record at a time: where the time goes."""
-    from distmis.data.info import DatasetInfo
+    from distmis.shards.info import DatasetInfo
 
     info = DatasetInfo.from_dir(Path(spec["tfrecords"]))
     files = info.shard_files("train")
     import itertools
 
-    from distmis.data import buffers
-    from distmis.data.records import decode_example
-    from distmis.data.tfrecord import read_payloads
+    from distmis.shards import buffers
+    from distmis.shards.records import decode_example
+    from distmis.shards.tfrecord import read_payloads
 
     pool = buffers.process_pool()  # as both pipelines read
 
@@ -140,7 +140,7 @@ def _stage_iterators(spec: dict) -> dict:
             record_parser,
             record_signature,
         )
-        from distmis.data.parts import Part
+        from distmis.shards.parts import Part
 
         generate = part_records(info, Part(info.splits["train"]))
         signature = record_signature(info)
@@ -268,8 +268,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
 
-    from distmis.data import node_cache
-    from distmis.data.info import DatasetInfo
+    from distmis.shards import node_cache
+    from distmis.shards.info import DatasetInfo
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, "
           f"load {loadavg()}; python {platform.python_version()}, numpy {version('numpy')}, "

@@ -80,8 +80,8 @@ def make_task(tmp_path: Path):
 def synthetic_tfrecords(root: Path, cases: int, seed: int) -> Path:
     """``cases`` synthetic cases (24×24×20) converted to 16³ shards (train 2, val 1, test 1)
     under ``root``: the tiny data set the real-Ray training tests train on."""
-    from distmis.data.convert import ConvertParams, convert_dataset
-    from distmis.data.synthetic import synthesize_dataset
+    from distmis.prepare.convert import ConvertParams, convert_dataset
+    from distmis.prepare.synthetic import synthesize_dataset
 
     task = synthesize_dataset(root / "raw", cases, (24, 24, 20), seed=seed, progress=False)
     out = root / "tfr"

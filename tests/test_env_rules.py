@@ -455,7 +455,7 @@ def test_a_built_env_imports_its_closure_and_nothing_else(tmp_path: Path):
     # distmis comes as it does in a conda env: the checkout's src/ on PYTHONPATH.
     result = run_python(
         venv,
-        "import distmis.data.msd, nibabel; print(nibabel.__file__)",
+        "import distmis.prepare.msd, nibabel; print(nibabel.__file__)",
         PYTHONPATH=str(ROOT / "src"),
     )
     assert result.returncode == 0, result.stderr

@@ -26,7 +26,7 @@ def _three_ints(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> None:
-    from distmis.data.synthetic import synthesize_dataset
+    from distmis.prepare.synthetic import synthesize_dataset
 
     task = synthesize_dataset(
         Path(args.out), args.cases, tuple(args.shape), args.seed, workers=args.workers
@@ -35,7 +35,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> None:
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
-    from distmis.data.download import fetch_msd
+    from distmis.prepare.download import fetch_msd
 
     task = fetch_msd(
         Path(args.out),
@@ -50,8 +50,8 @@ def _convert_params(args: argparse.Namespace):
     import copy
 
     from distmis.config import read_config, validate_config
-    from distmis.data.convert import ConvertParams
-    from distmis.data.msd import open_task
+    from distmis.prepare.convert import ConvertParams
+    from distmis.prepare.msd import open_task
 
     raw = read_config(Path(args.config) if args.config else None)
     preprocess = raw.setdefault("data", {}).setdefault("preprocess", {})
@@ -80,7 +80,7 @@ def _convert_params(args: argparse.Namespace):
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from distmis.data.convert import convert_dataset
+    from distmis.prepare.convert import convert_dataset
 
     info = convert_dataset(Path(args.msd_dir), Path(args.out), _convert_params(args), args.workers)
     counts = {split: entry["count"] for split, entry in info["splits"].items()}
@@ -88,7 +88,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> None:
-    from distmis.data.inspect import inspect_dataset
+    from distmis.shards.inspect import inspect_dataset
 
     print(json.dumps(inspect_dataset(Path(args.dir)), indent=2))
 

@@ -158,7 +158,7 @@ def resolve_shards(config: dict, cases: int | None = None) -> None:
     when a split has fewer shards than a data-parallel job has workers."""
     shards = config["data"]["preprocess"]["shards"]
     workers = data_parallel_workers(config["train"])
-    from distmis.data.split import expected_split_counts
+    from distmis.prepare.split import expected_split_counts
 
     expected = expected_split_counts(config, cases)
     for split in ("train", "val"):

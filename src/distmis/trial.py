@@ -91,7 +91,7 @@ class WorkerSettings:
     loader_workers: int
     # Records held for shuffling by a streaming worker; bounds its memory (README).
     shuffle_buffer: int
-    # The node cache's scope folder (distmis.data.node_cache) when cache is on, else None.
+    # The node cache's scope folder (distmis.shards.node_cache) when cache is on, else None.
     cache_scope: str | None
     # Attempts per configuration beyond the first (data mode's grid loop skips one that used
     # them all; Ray retries the others).

@@ -37,7 +37,7 @@ def start_script(snakemake: Any) -> None:
 def synthesize_brats(snakemake: Any) -> Path:
     """An offline BraTS-like dataset in MSD layout at ``output.task``."""
     start_script(snakemake)
-    from distmis.data.synthetic import synthesize_dataset
+    from distmis.prepare.synthetic import synthesize_dataset
 
     return synthesize_dataset(
         Path(snakemake.output.task).parent,
@@ -51,7 +51,7 @@ def synthesize_brats(snakemake: Any) -> Path:
 def download_brats(snakemake: Any) -> Path:
     """Fetch, verify and safely extract the MSD archive into ``output.task``."""
     start_script(snakemake)
-    from distmis.data.download import fetch_msd
+    from distmis.prepare.download import fetch_msd
 
     params = snakemake.params
     return fetch_msd(
@@ -66,8 +66,8 @@ def download_brats(snakemake: Any) -> Path:
 def plan_tfrecords(snakemake: Any) -> dict:
     """List, validate and split the cases of ``input.task``; assign them to shards."""
     start_script(snakemake)
-    from distmis.data.convert import ConvertParams, plan_conversion
     from distmis.fileio import write_json
+    from distmis.prepare.convert import ConvertParams, plan_conversion
 
     params = ConvertParams.from_config(snakemake.params.preprocess)
     plan = plan_conversion(Path(snakemake.input.task), params)
@@ -84,10 +84,10 @@ def convert_tfrecords(snakemake: Any) -> dict:
     log); exit status 1, no traceback.
     """
     start_script(snakemake)
-    from distmis.data import heap
-    from distmis.data.convert import convert_shard, find_shard
     from distmis.errors import CaseError, DistmisError
     from distmis.fileio import read_json, write_json
+    from distmis.prepare.convert import convert_shard, find_shard
+    from distmis.shards import heap
 
     heap.reuse_freed_blocks()  # this job's process only converts; see the docstring
     shard_path = Path(snakemake.output.shard)
@@ -112,8 +112,8 @@ def convert_tfrecords(snakemake: Any) -> dict:
 def index_tfrecords(snakemake: Any) -> dict:
     """Merge the shard manifests into ``output.info``."""
     start_script(snakemake)
-    from distmis.data.convert import write_info
     from distmis.fileio import read_json
+    from distmis.prepare.convert import write_info
 
     plan = read_json(snakemake.input.plan, "rule plan_tfrecords")
     manifests = [read_json(p, "rule convert_tfrecords") for p in snakemake.input.manifests]

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from distmis.data.convert import ConvertParams, convert_dataset
-from distmis.data.info import DatasetInfo
-from distmis.data.synthetic import synthesize_dataset
+from distmis.prepare.convert import ConvertParams, convert_dataset
+from distmis.prepare.synthetic import synthesize_dataset
+from distmis.shards.info import DatasetInfo
 
 REPO = Path(__file__).resolve().parents[2]
 # A run takes 3-10 s here; a hung one never ends.
@@ -39,7 +39,7 @@ TIMEOUT_S = 60
 OPEN = {
     "tensorflow": """
         from distmis.backends.tensorflow.dataset import make_dataset
-        from distmis.data.info import DatasetInfo
+        from distmis.shards.info import DatasetInfo
         info = DatasetInfo.from_dir(DATA)
         iterators = [iter(make_dataset(info, "train", 2, shuffle=True, seed=seed))
                      for seed in range(8)]

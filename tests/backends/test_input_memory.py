@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distmis.data.convert import ConvertParams, convert_dataset
-from distmis.data.info import DatasetInfo
-from distmis.data.synthetic import synthesize_dataset
+from distmis.prepare.convert import ConvertParams, convert_dataset
+from distmis.prepare.synthetic import synthesize_dataset
+from distmis.shards.info import DatasetInfo
 
 REPO = Path(__file__).resolve().parents[2]
 # 96x96x64x4 float32 + a uint8 label: 9.97 MB a record, so 30 extra records are ~300 MB.
@@ -47,7 +47,7 @@ EPOCH = {
 SCRIPT = """
 import json, resource, sys
 from pathlib import Path
-from distmis.data.info import DatasetInfo
+from distmis.shards.info import DatasetInfo
 
 SHUFFLE_BUFFER = {buffer}
 info = DatasetInfo.from_dir(Path(sys.argv[1]))

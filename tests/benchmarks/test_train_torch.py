@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from distmis.backends.torch.loop import ADAM_EPSILON, TrainingStep
-from distmis.data.convert import ConvertParams, convert_dataset
-from distmis.data.info import DatasetInfo
-from distmis.data.synthetic import synthesize_dataset
+from distmis.prepare.convert import ConvertParams, convert_dataset
+from distmis.prepare.synthetic import synthesize_dataset
+from distmis.shards.info import DatasetInfo
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 BATCH, STEPS, WARM_STEPS = 2, 3, 2

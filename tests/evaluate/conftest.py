@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from distmis.data.convert import ConvertParams, convert_dataset
-from distmis.data.synthetic import synthesize_dataset
+from distmis.prepare.convert import ConvertParams, convert_dataset
+from distmis.prepare.synthetic import synthesize_dataset
 from tests.evaluate.helpers import SYNTHETIC_SOURCE_SHAPE, SYNTHETIC_STORED_SHAPE
 
 

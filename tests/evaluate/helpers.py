@@ -7,7 +7,7 @@ import numpy as np
 
 from distmis import backends
 from distmis.backends.torch import TorchBackend
-from distmis.data.info import DatasetInfo
+from distmis.shards.info import DatasetInfo
 
 # The hand-made LPS case: odd, unequal axes so any swapped axis or off-by-one in the crop shows.
 SOURCE_SHAPE = (13, 11, 9)

@@ -10,9 +10,6 @@ import numpy as np
 import pytest
 
 from distmis import backends
-from distmis.data.info import DatasetInfo
-from distmis.data.preprocess import map_labels, preprocess_case
-from distmis.data.records import Record
 from distmis.errors import ContractError
 from distmis.evaluate.model import TrainedModel
 from distmis.evaluate.predict import (
@@ -25,6 +22,9 @@ from distmis.evaluate.predict import (
 )
 from distmis.evaluate.restore import restore_to_source
 from distmis.evaluate.score import case_rows
+from distmis.prepare.preprocess import map_labels, preprocess_case
+from distmis.shards.info import DatasetInfo
+from distmis.shards.records import Record
 from tests.evaluate.helpers import (
     SOURCE_SHAPE,
     STORED_SHAPE,

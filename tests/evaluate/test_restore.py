@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from distmis.data.preprocess import map_labels, preprocess_case
 from distmis.evaluate.restore import (
     geometry_from_json,
     ras_shape,
@@ -19,6 +18,7 @@ from distmis.evaluate.restore import (
     stored_spacing,
     write_prediction_nifti,
 )
+from distmis.prepare.preprocess import map_labels, preprocess_case
 from tests.evaluate.helpers import SOURCE_SHAPE, STORED_SHAPE, lps_affine, source_case
 
 

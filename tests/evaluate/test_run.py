@@ -13,13 +13,13 @@ import pytest
 
 from distmis import backends
 from distmis.backends.tensorflow import TensorflowBackend
-from distmis.data.info import DatasetInfo
-from distmis.data.preprocess import map_labels
 from distmis.errors import ContractError
 from distmis.evaluate import run
 from distmis.evaluate.metrics import dice, hd95
 from distmis.evaluate.model import TrainedModel, resolve_model
 from distmis.evaluate.restore import geometry_from_json, restore_to_source
+from distmis.prepare.preprocess import map_labels
+from distmis.shards.info import DatasetInfo
 from tests.evaluate.helpers import (
     SYNTHETIC_SOURCE_SHAPE,
     SYNTHETIC_STORED_SHAPE,

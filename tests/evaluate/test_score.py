@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distmis.data.preprocess import map_labels
 from distmis.evaluate.score import case_rows, summarise, write_metrics_csv
+from distmis.prepare.preprocess import map_labels
 
 REGIONS = ("WT", "TC", "ET")
 SPACING = (1.0, 2.0, 3.0)

@@ -37,7 +37,7 @@ class Timing:
 
 
 def write_info(folder: Path) -> Path:
-    """The parts of info.json :class:`~distmis.data.info.DatasetInfo` reads."""
+    """The parts of info.json :class:`~distmis.shards.info.DatasetInfo` reads."""
     folder.mkdir(parents=True, exist_ok=True)
     shard = {"file": "s.tfrecord", "sha256": ""}
     payload = {

@@ -41,7 +41,7 @@ def read_trials(out: Path) -> dict[str, dict]:
 
 
 def test_experiment_mode_runs_two_at_once_and_records_a_failure(tfrecords, tmp_path):
-    from distmis.data import node_cache
+    from distmis.shards import node_cache
     from distmis.train.run import run_training
 
     cache_root = tmp_path / "node-cache"

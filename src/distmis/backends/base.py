@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from distmis.data.info import DatasetInfo
-    from distmis.data.records import Record
+    from distmis.shards.info import DatasetInfo
+    from distmis.shards.records import Record
 
 # One case's image (X, Y, Z, C) float32 → sigmoid probabilities (X, Y, Z, K) float32.
 Predictor = Callable[[np.ndarray], np.ndarray]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from distmis.cluster.resources import job_shape
-from distmis.data.info import decoded_record_bytes
+from distmis.shards.info import decoded_record_bytes
 
 MIB = 2**20
 GB = 1e9
@@ -135,7 +135,7 @@ class SplitSizes:
     @classmethod
     def from_info(cls, info_json: Path) -> SplitSizes:
         """The converted data's sizes (``info.json``, rule index_tfrecords)."""
-        from distmis.data.info import DatasetInfo
+        from distmis.shards.info import DatasetInfo
 
         info = DatasetInfo.from_dir(Path(info_json).parent)
         return cls(
@@ -150,9 +150,9 @@ class SplitSizes:
     def from_config(cls, config: Mapping[str, Any]) -> SplitSizes:
         """What the conversion will write, before it has run: the dry run of a fresh checkout.
         A job is sized again from info.json when it is submitted."""
-        from distmis.data.msd import EXPECTED_CHANNELS
-        from distmis.data.preprocess import LABEL_MODES
-        from distmis.data.split import expected_split_counts
+        from distmis.prepare.msd import EXPECTED_CHANNELS
+        from distmis.prepare.preprocess import LABEL_MODES
+        from distmis.prepare.split import expected_split_counts
 
         preprocess = config["data"]["preprocess"]
         shape = tuple(preprocess["shape"])
@@ -245,7 +245,7 @@ def conversion_memory(config: Mapping[str, Any]) -> MemoryRequest:
     source cases larger than BraTS's)."""
     data = config["data"]
     source = MSD_SOURCE_SHAPE if data["source"] == "msd" else tuple(data["synthetic"]["shape"])
-    from distmis.data.msd import EXPECTED_CHANNELS
+    from distmis.prepare.msd import EXPECTED_CHANNELS
 
     voxels = math.prod(source) * EXPECTED_CHANNELS
     peak = CONVERT_PEAK * max(1.0, voxels / CONVERT_SOURCE_VOXELS)

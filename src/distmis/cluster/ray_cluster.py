@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distmis.cluster.ray_node import processes_using, terminate_processes
-from distmis.data import node_cache
 from distmis.errors import DistmisError
+from distmis.shards import node_cache
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def run_with_ray_cluster(
 ) -> int:
     """Start Ray across the allocation, run ``command`` on the head, stop Ray; return its status.
 
-    The job's node caches (:mod:`distmis.data.node_cache`) live in scope ``slurm-<job id>``
+    The job's node caches (:mod:`distmis.shards.node_cache`) live in scope ``slurm-<job id>``
     under ``cache_dir``'s root on every node; each node's wrapper creates it and removes it
     when Ray stops there, and this launcher removes the head node's once more at the end.
     """

@@ -12,7 +12,7 @@ process of this user whose command line names the node's ``--temp-dir`` (the GCS
 and agents all do), however it left the tree.
 
 The wrapper also owns the job's node-cache scope on its node (``$DISTMIS_CACHE_SCOPE`` under
-``$DISTMIS_CACHE_DIR``, set by ``distmis ray-cluster``; :mod:`distmis.data.node_cache`): it
+``$DISTMIS_CACHE_DIR``, set by ``distmis ray-cluster``; :mod:`distmis.shards.node_cache`): it
 sweeps scopes left by dead runs, creates the job's, and removes it with everything cached in
 it when it exits. Tens of GB in ``/dev/shm`` must not outlive the job.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from distmis.data import node_cache
+from distmis.shards import node_cache
 
 # Ray drains for up to 30 s on SIGTERM; a cancelled job has no work worth draining, and
 # SLURM SIGKILLs the step after KillWait (often 30 s, 5 s in the tests), so be quick.

@@ -27,10 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from distmis.backends.base import Predictor
-from distmis.data.info import MADE_BY as INFO_MADE_BY
-from distmis.data.info import DatasetInfo
-from distmis.data.preprocess import LABEL_MODES, Geometry, map_labels
-from distmis.data.records import Record
 from distmis.errors import ContractError
 from distmis.evaluate.model import MADE_BY as MODEL_MADE_BY
 from distmis.evaluate.model import TrainedModel
@@ -40,6 +36,10 @@ from distmis.evaluate.restore import (
     restore_to_source,
     write_prediction_nifti,
 )
+from distmis.prepare.preprocess import LABEL_MODES, Geometry, map_labels
+from distmis.shards.info import MADE_BY as INFO_MADE_BY
+from distmis.shards.info import DatasetInfo
+from distmis.shards.records import Record
 
 # map_labels takes a label mode; a prediction's channel count names it (3 regions, 1 tumour).
 _MODE_BY_CHANNELS = {len(channels): mode for mode, channels in LABEL_MODES.items()}
@@ -72,7 +72,7 @@ def label_map_and_regions(channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """Thresholded channels ``(..., K)`` → the MSD label map ``(...)`` uint8 and its regions.
 
     The map is :func:`~distmis.evaluate.restore.regions_to_msd_labels` (inner regions win); the
-    regions ``(..., K)`` bool are :func:`~distmis.data.preprocess.map_labels` of it, as BraTS
+    regions ``(..., K)`` bool are :func:`~distmis.prepare.preprocess.map_labels` of it, as BraTS
     tools derive them from a label file: WT = label > 0, TC = label in {2, 3}, ET = label 3
     (binary: tumour = label > 0, the channel itself). Nested channels come back unchanged.
     """

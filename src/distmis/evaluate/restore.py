@@ -1,11 +1,11 @@
 """Stored arrays back to the source scan: undo the crop/pad, the resize and the reorientation.
 
-Conversion (:func:`distmis.data.preprocess.preprocess_case`) reorients each case to RAS by
+Conversion (:func:`distmis.prepare.preprocess.preprocess_case`) reorients each case to RAS by
 permuting and flipping axes, optionally resamples it to ``data.preprocess.resize`` over the
 same field of view, then centre crops/pads it; its :class:`Geometry` records all three.
 Undoing them in reverse order puts a prediction on the source voxel grid, so it lines up with
 the source affine. Voxels that the crop removed are unknown to the model and come back as 0.
-The resize is undone by nearest neighbour (:func:`distmis.data.resample.resample_label`):
+The resize is undone by nearest neighbour (:func:`distmis.prepare.resample.resample_label`):
 what comes back is masks and label maps, whose values must stay exact.
 """
 
@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
-from distmis.data import resample
-from distmis.data.preprocess import Geometry, crop_or_pad
 from distmis.fileio import atomic_path
+from distmis.prepare import resample
+from distmis.prepare.preprocess import Geometry, crop_or_pad
 
 # MSD label value of each region, written in this order so inner regions win:
 # WT∖TC → 1 (edema), TC∖ET → 2 (non-enhancing core), ET → 3 (enhancing).

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from distmis.data.info import DatasetInfo
 from distmis.errors import ContractError
 from distmis.evaluate.metrics import HD95_ONE_EMPTY_MM
 from distmis.evaluate.model import TrainedModel, resolve_model
@@ -43,6 +42,7 @@ from distmis.evaluate.predict import CasePrediction, predict_split, write_predic
 from distmis.evaluate.restore import source_spacing, stored_spacing
 from distmis.evaluate.score import case_rows, summarise, write_metrics_csv
 from distmis.fileio import staged_dirs, write_json
+from distmis.shards.info import DatasetInfo
 
 log = logging.getLogger(__name__)
 

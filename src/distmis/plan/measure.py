@@ -152,7 +152,7 @@ def split_sizes(run: MeasuredRun) -> dict[str, int | None]:
     as recorded when absolute; when relative (the workflow records it relative to its folder),
     against the folder that holds ``results/train/{backend}/{mode}/{G}gpu``. Never against the
     current directory: the data there may be another run's."""
-    from distmis.data.info import DatasetInfo
+    from distmis.shards.info import DatasetInfo
 
     if not run.tfrecord_dir:
         return {"train_volumes": None, "val_volumes": None}

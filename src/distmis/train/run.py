@@ -19,11 +19,11 @@ from pathlib import Path
 from distmis import backends
 from distmis.cluster.ray_cluster import ClusterError
 from distmis.cluster.resources import job_shape
-from distmis.data import node_cache
-from distmis.data.info import DatasetInfo
 from distmis.errors import CacheSpaceError, DeviceError, DistmisError
 from distmis.fileio import read_json, write_json
 from distmis.plan.measure import write_run_calibration
+from distmis.shards import node_cache
+from distmis.shards.info import DatasetInfo
 from distmis.train.preflight import require_gpus
 from distmis.train.runtime import scheduler_allocation, start_ray, stop_ray
 from distmis.train.settings import TrainSettings
@@ -66,7 +66,7 @@ def _raise_exit(signum: int, frame) -> None:
 
 @contextlib.contextmanager
 def node_cache_scope(settings: TrainSettings) -> Iterator[str]:
-    """The folder this run's workers cache splits in (:mod:`distmis.data.node_cache`).
+    """The folder this run's workers cache splits in (:mod:`distmis.shards.node_cache`).
 
     Under ``distmis ray-cluster`` (SLURM) the launcher names the scope and each node's
     wrapper owns and removes it. Otherwise this process owns it and removes it on the way

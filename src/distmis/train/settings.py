@@ -112,7 +112,7 @@ class TrainSettings:
     loader_workers: int = 0
     # Trial ids that raise on purpose; only the fault-tolerance tests set this.
     fail_trials: tuple[str, ...] = field(default=())
-    # train.cache_dir: where node caches live (None: distmis.data.node_cache.cache_root).
+    # train.cache_dir: where node caches live (None: distmis.shards.node_cache.cache_root).
     cache_dir: str | None = None
     # This run's node-cache scope folder, set when the run starts (not part of its identity).
     cache_scope: str | None = None

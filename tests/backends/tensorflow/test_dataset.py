@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from distmis.backends.tensorflow.dataset import load_arrays, make_dataset
-from distmis.data.convert import ConvertParams, convert_dataset
-from distmis.data.info import DatasetInfo
-from distmis.data.synthetic import synthesize_dataset
+from distmis.prepare.convert import ConvertParams, convert_dataset
+from distmis.prepare.synthetic import synthesize_dataset
+from distmis.shards.info import DatasetInfo
 
 SOURCE_SHAPE = (24, 24, 20)
 SHAPE = (16, 16, 16)
@@ -133,7 +133,7 @@ def test_more_workers_than_files_falls_back_to_record_sharding(regions):
 def test_cached_and_streamed_workers_get_the_records_the_torch_backend_gets(
     binary, tmp_path, split, workers
 ):
-    from distmis.data.parts import rank_part, read_part
+    from distmis.shards.parts import rank_part, read_part
 
     for index in range(workers):
         kwargs = dict(shuffle=True, seed=3, shard=(workers, index))

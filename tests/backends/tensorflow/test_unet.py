@@ -19,7 +19,7 @@ from distmis.backends.tensorflow.losses import (
     soft_dice_loss,
 )
 from distmis.backends.tensorflow.unet import build_unet, count_parameters
-from distmis.data.convert import ConvertParams
+from distmis.prepare.convert import ConvertParams
 from tests.backends.tensorflow.test_dataset import write_tfrecords
 
 INPUT = (16, 16, 16, 4)

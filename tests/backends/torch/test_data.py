@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from distmis.backends.torch.data import EpochBatches, buffer_shuffled
-from distmis.data.convert import ConvertParams, convert_dataset
-from distmis.data.info import DatasetInfo
-from distmis.data.records import read_records
-from distmis.data.synthetic import synthesize_dataset
+from distmis.prepare.convert import ConvertParams, convert_dataset
+from distmis.prepare.synthetic import synthesize_dataset
+from distmis.shards.info import DatasetInfo
+from distmis.shards.records import read_records
 
 STORED_SHAPE = (8, 8, 8)
 # 12 cases → train 6 records in 4 shards, val 3 records in 1 shard (fewer shards than ranks).
@@ -191,7 +191,7 @@ def test_cache_and_stream_serve_each_rank_the_same_records(info, world_size):
 
 
 def test_cached_epochs_decode_the_shards_once_for_every_rank(info, tmp_path, monkeypatch):
-    from distmis.data import node_cache
+    from distmis.shards import node_cache
 
     made = []
     real = node_cache._materialise

@@ -1,6 +1,6 @@
 """The PyTorch datasets over shards the real converter wrote: ranks' and workers' parts.
 
-Framing, CRCs and record decoding are tested in tests/data/test_tfrecord.py.
+Framing, CRCs and record decoding are tested in tests/shards/test_tfrecord.py.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from distmis.backends.torch.tfrecord import TFRecordVolumes
-from distmis.data.convert import ConvertParams, convert_dataset
-from distmis.data.info import DatasetInfo, ShardInfo
-from distmis.data.parts import Part, rank_part, read_part
-from distmis.data.records import read_records
-from distmis.data.synthetic import synthesize_dataset
 from distmis.errors import ContractError
+from distmis.prepare.convert import ConvertParams, convert_dataset
+from distmis.prepare.synthetic import synthesize_dataset
+from distmis.shards.info import DatasetInfo, ShardInfo
+from distmis.shards.parts import Part, rank_part, read_part
+from distmis.shards.records import read_records
 
 SOURCE_SHAPE = (20, 20, 16)
 STORED_SHAPE = (16, 16, 16)

@@ -50,8 +50,8 @@ from distmis.backends.base import Backend, Predictor
 from distmis.errors import ConfigError
 
 if TYPE_CHECKING:
-    from distmis.data.info import DatasetInfo
-    from distmis.data.records import Record
+    from distmis.shards.info import DatasetInfo
+    from distmis.shards.records import Record
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """tf.data input pipelines over the TFRecord shards described by ``info.json``.
 
 The pipeline of :func:`make_dataset`, per worker (its part of the split from
-:func:`distmis.data.parts.rank_part`, the same part the torch backend reads)::
+:func:`distmis.shards.parts.rank_part`, the same part the torch backend reads)::
 
     streamed: worker's shards ─ shuffle shard order ─ interleave(one reader per shard:
-              distmis.data.parts.read_part, stored dtype, uint8 labels) ─ shuffle(shuffle_buffer)
+              distmis.shards.parts.read_part, stored dtype, uint8 labels) ─ shuffle(shuffle_buffer)
     cached:   positions of the worker's records in the node's shared copy of the split
-              (distmis.data.node_cache) ─ shuffle(all of them) ─ read from the memory map
+              (distmis.shards.node_cache) ─ shuffle(all of them) ─ read from the memory map
     ─ repeat? ─ batch ─ to float32 ─ prefetch
 
 Elements are ``(image, label)``: float32 ``(B, X, Y, Z, C)`` and float32 ``(B, X, Y, Z, K)``.
@@ -18,8 +18,8 @@ Memory of a streaming worker is bounded by its buffers, whatever the split's siz
 being formed and :data:`PREFETCH_BATCHES` float32 batch. At the paper's size (float16 +
 binary labels, 79 MB a record; a float32 batch of 2 is 298 MB) and the defaults that is
 ~1.5 GB besides TensorFlow itself. Feature names and byte layouts come from
-:mod:`distmis.data.records`; shapes, dtype and compression from
-:class:`~distmis.data.info.DatasetInfo`.
+:mod:`distmis.shards.records`; shapes, dtype and compression from
+:class:`~distmis.shards.info.DatasetInfo`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from distmis.data import buffers, node_cache, records
-from distmis.data.info import DatasetInfo
-from distmis.data.parts import Part, rank_part, read_part
+from distmis.shards import buffers, node_cache, records
+from distmis.shards.info import DatasetInfo
+from distmis.shards.parts import Part, rank_part, read_part
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _check_shard(shard: tuple[int, int] | None) -> None:
 
 
 def feature_spec() -> dict:
-    """The ``tf.io.parse_single_example`` spec of :mod:`distmis.data.records`' schema."""
+    """The ``tf.io.parse_single_example`` spec of :mod:`distmis.shards.records`' schema."""
     return {
         "image": tf.io.FixedLenFeature([], tf.string),
         "label": tf.io.FixedLenFeature([], tf.string),
@@ -146,7 +146,7 @@ def record_signature(info: DatasetInfo) -> tuple[tf.TensorSpec, tf.TensorSpec]:
 
 def part_records(info: DatasetInfo, part: Part):
     """A generator function of a shard's index in ``part`` (or of none: the whole part):
-    ``(image, label)`` as stored, read by :func:`distmis.data.parts.read_part` into reusable
+    ``(image, label)`` as stored, read by :func:`distmis.shards.parts.read_part` into reusable
     blocks (CRC-checked, decoded as views); tf.data copies each into a tensor, after which its
     block is free again."""
     k = len(info.label_channels)
@@ -251,8 +251,8 @@ def make_dataset(
     ``shuffle`` reorders every epoch, seeded with ``seed`` (reproducible): streamed, the shard
     order and a buffer of ``shuffle_buffer`` records; cached, a full permutation. ``cache``
     reads the node's shared decoded copy of the split in the folder ``cache_scope``
-    (:func:`distmis.data.node_cache.open_split`) instead of the shards. ``shard=(num_workers,
-    index)`` keeps this worker's part of the split (:func:`~distmis.data.parts.rank_part`);
+    (:func:`distmis.shards.node_cache.open_split`) instead of the shards. ``shard=(num_workers,
+    index)`` keeps this worker's part of the split (:func:`~distmis.shards.parts.rank_part`);
     workers' parts are disjoint and cover the split. ``parallel_calls`` threads (the worker's
     cores) read cached records and cast batches; streamed records are read by one.
     ``reshuffle=False`` gives every iterator of the dataset the one order ``seed`` fixes (a
@@ -316,7 +316,7 @@ def load_arrays(info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def iter_records(info: DatasetInfo, split: str) -> Iterator[records.Record]:
-    """Decoded :class:`~distmis.data.records.Record` of ``split``, shard by shard in file order.
+    """Decoded :class:`~distmis.shards.records.Record` of ``split``, shard by shard in file order.
 
     An unknown split raises at once, not when the records are first asked for.
     """

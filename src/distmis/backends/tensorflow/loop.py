@@ -30,7 +30,7 @@ from distmis.backends.tensorflow.dataset import make_dataset
 from distmis.backends.tensorflow.devices import training_device
 from distmis.backends.tensorflow.losses import compile_unet
 from distmis.backends.tensorflow.unet import build_unet
-from distmis.data.info import DatasetInfo
+from distmis.shards.info import DatasetInfo
 from distmis.trial import (
     RUNNER_RAY_TRAIN,
     Runner,

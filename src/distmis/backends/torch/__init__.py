@@ -6,7 +6,7 @@ only have PyTorch (e.g. a GPU node for ``benchmarks/gpu_unet.py``):
 - :mod:`.unet`: :func:`~.unet.build_unet_torch`, the same architecture and parameter count as
   the Keras one (:mod:`distmis.backends.tensorflow.unet`), channels-first ``(B, C, X, Y, Z)``;
 - :mod:`.losses`: soft Dice loss and thresholded Dice, as :mod:`distmis.backends.tensorflow.losses`;
-- :mod:`.tfrecord`: reads the shards of :mod:`distmis.data.records` (CRC-checked);
+- :mod:`.tfrecord`: reads the shards of :mod:`distmis.shards.records` (CRC-checked);
 - :mod:`.data`: :class:`~.data.EpochBatches`, the per-epoch batches of one training worker,
   with the tf.data pipeline's sharding, shuffling, caching and repeating;
 - :mod:`.checkpoint`: the saved model (``.pt``: architecture + weights);
@@ -27,8 +27,8 @@ from distmis.backends.base import Backend, Predictor
 from distmis.errors import ConfigError
 
 if TYPE_CHECKING:
-    from distmis.data.info import DatasetInfo
-    from distmis.data.records import Record
+    from distmis.shards.info import DatasetInfo
+    from distmis.shards.records import Record
 
 
 class TorchBackend(Backend):
@@ -93,7 +93,7 @@ class TorchBackend(Backend):
         return torch_predictor(model_file)
 
     def read_records(self, info: DatasetInfo, split: str) -> Iterator[Record]:
-        from distmis.data.parts import rank_part, read_part
+        from distmis.shards.parts import rank_part, read_part
 
         if split not in info.splits:
             raise ValueError(f"split must be one of {sorted(info.splits)}, got {split!r}")

@@ -5,7 +5,7 @@ As :func:`distmis.backends.tensorflow.dataset.make_dataset`, per distributed ran
     rank's part of the split (whole shards, or every world_size-th record: rank_part)
       ─ streamed: per epoch shuffle shard order, buffer-shuffle records (seeded by seed,
         epoch, rank), repeat
-      ─ cached: the node's shared copy (distmis.data.node_cache), a full permutation per epoch
+      ─ cached: the node's shared copy (distmis.shards.node_cache), a full permutation per epoch
       ─ batch
 
 Batches are ``(images (B, C, X, Y, Z), labels (B, K, X, Y, Z))`` on the CPU, with
@@ -52,10 +52,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from distmis.data import buffers, heap, node_cache
-from distmis.data.info import DatasetInfo
-from distmis.data.parts import Part, rank_part, read_part
-from distmis.data.records import Record
+from distmis.shards import buffers, heap, node_cache
+from distmis.shards.info import DatasetInfo
+from distmis.shards.parts import Part, rank_part, read_part
+from distmis.shards.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def stack_records(records: list[Record]) -> Batch:
 
     One copy per record, into the batch. In a DataLoader worker the batch is allocated in
     shared memory, so handing it to the training process copies nothing more; in the training
-    process it is a block of the process's :class:`~distmis.data.buffers.BufferPool`, reused
+    process it is a block of the process's :class:`~distmis.shards.buffers.BufferPool`, reused
     once the batch is dropped.
     """
     in_worker = get_worker_info() is not None
@@ -266,7 +266,7 @@ class EpochBatches:
     - ``shuffle``, ``seed``: reorder each epoch and pass (shard order and a shuffle buffer of
       ``shuffle_buffer`` records when streaming, a full permutation when cached);
     - ``cache``: serve every epoch from the node's shared decoded copy of the split in the
-      folder ``cache_scope`` (:func:`distmis.data.node_cache.open_split`: materialised once
+      folder ``cache_scope`` (:func:`distmis.shards.node_cache.open_split`: materialised once
       per node, memory-mapped by every process), batches formed by a background thread;
       otherwise stream the records from the shards with ``loader_workers`` DataLoader
       processes (0: in this process);

@@ -39,7 +39,7 @@ from distmis.backends.torch.data import to_device as batch_to_device
 from distmis.backends.torch.devices import training_device_error
 from distmis.backends.torch.losses import dice_coefficient, soft_dice_per_sample
 from distmis.backends.torch.unet import build_unet_torch
-from distmis.data.info import DatasetInfo
+from distmis.shards.info import DatasetInfo
 from distmis.trial import (
     RUNNER_RAY_TRAIN,
     Runner,

@@ -1,9 +1,9 @@
-"""The TFRecord shards of :mod:`distmis.data.records` as PyTorch datasets, without TensorFlow.
+"""The TFRecord shards of :mod:`distmis.shards.records` as PyTorch datasets, without TensorFlow.
 
-Framing and CRC checks come from :mod:`distmis.data.tfrecord`, record decoding from
-:func:`distmis.data.records.decode_example` (both TensorFlow-free, shared with the data stage).
+Framing and CRC checks come from :mod:`distmis.shards.tfrecord`, record decoding from
+:func:`distmis.shards.records.decode_example` (both TensorFlow-free, shared with the data stage).
 
-:class:`TFRecordVolumes` serves one rank's part of a split (:mod:`distmis.data.parts`) for
+:class:`TFRecordVolumes` serves one rank's part of a split (:mod:`distmis.shards.parts`) for
 one pass as ``(image (C, X, Y, Z), label (K, X, Y, Z))`` float32 tensors, shared out over
 DataLoader workers. Training reads through :mod:`distmis.backends.torch.data` instead, which
 keeps the stored dtype and layout until a batch reaches the device.
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from distmis.data.info import DatasetInfo
-from distmis.data.parts import Part, rank_part, read_part
-from distmis.data.records import Record
+from distmis.shards.info import DatasetInfo
+from distmis.shards.parts import Part, rank_part, read_part
+from distmis.shards.records import Record
 
 
 def to_tensors(record: Record) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from distmis.data import example, tfrecord
-from distmis.data.example import Buffer
 from distmis.errors import ContractError
+from distmis.shards import example, tfrecord
+from distmis.shards.example import Buffer
 
 FEATURE_KEYS = ("image", "label", "shape", "case_id")
 IMAGE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
@@ -50,8 +50,8 @@ def example_pieces(case_id: str, image: np.ndarray, label: np.ndarray) -> list[B
 
     ``image`` must already have its on-disk dtype (float32 or float16) and ``label`` be uint8
     with the same spatial shape. C-contiguous little-endian arrays are not copied: the big
-    pieces are views of them, for :class:`distmis.data.tfrecord.TFRecordWriter` to stream.
-    The bytes are deterministic (see :mod:`distmis.data.example`).
+    pieces are views of them, for :class:`distmis.shards.tfrecord.TFRecordWriter` to stream.
+    The bytes are deterministic (see :mod:`distmis.shards.example`).
     """
     if image.ndim != 4 or label.ndim != 4 or image.shape[:3] != label.shape[:3]:
         raise ValueError(

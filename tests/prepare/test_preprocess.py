@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distmis.data import preprocess
-from distmis.data.preprocess import (
+from distmis.prepare import preprocess
+from distmis.prepare.preprocess import (
     center_crop_start,
     crop_or_pad,
     map_labels,

@@ -1,6 +1,6 @@
 """The ``tf.train.Example`` protobuf messages of the record schema, without TensorFlow.
 
-A record's payload is a serialised ``Example``; the schema (:mod:`distmis.data.records`) uses
+A record's payload is a serialised ``Example``; the schema (:mod:`distmis.shards.records`) uses
 only these messages (https://protobuf.dev/programming-guides/encoding/)::
 
     Example  { Features features = 1; }

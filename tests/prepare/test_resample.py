@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from distmis.data.preprocess import to_ras
-from distmis.data.resample import (
+from distmis.prepare.preprocess import to_ras
+from distmis.prepare.resample import (
     resample_image,
     resample_label,
     resampled_affine,

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distmis.data.buffers import BufferPool
-from distmis.data.info import ShardInfo
-from distmis.data.records import Record, decode_example
-from distmis.data.tfrecord import MADE_BY, read_payloads
 from distmis.errors import ContractError
+from distmis.shards.buffers import BufferPool
+from distmis.shards.info import ShardInfo
+from distmis.shards.records import Record, decode_example
+from distmis.shards.tfrecord import MADE_BY, read_payloads
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def read_part(
 ) -> Iterator[Record]:
     """The records of ``part``, in order, as views of their payloads (no copy); others'
     records are skipped undecoded. With ``pool`` the payloads are read into its reusable
-    blocks (:func:`~distmis.data.tfrecord.read_payloads`).
+    blocks (:func:`~distmis.shards.tfrecord.read_payloads`).
 
     A shard whose record count differs from info.json raises :class:`ContractError` (after its
     last record, so a short shard is caught even when none of its records are this part's).

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distmis.data.convert import ConvertParams, convert_dataset, convert_shard, plan_conversion
 from distmis.errors import CaseError, DatasetError
+from distmis.prepare.convert import ConvertParams, convert_dataset, convert_shard, plan_conversion
 from tests.conftest import random_case, write_case, write_dataset_json
 
 SRC = Path(__file__).resolve().parents[2] / "src"

@@ -25,12 +25,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from distmis.data import heap, msd, records
-from distmis.data.preprocess import LABEL_MODES, preprocess_case
-from distmis.data.split import SPLITS, assign_shards, shard_filename, split_cases
-from distmis.data.tfrecord import COMPRESSIONS, TFRecordWriter
 from distmis.errors import CaseError, DatasetError
 from distmis.fileio import atomic_path, read_json, write_json
+from distmis.prepare import msd
+from distmis.prepare.preprocess import LABEL_MODES, preprocess_case
+from distmis.prepare.split import SPLITS, assign_shards, shard_filename, split_cases
+from distmis.shards import heap, records
+from distmis.shards.tfrecord import COMPRESSIONS, TFRecordWriter
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ costs the kernel a page fault per 4 KiB and zeroing before a byte is read into i
 on the development VM, reading a 149 MB record into fresh memory took 0.11 s and into reused
 memory 0.04 s, filling a fresh 298 MB batch 0.12 s and a reused one 0.06 s. Letting glibc keep
 freed blocks in its heap recovers the speed but not a bound: its heap then fragments and RSS
-grows with the records seen (:mod:`distmis.data.heap`). A :class:`BufferPool` hands out views
+grows with the records seen (:mod:`distmis.shards.heap`). A :class:`BufferPool` hands out views
 of blocks it owns and takes a block back, by a ``weakref.finalize`` on the view, as soon as
 nothing uses the view any more (CPython's reference counting makes that immediate: a decoded
 record's arrays keep their payload's view alive, a batch tensor keeps its array alive). So a

@@ -15,7 +15,7 @@ def decoded_record_bytes(
     image_shape: tuple[int, ...], label_shape: tuple[int, ...], image_dtype: str
 ) -> int:
     """Bytes of one decoded record: the image in ``image_dtype``, the label as uint8."""
-    from distmis.data.records import IMAGE_DTYPES, LABEL_DTYPE
+    from distmis.shards.records import IMAGE_DTYPES, LABEL_DTYPE
 
     return (
         math.prod(image_shape) * IMAGE_DTYPES[image_dtype].itemsize
@@ -82,7 +82,7 @@ class DatasetInfo:
 
     def decoded_bytes(self, split: str) -> int:
         """Bytes of ``split`` decoded: its images in ``image_dtype`` and its uint8 labels, what
-        a node's cached copy of it holds (``data/node_cache.py``) and a job's memory pays for."""
+        a node's cached copy of it holds (``shards/node_cache.py``) and a job's memory pays for."""
         return self.count(split) * decoded_record_bytes(
             self.image_shape, self.label_shape, self.image_dtype
         )

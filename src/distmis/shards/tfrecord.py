@@ -9,7 +9,7 @@ with ``masked(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2**32)``. GZI
 (info.json ``compression: gzip``) are the same stream, gzip-compressed as a whole, which is
 what ``tf.data.TFRecordDataset(..., compression_type="GZIP")`` reads.
 
-:class:`TFRecordWriter` takes each payload as a list of buffers (:func:`distmis.data.example.
+:class:`TFRecordWriter` takes each payload as a list of buffers (:func:`distmis.shards.example.
 encode_example`: a few header bytes around the caller's arrays), so a 140 MB volume goes from
 the array to the file without being copied into a message or a string first. It streams each
 array in 1 MiB chunks: the payload CRC and the file's sha256 are updated on a chunk while it
@@ -33,9 +33,9 @@ from typing import BinaryIO
 
 import crc32c
 
-from distmis.data.buffers import BufferPool
-from distmis.data.example import Buffer
 from distmis.errors import ContractError
+from distmis.shards.buffers import BufferPool
+from distmis.shards.example import Buffer
 
 MADE_BY = "rule convert_tfrecords (`distmis convert`)"
 COMPRESSIONS = ("none", "gzip")
@@ -218,7 +218,7 @@ def read_payloads(
 
     ``compression`` is info.json's ``"none"`` or ``"gzip"``. With ``pool``, each payload is
     read straight into one of its blocks and yielded as a memoryview of it (the block is
-    reused once nothing refers to the view; :mod:`distmis.data.buffers`); without, as
+    reused once nothing refers to the view; :mod:`distmis.shards.buffers`); without, as
     ``bytes``. Raises :class:`ContractError` naming ``path`` and the record index for a bad
     checksum, a truncated file or bad gzip data.
     """

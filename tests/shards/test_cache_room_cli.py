@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distmis.data import node_cache
-from distmis.data.info import DatasetInfo
+from distmis.shards import node_cache
+from distmis.shards.info import DatasetInfo
 from tests.conftest import synthetic_tfrecords
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,12 +14,12 @@ import pytest
 import tensorflow as tf
 
 from distmis.backends.tensorflow.dataset import feature_spec
-from distmis.data.convert import ConvertParams, convert_dataset
-from distmis.data.info import DatasetInfo
-from distmis.data.records import decode_example, encode_example, read_records
-from distmis.data.synthetic import synthesize_dataset
-from distmis.data.tfrecord import TFRecordWriter, masked_crc32c, read_payloads
 from distmis.errors import ContractError
+from distmis.prepare.convert import ConvertParams, convert_dataset
+from distmis.prepare.synthetic import synthesize_dataset
+from distmis.shards.info import DatasetInfo
+from distmis.shards.records import decode_example, encode_example, read_records
+from distmis.shards.tfrecord import TFRecordWriter, masked_crc32c, read_payloads
 
 SOURCE_SHAPE = (20, 20, 16)
 STORED_SHAPE = (16, 16, 16)

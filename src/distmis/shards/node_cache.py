@@ -57,11 +57,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from distmis.data import buffers
-from distmis.data.info import MADE_BY, DatasetInfo
-from distmis.data.parts import Part, read_part
-from distmis.data.records import IMAGE_DTYPES, LABEL_DTYPE
 from distmis.errors import CacheSpaceError, ContractError
+from distmis.shards import buffers
+from distmis.shards.info import MADE_BY, DatasetInfo
+from distmis.shards.parts import Part, read_part
+from distmis.shards.records import IMAGE_DTYPES, LABEL_DTYPE
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import nibabel as nib
 import numpy as np
 
-from distmis.data import resample
+from distmis.prepare import resample
 
 LABEL_MODES = {
     # The original DistMIS trained tumour-vs-background.
@@ -30,7 +30,7 @@ class Geometry:
     ``source_shape`` and ``source_affine`` are the scan as stored on disk;
     ``orientation_transform`` is nibabel's ornt array taking source axes to RAS;
     ``resampled_shape`` is the RAS grid the scan was resampled to over the same field of view
-    (:mod:`distmis.data.resample`), or None when it was not (``data.preprocess.resize: null``;
+    (:mod:`distmis.prepare.resample`), or None when it was not (``data.preprocess.resize: null``;
     also every info.json written before resizing existed). ``crop_start[i]`` is the index, in
     that grid (or the RAS scan's when not resampled), of stored voxel 0 along axis ``i``
     (negative means zero padding before the scan).
@@ -212,7 +212,7 @@ def preprocess_case(
 
     ``resize`` (the original DistMIS's ``--reshape``) resamples the RAS scan to that grid over
     the same field of view, the image linearly and the MSD label map by nearest neighbour
-    (:mod:`distmis.data.resample`); None skips it. Returns C-ordered ``image (X, Y, Z, C)``
+    (:mod:`distmis.prepare.resample`); None skips it. Returns C-ordered ``image (X, Y, Z, C)``
     in ``image_dtype``, ``label (X, Y, Z, K)`` uint8, and the geometry needed to undo the
     spatial steps.
     """

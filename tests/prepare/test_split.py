@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from distmis.data.split import assign_shards, shard_filename, split_cases
+from distmis.prepare.split import assign_shards, shard_filename, split_cases
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distmis.data import records
-from distmis.data.info import DatasetInfo
+from distmis.shards import records
+from distmis.shards.info import DatasetInfo
 
 
 def inspect_dataset(tfrecord_dir: Path) -> dict:

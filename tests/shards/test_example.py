@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distmis.data import example
-from distmis.data.records import decode_example, encode_example, example_pieces
+from distmis.shards import example
+from distmis.shards.records import decode_example, encode_example, example_pieces
 
 
 def _tf_example(case_id: str, image: np.ndarray, label: np.ndarray) -> tf.train.Example:

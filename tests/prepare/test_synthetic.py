@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from distmis.data import synthetic
-from distmis.data.synthetic import sample_case_params, synthesize_case, synthesize_dataset
+from distmis.prepare import synthetic
+from distmis.prepare.synthetic import sample_case_params, synthesize_case, synthesize_dataset
 
 SHAPE = (24, 22, 18)
 # Tiny, odd and anisotropic shapes, including the smallest allowed axis.

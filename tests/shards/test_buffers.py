@@ -7,9 +7,9 @@ import gc
 import numpy as np
 import pytest
 
-from distmis.data.buffers import BLOCK_GRANULE, MIN_POOLED_BYTES, BufferPool
-from distmis.data.records import decode_example, encode_example
-from distmis.data.tfrecord import TFRecordWriter, read_payloads
+from distmis.shards.buffers import BLOCK_GRANULE, MIN_POOLED_BYTES, BufferPool
+from distmis.shards.records import decode_example, encode_example
+from distmis.shards.tfrecord import TFRecordWriter, read_payloads
 
 MIB = 1 << 20
 

@@ -1,4 +1,4 @@
-"""distmis.data.download against a real HTTP server on 127.0.0.1 and real tar files."""
+"""distmis.prepare.download against a real HTTP server on 127.0.0.1 and real tar files."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from distmis.data import download
-from distmis.data.download import (
+from distmis.errors import DownloadError
+from distmis.prepare import download
+from distmis.prepare.download import (
     TASK_DIRNAME,
     download_file,
     extract_archive,
@@ -25,7 +26,6 @@ from distmis.data.download import (
     md5_of,
     verify_md5,
 )
-from distmis.errors import DownloadError
 
 ARCHIVE_PATH = "/Task01_BrainTumour.tar"
 JUNK = f"{TASK_DIRNAME}/imagesTr/._BRATS_001.nii.gz"

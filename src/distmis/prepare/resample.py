@@ -2,7 +2,7 @@
 
 This is the original DistMIS's ``--reshape``: every case is brought to one grid size by
 resampling, not only by cropping. It runs on arrays already reoriented by
-:func:`distmis.data.preprocess.to_ras`, so axis ``i`` of the array is RAS axis ``i``.
+:func:`distmis.prepare.preprocess.to_ras`, so axis ``i`` of the array is RAS axis ``i``.
 
 Grid convention (the field of view is kept). A grid of ``n`` voxels of size ``s`` covers
 ``n * s`` mm: voxel ``i``'s centre lies at ``(i + 0.5) * s`` from the outer face of voxel 0.

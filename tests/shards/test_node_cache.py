@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distmis.data import node_cache
-from distmis.data.convert import ConvertParams, convert_dataset
-from distmis.data.info import DatasetInfo
-from distmis.data.records import read_records
-from distmis.data.synthetic import synthesize_dataset
 from distmis.errors import CacheSpaceError, ContractError
+from distmis.prepare.convert import ConvertParams, convert_dataset
+from distmis.prepare.synthetic import synthesize_dataset
+from distmis.shards import node_cache
+from distmis.shards.info import DatasetInfo
+from distmis.shards.records import read_records
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -270,8 +270,8 @@ TRIAL = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     import psutil
-    from distmis.data import node_cache
-    from distmis.data.info import DatasetInfo
+    from distmis.shards import node_cache
+    from distmis.shards.info import DatasetInfo
 
     info = DatasetInfo.from_dir(Path(sys.argv[1]))
     before = psutil.Process().memory_full_info()
@@ -333,8 +333,8 @@ OWNER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from distmis.data import node_cache
-    from distmis.data.info import DatasetInfo
+    from distmis.shards import node_cache
+    from distmis.shards.info import DatasetInfo
 
     scope = node_cache.CacheScope.create(Path(sys.argv[2]), "run-killed")
     node_cache.open_split(DatasetInfo.from_dir(Path(sys.argv[1])), "train", scope.path)
@@ -367,8 +367,8 @@ def test_a_local_run_removes_its_scope_on_sigterm(info, tmp_path):
         import sys, time
         from pathlib import Path
         from distmis.train.run import node_cache_scope
-        from distmis.data import node_cache
-        from distmis.data.info import DatasetInfo
+        from distmis.shards import node_cache
+        from distmis.shards.info import DatasetInfo
 
         class Settings:
             cache_dir = {str(root)!r}
