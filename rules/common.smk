@@ -24,7 +24,7 @@ from distmis.config import (
     train_backends,
     train_env,
 )
-from distmis.data.split import SPLITS, shard_filename
+from distmis.prepare.split import SPLITS, shard_filename
 from distmis.errors import ConfigError
 
 validate(config, str(schema_path()), set_default=True)
