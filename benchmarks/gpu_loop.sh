@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU run of benchmarks/gpu_loop.py (README "The training loop on a GPU").
+# The prepared GPU run of benchmarks/gpu_loop.py (benchmarks/README.md "The training loop on a GPU").
 #
 #   benchmarks/gpu_loop.sh --fetch-wheels   here: download benchmarks/gpu_carry.txt into .whl/
 #   benchmarks/gpu_loop.sh --dry-run        here: check the carried wheels, then every step on

@@ -23,7 +23,7 @@ of the split, next to what the previous design held (a private decoded copy per 
 float32 image and label per record for tf.data, the stored dtype for torch; computed, not
 run, since at 339 cases it does not fit this machine).
 
-Targets (README "Sizing a node"): streaming peak RSS per worker ≤ 4 GB at paper size; two
+Targets (docs/explanation/input-memory.md "Sizing a node"): streaming peak RSS per worker ≤ 4 GB at paper size; two
 cached trials ≤ one copy + 2 × the streaming bound; input rate ≥ 42 volumes/s per GPU (1.5×
 an H200's ~28 vol/s step rate) from ≤ 8 cores, i.e. vol/s per core × 8 ≥ 42. Memory
 figures are extrapolated to the paper's 339 training cases where they depend on the count
@@ -53,7 +53,7 @@ from _common import cpu_model, loadavg, paper_size_shards, verdict, version
 
 PAPER_TRAIN_CASES = 339
 TARGET_STREAM_RSS = 4e9
-TARGET_VOLUMES_PER_GPU = 42.0  # 1.5x the H200's ~28 vol/s (README GPU section)
+TARGET_VOLUMES_PER_GPU = 42.0  # 1.5x the H200's ~28 vol/s (benchmarks/README.md, GPU section)
 CORES_PER_GPU = 8
 BATCH = 2  # the paper's volumes per replica
 SOURCE_SHAPE = (240, 240, 155)

@@ -95,7 +95,7 @@ JOB_SELECTING_KEYS = ("backend", "gpu_counts", "modes", "gpus_per_trial", "torch
 
 
 def train_conda_env(wildcards):
-    """The conda env of a training or evaluation job: its {backend}'s (README "GPU set-up")."""
+    """The conda env of a training or evaluation job: its {backend}'s (docs/how-to/slurm-and-gpus.md "GPU set-up")."""
     return f"../envs/{train_env(TRAIN, wildcards.backend)}.yaml"
 
 

@@ -358,11 +358,12 @@ def test_torch_env_gets_the_cuda_13_wheels_of_pypis_torch(resolved):
     assert "tensorflow" not in resolution.versions
 
 
-# The venvs README "GPU set-up" builds without conda: requirements.lock as is for torch (or the
-# lock without torch, plus PyTorch's cu126 build), and for TensorFlow the lock without torch, plus
-# TensorFlow's and-cuda wheels.
+# The venvs that "GPU set-up" (docs/how-to/slurm-and-gpus.md) builds without conda:
+# requirements.lock as is for torch (or the lock without torch, plus PyTorch's cu126 build), and
+# for TensorFlow the lock without torch, plus TensorFlow's and-cuda wheels.
 TF_VENV_COMMAND = "grep -v '^torch==' requirements.lock | .venv-tf/bin/pip install -r /dev/stdin"
 TORCH_VENV_COMMAND = "grep -v '^torch==' requirements.lock | .venv-torch/bin/pip install"
+GPU_SETUP_DOC = ROOT / "docs" / "how-to" / "slurm-and-gpus.md"
 
 
 def pytorch_index_reachable() -> bool:
@@ -380,11 +381,11 @@ def test_torch_cu126_env_gets_the_cuda_12_wheels_of_pytorchs_build(resolved, tmp
     resolution = resolved("train-torch-cu126")
     check_torch_cuda(resolution, "cu126", lock_version("torch") + "+cu126")
     assert "tensorflow" not in resolution.versions
-    # README "GPU set-up"'s torch venv of that build, without conda.
+    # "GPU set-up"'s torch venv of that build, without conda.
     (index,) = [r for r in env_pip_requirements(ENVS_DIR / "train-torch-cu126.yaml") if r[0] == "-"]
     torch = f"torch=={lock_version('torch')}+cu126"
-    readme = (ROOT / "README.md").read_text()
-    assert f"{TORCH_VENV_COMMAND} {index} -r /dev/stdin '{torch}'" in readme
+    doc = GPU_SETUP_DOC.read_text()
+    assert f"{TORCH_VENV_COMMAND} {index} -r /dev/stdin '{torch}'" in doc
     if native_is_the_target():  # as in test_readmes_gpu_venvs_each_get_one_cuda_stack
         without_torch = [r for r in lock_requirements() if not r.startswith("torch==")]
         venv = resolve([index, *without_torch, torch], tmp_path / "venv", native=True)
@@ -407,9 +408,9 @@ def native_is_the_target() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not native_is_the_target(), reason="resolves for this machine: not the target")
 def test_readmes_gpu_venvs_each_get_one_cuda_stack(tmp_path: Path):
-    readme = (ROOT / "README.md").read_text()
+    doc = GPU_SETUP_DOC.read_text()
     tensorflow = f"tensorflow[and-cuda]=={lock_version('tensorflow')}"
-    assert f"{TF_VENV_COMMAND} '{tensorflow}'" in readme
+    assert f"{TF_VENV_COMMAND} '{tensorflow}'" in doc
     # The lock holds an sdist-only package (connection_pool), which pip takes for this machine
     # only: the venvs are resolved for it.
     without_torch = [r for r in lock_requirements() if not r.startswith("torch==")]

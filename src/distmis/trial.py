@@ -89,7 +89,7 @@ class WorkerSettings:
     precision: str
     channels_last_3d: bool
     loader_workers: int
-    # Records held for shuffling by a streaming worker; bounds its memory (README).
+    # Records held for shuffling by a streaming worker; bounds its memory (docs/explanation/input-memory.md).
     shuffle_buffer: int
     # The node cache's scope folder (distmis.shards.node_cache) when cache is on, else None.
     cache_scope: str | None

@@ -12,7 +12,7 @@ what its node holds, each part a measured figure scaled to the data's size:
                               + Ray's daemons + the job's Ray-side processes)
 
 Figures are bytes; a request is MiB, SLURM's unit for ``--mem``. Every constant names the
-measurement it comes from (README "Sizing a node" and "Performance"); the one estimate that no
+measurement it comes from (docs/explanation/input-memory.md "Sizing a node" and benchmarks/README.md); the one estimate that no
 machine here could measure, the host memory of a CUDA context, says so.
 """
 
@@ -40,7 +40,7 @@ PAPER_IMAGE_SHAPE = (240, 240, 152, 4)
 PAPER_LABEL_SHAPE = (240, 240, 152, 1)
 
 # Peak RSS of one streaming input pipeline at the paper's size, framework imports included,
-# batch 2, shuffle_buffer 6 (benchmarks/input_scale.py, 2026-12-03, README "Input pipelines at
+# batch 2, shuffle_buffer 6 (benchmarks/input_scale.py, 2026-12-03, benchmarks/README.md "Input pipelines at
 # the paper's size"). Keyed by (backend, stored dtype).
 STREAMING_PEAK = {
     ("tensorflow", "float32"): 3.69 * GB,
@@ -67,7 +67,7 @@ RAY_SIDE_PROCESS = {"tensorflow": 0.93 * GB, "torch": 0.41 * GB}
 CUDA_HOST_ALLOWANCE = 2.5 * GB
 # CPU training (use_gpu: false): a training step's activations live in host memory. Bytes per
 # voxel above the built model, batch 1, U-Net depth 3 with 8 base filters (benchmarks/
-# step_memory.py, README "TensorFlow step memory"); activations scale with the batch and the
+# step_memory.py, benchmarks/README.md "TensorFlow step memory"); activations scale with the batch and the
 # filter count.
 STEP_BYTES_PER_VOXEL = {"tensorflow": 490.0, "torch": 621.0}
 STEP_BASE_FILTERS = 8

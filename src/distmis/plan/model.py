@@ -37,7 +37,7 @@ from distmis.plan.calibration import Calibration
 from distmis.plan.parts import MODES
 from distmis.plan.schedule import Schedule, simulate
 
-# PyTorch bf16 + channels_last_3d step of batch 2 at 240x240x152 on one H200 (README, GPU
+# PyTorch bf16 + channels_last_3d step of batch 2 at 240x240x152 on one H200 (benchmarks/README.md, GPU
 # section). Applied only when a study asks for a GPU projection (Study.step_seconds).
 H200_STEP_SECONDS = 0.0717
 DEFAULT_GPUS_PER_NODE = 4

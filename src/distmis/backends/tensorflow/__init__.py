@@ -60,7 +60,7 @@ LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
 # AVX_VNNI or AMX. Elsewhere a Conv3D's gradients run Conv3DCustomBackprop{Input,Filter}Op,
 # which for a batch of one build an im2col buffer of the whole volume (27 x C_in floats per
 # voxel): ~30 GB for one 240x240x152 step instead of ~5-6 GB (benchmarks/step_memory.py,
-# README "Sizing a node"). A value already set wins.
+# docs/explanation/input-memory.md "Sizing a node"). A value already set wins.
 ONEDNN_ENV = {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1")}
 WORKER_ENV = {**LEGACY_KERAS_ENV, **ONEDNN_ENV}
 

@@ -172,7 +172,7 @@ def _streamed(
     Read by the project's TFRecord reader, not ``TFRecordDataset`` + ``parse_single_example``:
     that path copies each record three times (serialised, parsed feature, decoded tensor) into
     fresh memory and measured 2.5 volumes/s per core at the paper's size against 6.6 (float32)
-    and 11 (float16) this way (README "Sizing a node").
+    and 11 (float16) this way (docs/explanation/input-memory.md "Sizing a node").
 
     Whole-shard parts read up to :data:`MAX_CYCLE_LENGTH` shards interleaved, in a shard order
     reshuffled each epoch. A record-sharded part (fewer shards than workers) reads its shards

@@ -16,7 +16,7 @@ as uint8, both in the stored channels-last layout, i.e. ``torch.channels_last_3d
 only then widens it to float32 in the model's memory format, so the copy over PCIe carries
 the stored bytes and the cast runs on the GPU.
 
-Memory (see README "Sizing a node"): a streaming rank holds at most ``shuffle_buffer``
+Memory (see docs/explanation/input-memory.md "Sizing a node"): a streaming rank holds at most ``shuffle_buffer``
 records over all its loader workers, each worker's ``prefetch_factor`` (2) batches, and the
 batch being trained on, whatever the split's size; at the paper's size (float16, binary
 labels: 79 MB a record) the default buffer of 6 is ~0.5 GB. A cached rank holds only its
