@@ -12,6 +12,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from distmis import modes
 from distmis.backends import NAMES
 from distmis.errors import ConfigError
 
@@ -68,20 +69,23 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             f"data.preprocess.shape: {shape} must be divisible by 2**train.model.depth = "
             f"{factor} (depth {depth}) on every axis; change the shape or train.model.depth"
         )
-    if "hybrid" in train["modes"]:
-        unused = [k for k in train["gpus_per_trial"] if not hybrid_gpu_counts(train, k)]
+    for mode in (modes.get(name) for name in train["modes"]):
+        if not mode.takes_k:
+            continue
+        unused = [k for k in train["gpus_per_trial"] if not mode.gpu_counts(train["gpu_counts"], k)]
         if unused:
             raise ConfigError(
                 f"train.gpus_per_trial: k = {unused} divides none of train.gpu_counts "
-                f"{train['gpu_counts']} (a hybrid job on G GPUs runs G/k trials of k GPUs); "
+                f"{train['gpu_counts']} (a {mode.name} job on G GPUs runs G/k trials of k GPUs); "
                 "add a G that k divides or drop that k"
             )
-    if train["scheduler"] == "asha" and set(train["modes"]) - {"experiment"}:
+    refused = [modes.get(name) for name in train["modes"] if modes.get(name).asha_refused]
+    if train["scheduler"] == "asha" and refused:
+        allowed = [name for name in modes.NAMES if not modes.get(name).asha_refused]
         raise ConfigError(
-            "train.scheduler: asha stops configurations in experiment mode only: data mode "
-            "trains one at a time and has nothing to stop, and in hybrid mode "
-            + ASHA_HYBRID_WHY
-            + ". Set train.modes: [experiment] or train.scheduler: none"
+            f"train.scheduler: asha stops configurations in {' and '.join(allowed)} mode only: "
+            + "; ".join(f"in {mode.name} mode {mode.asha_refused}" for mode in refused)
+            + f". Set train.modes: {allowed} or train.scheduler: none"
         )
     torch_settings = train["torch"]
     bf16_channels_last = (
@@ -111,44 +115,37 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         )
 
 
-# Why ASHA is refused in hybrid mode (config validation and TrainSettings say it).
-ASHA_HYBRID_WHY = "when Tune stops a hybrid trial it ends the trial's driver mid-run, and Ray Train's placement-group cleaner needs Ray's State API (the dashboard, which stays off), so the stopped run's workers keep their resources and the next trial waits forever"
-
-
-def hybrid_gpu_counts(train: Mapping[str, Any], k: int) -> list[int]:
-    """The G of ``train.gpu_counts`` a hybrid job with k GPUs per trial runs on (k divides G)."""
-    return [g for g in train["gpu_counts"] if g >= k and g % k == 0]
-
-
 def run_folders(train: Mapping[str, Any]) -> dict[str, list[int]]:
     """Every training job the config asks for, as ``{mode folder: [G, ...]}``: ``data`` and
-    ``experiment`` at every G, ``hybrid{k}`` at every G that k divides."""
+    ``experiment`` at every G, ``hybrid{k}`` at every G that k divides
+    (:mod:`distmis.modes`)."""
     folders = {}
-    for mode in train["modes"]:
-        if mode == "hybrid":
-            for k in train["gpus_per_trial"]:
-                if hybrid_gpu_counts(train, k):
-                    folders[f"hybrid{k}"] = hybrid_gpu_counts(train, k)
-        else:
-            folders[mode] = list(train["gpu_counts"])
+    for name in train["modes"]:
+        mode = modes.get(name)
+        for k in train["gpus_per_trial"] if mode.takes_k else [None]:
+            gpu_counts = mode.gpu_counts(train["gpu_counts"], k)
+            if gpu_counts:
+                folders[mode.folder(k)] = gpu_counts
     return folders
 
 
 def plannable(train: Mapping[str, Any]) -> bool:
     """Whether the runs the config asks for can calibrate ``distmis plan``: it needs a
     one-worker trial (experiment mode at any G, or data mode at G = 1)."""
-    folders = run_folders(train)
-    return "experiment" in folders or 1 in folders.get("data", [])
+    for folder, gpu_counts in run_folders(train).items():
+        mode, k = modes.from_folder(folder)
+        if any(mode.workers_per_trial(g, k) == 1 for g in gpu_counts):
+            return True
+    return False
 
 
 def data_parallel_workers(train: Mapping[str, Any]) -> int:
     """The most workers one configuration's Ray Train run uses: the largest G of data mode,
     or the largest k of hybrid mode (1 without either)."""
     workers = [1]
-    if "data" in train["modes"]:
-        workers.append(max(train["gpu_counts"]))
-    if "hybrid" in train["modes"]:
-        workers += [k for k in train["gpus_per_trial"] if hybrid_gpu_counts(train, k)]
+    for folder, gpu_counts in run_folders(train).items():
+        mode, k = modes.from_folder(folder)
+        workers += [mode.workers_per_trial(g, k) for g in gpu_counts]
     return max(workers)
 
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import pytest
 
+from distmis.modes import NAMES as MODES
 from distmis.plan.calibration import Calibration
 from distmis.plan.model import (
     GPU_INTER_NODE_BANDWIDTH,
@@ -24,7 +25,6 @@ from distmis.plan.model import (
     predict,
     validate,
 )
-from distmis.plan.parts import MODES
 from distmis.plan.run import run_plan
 from tests.plan.fake_runs import Timing, write_info, write_run
 

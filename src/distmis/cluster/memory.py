@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distmis import modes
 from distmis.cluster.resources import job_shape
 from distmis.shards.info import decoded_record_bytes
 
@@ -205,9 +206,10 @@ def ray_side_processes(mode: str, gpus: int, gpus_per_trial: int | None) -> int:
     """Ray-side Python processes of a job besides its workers: its driver, and a Train
     controller (data), or each concurrent hybrid trial's driver and controller. Counted on
     every node: a hybrid trial's driver holds no CPU, so Ray may put them all on one."""
-    if mode == "hybrid":
-        return 1 + 2 * (gpus // (gpus_per_trial or 1))
-    if mode == "data":
+    spec = modes.get(mode)
+    if spec.ray_train == "trial":
+        return 1 + 2 * spec.trials_at_once(gpus, gpus_per_trial)
+    if spec.ray_train == "grid":
         return 2
     return 1
 

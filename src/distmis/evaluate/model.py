@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from distmis import backends
+from distmis import backends, modes
 from distmis.backends.base import Backend
 from distmis.errors import ContractError
 from distmis.fileio import read_json
 
-MADE_BY = "rule train_data_parallel / train_experiment_parallel (`distmis train`)"
+MADE_BY = f"rule {modes.ANY_RULE} (`distmis train`)"
 CARD_SUFFIX = ".json"
 
 

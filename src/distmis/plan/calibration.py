@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from distmis import modes
 from distmis.errors import ContractError
 from distmis.fileio import read_json, versioned_fields, write_json
 from distmis.plan.measure import RunCalibration, read_run_calibration
@@ -222,7 +223,7 @@ def _common_shape(runs: Sequence[RunCalibration]) -> dict[str, Any]:
 
 
 def _label(run: RunCalibration) -> str:
-    k = f" k={run.workers_per_trial}" if run.mode == "hybrid" else ""
+    k = f" k={run.workers_per_trial}" if modes.get(run.mode).takes_k else ""
     return f"{run.mode}{k} G={run.gpus}"
 
 

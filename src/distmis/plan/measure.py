@@ -43,12 +43,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from distmis import modes
 from distmis.fileio import read_json, versioned_fields, write_json
 from distmis.plan.runs import MeasuredRun, MeasuredTrial, read_run
 
 RUN_CALIBRATION_FILE = "calibration.json"
 RUN_CALIBRATION_FORMAT = "distmis-run-calibration/1"
-MADE_BY = "train_data_parallel / train_experiment_parallel / train_hybrid_parallel"
+MADE_BY = modes.ANY_RULE
 PARTS = (
     "setup_seconds",
     "relaunch_seconds",

@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from distmis import modes
 from distmis.plan.allreduce import RING_FORMULA, fit_ring, ring_allreduce_seconds
 from distmis.plan.calibration import Calibration
-from distmis.plan.parts import MODES
 from distmis.plan.schedule import Schedule, simulate
 
 # PyTorch bf16 + channels_last_3d step of batch 2 at 240x240x152 on one H200 (benchmarks/README.md, GPU
@@ -174,7 +174,7 @@ def predict(
         allreduce_latency_seconds,
     )
     slots = gpus // workers
-    baseline_mode = "experiment" if mode == "hybrid" else mode
+    baseline_mode = modes.get(mode).baseline
     baseline, _ = plan.schedule(baseline_mode, 1, 1, epochs)
     # Last, so the assumptions noted (busy workers, steps, parts) are this prediction's.
     schedule, trial_seconds = plan.schedule(mode, workers, slots, epochs)
@@ -182,7 +182,7 @@ def predict(
     plan.note("epochs_per_trial", list(epochs), "flag" if epochs_per_trial else "config")
     plan.note("gpus", gpus, "flag")
     plan.note("gpus_per_node", gpus_per_node, "flag")
-    plan.note("workers_per_trial", workers, "flag" if mode == "hybrid" else "config")
+    plan.note("workers_per_trial", workers, "flag" if modes.get(mode).takes_k else "config")
     plan.note("concurrent_trials", slots, "config")
     plan.note("speedup_baseline", f"{baseline_mode} at G=1", "config")
     return Prediction(
@@ -206,15 +206,18 @@ def validate(prediction: Prediction, measured_makespan: float) -> float:
 
 
 def _workers_per_trial(mode: str, gpus: int, k: int | None) -> int:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    try:
+        spec = modes.get(mode)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
     if gpus < 1:
         raise ValueError(f"gpus must be >= 1, got {gpus}")
-    if mode == "hybrid":
-        if k is None or k < 2 or gpus % k:
-            raise ValueError(f"hybrid mode on G = {gpus} needs k >= 2 dividing G, got k = {k}")
-        return k
-    implied = gpus if mode == "data" else 1
+    if spec.takes_k:
+        problem = spec.k_problem(gpus, k)
+        if problem:
+            raise ValueError(problem)
+        return spec.workers_per_trial(gpus, k)
+    implied = spec.workers_per_trial(gpus)
     if k is not None and k != implied:
         raise ValueError(f"{mode} mode on G = {gpus} has {implied} GPUs per trial, got k = {k}")
     return implied

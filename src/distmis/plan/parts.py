@@ -24,9 +24,9 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 
+from distmis import modes
 from distmis.plan.measure import PARTS, RunCalibration
 
-MODES = ("data", "experiment", "hybrid")
 RUN_PARTS = tuple(p for p in PARTS if p not in ("step_seconds", "val_seconds"))
 # Nearest first: experiment and hybrid trials are both Ray Tune trials; a data run is one Ray
 # Train group, as each hybrid trial starts one.
@@ -57,7 +57,7 @@ def measured_parts(runs: Sequence[RunCalibration]) -> tuple[dict, dict[str, str]
     naming those runs per ``"<mode>.<busy>"``."""
     parts: dict[str, dict[int, dict[str, float]]] = {}
     labels: dict[str, str] = {}
-    for mode in MODES:
+    for mode in modes.NAMES:
         for busy in sorted({r.busy_workers_per_node for r in runs if r.mode == mode}):
             at = [r for r in runs if r.mode == mode and r.busy_workers_per_node == busy]
             values = {}

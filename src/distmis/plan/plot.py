@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from distmis import modes
 from distmis.errors import ContractError
 from distmis.scaling.plot import (
     IDEAL_COLOUR,
@@ -78,7 +79,7 @@ def read_plan_csv(path: Path) -> pd.DataFrame:
 
 def mode_label(mode: str, gpus_per_trial: int) -> str:
     """The scaling figures' mode label: ``data``, ``experiment`` or ``hybrid{k}``."""
-    return f"hybrid{int(gpus_per_trial)}" if mode == "hybrid" else mode
+    return modes.label(mode, int(gpus_per_trial))
 
 
 def _series(rows: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:

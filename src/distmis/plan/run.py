@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from distmis import modes
 from distmis.errors import DistmisError
 from distmis.fileio import atomic_path
 from distmis.plan.calibration import Calibration
@@ -60,7 +61,6 @@ DEFAULT_GPUS = (1, 2, 4, 8, 16, 32)
 # The accuracy the planner is held to: a measured run's predicted makespan within this
 # fraction of what was measured (tests/test_workflow.py asserts it on a fresh demo run).
 TOLERANCE = 0.15
-MODES = ("data", "experiment", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -116,13 +116,16 @@ def find_runs(results_dir: Path) -> list[Path]:
 def _keys(gpus: Sequence[int], ks: Sequence[int]) -> list[tuple[str, int | None, int]]:
     rows: list[tuple[str, int | None, int]] = []
     for g in gpus:
-        rows += [("data", None, g), ("experiment", None, g)]
-        rows += [("hybrid", k, g) for k in ks if 2 <= k <= g and g % k == 0]
+        for mode in modes.MODES.values():
+            for k in ks if mode.takes_k else [None]:
+                if g in mode.gpu_counts([g], k):
+                    rows.append((mode.name, k, g))
     return rows
 
 
 def _run_key(run: MeasuredRun) -> tuple[str, int | None, int]:
-    return (run.mode, run.workers_per_trial if run.mode == "hybrid" else None, run.gpus)
+    k = run.workers_per_trial if modes.get(run.mode).takes_k else None
+    return (run.mode, k, run.gpus)
 
 
 def run_plan(
@@ -227,7 +230,7 @@ def _row(
     loo: float | None,
 ) -> dict[str, Any]:
     step = prediction.assumptions.get("step_seconds", {})
-    baseline = runs.get(("experiment" if prediction.mode == "hybrid" else prediction.mode, None, 1))
+    baseline = runs.get((modes.get(prediction.mode).baseline, None, 1))
     measured_speedup = ""
     if run is not None and baseline is not None:
         measured_speedup = baseline.makespan_seconds / run.makespan_seconds
@@ -261,7 +264,7 @@ def format_plan(path: Path) -> str:
     ]
     outside = []
     for r in rows:
-        mode = f"hybrid{r['gpus_per_trial']}" if r["mode"] == "hybrid" else r["mode"]
+        mode = modes.label(r["mode"], r["gpus_per_trial"])
         if r["relative_error"] and abs(float(r["relative_error"])) > TOLERANCE:
             outside.append(f"{r['backend']} {mode} G={r['gpus']}")
         lines.append(

@@ -18,15 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distmis import modes
 from distmis.errors import ContractError
 from distmis.trial import EPOCHS_FILE
 
-MADE_BY = {
-    "data": "train_data_parallel",
-    "experiment": "train_experiment_parallel",
-    "hybrid": "train_hybrid_parallel",
-}
-ANY_RULE = "train_data_parallel / train_experiment_parallel / train_hybrid_parallel"
+ANY_RULE = modes.ANY_RULE
 STATUS_OK = "ok"
 
 
@@ -109,8 +105,8 @@ def read_run(run_dir: Path) -> MeasuredRun:
         mode = summary["mode"]
         gpus = int(summary["gpus"])
         settings = summary["settings"]
-        made_by = MADE_BY.get(mode, ANY_RULE)
-        workers = summary.get("gpus_per_trial") or (gpus if mode == "data" else 1)
+        made_by = modes.MODES[mode].rule if mode in modes.MODES else ANY_RULE
+        workers = summary.get("gpus_per_trial") or modes.get(mode).workers_per_trial(gpus)
         epochs = int(settings["epochs"])
         trials = _read_trials(run_dir, epochs, made_by)
         return MeasuredRun(

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from distmis import backends
+from distmis import backends, modes
 from distmis.errors import ContractError
 from distmis.fileio import atomic_path, read_json
 from distmis.scaling.quality import DEFAULT_TOLERANCE, check_tolerance, quality_curve
@@ -277,7 +277,12 @@ def _fill_newer_columns(table: pd.DataFrame) -> None:
         if column not in table.columns:
             table[column] = value
     if table["gpus_per_trial"].isna().any():
-        derived = table["gpus"].where(table["mode"] == "data", 1)
+        # Tables from before the column held data and experiment runs only.
+        derived = [
+            modes.get(mode).workers_per_trial(gpus)
+            for mode, gpus in zip(table["mode"], table["gpus"], strict=True)
+        ]
+        derived = pd.Series(derived, index=table.index)
         table["gpus_per_trial"] = table["gpus_per_trial"].fillna(derived).astype(int)
     # A column pandas read as all-empty is float NaN; the label is text.
     table["scheduler"] = table["scheduler"].fillna("none").astype(str)

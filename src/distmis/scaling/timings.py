@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distmis import backends
+from distmis import backends, modes
 from distmis.errors import ContractError
 
 log = logging.getLogger(__name__)
@@ -38,18 +38,8 @@ STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_STOPPED = "stopped"  # ended early by the scheduler (ASHA), with its last epoch's metrics
 STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_STOPPED)
-MODES = ("data", "experiment", "hybrid")
 SCHEDULERS = ("none", "asha")
-# The rule that writes each mode's files, named in every error so the fix is obvious.
-MADE_BY = {
-    "data": "train_data_parallel",
-    "experiment": "train_experiment_parallel",
-    "hybrid": "train_hybrid_parallel",
-}
 RUN_DIR_PATTERN = re.compile(r"^(\d+)gpu$")
-# The folders a run's mode may sit in: hybrid runs carry their k, e.g. hybrid2/.
-MODE_FOLDER_PATTERN = re.compile(r"^(data|experiment|hybrid\d*)$")
-HYBRID_FOLDER_PATTERN = re.compile(r"^hybrid\d*$")
 
 # Only the columns this analysis reads: other trials.csv columns may come and go freely.
 REQUIRED_TRIAL_COLUMNS = (
@@ -79,14 +69,17 @@ def made_by(mode: str) -> str:
 
     ``mode`` is a summary's mode or a mode folder's name (``hybrid2`` is hybrid's).
     """
-    if HYBRID_FOLDER_PATTERN.match(mode):
-        mode = "hybrid"
-    return MADE_BY.get(mode, " or ".join(MADE_BY.values()))
+    if mode in modes.MODES:
+        return modes.MODES[mode].rule
+    try:
+        return modes.from_folder(mode)[0].rule
+    except ValueError:
+        return " or ".join(m.rule for m in modes.MODES.values())
 
 
 def mode_label(mode: str, gpus_per_trial: int) -> str:
     """The series a run belongs to and the folder it sits in: data, experiment or hybrid{k}."""
-    return f"hybrid{gpus_per_trial}" if mode == "hybrid" else mode
+    return modes.label(mode, gpus_per_trial)
 
 
 def _number(value: Any, what: str, path: Path, rule: str) -> float:
@@ -135,7 +128,8 @@ def _gpus_per_trial(payload: Mapping[str, Any], mode: str, gpus: int, path: Path
     Summaries from before the key were data or experiment runs, so it is derived for those;
     a hybrid run's k cannot be, and one that contradicts its mode is a broken summary.
     """
-    expected = {"data": gpus, "experiment": 1}.get(mode)
+    spec = modes.get(mode)
+    expected = None if spec.takes_k else spec.workers_per_trial(gpus)
     if "gpus_per_trial" not in payload:
         if expected is None:
             raise ContractError(f"{path} lacks gpus_per_trial (hybrid mode's k); rerun {rule}")
@@ -150,9 +144,9 @@ def _gpus_per_trial(payload: Mapping[str, Any], mode: str, gpus: int, path: Path
             f"{path}: gpus_per_trial={value} but a {mode}-parallel run on {gpus} GPUs trains "
             f"each configuration on {expected}; rerun {rule}"
         )
-    if mode == "hybrid" and (value < 2 or gpus % value):
+    if spec.takes_k and (value < 2 or gpus % value):
         raise ContractError(
-            f"{path}: hybrid gpus_per_trial={value} must be >= 2 and divide gpus={gpus}; "
+            f"{path}: {mode} gpus_per_trial={value} must be >= 2 and divide gpus={gpus}; "
             f"rerun {rule}"
         )
     return value
@@ -213,9 +207,9 @@ class RunSummary:
         if missing:
             raise ContractError(f"{path} lacks {', '.join(missing)}; rerun {rule}, which writes it")
         mode = payload["mode"]
-        if mode not in MODES:
+        if mode not in modes.MODES:
             raise ContractError(
-                f"{path}: mode must be one of {', '.join(MODES)}, got {mode!r}; rerun {rule}"
+                f"{path}: mode must be one of {', '.join(modes.NAMES)}, got {mode!r}; rerun {rule}"
             )
         rule = made_by(mode)
         gpus = payload["gpus"]
@@ -413,8 +407,12 @@ def _check_consistent(directory: Path, summary: RunSummary, trials: Sequence[Tri
             f"{summary.path} says gpus={summary.gpus} but sits in {directory.name}/; rerun {rule}"
         )
     folder_mode = directory.parent.name
-    if MODE_FOLDER_PATTERN.match(folder_mode) and folder_mode != summary.mode_label:
-        if summary.mode == "hybrid" and HYBRID_FOLDER_PATTERN.match(folder_mode):
+    try:
+        folder_spec, _ = modes.from_folder(folder_mode)
+    except ValueError:
+        folder_spec = None  # not a mode folder (a run copied elsewhere): nothing to compare
+    if folder_spec is not None and folder_mode != summary.mode_label:
+        if folder_spec.name == summary.mode and folder_spec.takes_k:
             # The folder's k and the summary's k disagree: which GPUs a trial had is unknown.
             raise ContractError(
                 f"{summary.path} says gpus_per_trial={summary.gpus_per_trial} but sits in "
@@ -452,7 +450,7 @@ def run_dirs(results_dir: Path) -> list[Path]:
             log.warning("skipping %s: no %s or %s in it", directory, SUMMARY_NAME, TRIALS_NAME)
     for directory in sorted(results_dir.glob("*/*gpu")):
         # Runs from before backends had folders of their own were all TensorFlow's.
-        if directory.parent.name in MADE_BY and RUN_DIR_PATTERN.match(directory.name):
+        if directory.parent.name in modes.MODES and RUN_DIR_PATTERN.match(directory.name):
             log.warning(
                 "skipping %s: runs now live in {backend}/{mode}/{G}gpu; move it to %s",
                 directory,
@@ -474,7 +472,7 @@ def load_runs(results_dir: Path | None = None, directories: Sequence[Path] = ())
         if not directories:
             raise ContractError(
                 f"no {{backend}}/{{mode}}/{{G}}gpu/{SUMMARY_NAME} under {results_dir}: run "
-                f"the training rules ({', '.join(MADE_BY.values())}) first"
+                f"the training rules ({', '.join(m.rule for m in modes.MODES.values())}) first"
             )
     runs = [Run.from_dir(Path(d)) for d in directories]
     seen: dict[tuple[str, str, int], Path] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -112,14 +113,9 @@ def _start_ray_for(settings: TrainSettings) -> dict[str, float]:
 
 
 def _run_with_ray(settings: TrainSettings, grid, on_record):
-    from distmis.train.data_parallel import run_data_parallel
-    from distmis.train.experiment_parallel import run_experiment_parallel, run_hybrid_parallel
-
-    if settings.mode == "data":
-        return run_data_parallel(settings, grid, on_record)
-    if settings.mode == "hybrid":
-        return run_hybrid_parallel(settings, grid, on_record)
-    return run_experiment_parallel(settings, grid, on_record)
+    """The grid through the mode's runner (``Mode.runner``, :mod:`distmis.modes`)."""
+    module, function = settings.mode_spec.runner.split(":")
+    return getattr(importlib.import_module(module), function)(settings, grid, on_record)
 
 
 def run_training(settings: TrainSettings) -> dict:

@@ -8,13 +8,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from distmis import backends
-from distmis.config import ASHA_HYBRID_WHY, train_backends
+from distmis import backends, modes
+from distmis.config import train_backends
 from distmis.errors import ConfigError
 from distmis.hparams import HParams, expand_grid
 from distmis.trial import TrialConfig, WorkerSettings
 
-MODES = ("data", "experiment", "hybrid")
 SCHEDULERS = ("none", "asha")
 # Who runs the trials: Ray (Train in data mode, Tune in experiment mode) or this process
 # (distmis.train.local: one device, no Ray).
@@ -126,30 +125,26 @@ class TrainSettings:
     asha_reduction_factor: int = 2
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in modes.NAMES:
+            raise ConfigError(f"mode must be one of {modes.NAMES}, got {self.mode!r}")
         if self.gpus < 1:
             raise ConfigError(f"gpus must be >= 1, got {self.gpus}")
-        if self.mode == "hybrid":
-            k = self.gpus_per_trial
-            if k < 2 or k > self.gpus or self.gpus % k:
-                raise ConfigError(
-                    f"hybrid mode on G = {self.gpus} needs gpus_per_trial k with 2 <= k <= G "
-                    f"and k dividing G, got k = {k}"
-                )
+        problem = self.mode_spec.k_problem(self.gpus, self.gpus_per_trial)
+        if problem:
+            raise ConfigError(problem)
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        if self.scheduler == "asha" and self.mode == "data":
+        if self.scheduler == "asha" and self.mode_spec.asha_refused:
             raise ConfigError(
-                "train.scheduler asha needs experiment mode: data mode trains one "
-                "configuration at a time, so there is nothing to stop in favour of another"
+                f"train.scheduler asha is refused in {self.mode} mode: "
+                f"{self.mode_spec.asha_refused}"
             )
-        if self.scheduler == "asha" and self.mode == "hybrid":
-            raise ConfigError(f"train.scheduler asha is refused in hybrid mode: {ASHA_HYBRID_WHY}")
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner must be one of {RUNNERS}, got {self.runner!r}")
-        if self.runner == "local" and self.mode == "hybrid":
-            raise ConfigError("the local runner has one device: hybrid mode needs --runner ray")
+        if self.runner == "local" and self.mode_spec.takes_k:
+            raise ConfigError(
+                f"the local runner has one device: {self.mode} mode needs --runner ray"
+            )
         if self.runner == "local" and self.scheduler != "none":
             raise ConfigError("the local runner trains every configuration: scheduler must be none")
         if self.runner == "local" and self.gpus != 1:
@@ -217,7 +212,7 @@ class TrainSettings:
             search_space=dict(train["search_space"]),
             gpus_per_trial=gpus_per_trial
             if gpus_per_trial is not None
-            else (train["gpus_per_trial"][0] if mode == "hybrid" else 1),
+            else (train["gpus_per_trial"][0] if modes.get(mode).takes_k else 1),
             scheduler=train["scheduler"],
             gpus_per_node=train["gpus_per_node"],
             asha_grace_period=train["asha"]["grace_period"],
@@ -250,14 +245,19 @@ class TrainSettings:
         return expand_grid(self.search_space)
 
     @property
+    def mode_spec(self) -> modes.Mode:
+        """The run's mode (:mod:`distmis.modes`)."""
+        return modes.get(self.mode)
+
+    @property
     def workers_per_trial(self) -> int:
         """Ranks one configuration trains on: G (data), 1 (experiment), k (hybrid)."""
-        return {"data": self.gpus, "experiment": 1}.get(self.mode, self.gpus_per_trial)
+        return self.mode_spec.workers_per_trial(self.gpus, self.gpus_per_trial)
 
     @property
     def concurrent_trials(self) -> int:
         """Configurations training at once: 1 (data), G (experiment), G/k (hybrid)."""
-        return self.gpus // self.workers_per_trial
+        return self.mode_spec.trials_at_once(self.gpus, self.gpus_per_trial)
 
     def lr_effective(self, hparams: HParams) -> float:
         """Linear scaling (lr × a trial's workers) applies when switched on and a trial has

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from distmis import backends
+from distmis import backends, modes
 from distmis.fileio import write_json
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import (
@@ -71,7 +71,7 @@ def build_summary(
         # Workers per configuration: G (data), 1 (experiment), k (hybrid).
         "gpus_per_trial": gpus_per_trial
         if gpus_per_trial is not None
-        else (gpus if mode == "data" else 1),
+        else modes.get(mode).workers_per_trial(gpus),
         "scheduler": scheduler,  # none | asha
         # The run's start-up: every trial's "asked for → first training epoch", summed.
         "startup_seconds": sum(t.startup_seconds or 0.0 for t in trials),

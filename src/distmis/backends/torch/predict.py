@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distmis import modes
 from distmis.backends.base import Predictor
 from distmis.backends.torch.checkpoint import load_model
 
-MADE_BY = "rule train_data_parallel / train_experiment_parallel (`distmis train`)"
+MADE_BY = f"rule {modes.ANY_RULE} (`distmis train`)"
 
 
 def torch_predictor(model_file: Path) -> Predictor:
