@@ -70,3 +70,10 @@ def test_no_module_compares_a_mode_name_outside_the_registry_and_the_planners_mo
         if spelled.search(line)
     ]
     assert found == []
+
+
+def test_the_schema_allows_exactly_the_registered_modes():
+    from distmis.config import load_schema
+
+    train = load_schema()["properties"]["train"]["properties"]
+    assert tuple(train["modes"]["items"]["enum"]) == modes.NAMES
