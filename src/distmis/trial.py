@@ -592,7 +592,7 @@ def write_worker_file(trial: TrialConfig, runner: Runner, steps: TrialSteps) -> 
         "device_type": steps.device_type,
         "device_name": steps.device_name,
     }
-    (workers_dir / f"rank{runner.rank}.json").write_text(json.dumps(payload, indent=2))
+    write_json(workers_dir / f"rank{runner.rank}.json", payload)
 
 
 def add_to_worker_file(trial: TrialConfig, rank: int, **extra: Any) -> None:
@@ -602,7 +602,7 @@ def add_to_worker_file(trial: TrialConfig, rank: int, **extra: Any) -> None:
     path = trial.directory / "workers" / f"rank{rank}.json"
     payload = json.loads(path.read_text())
     payload.update(extra)
-    path.write_text(json.dumps(payload, indent=2))
+    write_json(path, payload)
 
 
 def write_result(
@@ -640,4 +640,6 @@ def write_result(
         "history": [dict(epoch) for epoch in history],
         "devices": list(steps.devices),
     }
-    (trial.directory / "result.json").write_text(json.dumps(result, indent=2))
+    # Whole or not at all: a trial with a result.json is finished, and a reader must never
+    # see half of one (a kill mid-write of a plain write leaves a truncated file there).
+    write_json(trial.directory / "result.json", result)
