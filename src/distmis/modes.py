@@ -24,9 +24,7 @@ ASHA_HYBRID_WHY = (
     "placement-group cleaner needs Ray's State API (the dashboard, which stays off), so the "
     "stopped run's workers keep their resources and the next trial waits forever"
 )
-ASHA_DATA_WHY = (
-    "it trains one configuration at a time and has nothing to stop in favour of another"
-)
+ASHA_DATA_WHY = "it trains one configuration at a time and has nothing to stop in favour of another"
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,12 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 EPOCHS_FILE = "epochs.jsonl"
+# How a trial ended, in trials.csv's ``status``: trained every epoch, failed after its
+# retries, or stopped early by the scheduler (ASHA) with its last epoch's metrics.
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_STOPPED = "stopped"
+STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_STOPPED)
 # How far apart a group's ranks may enter the same configuration (they leave the previous one
 # together, through its last collective).
 RANK_START_SKEW_SECONDS = 1.0

@@ -20,10 +20,9 @@ from typing import Any
 
 from distmis import modes
 from distmis.errors import ContractError
-from distmis.trial import EPOCHS_FILE
+from distmis.trial import EPOCHS_FILE, STATUS_OK
 
 ANY_RULE = modes.ANY_RULE
-STATUS_OK = "ok"
 
 
 @dataclass(frozen=True)

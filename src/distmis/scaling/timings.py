@@ -28,16 +28,13 @@ from typing import Any
 
 from distmis import backends, modes
 from distmis.errors import ContractError
+from distmis.trial import STATUS_FAILED, STATUS_OK, STATUS_STOPPED, STATUSES
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.json"
 TRIALS_NAME = "trials.csv"
 DEFAULT_BACKEND = "tensorflow"
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
-STATUS_STOPPED = "stopped"  # ended early by the scheduler (ASHA), with its last epoch's metrics
-STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_STOPPED)
 SCHEDULERS = ("none", "asha")
 RUN_DIR_PATTERN = re.compile(r"^(\d+)gpu$")
 

@@ -16,12 +16,7 @@ from pathlib import Path
 from distmis.fileio import atomic_path, write_json
 from distmis.hparams import HParams
 from distmis.train.settings import TrainSettings
-from distmis.trial import read_epochs
-
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
-# Stopped early by the scheduler (ASHA): it trained fewer epochs, and its metrics are its last.
-STATUS_STOPPED = "stopped"
+from distmis.trial import STATUS_FAILED, STATUS_OK, STATUS_STOPPED, read_epochs
 
 
 @dataclass
