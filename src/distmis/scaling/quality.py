@@ -121,7 +121,7 @@ def time_to_best(seconds: Sequence[float], best: Sequence[float], tolerance: flo
     return seconds[reached_index(best, tolerance)] if best else math.nan
 
 
-def read_epochs(path: Path, trial_id: str, origin: float, rule: str) -> list[Validation]:
+def read_validations(path: Path, trial_id: str, origin: float, rule: str) -> list[Validation]:
     """The validations in one trial's ``epochs.jsonl``; times relative to ``origin``.
 
     A line with a NaN Dice (a diverged model) is skipped: it can never be a best.
@@ -180,7 +180,7 @@ def run_validations(run: Run) -> tuple[list[Validation], str]:
     present = [(trial_id, path) for trial_id, path in files if path.is_file()]
     if present:
         validations = [
-            v for trial_id, path in present for v in read_epochs(path, trial_id, origin, rule)
+            v for trial_id, path in present for v in read_validations(path, trial_id, origin, rule)
         ]
         return validations, SOURCE_EPOCHS
     log.info(
