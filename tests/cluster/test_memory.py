@@ -151,3 +151,36 @@ def test_the_log_line_names_the_sum_an_override_and_slurms_limit():
     assert "; this job asked mem_mb 120000 (an override" in line
     assert line.endswith("; SLURM's limit: 120000 MB per node")
     assert "override" not in request.describe(request.mem_mb)  # asked what the formula said
+
+
+def test_the_rules_size_jobs_without_the_heavy_packages():
+    """rules/common.smk sizes jobs at parse time in every rule's env, the plotting env too
+    (numpy, pandas, matplotlib): nibabel, crc32c, SimpleITK, the frameworks and Ray must not be
+    needed for it (CI's env test caught memory.py importing nibabel through prepare/msd.py)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    program = textwrap.dedent(
+        """
+        import sys
+        HEAVY = {"nibabel", "crc32c", "SimpleITK", "torch", "tensorflow", "ray"}
+
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in HEAVY:
+                    raise ImportError(f"{name} imported while sizing jobs")
+
+        sys.meta_path.insert(0, Refuse())
+        from distmis.cluster.memory import SplitSizes, conversion_memory, training_memory
+        from distmis.config import validate_config, run_folders
+        config = validate_config({"data": {"source": "msd"}, "train": {"use_gpu": True}})
+        sizes = SplitSizes.from_config(config)
+        print(conversion_memory(config).mem_mb, training_memory(
+            "torch", "experiment", 4, None, config["train"], sizes).mem_mb)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    conversion, training = map(int, done.stdout.split())
+    assert conversion > 0 and training > conversion

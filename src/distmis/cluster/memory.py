@@ -26,6 +26,8 @@ from typing import Any
 
 from distmis import modes
 from distmis.cluster.resources import job_shape
+from distmis.prepare.split import expected_split_counts
+from distmis.prepare.task import EXPECTED_CHANNELS, LABEL_MODES, MSD_SCAN_SHAPE
 from distmis.shards.info import decoded_record_bytes
 
 MIB = 2**20
@@ -81,8 +83,6 @@ RAY_DAEMONS = 0.40 * GB
 # included; scaled with the source case's voxels above that.
 CONVERT_PEAK = 0.83 * GB
 CONVERT_SOURCE_VOXELS = 240 * 240 * 155 * 4
-# MSD Task01's scans are all 240×240×155 with four modalities.
-MSD_SOURCE_SHAPE = (240, 240, 155)
 
 
 @dataclass(frozen=True)
@@ -151,9 +151,6 @@ class SplitSizes:
     def from_config(cls, config: Mapping[str, Any]) -> SplitSizes:
         """What the conversion will write, before it has run: the dry run of a fresh checkout.
         A job is sized again from info.json when it is submitted."""
-        from distmis.prepare.msd import EXPECTED_CHANNELS
-        from distmis.prepare.preprocess import LABEL_MODES
-        from distmis.prepare.split import expected_split_counts
 
         preprocess = config["data"]["preprocess"]
         shape = tuple(preprocess["shape"])
@@ -246,8 +243,7 @@ def conversion_memory(config: Mapping[str, Any]) -> MemoryRequest:
     """One conversion job: a shard, one case at a time (the measured peak, scaled up for
     source cases larger than BraTS's)."""
     data = config["data"]
-    source = MSD_SOURCE_SHAPE if data["source"] == "msd" else tuple(data["synthetic"]["shape"])
-    from distmis.prepare.msd import EXPECTED_CHANNELS
+    source = MSD_SCAN_SHAPE if data["source"] == "msd" else tuple(data["synthetic"]["shape"])
 
     voxels = math.prod(source) * EXPECTED_CHANNELS
     peak = CONVERT_PEAK * max(1.0, voxels / CONVERT_SOURCE_VOXELS)

@@ -36,7 +36,8 @@ from distmis.evaluate.restore import (
     restore_to_source,
     write_prediction_nifti,
 )
-from distmis.prepare.preprocess import LABEL_MODES, Geometry, map_labels
+from distmis.prepare.preprocess import Geometry, map_labels
+from distmis.prepare.task import LABEL_MODES
 from distmis.shards.info import MADE_BY as INFO_MADE_BY
 from distmis.shards.info import DatasetInfo
 from distmis.shards.records import Record

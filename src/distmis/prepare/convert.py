@@ -28,8 +28,9 @@ from tqdm import tqdm
 from distmis.errors import CaseError, DatasetError
 from distmis.fileio import atomic_path, read_json, write_json
 from distmis.prepare import msd
-from distmis.prepare.preprocess import LABEL_MODES, preprocess_case
+from distmis.prepare.preprocess import preprocess_case
 from distmis.prepare.split import SPLITS, assign_shards, shard_filename, split_cases
+from distmis.prepare.task import LABEL_MODES
 from distmis.shards import heap, records
 from distmis.shards.tfrecord import COMPRESSIONS, TFRecordWriter
 

@@ -17,11 +17,10 @@ import nibabel as nib
 import numpy as np
 
 from distmis.errors import CaseError, DatasetError
+from distmis.prepare.task import EXPECTED_CHANNELS
 
 NIFTI_SUFFIX = ".nii.gz"
-EXPECTED_CHANNELS = 4
-# Cases in the Medical Segmentation Decathlon's Task01_BrainTumour training set.
-MSD_BRATS_CASES = 484
+
 # Affines of image and label are written by the same tool; anything beyond float
 # round-off means the label was resampled or belongs to another scan.
 AFFINE_TOLERANCE_MM = 1e-3

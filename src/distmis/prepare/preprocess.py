@@ -14,13 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from distmis.prepare import resample
-
-LABEL_MODES = {
-    # The original DistMIS trained tumour-vs-background.
-    "binary": ("tumour",),
-    # BraTS evaluation regions, nested: ET ⊂ TC ⊂ WT.
-    "regions": ("WT", "TC", "ET"),
-}
+from distmis.prepare.task import LABEL_MODES
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def expected_split_counts(config: Mapping[str, Any], cases: int | None = None) -
     """The cases each split will get of ``cases``, by default the source's case count (the
     config's synthetic ``cases``, or MSD Task01's): what the conversion will write, known
     before it runs."""
-    from distmis.prepare.msd import MSD_BRATS_CASES
+    from distmis.prepare.task import MSD_BRATS_CASES
 
     data = config["data"]
     if cases is None:

@@ -6,17 +6,22 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from distmis.fileio import read_json
 
 MADE_BY = "rule index_tfrecords (`distmis convert`)"
+
+
+# info.json's image_dtype → how the stored image bytes read; labels are always uint8.
+IMAGE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+LABEL_DTYPE = np.dtype("u1")
 
 
 def decoded_record_bytes(
     image_shape: tuple[int, ...], label_shape: tuple[int, ...], image_dtype: str
 ) -> int:
     """Bytes of one decoded record: the image in ``image_dtype``, the label as uint8."""
-    from distmis.shards.records import IMAGE_DTYPES, LABEL_DTYPE
-
     return (
         math.prod(image_shape) * IMAGE_DTYPES[image_dtype].itemsize
         + math.prod(label_shape) * LABEL_DTYPE.itemsize

@@ -30,10 +30,9 @@ import numpy as np
 from distmis.errors import ContractError
 from distmis.shards import example, tfrecord
 from distmis.shards.example import Buffer
+from distmis.shards.info import IMAGE_DTYPES, LABEL_DTYPE
 
 FEATURE_KEYS = ("image", "label", "shape", "case_id")
-IMAGE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
-LABEL_DTYPE = np.dtype("u1")
 
 
 @dataclass(frozen=True)
