@@ -59,7 +59,9 @@ def test_impossible_combinations_are_named_before_a_job_starts(tfrecords, tmp_pa
         make_settings(tfrecords, tmp_path, "hybrid", 3, k=2)
     with pytest.raises(ConfigError, match="2 <= k <= G"):
         make_settings(tfrecords, tmp_path, "hybrid", 2, k=4)
-    with pytest.raises(ConfigError, match="asha is refused in data mode: it trains one configuration at a time"):
+    with pytest.raises(
+        ConfigError, match="asha is refused in data mode: it trains one configuration at a time"
+    ):
         make_settings(tfrecords, tmp_path, "data", 2, modes=["experiment"], scheduler="asha")
     with pytest.raises(ConfigError, match="refused in hybrid mode"):
         make_settings(tfrecords, tmp_path, "hybrid", 2, k=2, modes=["experiment"], scheduler="asha")
