@@ -72,25 +72,24 @@ def _check_keywords(schema: dict, path: str) -> None:
         )
 
 
+# Keyword → its phrase, in the order they are shown.
+_BOUNDS = (
+    ("minimum", "≥ {}"),
+    ("exclusiveMinimum", "> {}"),
+    ("maximum", "≤ {}"),
+    ("exclusiveMaximum", "< {}"),
+    ("pattern", "matches `{}`"),
+    ("minLength", "at least {} characters"),
+    ("maxLength", "at most {} characters"),
+)
+
+
 def _constraints(schema: dict) -> list[str]:
     """The schema's restrictions on one value, as short phrases (items and maps not included)."""
     phrases = []
     if "enum" in schema:
         phrases.append("one of " + ", ".join(_json(v) for v in schema["enum"]))
-    if "minimum" in schema:
-        phrases.append(f"≥ {schema['minimum']}")
-    if "exclusiveMinimum" in schema:
-        phrases.append(f"> {schema['exclusiveMinimum']}")
-    if "maximum" in schema:
-        phrases.append(f"≤ {schema['maximum']}")
-    if "exclusiveMaximum" in schema:
-        phrases.append(f"< {schema['exclusiveMaximum']}")
-    if "pattern" in schema:
-        phrases.append(f"matches `{schema['pattern']}`")
-    if "minLength" in schema:
-        phrases.append(f"at least {schema['minLength']} characters")
-    if "maxLength" in schema:
-        phrases.append(f"at most {schema['maxLength']} characters")
+    phrases += [phrase.format(schema[key]) for key, phrase in _BOUNDS if key in schema]
     low, high = schema.get("minItems"), schema.get("maxItems")
     if low is not None and low == high:
         phrases.append(f"exactly {low} items")

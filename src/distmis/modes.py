@@ -139,4 +139,4 @@ def from_folder(folder: str) -> tuple[Mode, int | None]:
 
 def label(name: str, k: int | None = None) -> str:
     """A series' name in tables and figures: the mode's folder (``hybrid2``) or its name."""
-    return get(name).folder(k) if get(name).takes_k else name
+    return get(name).folder(k)

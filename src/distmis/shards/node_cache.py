@@ -59,9 +59,8 @@ import psutil
 
 from distmis.errors import CacheSpaceError, ContractError
 from distmis.shards import buffers
-from distmis.shards.info import MADE_BY, DatasetInfo
+from distmis.shards.info import IMAGE_DTYPES, LABEL_DTYPE, MADE_BY, DatasetInfo
 from distmis.shards.parts import Part, read_part
-from distmis.shards.records import IMAGE_DTYPES, LABEL_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -436,6 +435,16 @@ def _materialise(folder: Path, info: DatasetInfo, split: str, key: str) -> None:
     )
 
 
+def _split_folder(scope: Path, split: str, key: str) -> Path:
+    """Where ``split``'s copy of key ``key`` lives in ``scope``."""
+    return Path(scope) / f"{split}-{key[:16]}"
+
+
+def _room_needed(info: DatasetInfo, split: str) -> int:
+    """Bytes ``split``'s copy takes: its decoded arrays and the allowance for the rest."""
+    return info.decoded_bytes(split) + ROOM_ALLOWANCE_BYTES
+
+
 def check_room_for_run(info: DatasetInfo, scope: Path, splits=("train", "val")) -> None:
     """Before a run starts: raise :class:`CacheSpaceError` when ``splits`` (those not cached in
     ``scope`` yet) do not fit together, so a node short of room fails in a second, not after
@@ -444,14 +453,14 @@ def check_room_for_run(info: DatasetInfo, scope: Path, splits=("train", "val")) 
     missing = []
     for split in splits:
         key = split_key(info, split)
-        if _load(scope / f"{split}-{key[:16]}", info, split, key) is None:
+        if _load(_split_folder(scope, split, key), info, split, key) is None:
             missing.append(split)
     if not missing:
         return
     # The scope folder may not exist yet on this node: its nearest existing folder is on the
     # same filesystem.
     folder = next(p for p in (scope, *scope.parents) if p.is_dir())
-    needed = sum(info.decoded_bytes(split) + ROOM_ALLOWANCE_BYTES for split in missing)
+    needed = sum(_room_needed(info, split) for split in missing)
     check_room(" + ".join(missing), folder, needed, info.image_dtype)
 
 
@@ -472,13 +481,12 @@ def open_split(info: DatasetInfo, split: str, scope: Path) -> CachedSplit:
         CacheScope.create(scope.parent.parent, scope.name, owner_pid=os.getppid())
         log.warning("created node cache scope %s, owned by pid %d", scope, os.getppid())
     key = split_key(info, split)
-    folder = scope / f"{split}-{key[:16]}"
+    folder = _split_folder(scope, split, key)
     with (scope / f"{folder.name}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cached = _load(folder, info, split, key)
         if cached is None:
-            needed = info.decoded_bytes(split) + ROOM_ALLOWANCE_BYTES
-            check_room(split, scope, needed, info.image_dtype)
+            check_room(split, scope, _room_needed(info, split), info.image_dtype)
             _materialise(folder, info, split, key)
             cached = _load(folder, info, split, key)
         if cached is None:  # written just now and unreadable: the storage is at fault
