@@ -37,7 +37,13 @@ class TensorflowBench(BenchBackend):
     def __init__(self, cpus: int, info: DatasetInfo, settings: StepSettings) -> None:
         limit_threads(cpus)  # the trial's own call: before anything starts the TF runtime
         self.settings = settings
-        self.model = compiled_unet(info.image_shape, info.label_channels, **settings.model_kwargs())
+        self.model = compiled_unet(
+            info.image_shape,
+            info.label_channels,
+            seed=settings.seed,
+            **settings.architecture(),
+            **settings.optimizer(),
+        )
 
     def thread_pools(self) -> tuple[int, int]:
         threading = tf.config.threading
@@ -49,10 +55,10 @@ class TensorflowBench(BenchBackend):
     def describe(self) -> str:
         s, optimizer = self.settings, self.model.optimizer
         return (
-            f"{self.model.name} depth {s.depth} base {s.base_filters} {s.norm} norm,"
+            f"{self.model.name} depth {s.depth} base {s.base_filters} {s.hparams.norm} norm,"
             f" {self.model.count_params()} parameters; compiled_unet with"
             f" {type(optimizer).__name__} ({optimizer.beta_1:g}, {optimizer.beta_2:g})"
-            f" eps {optimizer.epsilon:g} lr {s.lr:g}; one fit_epoch per run; float32"
+            f" eps {optimizer.epsilon:g} lr {s.hparams.lr:g}; one fit_epoch per run; float32"
         )
 
     def weights_checksum(self) -> float:

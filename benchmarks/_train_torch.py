@@ -14,6 +14,7 @@ from _training import SEED, BenchBackend, StepSettings, node_cache_scope
 
 from distmis.backends.torch.data import EpochBatches
 from distmis.backends.torch.loop import build_training_step, limit_threads, train_batches
+from distmis.backends.torch.options import TorchOptions
 from distmis.backends.torch.unet import count_parameters
 from distmis.shards.info import DatasetInfo
 
@@ -70,22 +71,19 @@ class TorchBench(BenchBackend):
         limit_threads(cpus)  # the trial's own call, first: before anything runs inter-op work
         self.settings = settings
         self.channels = len(info.label_channels)
+        self.options = TorchOptions.from_mapping(settings.backend_options)
         architecture = {
             "in_channels": int(info.image_shape[-1]),
             "out_channels": self.channels,
-            "depth": settings.depth,
-            "base_filters": settings.base_filters,
-            "norm": settings.norm,
+            **settings.architecture(),
         }
         self.step = build_training_step(
             architecture,
             CPU,
             seed=settings.seed,
-            lr=settings.lr,
-            beta_2=settings.beta_2,
-            amsgrad=settings.amsgrad,
-            precision=settings.precision,
-            channels_last_3d=settings.channels_last_3d,
+            precision=self.options.precision,
+            channels_last_3d=self.options.channels_last_3d,
+            **settings.optimizer(),
         )
 
     @classmethod
@@ -121,13 +119,13 @@ class TorchBench(BenchBackend):
         return {"tensorflow loaded": "tensorflow" in sys.modules}
 
     def describe(self) -> str:
-        s, optimizer = self.settings, self.step.optimizer
-        memory = "channels_last_3d" if s.channels_last_3d else "contiguous (channels first)"
+        s, optimizer, options = self.settings, self.step.optimizer, self.options
+        memory = "channels_last_3d" if options.channels_last_3d else "contiguous (channels first)"
         return (
-            f"torch UNet3D depth {s.depth} base {s.base_filters} {s.norm} norm,"
+            f"torch UNet3D depth {s.depth} base {s.base_filters} {s.hparams.norm} norm,"
             f" {count_parameters(self.step.network)} parameters; the loop's TrainingStep with"
             f" {type(optimizer).__name__} {optimizer.defaults['betas']}"
-            f" eps {optimizer.defaults['eps']:g} lr {s.lr:g}; precision {s.precision}"
+            f" eps {optimizer.defaults['eps']:g} lr {s.hparams.lr:g}; precision {options.precision}"
             f" (autocast {'on' if self.step.autocast['enabled'] else 'off'}); memory {memory}"
         )
 

@@ -3,8 +3,8 @@ the two sides that train (:class:`Trainer`), timings, process reports, the Ray a
 
 A backend adds only a :class:`BenchBackend`: how to build the training loop's step and how to
 feed it batches (``_train_tensorflow.py``, ``_train_torch.py``; :func:`load_backend` imports
-the one asked for and nothing of the other). Imports only the standard library and
-:mod:`distmis.shards.info` at module level: the TensorFlow side must import
+the one asked for and nothing of the other). Imports only the standard library,
+:mod:`distmis.hparams` and :mod:`distmis.shards.info` at module level: the TensorFlow side must import
 ``distmis.backends.tensorflow`` (its Keras switch) before anything loads TensorFlow, and the
 torch side never loads TensorFlow.
 """
@@ -27,23 +27,24 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from _common import loadavg, quiet_stderr, usable_cpus, verdict
 
+from distmis.hparams import HParams
 from distmis.shards.info import DatasetInfo
 
 # ---------------------------------------------------------------- settings
 
-# The model both backends train, the same in TF and torch so that their rows compare.
+# The model both backends train, the same in TF and torch so that their rows compare: the
+# hyperparameters' defaults (distmis.hparams: Keras' Adam, batch norm).
 SEED = 0
 DEPTH = 3
 BASE_FILTERS = 8
-NORM = "batch"
-LR, BETA_2, AMSGRAD = 1e-3, 0.999, False
-PRECISIONS = ("fp32", "bf16")  # fp16 needs a GPU (TorchBackend.check_settings)
+HPARAMS = HParams()
+PRECISIONS = ("fp32", "bf16")  # fp16 needs a GPU (TorchBackend.check_options)
 # Ray's config knob (ray_constants.RAY_WORKER_NICENESS): the nice value workers start with.
 RAY_WORKER_NICENESS = "RAY_worker_niceness"
 TARGET_RAY_OVER_BARE = 0.9
@@ -58,24 +59,27 @@ IN_MEMORY, PIPELINE = "in memory", "pipeline"
 
 @dataclass(frozen=True)
 class StepSettings:
-    """What the step is built with; the first seven are ``compiled_unet``'s and
-    ``build_training_step``'s keyword arguments, the last two torch-only (autocast, memory format)."""
+    """What the step is built with: the model's size, one configuration of the grid, the seed
+    and the backend's own switches (torch: ``precision``, ``channels_last_3d``), as a trial
+    gets them (:meth:`distmis.trial.TrialConfig.architecture` and ``adam``)."""
 
     depth: int = DEPTH
     base_filters: int = BASE_FILTERS
-    norm: str = NORM
-    lr: float = LR
-    beta_2: float = BETA_2
-    amsgrad: bool = AMSGRAD
+    hparams: HParams = HPARAMS
     seed: int = SEED
-    precision: str = "fp32"
-    channels_last_3d: bool = False
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
 
-    def model_kwargs(self) -> dict[str, Any]:
-        """The architecture and optimiser settings, without the torch-only switches."""
-        kwargs = asdict(self)
-        del kwargs["precision"], kwargs["channels_last_3d"]
-        return kwargs
+    def architecture(self) -> dict[str, Any]:
+        """The U-Net's size and its hyperparameters (``norm``)."""
+        return {
+            "depth": self.depth,
+            "base_filters": self.base_filters,
+            **self.hparams.model_kwargs(),
+        }
+
+    def optimizer(self) -> dict[str, Any]:
+        """Adam's hyperparameters (``lr``, ``beta_2``, ``amsgrad``)."""
+        return self.hparams.optimizer_kwargs()
 
 
 # ---------------------------------------------------------------- what a backend supplies
@@ -256,7 +260,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="fp32",
+        default=None,
         help="torch only: autocast of (a) and (b), fp32 (off) or bf16 on the CPU (default fp32)",
     )
     parser.add_argument(
@@ -287,10 +291,13 @@ def check_training_arguments(
         parser.error("--cases, --batch, --steps, --repeats and --cpus must be >= 1")
     if any(s % 2**DEPTH for s in args.shape):
         parser.error(f"every --shape axis must be divisible by {2**DEPTH} (U-Net depth {DEPTH})")
-    try:  # the config check every run makes, so the benchmark refuses what training refuses
-        backends.get(args.backend).check_settings(
-            precision=args.precision, channels_last_3d=args.channels_last, use_gpu=False
-        )
+    # The switches asked for, as a run's backend_options: a backend without them refuses any.
+    args.backend_options = {
+        **({"precision": args.precision} if args.precision is not None else {}),
+        **({"channels_last_3d": True} if args.channels_last else {}),
+    }
+    try:  # the check every run makes, so the benchmark refuses what training refuses
+        backends.get(args.backend).check_options(args.backend_options, use_gpu=False)
     except ConfigError as error:
         parser.error(f"--backend {args.backend}: {error}")
     return args

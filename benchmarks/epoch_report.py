@@ -25,8 +25,6 @@ not a test: it exits 0 unless a run fails.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import shutil
 import statistics
@@ -39,8 +37,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model, loadavg, version  # noqa: E402
 
+from distmis import run_folder  # noqa: E402
+from distmis.hparams import HParams  # noqa: E402
+
 RAY_DEFAULT_POLL = "2.0"  # Ray Train's DEFAULT_HEALTH_CHECK_INTERVAL_S
-GRID = {"lr": [0.001, 0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
+# Two configurations: lr 0.001 and 0.005, the other hyperparameters the grid's defaults.
+GRID = {**HParams().as_space(), "lr": [0.001, 0.005]}
 
 
 def prepare_data(workdir: Path, cases: int) -> Path:
@@ -79,21 +81,22 @@ def run_once(args: argparse.Namespace, data: Path, out: Path, poll: str | None) 
     wall = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"distmis train failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    with (out / "trials.csv").open() as fh:
-        failed = [row for row in csv.DictReader(fh) if row["status"] != "ok"]
+    # The run's files, read through their contract (distmis.run_folder).
+    trials = run_folder.read_trials(out / run_folder.TRIALS_FILE)
+    failed = [trial for trial in trials if trial.status != "ok"]
     if failed:
-        sys.exit(f"{len(failed)} trial(s) of {out} did not finish: {failed[0]['error']}")
+        sys.exit(f"{len(failed)} trial(s) of {out} did not finish: {failed[0].error}")
     computes, gaps = [], []
-    for epochs_file in sorted((out / "trials").glob("*/epochs.jsonl")):
-        epochs = [json.loads(line) for line in epochs_file.read_text().splitlines()]
-        computes += [e["train_seconds"] + e["val_seconds"] for e in epochs[1:]]
-        gaps += [b["started"] - a["time"] for a, b in zip(epochs, epochs[1:], strict=False)]
-    summary = json.loads((out / "summary.json").read_text())
+    for trial in trials:
+        epochs = run_folder.read_epochs(run_folder.trial_folder(out, trial.trial_id))
+        computes += [e.train_seconds + e.val_seconds for e in epochs[1:]]
+        gaps += [b.started - a.time for a, b in zip(epochs, epochs[1:], strict=False)]
+    summary = run_folder.RunSummary.read(out / run_folder.SUMMARY_FILE)
     return {
         "compute": statistics.median(computes),
         "gap": statistics.median(gaps),
         "gap_max": max(gaps),
-        "makespan": summary["makespan_seconds"],
+        "makespan": summary.makespan_seconds,
         "wall": wall,
     }
 

@@ -281,6 +281,7 @@ def loop_child(spec: dict) -> dict:
     import torch
 
     from distmis.config import validate_config
+    from distmis.hparams import HParams
     from distmis.train.local import run_local
     from distmis.train.settings import TrainSettings
 
@@ -300,12 +301,8 @@ def loop_child(spec: dict) -> dict:
                 # On the CPU (the dry run) bf16 with channels_last_3d is refused: PyTorch's
                 # CPU bf16 Conv3d weight gradient in that layout sometimes comes back NaN.
                 "torch": {"precision": "bf16", "channels_last_3d": cuda},
-                "search_space": {
-                    "lr": [1e-4],
-                    "norm": ["batch"],
-                    "beta_2": [0.999],
-                    "amsgrad": [False],
-                },
+                # One configuration: lr 1e-4, the other hyperparameters the grid's defaults.
+                "search_space": HParams(lr=1e-4).as_space(),
             }
         }
     )
@@ -334,9 +331,9 @@ def loop_child(spec: dict) -> dict:
     finally:
         scope.remove()
     wall = time.perf_counter() - started
-    result = json.loads(
-        (Path(spec["out"]) / "trials" / record.trial_id / "result.json").read_text()
-    )
+    from distmis.run_folder import RESULT_FILE, TrialResult, trial_folder
+
+    result = TrialResult.read(trial_folder(Path(spec["out"]), record.trial_id) / RESULT_FILE)
     steady = timings.epochs[spec["skip_epochs"] :] or timings.epochs[-1:]
     volumes = sum(e["volumes"] for e in steady)
     train_s = sum(e["train_s"] for e in steady)
@@ -350,10 +347,10 @@ def loop_child(spec: dict) -> dict:
         "input_wait_share": sum(e["wait_s"] for e in steady) / train_s,
         # Share of the training time between a step's first copy and its end (CUDA events).
         "gpu_share": sum(e["gpu_s"] for e in steady) / train_s,
-        "fit_vol_s": result["volumes_trained"] / result["fit_seconds"],
+        "fit_vol_s": result.volumes_trained / result.fit_seconds,
         "wall_s": wall,
         "val_dice": record.val_dice,
-        "loader_workers": settings.loader_workers,
+        "loader_workers": settings.backend_options["loader_workers"],
         "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         **_rss_peaks(),
     }

@@ -57,12 +57,11 @@ from distmis.backends.torch.loop import (
     train_batches,
 )
 from distmis.backends.torch.unet import count_parameters
+from distmis.hparams import HParams
 
 MODES = ("fp32", "tf32", "bf16")
 # What each mode asks of the training step (TF32 is a global switch, set per mode).
 PRECISION = {"fp32": "fp32", "tf32": "fp32", "bf16": "bf16"}
-# Adam's other hyperparameters as the grid's defaults have them.
-BETA_2, AMSGRAD = 0.999, False
 SEED = 0
 # NVIDIA DeepLearningExamples, PyTorch UNet3D (nnU-Net based, BraTS), training throughput at
 # 128³ on one A100 80GB, batch 2: a different (larger) network and volume; for orientation only.
@@ -100,6 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def configuration(args: argparse.Namespace) -> HParams:
+    """The configuration trained: ``--lr`` and ``--norm``, the others the grid's defaults."""
+    return HParams(lr=args.lr, norm=args.norm)
+
+
 def set_tf32(allowed: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = allowed
     torch.backends.cudnn.allow_tf32 = allowed
@@ -131,15 +135,13 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict:
         out_channels=args.out_channels,
         depth=args.depth,
         base_filters=args.base_filters,
-        norm=args.norm,
+        **configuration(args).model_kwargs(),
     )
     step = build_training_step(
         architecture,
         device,
         seed=SEED,
-        lr=args.lr,
-        beta_2=BETA_2,
-        amsgrad=AMSGRAD,
+        **configuration(args).optimizer_kwargs(),
         precision=PRECISION[mode],
         channels_last_3d=args.channels_last_3d,
     )
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         f", K={args.out_channels}, depth {args.depth}, base {args.base_filters}, {args.norm} norm, "
         f"{'channels_last_3d' if args.channels_last_3d else 'contiguous (NCDHW)'}, "
         f"warm-up {args.warmup}, timed {args.steps} steps, the loop's TrainingStep with"
-        f" Adam lr {args.lr} betas ({ADAM_BETA_1}, {BETA_2}) eps {ADAM_EPSILON:g}"
+        f" Adam lr {args.lr} betas ({ADAM_BETA_1}, {configuration(args).beta_2}) eps {ADAM_EPSILON:g}"
     )
     if device.type != "cuda":
         print("note: CPU smoke run; fp32 and tf32 are the same computation here")

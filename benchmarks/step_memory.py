@@ -68,10 +68,12 @@ from dataclasses import dataclass
 
 from _common import print_machine
 
+from distmis.hparams import HParams
+
 FULL_SIZE = (240, 240, 152)  # the stored BraTS volume (preprocess.shape)
 DEFAULT_SIZES = ((48, 48, 32), (80, 80, 48), (120, 120, 72))
 IN_CHANNELS, LABEL_CHANNELS = 4, ("WT",)
-SEED, LR, BETA_2, AMSGRAD = 0, 1e-3, 0.999, False
+SEED = 0
 BACKENDS = ("tensorflow", "torch")
 TF_SETTINGS = {
     "fit": "fit_epoch (model.fit), the trial's step",
@@ -103,6 +105,10 @@ class Architecture:
     depth: int = 3
     base_filters: int = 8
     norm: str = "batch"
+
+    def hparams(self) -> HParams:
+        """The configuration trained: ``norm`` given, the others the grid's defaults."""
+        return HParams(norm=self.norm)
 
 
 # ---------------------------------------------------------------- memory of this process
@@ -262,11 +268,9 @@ def _tensorflow_child(shape, arch: Architecture, setting: str, cpus: int):
         LABEL_CHANNELS,
         depth=arch.depth,
         base_filters=arch.base_filters,
-        norm=arch.norm,
-        lr=LR,
-        beta_2=BETA_2,
-        amsgrad=AMSGRAD,
         seed=SEED,
+        **arch.hparams().model_kwargs(),
+        **arch.hparams().optimizer_kwargs(),
     )
     if "jit" in parts:
         model.compile(
@@ -302,10 +306,10 @@ def _torch_child(shape, arch: Architecture, setting: str, cpus: int):
         "out_channels": len(LABEL_CHANNELS),
         "depth": arch.depth,
         "base_filters": arch.base_filters,
-        "norm": arch.norm,
+        **arch.hparams().model_kwargs(),
     }
     step = build_training_step(
-        architecture, torch.device("cpu"), seed=SEED, lr=LR, beta_2=BETA_2, amsgrad=AMSGRAD
+        architecture, torch.device("cpu"), seed=SEED, **arch.hparams().optimizer_kwargs()
     )
     step.network.train()
     generator = torch.Generator().manual_seed(SEED)

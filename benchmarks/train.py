@@ -58,7 +58,7 @@ from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by the conversion's workers
 
-from _common import loadavg, quiet_stderr  # noqa: E402
+from _common import loadavg, print_machine, quiet_stderr  # noqa: E402
 from _training import (  # noqa: E402
     IN_MEMORY,
     PIPELINE,
@@ -69,7 +69,6 @@ from _training import (  # noqa: E402
     alternate_runs,
     check_training_arguments,
     load_backend,
-    print_machine,
     print_process,
     print_ratios,
     print_table,
@@ -102,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             info = training_dataset(workdir, args.cases, args.source_shape, args.shape, SEED)
         count = info.count("train")
         warm_steps = math.ceil(count / batch) + 1
-        settings = StepSettings(precision=args.precision, channels_last_3d=args.channels_last)
+        settings = StepSettings(backend_options=args.backend_options)
         side = (str(info.root), cpus, batch, steps, warm_steps, settings)
         bare = Trainer(args.backend, *side, IN_MEMORY)
         print(
@@ -152,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"\nresults: {args.backend}, {tuple(info.image_shape)} volumes, batch {batch},"
             f" {cpus} cpus (intra_op {threads[0]}, inter_op {threads[1]}), precision"
-            f" {args.precision}{', channels_last_3d' if args.channels_last else ''},"
+            f" {args.precision or 'fp32'}{', channels_last_3d' if args.channels_last else ''},"
             f" best of {args.repeats}"
         )
         print_table(

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 # The workflow imports its own library from the checkout, installed or not.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
+from distmis import modes
 from distmis.backends import NAMES as BACKEND_NAMES
 from distmis.cluster.memory import (
     SplitSizes,
@@ -159,7 +160,7 @@ def train_resources(mode):
     turns into a job-wide --gpus=G that SLURM may spread unevenly over the nodes."""
 
     def mem_mb(wildcards, input):
-        k = int(wildcards.k) if mode == "hybrid" else None
+        k = int(wildcards.k) if modes.get(mode).takes_k else None
         request = training_memory(
             wildcards.backend, mode, int(wildcards.gpus), k, TRAIN, split_sizes(input.info)
         )

@@ -9,7 +9,8 @@ localrules:
 
 rule plan:
     input:
-        # Each run's calibration.json is written beside its summary.json, before it.
+        # The planner measures each run from its files (distmis.run_folder); summary.json is
+        # written last.
         summaries=train_outputs(),
     output:
         table="results/plan/plan.csv",

@@ -189,7 +189,7 @@ def test_hybrid_jobs_run_where_k_divides_g():
         ),
         (
             {"modes": ["experiment", "hybrid"], "scheduler": "asha"},
-            "in hybrid mode when Tune stops a hybrid trial",
+            "train.scheduler: .*refused in hybrid mode: when Tune stops a hybrid trial",
         ),
     ],
 )

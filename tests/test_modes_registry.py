@@ -77,3 +77,10 @@ def test_the_schema_allows_exactly_the_registered_modes():
 
     train = load_schema()["properties"]["train"]["properties"]
     assert tuple(train["modes"]["items"]["enum"]) == modes.NAMES
+
+
+def test_each_training_rule_names_its_mode():
+    for mode in modes.MODES.values():
+        assert modes.from_rule(mode.rule) is mode
+    with pytest.raises(ValueError, match="not a training rule: 'scaling'"):
+        modes.from_rule("scaling")

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from distmis import run_folder
 from distmis.config import validate_config
 from distmis.hparams import HParams
+from distmis.run_folder import CheckpointState, FailedAttempt, TrialResult, WorkerInfo
 from distmis.train.settings import TrainSettings
 from distmis.trial import (
     InjectedFailure,
@@ -120,7 +122,8 @@ class CountingSteps(TrialSteps):
         return self.board
 
     def finish_fields(self) -> dict:
-        return {"epochs_trained": self.epochs_trained}
+        # A field the worker file's contract has (torch's count; here the epochs trained).
+        return {"train_volumes_read": self.epochs_trained}
 
 
 def trial_config(tmp_path: Path, backend: str = "torch", **train) -> TrialConfig:
@@ -142,29 +145,28 @@ def test_a_trial_trains_every_epoch_reports_each_and_leaves_the_contract_files(t
     assert [m["epoch"] for m, _ in runner.reports] == [1, 2, 3]
     assert all(checkpoint is not None for _, checkpoint in runner.reports)
     last_checkpoint = runner.reports[-1][1].path
-    assert json.loads((last_checkpoint / "state.json").read_text()) == {
-        "epoch": 3,
-        "trial_id": trial.trial_id,
-    }
+    assert CheckpointState.read(last_checkpoint / "state.json") == CheckpointState(
+        epoch=3, trial_id=trial.trial_id
+    )
     # One epochs.jsonl line per validated epoch, timed, with every metric.
-    epochs = [
-        json.loads(line) for line in (trial.directory / "epochs.jsonl").read_text().splitlines()
-    ]
-    assert [e["epoch"] for e in epochs] == [1, 2, 3]
-    assert epochs[-1]["val_dice"] == pytest.approx(0.6)
-    assert all(a["time"] <= b["time"] for a, b in zip(epochs, epochs[1:], strict=False))
-    result = json.loads((trial.directory / "result.json").read_text())
-    assert result["metrics"] == {"loss": pytest.approx(0.7), "dice": pytest.approx(0.3),
-                                 "val_loss": 0.9, "val_dice": pytest.approx(0.6)}  # fmt: skip
-    assert len(result["history"]) == 3 and result["resumed_from_epoch"] == 0
-    assert result["volumes_trained"] == 3 * 3 * 2 and result["start_time"] == 100.0
+    epochs = run_folder.read_epochs(trial.directory)
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    assert epochs[-1].val_dice == pytest.approx(0.6)
+    assert set(epochs[-1].metrics) == {"loss", "dice", "val_loss", "val_dice"}
+    assert all(a.time <= b.time for a, b in zip(epochs, epochs[1:], strict=False))
+    result = TrialResult.read(trial.directory / "result.json")
+    assert result.metrics == {"loss": pytest.approx(0.7), "dice": pytest.approx(0.3),
+                              "val_loss": 0.9, "val_dice": pytest.approx(0.6)}  # fmt: skip
+    assert len(result.history) == 3 and result.resumed_from_epoch == 0
+    assert result.volumes_trained == 3 * 3 * 2 and result.start_time == 100.0
     # No submitted_at: start-up counts from entering the trial (started) to the first epoch.
-    assert result["startup_seconds"] == pytest.approx(result["fit_start_time"] - 100.0)
-    worker = json.loads((trial.directory / "workers" / "rank0.json").read_text())
-    assert (worker["steps_per_epoch"], worker["global_batch_size"]) == (3, 2)
-    assert worker["epochs_trained"] == 3  # finish_fields reach the worker file
+    assert result.startup_seconds == pytest.approx(result.fit_start_time - 100.0)
+    worker = WorkerInfo.read(trial.directory / "workers" / "rank0.json")
+    assert (worker.steps_per_epoch, worker.global_batch_size) == (3, 2)
+    assert worker.train_volumes_read == 3  # finish_fields reach the worker file
     assert (trial.directory / "model.pt").read_text() == "3"
-    assert (trial.directory / "attempts.log").read_text().split() == ["100.0"]
+    assert run_folder.read_attempts(trial.directory) == (100.0,)
+    assert (trial.directory / "attempts.log").read_text() == "# distmis-trial-attempts/1\n100.0\n"
     assert steps.board.closed and ("val_dice", pytest.approx(0.6), 3) in steps.board.scalars
 
 
@@ -177,9 +179,9 @@ def test_a_resumed_trial_restores_then_trains_only_the_epochs_left(tmp_path):
     run_trial(trial, resumed.runner, CountingSteps, started=2.0)
     steps = CountingSteps.last
     assert steps.calls[:3] == ["restore", "train1", "validate1"]
-    result = json.loads((trial.directory / "result.json").read_text())
-    assert result["resumed_from_epoch"] == 1 and len(result["history"]) == 2
-    assert result["volumes_trained"] == 2 * 3 * 2
+    result = TrialResult.read(trial.directory / "result.json")
+    assert result.resumed_from_epoch == 1 and len(result.history) == 2
+    assert result.volumes_trained == 2 * 3 * 2
     assert (trial.directory / "model.pt").read_text() == "3"  # continued from epoch 1's state
 
 
@@ -201,7 +203,7 @@ def test_other_ranks_report_without_checkpoints_and_save_no_model(tmp_path):
     assert [checkpoint for _, checkpoint in runner.reports] == [None, None, None]
     assert CountingSteps.last.calls[-1] == "save_model:None"
     assert not (trial.directory / "result.json").exists()
-    assert json.loads((trial.directory / "workers" / "rank1.json").read_text())["world_size"] == 2
+    assert WorkerInfo.read(trial.directory / "workers" / "rank1.json").world_size == 2
 
 
 def test_a_failing_trial_records_its_error_and_raises(tmp_path, monkeypatch):
@@ -216,8 +218,8 @@ def test_a_failing_trial_records_its_error_and_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(Runner, "from_ray", classmethod(lambda cls, mode: runner.runner))
     with pytest.raises(InjectedFailure, match="configured to fail"):
         train_loop(CountingSteps)(trial.to_dict())
-    failure = json.loads((trial.directory / "failed.json").read_text())
-    assert failure["error"].startswith("InjectedFailure: trial lr=0.001")
+    failure = FailedAttempt.read(trial.directory / "failed.json")
+    assert failure.error.startswith("InjectedFailure: trial lr=0.001")
 
 
 def grid(tmp_path: Path) -> tuple[list[TrialConfig], dict]:
@@ -235,8 +237,8 @@ def grid(tmp_path: Path) -> tuple[list[TrialConfig], dict]:
 
 
 def log_attempts(trial: TrialConfig, *times: float) -> None:
-    trial.directory.mkdir(parents=True, exist_ok=True)
-    (trial.directory / "attempts.log").write_text("".join(f"{t}\n" for t in times))
+    for started in times:
+        run_folder.log_attempt(trial.directory, started)
 
 
 def trained(tmp_path: Path) -> list[str]:
@@ -251,8 +253,8 @@ def test_rank_zero_skips_a_configuration_whose_attempts_are_used_up(tmp_path):
     assert runner.broadcasts == [(False, (0,))]
     assert trained(tmp_path) == [second.trial_id]
     # Not restarted: the first configuration trained counts its start-up from fit().
-    result = json.loads((second.directory / "result.json").read_text())
-    assert result["startup_seconds"] == pytest.approx(result["fit_start_time"] - 50.0)
+    result = TrialResult.read(second.directory / "result.json")
+    assert result.startup_seconds == pytest.approx(result.fit_start_time - 50.0)
 
 
 def test_rank_zero_sees_a_restarted_group_by_an_attempt_since_fit(tmp_path):
@@ -261,8 +263,8 @@ def test_rank_zero_sees_a_restarted_group_by_an_attempt_since_fit(tmp_path):
     runner = RecordingRunner(rank=0, world_size=2)
     train_group_grid(config, runner.runner, CountingSteps, started=60.0)
     assert runner.broadcasts == [(True, ())]
-    result = json.loads((first.directory / "result.json").read_text())
-    assert result["startup_seconds"] == pytest.approx(result["fit_start_time"] - 60.0)
+    result = TrialResult.read(first.directory / "result.json")
+    assert result.startup_seconds == pytest.approx(result.fit_start_time - 60.0)
 
 
 def test_other_ranks_train_what_rank_zero_decided_not_what_they_count(tmp_path):
@@ -299,9 +301,9 @@ def test_a_groups_first_error_is_recorded_not_the_peers_it_took_down(tmp_path):
     FailingSteps.error = "Connection closed by peer"
     with pytest.raises(RuntimeError):
         run_attempt(trial, RecordingRunner(rank=0, world_size=2).runner, FailingSteps, 100.2)
-    assert json.loads(failed.read_text())["error"] == "RuntimeError: the cause"
+    assert FailedAttempt.read(failed).error == "RuntimeError: the cause"
     # Attempt 2, after Ray restarted the group: its own first error replaces attempt 1's.
     FailingSteps.error = "the second cause"
     with pytest.raises(RuntimeError):
         run_attempt(trial, RecordingRunner(rank=0, world_size=2).runner, FailingSteps, 1e10)
-    assert json.loads(failed.read_text())["error"] == "RuntimeError: the second cause"
+    assert FailedAttempt.read(failed).error == "RuntimeError: the second cause"

@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from distmis import workflow
+from distmis import modes, workflow
 from distmis.config import load_config
 from distmis.plan.run import TOLERANCE as PLAN_TOLERANCE
+from distmis.run_folder import ModelCard, RunSummary, read_trials, read_workers
 from tests.scaling.helpers import (
     BACKENDS,
     MODES,
@@ -196,14 +197,20 @@ def test_pipeline_runs_offline_and_reruns_nothing(tmp_path):
     for mode in ("data", "experiment"):
         for gpus in (1, 2):
             run = tmp_path / f"results/train/tensorflow/{mode}/{gpus}gpu"
-            summary = json.loads((run / "summary.json").read_text())
-            assert (summary["backend"], summary["mode"]) == ("tensorflow", mode)
-            assert (summary["gpus"], summary["ok_count"]) == (gpus, 1)
+            # Read through the run folder's contract, as every later stage reads them.
+            summary = RunSummary.read(run / "summary.json")
+            assert (summary.backend, summary.mode) == ("tensorflow", mode)
+            assert (summary.gpus, summary.ok_count) == (gpus, 1)
+            assert (summary.train_volumes, summary.val_volumes) == (
+                info["splits"]["train"]["count"],
+                info["splits"]["val"]["count"],
+            )
+            assert not (run / "calibration.json").exists()  # the planner measures runs itself
             # The model card names the weights beside it.
-            card = json.loads((run / "best_model.json").read_text())
-            assert card["backend"] == "tensorflow"
-            assert Path(card["model_file"]).name == "best_model.keras"
-            assert (run / card["model_file"]).is_file()
+            card = ModelCard.read(run / "best_model.json")
+            assert card.backend == "tensorflow"
+            assert Path(card.model_file).name == "best_model.keras"
+            assert card.model_path(run / "best_model.json").is_file()
     figures = tmp_path / "results/plot_scaling"
     assert (figures / "speedup.png").stat().st_size > 0
     assert (figures / "timeline_tensorflow_experiment_2gpu.png").stat().st_size > 0
@@ -259,25 +266,22 @@ def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
     for mode in ("data", "experiment"):
         for gpus in (1, 2):
             run = tmp_path / f"results/train/torch/{mode}/{gpus}gpu"
-            summary = json.loads((run / "summary.json").read_text())
-            assert (summary["backend"], summary["mode"], summary["gpus"]) == ("torch", mode, gpus)
-            assert summary["ok_count"] == summary["trial_count"] == trial_count
-            assert 0 < summary["best"]["val_dice"] <= 1
-            with (run / "trials.csv").open() as handle:
-                trials = list(csv.DictReader(handle))
-            assert [trial["status"] for trial in trials] == ["ok"] * trial_count
-            assert all(0 <= float(trial["val_dice"]) <= 1 for trial in trials)
-            card = json.loads((run / "best_model.json").read_text())
-            assert card["backend"] == "torch"
-            assert card["model_file"] == "best_model.pt"
+            summary = RunSummary.read(run / "summary.json")
+            assert (summary.backend, summary.mode, summary.gpus) == ("torch", mode, gpus)
+            assert summary.ok_count == summary.trial_count == trial_count
+            assert 0 < summary.best.val_dice <= 1
+            trials = read_trials(run / "trials.csv")
+            assert [trial.status for trial in trials] == ["ok"] * trial_count
+            assert all(0 <= trial.val_dice <= 1 for trial in trials)
+            card = ModelCard.read(run / "best_model.json")
+            assert (card.backend, card.model_file) == ("torch", "best_model.pt")
             assert (run / "best_model.pt").stat().st_size > 0
             # Data parallelism: G ranks per trial; experiment parallelism: one per trial.
-            worker_files = sorted(run.glob("trials/*/workers/rank*.json"))
-            assert len(worker_files) == trial_count * (gpus if mode == "data" else 1)
-            for path in worker_files:
-                worker = json.loads(path.read_text())
-                assert worker["backend"] == "torch"
-                assert worker["frameworks_loaded"] == ["torch"], path  # never TensorFlow
+            workers = [w for t in trials for w in read_workers(run / "trials" / t.trial_id)]
+            assert len(workers) == trial_count * (gpus if mode == "data" else 1)
+            for worker in workers:
+                assert worker.backend == "torch"
+                assert worker.frameworks_loaded == ("torch",), worker  # never TensorFlow
         evaluated = json.loads(
             (tmp_path / f"results/evaluate/torch/{mode}/summary.json").read_text()
         )
@@ -314,7 +318,7 @@ def test_torch_backend_demo_runs_end_to_end_without_tensorflow(tmp_path):
     assert (tmp_path / "results/plan/plan.png").stat().st_size > 0
     hybrid = tmp_path / "results/train/torch/hybrid2/2gpu"
     assert len(list(hybrid.glob("trials/*/workers/rank*.json"))) == trial_count * 2
-    assert json.loads((hybrid / "summary.json").read_text())["gpus_per_trial"] == 2
+    assert RunSummary.read(hybrid / "summary.json").gpus_per_trial == 2
     figures = tmp_path / "results/plot_scaling"
     for name in ("speedup", "efficiency", "makespan", "quality"):
         assert (figures / f"{name}.png").stat().st_size > 0
@@ -584,11 +588,15 @@ def test_every_rule_calls_the_same_named_script_and_function():
     assert {rule: script for rule, script in rules.items()} == {
         rule: f"../workflow_scripts/{rule}.py" for rule in rules
     }
+    # A training rule's script calls the one training adapter, which asks the registry for
+    # the rule's mode; every other rule's script calls the adapter named as the rule.
+    training = {mode.rule for mode in modes.MODES.values()}
+    adapter = {rule: "train" if rule in training else rule for rule in rules}
     scripts = {path.stem: script_call(path) for path in (ROOT / "workflow_scripts").glob("*.py")}
-    assert scripts == {rule: rule for rule in rules}  # no script without its rule either
-    assert adapter_names() == set(rules)
-    for rule in rules:
-        assert list(inspect.signature(getattr(workflow, rule)).parameters) == ["snakemake"]
+    assert scripts == adapter  # no script without its rule either
+    assert adapter_names() == set(adapter.values())
+    for name in adapter.values():
+        assert list(inspect.signature(getattr(workflow, name)).parameters) == ["snakemake"]
 
 
 def test_the_rule_and_script_checks_catch_a_mismatch(tmp_path: Path):
@@ -655,7 +663,13 @@ def test_start_script_sends_stderr_and_logging_to_the_log(rule_log: Path):
     assert "INFO distmis.test: a log line" in text
 
 
-def train_rule(tmp_path: Path, rule_log: Path, backend: str = "torch", gpus: int = 2):
+def train_rule(
+    tmp_path: Path,
+    rule_log: Path,
+    backend: str = "torch",
+    gpus: int = 2,
+    rule: str = "train_experiment_parallel",
+):
     from tests.cluster.test_memory import write_info
 
     train = load_config(None)["train"]
@@ -665,6 +679,7 @@ def train_rule(tmp_path: Path, rule_log: Path, backend: str = "torch", gpus: int
         params=SimpleNamespace(train=train, out=str(tmp_path / "out")),
         wildcards=SimpleNamespace(backend=backend, gpus=str(gpus)),
         log=[str(rule_log)],
+        rule=rule,
     )
 
 
@@ -675,7 +690,7 @@ def test_training_rules_run_in_process_outside_slurm(tmp_path, rule_log, monkeyp
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     ran = []
     monkeypatch.setattr(distmis.train.run, "run_training", lambda s: ran.append(s) or {"ok": 1})
-    assert workflow.train_experiment_parallel(train_rule(tmp_path, rule_log)) == {"ok": 1}
+    assert workflow.train(train_rule(tmp_path, rule_log)) == {"ok": 1}
     (settings,) = ran
     assert (settings.mode, settings.gpus, settings.backend) == ("experiment", 2, "torch")
     assert (settings.tfrecord_dir, settings.out_dir) == (tmp_path / "tfrecords", tmp_path / "out")
@@ -699,8 +714,8 @@ def test_training_rules_relaunch_under_the_jobs_ray_cluster_in_slurm(
 
     monkeypatch.setattr(ray_cluster, "run_with_ray_cluster", fake_launcher)
     status = 0
-    rule = train_rule(tmp_path, rule_log, backend="tensorflow", gpus=2)
-    assert workflow.train_data_parallel(rule) is None
+    rule = train_rule(tmp_path, rule_log, backend="tensorflow", gpus=2, rule="train_data_parallel")
+    assert workflow.train(rule) is None
     ((command, cpus_per_node, gpus_per_node),) = launched
     out = tmp_path / "out"
     assert command[1:] == [
@@ -728,7 +743,7 @@ def test_training_rules_relaunch_under_the_jobs_ray_cluster_in_slurm(
     )
     status = 3
     with pytest.raises(ray_cluster.ClusterError, match="exited with status 3"):
-        workflow.train_data_parallel(rule)
+        workflow.train(rule)
 
 
 class Namedlist(list):

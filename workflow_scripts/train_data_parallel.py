@@ -1,7 +1,7 @@
 """Rule train_data_parallel: the whole grid in data-parallel mode with {backend} on {gpus} GPUs.
 
-The logic is :func:`distmis.workflow.train_data_parallel`; Snakemake injects ``snakemake``."""
+The logic is :func:`distmis.workflow.train`, for every training rule; Snakemake injects ``snakemake``."""
 
-from distmis.workflow import train_data_parallel
+from distmis.workflow import train
 
-train_data_parallel(snakemake)  # noqa: F821
+train(snakemake)  # noqa: F821

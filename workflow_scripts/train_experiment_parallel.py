@@ -1,7 +1,7 @@
 """Rule train_experiment_parallel: the whole grid, experiment-parallel, {backend} on {gpus} GPUs.
 
-The logic is :func:`distmis.workflow.train_experiment_parallel`; Snakemake injects ``snakemake``."""
+The logic is :func:`distmis.workflow.train`, for every training rule; Snakemake injects ``snakemake``."""
 
-from distmis.workflow import train_experiment_parallel
+from distmis.workflow import train
 
-train_experiment_parallel(snakemake)  # noqa: F821
+train(snakemake)  # noqa: F821

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from distmis import backends
+from distmis import backends, modes
 from distmis.errors import DistmisError
 
 log = logging.getLogger("distmis")
@@ -301,8 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the report here when the check passes")
     p.set_defaults(func=_cmd_preflight)
 
+    from distmis.train.settings import RUNNERS
+
     p = sub.add_parser("train", help="train the grid in one parallelism mode on G GPUs/workers")
-    p.add_argument("--mode", choices=["data", "experiment", "hybrid"], required=True)
+    p.add_argument("--mode", choices=modes.NAMES, required=True)
     p.add_argument(
         "--gpus-per-trial",
         type=int,
@@ -334,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.add_argument(
         "--runner",
-        choices=["ray", "local"],
+        choices=RUNNERS,
         default="ray",
         help=(
             "ray: Ray Train (data) / Ray Tune (experiment); local: the grid one configuration "
@@ -360,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plan",
         help="predict makespan, speedup and GPU-hours per mode and G from the measured runs",
-        description="Calibrate on the measured runs (each run's calibration.json), predict "
+        description="Calibrate on the measured runs (each measured from its files), predict "
         "every mode at every G, check the prediction against every measured run, and "
         "optionally project another study (--gpu-step-seconds and the size flags) onto GPUs.",
     )

@@ -12,8 +12,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from distmis import modes
-from distmis.backends import NAMES
+from distmis import backends, modes
 from distmis.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -79,40 +78,15 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 f"{train['gpu_counts']} (a {mode.name} job on G GPUs runs G/k trials of k GPUs); "
                 "add a G that k divides or drop that k"
             )
-    refused = [modes.get(name) for name in train["modes"] if modes.get(name).asha_refused]
-    if train["scheduler"] == "asha" and refused:
-        allowed = [name for name in modes.NAMES if not modes.get(name).asha_refused]
-        raise ConfigError(
-            f"train.scheduler: asha stops configurations in {' and '.join(allowed)} mode only: "
-            + "; ".join(f"in {mode.name} mode {mode.asha_refused}" for mode in refused)
-            + f". Set train.modes: {allowed} or train.scheduler: none"
-        )
-    torch_settings = train["torch"]
-    bf16_channels_last = (
-        torch_settings["precision"] == "bf16" and torch_settings["channels_last_3d"]
-    )
-    if bf16_channels_last and not train["use_gpu"]:
-        # PyTorch's CPU Conv3d weight gradient in bf16 with channels_last_3d returns NaN in
-        # about one fresh run in five (seen with torch 2.13 on this project's CI machines:
-        # finite inputs, finite forward and loss, a NaN weight gradient at the smallest
-        # level), which Adam then spreads to every weight. bf16 alone did so too, but rarely
-        # (once in some fifty runs): warned about below, not refused.
-        raise ConfigError(
-            "train.torch: precision bf16 with channels_last_3d is a GPU combination; on CPUs "
-            "PyTorch's bf16 Conv3d weight gradient in channels_last_3d sometimes comes back "
-            "NaN. With train.use_gpu: false, set channels_last_3d: false (bf16 alone works) "
-            "or precision: fp32"
-        )
-    if torch_settings["precision"] == "bf16" and not train["use_gpu"]:
-        log.warning(
-            "train.torch.precision: bf16 on CPUs (train.use_gpu: false): PyTorch's CPU bf16 "
-            "Conv3d backward now and then returns NaN gradients; fp32 is the safe choice there"
-        )
-    if train["torch"]["precision"] == "fp16" and not train["use_gpu"]:
-        raise ConfigError(
-            "train.torch.precision: fp16 needs train.use_gpu: true (CPUs have no fast float16 "
-            "kernels); use bf16 for mixed precision on CPUs"
-        )
+    # The rules a run's settings also apply (distmis.train.settings), stated once where they
+    # live, applied here to every mode and backend the config lists: a workflow stops at
+    # parse time, not when the job that trips them starts.
+    problem = modes.asha_problem(train["scheduler"], train["modes"])
+    if problem:
+        raise ConfigError(problem)
+    for name in train_backends(train):
+        backend = backends.get(name)
+        backend.check_options(backend.options(train), use_gpu=train["use_gpu"])
 
 
 def run_folders(train: Mapping[str, Any]) -> dict[str, list[int]]:
@@ -191,8 +165,8 @@ def train_env(train: Mapping[str, Any], backend: str) -> str:
     names: ``cu13`` (PyPI's wheel, ``train-torch``) or PyTorch's ``cu126`` build
     (``train-torch-cu126``, for sm_70 GPUs and drivers before R580).
     """
-    if backend not in NAMES:
-        raise ConfigError(f"backend must be one of {NAMES}, got {backend!r}")
+    if backend not in backends.NAMES:
+        raise ConfigError(f"backend must be one of {backends.NAMES}, got {backend!r}")
     if backend == "torch" and train["torch_cuda"] != "cu13":
         return f"train-torch-{train['torch_cuda']}"
     return f"train-{backend}"

@@ -8,8 +8,9 @@ comparing its name.
 - **hybrid**: G/k configurations at once, each a Ray Train run over k workers (Ray Tune over
   Ray Train); 2 <= k <= G with k dividing G, one series per k (folder ``hybrid{k}``).
 
-Adding a mode is one :class:`Mode` here, its runner in ``train/`` and its rule in
-``rules/train.smk`` (docs/how-to/adding-a-backend-or-mode.md).
+Adding a mode is one :class:`Mode` here, its trainer of pending configurations in ``train/``
+(handed to the grid skeleton every runner shares, :func:`distmis.train.grid.run_grid`) and its
+rule in ``rules/train.smk`` (docs/how-to/adding-a-backend-or-mode.md).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class Mode:
     (hybrid: ``takes_k``). ``ray_train``: where the mode runs Ray Train — ``"grid"`` (one run
     for the whole grid), ``"trial"`` (one run per configuration, each with its own driver and
     controller) or None (Ray Tune trials only). ``runner``: ``module:function`` that trains a
-    grid in this mode (``distmis.train``), imported only when a job trains.
+    grid in this mode (``distmis.train``: the grid skeleton, ``run_grid``, around the mode's
+    trainer of pending configurations), imported only when a job trains.
     """
 
     name: str
@@ -70,12 +72,11 @@ class Mode:
 
     def gpu_counts(self, gpu_counts: Sequence[int], k: int | None = None) -> list[int]:
         """The G of ``gpu_counts`` this mode runs at (hybrid: those k divides, G >= k)."""
-        if self.takes_k:
-            return [g for g in gpu_counts if k is not None and g >= k and g % k == 0]
-        return list(gpu_counts)
+        return [g for g in gpu_counts if self.k_problem(g, k) is None]
 
     def k_problem(self, gpus: int, k: int | None) -> str | None:
-        """Why ``k`` cannot run at G = ``gpus`` in this mode (None: it can)."""
+        """Why ``k`` cannot run at G = ``gpus`` in this mode (None: it can): the one
+        statement of hybrid's rule, which :meth:`gpu_counts` and a run's settings apply."""
         if not self.takes_k:
             return None
         if k is None or k < 2 or k > gpus or gpus % k:
@@ -117,12 +118,36 @@ ANY_RULE = " / ".join(mode.rule for mode in MODES.values())
 _FOLDER = re.compile(r"^([a-z]+?)(\d*)$")
 
 
+def asha_problem(scheduler: str, names: Sequence[str]) -> str | None:
+    """Why ``train.scheduler`` cannot be ``scheduler`` for runs in the modes ``names`` (None:
+    it can): the one statement of the rule, which config validation applies to
+    ``train.modes`` and a run's settings to its own mode."""
+    refused = [MODES[name] for name in names if MODES[name].asha_refused]
+    if scheduler != "asha" or not refused:
+        return None
+    allowed = [name for name in NAMES if not MODES[name].asha_refused]
+    return (
+        f"train.scheduler: asha stops configurations in {' and '.join(allowed)} mode only; "
+        + "; ".join(f"asha is refused in {mode.name} mode: {mode.asha_refused}" for mode in refused)
+        + f". Set train.scheduler: none, or train only in {' and '.join(allowed)} mode"
+        + f" (train.modes: {allowed})"
+    )
+
+
 def get(name: str) -> Mode:
     """The mode called ``name``; ValueError names the choices."""
     try:
         return MODES[name]
     except KeyError:
         raise ValueError(f"mode must be one of {', '.join(NAMES)}, got {name!r}") from None
+
+
+def from_rule(rule: str) -> Mode:
+    """The mode the training rule ``rule`` runs; ValueError names the training rules."""
+    for mode in MODES.values():
+        if mode.rule == rule:
+            return mode
+    raise ValueError(f"not a training rule: {rule!r} (expected one of {ANY_RULE})")
 
 
 def from_folder(folder: str) -> tuple[Mode, int | None]:

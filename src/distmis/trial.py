@@ -8,8 +8,8 @@ and logs every epoch, and saves the model. A backend supplies only those steps
 (:mod:`distmis.backends.tensorflow.loop`, :mod:`distmis.backends.torch.loop`), so a benchmark
 or a new runner overrides a step instead of copying the loop.
 
-Every trial leaves these files under ``<out>/trials/<trial_id>/`` (the contract
-:mod:`distmis.train.trials` reads):
+Every trial leaves these files under ``<out>/trials/<trial_id>/``, written through their
+contract, :mod:`distmis.run_folder` (:mod:`distmis.train.trials` reads them):
 
 - ``attempts.log``: one start time per attempt (rank 0);
 - ``workers/rank<k>.json``: host, pid, GPU ids, batch sizes, steps and devices of each worker
@@ -29,15 +29,14 @@ Every trial leaves these files under ``<out>/trials/<trial_id>/`` (the contract
   group, the rank that failed first, not the peers its failure took down);
 - the model, ``model<suffix>`` of the backend (``model.keras``, ``model.pt``), from rank 0.
 
-Checkpoints reported to Ray hold ``state.json`` (``{"epoch": n, "trial_id": id}``, the epochs
-done and whose they are: one Ray Train run trains many configurations in data mode) beside the
-backend's own files. Nothing here imports TensorFlow or PyTorch.
+Checkpoints reported to Ray hold ``state.json`` (:class:`~distmis.run_folder.CheckpointState`:
+the epochs done and whose they are: one Ray Train run trains many configurations in data mode)
+beside the backend's own files. Nothing here imports TensorFlow or PyTorch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -47,40 +46,51 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from distmis.fileio import write_json
+from distmis import modes
+from distmis.errors import ContractError
 from distmis.hparams import HParams
+from distmis.run_folder import (
+    CHECKPOINT_STATE_FILE,
+    FAILED_FILE,
+    RESULT_FILE,
+    CheckpointState,
+    EpochRecord,
+    FailedAttempt,
+    TrialResult,
+    WorkerInfo,
+    append_epoch,
+    log_attempt,
+    read_attempts,
+    worker_path,
+)
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
-EPOCHS_FILE = "epochs.jsonl"
-# How a trial ended, in trials.csv's ``status``: trained every epoch, failed after its
-# retries, or stopped early by the scheduler (ASHA) with its last epoch's metrics.
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
-STATUS_STOPPED = "stopped"
-STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_STOPPED)
 # How far apart a group's ranks may enter the same configuration (they leave the previous one
 # together, through its last collective).
 RANK_START_SKEW_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerSettings:
-    """What every worker of a run is told (``config["settings"]``), built by
-    :meth:`distmis.train.settings.TrainSettings.worker_settings`.
+    """What every worker of a run is told (``config["settings"]``): the part of a run's
+    settings that workers read. :class:`distmis.train.settings.TrainSettings` extends it with
+    what only the driver reads, so a run's settings *are* its worker settings plus more, and
+    nothing is copied field by field.
 
-    It crosses to Ray workers as a JSON-able dict; :meth:`from_dict` turns it back and fails
-    on a missing or unknown key, so the two sides cannot drift apart.
+    It crosses to Ray workers as a JSON-able dict of exactly these fields (:meth:`to_dict`,
+    also on a TrainSettings); :meth:`from_dict` turns it back and fails on a missing or
+    unknown key, so the two sides cannot drift apart.
     """
 
-    tfrecord_dir: str
-    out_dir: str
+    tfrecord_dir: Path
+    out_dir: Path
     mode: str
+    backend: str
     epochs: int
     batch_size_per_replica: int
     seed: int
@@ -89,32 +99,50 @@ class WorkerSettings:
     base_filters: int
     cpus_per_worker: int
     debug: bool
-    fail_trials: tuple[str, ...]
-    backend: str
     use_gpu: bool
-    precision: str
-    channels_last_3d: bool
-    loader_workers: int
     # Records held for shuffling by a streaming worker; bounds its memory (docs/explanation/input-memory.md).
     shuffle_buffer: int
-    # The node cache's scope folder (distmis.shards.node_cache) when cache is on, else None.
-    cache_scope: str | None
     # Attempts per configuration beyond the first (data mode's grid loop skips one that used
     # them all; Ray retries the others).
     max_failures: int
+    # The backend's own switches (train.<backend>, e.g. torch's precision): only it reads and
+    # checks them (Backend.options, Backend.check_options).
+    backend_options: Mapping[str, Any]
+    # Trial ids that raise on purpose; only the fault-tolerance tests set this.
+    fail_trials: tuple[str, ...] = ()
+    # The node cache's scope folder (distmis.shards.node_cache) when cache is on, else None;
+    # set when the run starts (not part of its identity).
+    cache_scope: str | None = None
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> WorkerSettings:
-        names = {f.name for f in fields(cls)}
+        """The :class:`WorkerSettings` (never a subclass) that :meth:`to_dict` wrote."""
+        names = {f.name for f in fields(WorkerSettings)}
         if set(payload) != names:
             raise KeyError(
                 f"worker settings: missing {sorted(names - set(payload))}, "
                 f"unknown {sorted(set(payload) - names)}"
             )
-        return cls(**{**payload, "fail_trials": tuple(payload["fail_trials"])})
+        return WorkerSettings(
+            **{
+                **payload,
+                "tfrecord_dir": Path(payload["tfrecord_dir"]),
+                "out_dir": Path(payload["out_dir"]),
+                "backend_options": dict(payload["backend_options"]),
+                "fail_trials": tuple(payload["fail_trials"]),
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fail_trials": list(self.fail_trials)}
+        """The worker fields only, JSON-able, paths absolute (workers may start elsewhere)."""
+        payload = {f.name: getattr(self, f.name) for f in fields(WorkerSettings)}
+        return {
+            **payload,
+            "tfrecord_dir": str(Path(self.tfrecord_dir).resolve()),
+            "out_dir": str(Path(self.out_dir).resolve()),
+            "backend_options": dict(self.backend_options),
+            "fail_trials": list(self.fail_trials),
+        }
 
 
 @dataclass(frozen=True)
@@ -133,7 +161,7 @@ class TrialConfig:
     def from_dict(cls, config: Mapping[str, Any]) -> TrialConfig:
         return cls(
             trial_id=config["trial_id"],
-            hparams=HParams(**config["hparams"]),
+            hparams=HParams.from_dict(config["hparams"]),
             lr_effective=float(config["lr_effective"]),
             settings=WorkerSettings.from_dict(config["settings"]),
             submitted_at=config.get("submitted_at"),
@@ -153,20 +181,18 @@ class TrialConfig:
         return Path(self.settings.out_dir) / "trials" / self.trial_id
 
     def architecture(self) -> dict[str, Any]:
-        """The U-Net's size and normalisation, as both backends' builders take them."""
+        """The U-Net's size and its hyperparameters (``norm``), as both backends' builders
+        take them."""
         return {
             "depth": self.settings.depth,
             "base_filters": self.settings.base_filters,
-            "norm": self.hparams.norm,
+            **self.hparams.model_kwargs(),
         }
 
     def adam(self) -> dict[str, Any]:
-        """Adam's settings for this trial (``beta_1`` and ``epsilon`` are fixed, as in Keras)."""
-        return {
-            "lr": self.lr_effective,
-            "beta_2": self.hparams.beta_2,
-            "amsgrad": self.hparams.amsgrad,
-        }
+        """Adam's hyperparameters for this trial, ``lr`` scaled (``beta_1`` and ``epsilon``
+        are fixed, as in Keras)."""
+        return {**self.hparams.optimizer_kwargs(), "lr": self.lr_effective}
 
 
 RUNNER_RAY_TRAIN = "ray_train"
@@ -201,7 +227,7 @@ class Runner:
     def from_ray(cls, mode: str) -> Runner:
         """Ray Train's context in data and hybrid mode (a worker of a Train run), Ray Tune's
         (one worker) in experiment mode."""
-        if mode in ("data", "hybrid"):
+        if modes.get(mode).ray_train is not None:
             import ray.train
             import ray.train.collective
 
@@ -355,7 +381,7 @@ def train_group_grid(
         used_up = tuple(
             index
             for index, trial in enumerate(trials)
-            if not (trial.directory / "result.json").is_file()
+            if not (trial.directory / RESULT_FILE).is_file()
             and len(attempt_times(trial)) > trial.settings.max_failures
         )
         decision = (restarted, used_up)
@@ -376,9 +402,7 @@ def train_group_grid(
 
 def attempt_times(trial: TrialConfig, after: float = 0.0) -> list[float]:
     """Start times in ``trial``'s attempts.log later than ``after``."""
-    log_file = trial.directory / "attempts.log"
-    times = [float(t) for t in log_file.read_text().split()] if log_file.is_file() else []
-    return [t for t in times if t > after]
+    return [t for t in read_attempts(trial.directory) if t > after]
 
 
 def _own_checkpoints(runner: Runner, trial_id: str) -> Runner:
@@ -389,8 +413,8 @@ def _own_checkpoints(runner: Runner, trial_id: str) -> Runner:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as folder:
-            state = json.loads((Path(folder) / STATE_FILE).read_text())
-        return checkpoint if state.get("trial_id") == trial_id else None
+            state = CheckpointState.read(Path(folder) / CHECKPOINT_STATE_FILE)
+        return checkpoint if state.trial_id == trial_id else None
 
     return dataclasses.replace(runner, get_checkpoint=get_checkpoint)
 
@@ -407,25 +431,25 @@ def run_attempt(
         run_trial(trial, runner, build_steps, started)
     except BaseException as exc:
         trial.directory.mkdir(parents=True, exist_ok=True)
-        failure_file = trial.directory / "failed.json"
+        failure_file = trial.directory / FAILED_FILE
         # A group's ranks fail together: the first error is the cause, a peer's later one
         # (its collective lost a rank) the consequence, so a failure noted since this
         # attempt began stays. An earlier attempt's ended a group restart ago, seconds before.
         noted = _read_failure(failure_file)
-        if noted is None or noted["end_time"] < started - RANK_START_SKEW_SECONDS:
-            failure = {
-                "start_time": started,
-                "end_time": time.time(),
-                "error": f"{type(exc).__name__}: {exc}",
-            }
-            write_json(failure_file, failure)
+        if noted is None or noted.end_time < started - RANK_START_SKEW_SECONDS:
+            failure = FailedAttempt(
+                start_time=started, end_time=time.time(), error=f"{type(exc).__name__}: {exc}"
+            )
+            failure.write(failure_file)
         raise
 
 
-def _read_failure(path: Path) -> dict[str, Any] | None:
+def _read_failure(path: Path) -> FailedAttempt | None:
+    """The failure noted so far, if any. This attempt is failing already: a note that cannot
+    be read is replaced by this attempt's, not raised over the trial's own error."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return FailedAttempt.read(path) if path.is_file() else None
+    except ContractError:
         return None
 
 
@@ -443,7 +467,7 @@ def run_trial(
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             steps.restore(Path(ckpt_dir))
-            initial_epoch = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())["epoch"]
+            initial_epoch = CheckpointState.read(Path(ckpt_dir) / CHECKPOINT_STATE_FILE).epoch
         log.info("resuming %s from epoch %d", trial.trial_id, initial_epoch)
     write_worker_file(trial, runner, steps)
     board = None
@@ -524,17 +548,8 @@ def _append_epoch(
     trial: TrialConfig, epoch: int, metrics: Mapping[str, float], timing: EpochTiming
 ) -> None:
     """One line of ``epochs.jsonl``: the epoch, its timing, its metrics."""
-    line = json.dumps({"epoch": epoch, **timing.fields(), **metrics})
-    with (trial.directory / EPOCHS_FILE).open("a") as fh:
-        fh.write(line + "\n")
-
-
-def read_epochs(directory: Path) -> list[dict[str, Any]]:
-    """The lines of a trial's ``epochs.jsonl`` (none when absent), in the order written."""
-    path = Path(directory) / EPOCHS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    record = EpochRecord(epoch=epoch, **timing.fields(), metrics=dict(metrics))
+    append_epoch(trial.directory, record)
 
 
 def _report_epoch(
@@ -548,8 +563,9 @@ def _report_epoch(
     save may be a collective operation)."""
     with tempfile.TemporaryDirectory() as tmp:
         steps.save_checkpoint(Path(tmp))
-        state = {"epoch": epochs_done, "trial_id": trial_id}
-        (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+        CheckpointState(epoch=epochs_done, trial_id=trial_id).write(
+            Path(tmp) / CHECKPOINT_STATE_FILE
+        )
         checkpoint = runner.checkpoint_type.from_directory(tmp) if runner.rank == 0 else None
         runner.report({**metrics, "epoch": epochs_done, "time": time.time()}, checkpoint=checkpoint)
 
@@ -560,55 +576,51 @@ def report_if_finished(trial: TrialConfig, report: Callable[..., None]) -> bool:
     Belt and braces for resumption: Tune restores from its last saved experiment state,
     which can lag a trial that finished just before the job was killed.
     """
-    finished = trial.directory / "result.json"
+    finished = trial.directory / RESULT_FILE
     if not finished.is_file():
         return False
-    stored = json.loads(finished.read_text())
-    report({**stored["metrics"], "epoch": stored["epochs"], "time": stored["end_time"]})
+    stored = TrialResult.read(finished)
+    report({**stored.metrics, "epoch": stored.epochs, "time": stored.end_time})
     return True
 
 
 def start_attempt(trial: TrialConfig, rank: int, started: float) -> None:
     """Log the attempt (rank 0) and raise for trials configured to fail."""
     if rank == 0:
-        trial.directory.mkdir(parents=True, exist_ok=True)
-        with (trial.directory / "attempts.log").open("a") as fh:
-            fh.write(f"{started}\n")
+        log_attempt(trial.directory, started)
     if trial.trial_id in trial.settings.fail_trials:
         raise InjectedFailure(f"trial {trial.trial_id} was configured to fail")
 
 
 def write_worker_file(trial: TrialConfig, runner: Runner, steps: TrialSteps) -> None:
-    workers_dir = trial.directory / "workers"
-    workers_dir.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "backend": trial.settings.backend,
+    info = WorkerInfo(
+        backend=trial.settings.backend,
         # Which frameworks this worker process has loaded (a torch worker should not hold
         # TensorFlow's hundreds of MB, nor the reverse).
-        "frameworks_loaded": sorted({"tensorflow", "torch"} & set(sys.modules)),
-        "rank": runner.rank,
-        "world_size": runner.world_size,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "gpu_ids": gpu_ids(),
-        "batch_size_per_replica": trial.settings.batch_size_per_replica,
-        "global_batch_size": steps.global_batch,
-        "steps_per_epoch": steps.steps_per_epoch,
-        "devices": list(steps.devices),
-        "device_type": steps.device_type,
-        "device_name": steps.device_name,
-    }
-    write_json(workers_dir / f"rank{runner.rank}.json", payload)
+        frameworks_loaded=tuple(sorted({"tensorflow", "torch"} & set(sys.modules))),
+        rank=runner.rank,
+        world_size=runner.world_size,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        gpu_ids=tuple(gpu_ids()),
+        batch_size_per_replica=trial.settings.batch_size_per_replica,
+        global_batch_size=steps.global_batch,
+        steps_per_epoch=steps.steps_per_epoch,
+        devices=tuple(steps.devices),
+        device_type=steps.device_type,
+        device_name=steps.device_name,
+        train_volumes_read=None,  # measured by the end (add_to_worker_file)
+    )
+    info.write(worker_path(trial.directory, runner.rank))
 
 
 def add_to_worker_file(trial: TrialConfig, rank: int, **extra: Any) -> None:
-    """Add what a worker measured by the end of training to its ``rank<k>.json``."""
+    """Add what a worker measured by the end of training to its ``rank<k>.json``: fields of
+    :class:`~distmis.run_folder.WorkerInfo` (a name it lacks is a TypeError, not a new key)."""
     if not extra:
         return
-    path = trial.directory / "workers" / f"rank{rank}.json"
-    payload = json.loads(path.read_text())
-    payload.update(extra)
-    write_json(path, payload)
+    path = worker_path(trial.directory, rank)
+    dataclasses.replace(WorkerInfo.read(path), **extra).write(path)
 
 
 def write_result(
@@ -627,25 +639,23 @@ def write_result(
     Volumes trained: the epochs this attempt ran × ``steps_per_epoch`` × ``global_batch``.
     """
     epochs = trial.settings.epochs
-    result = {
-        "trial_id": trial.trial_id,
-        "backend": trial.settings.backend,
-        "start_time": started,
-        "fit_start_time": fit_started,
-        "end_time": time.time(),
-        "fit_seconds": fit_ended - fit_started,
+    result = TrialResult(
+        trial_id=trial.trial_id,
+        backend=trial.settings.backend,
+        start_time=started,
+        fit_start_time=fit_started,
+        end_time=time.time(),
+        fit_seconds=fit_ended - fit_started,
         # Asked for → first training epoch: worker start, imports, data, model, restore.
-        "startup_seconds": fit_started
+        startup_seconds=fit_started
         - (trial.submitted_at if trial.submitted_at is not None else started),
-        "volumes_trained": (epochs - resumed_from_epoch)
-        * steps.steps_per_epoch
-        * steps.global_batch,
-        "epochs": epochs,
-        "resumed_from_epoch": resumed_from_epoch,
-        "metrics": dict(history[-1]) if history else {},
-        "history": [dict(epoch) for epoch in history],
-        "devices": list(steps.devices),
-    }
+        volumes_trained=(epochs - resumed_from_epoch) * steps.steps_per_epoch * steps.global_batch,
+        epochs=epochs,
+        resumed_from_epoch=resumed_from_epoch,
+        metrics=dict(history[-1]) if history else {},
+        history=tuple(dict(epoch) for epoch in history),
+        devices=tuple(steps.devices),
+    )
     # Whole or not at all: a trial with a result.json is finished, and a reader must never
     # see half of one (a kill mid-write of a plain write leaves a truncated file there).
-    write_json(trial.directory / "result.json", result)
+    result.write(trial.directory / RESULT_FILE)

@@ -1,6 +1,7 @@
-"""The Snakemake rules' adapters: one function per rule, named as the rule.
+"""The Snakemake rules' adapters: one function per rule, named as the rule (the training rules
+share :func:`train`, which asks the mode registry which mode the rule runs).
 
-``workflow_scripts/<rule>.py`` calls ``<rule>(snakemake)`` and nothing else, so what a rule
+``workflow_scripts/<rule>.py`` calls ``<rule>(snakemake)`` (or ``train(snakemake)``) and nothing else, so what a rule
 does with its ``input``, ``output``, ``params`` and ``wildcards`` is here, in one module, under
 test. Each function first sends stderr and logging to the rule's log (:func:`start_script`),
 then calls one stage's API.
@@ -147,23 +148,15 @@ def preflight(snakemake: Any) -> dict:
     return report
 
 
-def train_data_parallel(snakemake: Any) -> dict | None:
-    """The whole grid, data-parallel (Ray Train), for ``{backend}`` on ``{gpus}`` GPUs."""
+def train(snakemake: Any) -> dict | None:
+    """The whole grid in the mode whose rule runs this (:func:`distmis.modes.from_rule`), for
+    ``{backend}`` on ``{gpus}`` GPUs, with ``{k}`` GPUs per trial where the mode takes k."""
+    from distmis import modes
+
     start_script(snakemake)
-    return _train(snakemake, "data")
-
-
-def train_experiment_parallel(snakemake: Any) -> dict | None:
-    """The whole grid, experiment-parallel (Ray Tune), for ``{backend}`` on ``{gpus}`` GPUs."""
-    start_script(snakemake)
-    return _train(snakemake, "experiment")
-
-
-def train_hybrid_parallel(snakemake: Any) -> dict | None:
-    """The whole grid, hybrid (Ray Tune over Ray Train runs of ``{k}`` GPUs), for
-    ``{backend}`` on ``{gpus}`` GPUs."""
-    start_script(snakemake)
-    return _train(snakemake, "hybrid", gpus_per_trial=int(snakemake.wildcards.k))
+    mode = modes.from_rule(snakemake.rule)
+    k = int(snakemake.wildcards.k) if mode.takes_k else None
+    return _train(snakemake, mode.name, gpus_per_trial=k)
 
 
 def _train(snakemake: Any, mode: str, gpus_per_trial: int | None = None) -> dict | None:

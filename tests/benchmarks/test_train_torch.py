@@ -51,7 +51,7 @@ def test_both_sides_time_the_loops_training_step_from_the_same_weights(training,
         step = side.backend.step
         assert type(step) is TrainingStep
         assert step.optimizer.defaults["eps"] == ADAM_EPSILON == 1e-7
-        assert step.optimizer.defaults["betas"] == (0.9, training.BETA_2)
+        assert step.optimizer.defaults["betas"] == (0.9, training.HPARAMS.beta_2)
     assert bare.weights_checksum == piped.weights_checksum
     before = [p.detach().clone() for p in bare.backend.step.network.parameters()]
     for side in (bare, piped):
@@ -70,7 +70,10 @@ def test_both_sides_time_the_loops_training_step_from_the_same_weights(training,
 @pytest.mark.parametrize("precision, channels_last", [("bf16", False), ("fp32", True)])
 def test_precision_and_channels_last_reach_the_step(training, info, precision, channels_last):
     side = _trainer(
-        training, info, training.PIPELINE, precision=precision, channels_last_3d=channels_last
+        training,
+        info,
+        training.PIPELINE,
+        backend_options={"precision": precision, "channels_last_3d": channels_last},
     )
     step = side.backend.step
     assert step.autocast["enabled"] == (precision == "bf16")

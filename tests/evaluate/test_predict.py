@@ -151,7 +151,7 @@ def test_predict_case_scores_the_regions_of_the_written_map_when_channels_do_not
 def test_load_predictor_names_a_missing_model_and_its_rule(tmp_path):
     model = TrainedModel(tmp_path / "nope.pt", backends.get("torch"), None, None)
     with pytest.raises(
-        ContractError, match=r"nope\.pt is missing \(it is written by rule train_data_parallel"
+        ContractError, match=r"nope\.pt is missing \(it is written by train_data_parallel"
     ):
         load_predictor(model)
 

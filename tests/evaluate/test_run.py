@@ -27,6 +27,7 @@ from tests.evaluate.helpers import (
     Oracle,
     split_cases,
 )
+from tests.run_files import write_card
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def model_path(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("model") / "best_model.keras"
     build_unet((*SYNTHETIC_STORED_SHAPE, 4), 3).save(path)
-    (path.parent / "best_model.json").write_text(json.dumps({"trial": {"trial_id": "t007"}}))
+    write_card(path.parent, backend="tensorflow", model_file="best_model.keras", trial_id="t007")
     return path
 
 
@@ -268,18 +269,7 @@ def test_ported_torch_model_scores_as_its_keras_original(dataset, twin_models, t
     _, tfrecord_dir = dataset
     keras_path, torch_path = twin_models
     keras_summary = run.evaluate_model(keras_path, tfrecord_dir, tmp_path / "k", overlay_cases=0)
-    card = torch_path.parent / "best_model.json"
-    card.write_text(
-        json.dumps(
-            {
-                "backend": "torch",
-                "model_file": "best_model.pt",
-                "trial": {"trial_id": "t042"},
-                "model": {"depth": 2, "base_filters": 4, "norm": "batch"},
-                "tfrecord_dir": str(tfrecord_dir),
-            }
-        )
-    )
+    card = write_card(torch_path.parent, trial_id="t042", tfrecord_dir=str(tfrecord_dir))
     torch_summary = run.evaluate_model(card, tfrecord_dir, tmp_path / "t", overlay_cases=0)
     assert keras_summary["backend"] == "tensorflow" and torch_summary["backend"] == "torch"
     assert torch_summary["model"] == str(torch_path) and torch_summary["trial_id"] == "t042"

@@ -21,7 +21,7 @@ from distmis.plan.calibration import (
     UNET_PARAMETERS,
     Calibration,
 )
-from distmis.plan.measure import write_run_calibration
+from distmis.plan.measure import measure_run
 from tests.plan.fake_runs import Timing, write_info, write_run
 
 ALONE = Timing()
@@ -105,22 +105,20 @@ def test_a_calibration_needs_a_one_worker_run(tmp_path):
         Calibration.from_runs([run])
 
 
-def test_without_info_json_the_volumes_must_be_given(tmp_path):
+def test_given_volumes_win_over_the_runs(tmp_path):
     run = write_run(tmp_path, "experiment", 1)
-    with pytest.raises(ContractError, match="info.json is gone .*restore their tfrecord_dir"):
-        Calibration.from_runs([run])
-    calibration = Calibration.from_runs([run], train_volumes=8, val_volumes=2)
+    calibration = Calibration.from_runs([run], train_volumes=80, val_volumes=20)
+    assert (calibration.train_volumes, calibration.val_volumes) == (80, 20)
     assert calibration.sources["val_volumes"] == "config: given"
 
 
 def test_split_sizes_recorded_by_the_run_outlive_its_data(tmp_path):
-    # The workflow records tfrecord_dir relative to its folder: found from the run's place.
+    # The sizes are in the run's summary.json: its data may be gone.
     workdir = tmp_path / "work"
     write_info(workdir / "results" / "tfrecords")
     run = write_run(
         workdir / "results" / "train" / "torch", "experiment", 1, tfrecord_dir="results/tfrecords"
     )
-    write_run_calibration(run)
     shutil.rmtree(workdir / "results" / "tfrecords")
     calibration = Calibration.from_runs([run])
     assert (calibration.train_volumes, calibration.val_volumes) == (8, 2)
@@ -130,9 +128,7 @@ def test_a_relative_tfrecord_dir_never_resolves_against_the_current_directory(
     tmp_path, monkeypatch
 ):
     """A checkout whose own results/tfrecords holds another data set (the demo's, after
-    `make demo`) must not lend its sizes to a run elsewhere."""
-    from distmis.plan.measure import measure_run
-
+    `make demo`) must not lend its sizes to a run elsewhere: the sizes are the run's own."""
     elsewhere = tmp_path / "checkout"
     write_info(elsewhere / "results" / "tfrecords")
     info = elsewhere / "results" / "tfrecords" / "info.json"
@@ -146,12 +142,9 @@ def test_a_relative_tfrecord_dir_never_resolves_against_the_current_directory(
         workdir / "results" / "train" / "torch", "experiment", 1, tfrecord_dir="results/tfrecords"
     )
     assert (measure_run(run).train_volumes, measure_run(run).val_volumes) == (8, 2)
-    # Gone from the run's place: unknown, not the checkout's 17.
+    # Gone from the run's place: still the run's 8, never the checkout's 17.
     shutil.rmtree(workdir / "results" / "tfrecords")
-    assert measure_run(run).train_volumes is None
-    # What the training process recorded wins over any lookup.
-    write_run_calibration(run, {"train_volumes": 8, "val_volumes": 2})
-    assert json.loads((run / "calibration.json").read_text())["train_volumes"] == 8
+    assert measure_run(run).train_volumes == 8
 
 
 def test_runs_of_different_shapes_are_refused(tmp_path):

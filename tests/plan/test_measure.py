@@ -1,4 +1,4 @@
-"""A run's own calibration (calibration.json): its makespan's parts read back from its files."""
+"""A run's own calibration: its makespan's parts measured from its files."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ import json
 import pytest
 
 from distmis.errors import ContractError
-from distmis.plan.measure import (
-    RUN_CALIBRATION_FILE,
-    RunCalibration,
-    measure_run,
-    read_run_calibration,
-    slot_gaps,
-    write_run_calibration,
-)
+from distmis.plan.measure import measure_run, slot_gaps
 from distmis.plan.runs import MeasuredTrial
-from tests.plan.fake_runs import Timing, write_run
+from tests.plan.fake_runs import VAL_VOLUMES, Timing, write_run
 
 
 def test_every_part_of_an_experiment_run_is_read_back(tmp_path):
@@ -64,31 +57,21 @@ def test_slot_gaps_follow_the_slot_that_freed_first():
     assert slot_gaps(trials, 2) == [1.0, 2.5]
 
 
-def test_calibration_json_is_written_whole_and_read_back(tmp_path):
-    run = write_run(tmp_path, "hybrid", 4, workers=2)
-    path = write_run_calibration(run)
-    assert path == run / RUN_CALIBRATION_FILE
-    payload = json.loads(path.read_text())
-    assert payload["format"] == "distmis-run-calibration/1"
-    assert read_run_calibration(run) == RunCalibration.from_json(payload) == measure_run(run)
+def test_the_split_sizes_are_the_ones_the_run_recorded(tmp_path):
+    run = write_run(tmp_path, "hybrid", 4, workers=2, train_volumes=13)
+    measured = measure_run(run)
+    assert (measured.train_volumes, measured.val_volumes) == (13, VAL_VOLUMES)
+    assert measured.path == str(run)
+    # The run folder holds no calibration of its own: the planner measures it each time.
+    assert not (run / "calibration.json").exists()
 
 
-def test_a_run_without_calibration_json_is_measured_from_its_files(tmp_path):
-    run = write_run(tmp_path, "data", 2)
-    assert not (run / RUN_CALIBRATION_FILE).exists()
-    assert read_run_calibration(run).step_seconds == pytest.approx(1.0)
-
-
-def test_a_malformed_calibration_json_names_the_file_and_the_rules(tmp_path):
-    run = write_run(tmp_path, "data", 2)
-    (run / RUN_CALIBRATION_FILE).write_text(json.dumps({"format": "distmis-run-calibration/1"}))
-    with pytest.raises(ContractError, match=r"calibration.json: .*missing.*rerun train_data"):
-        read_run_calibration(run)
-
-
-def test_a_malformed_epochs_line_names_the_file_and_line(tmp_path):
+def test_a_malformed_epochs_line_names_the_file_line_and_rule(tmp_path):
     run = write_run(tmp_path, "experiment", 1)
     epochs = run / "trials" / "t1" / "epochs.jsonl"
-    epochs.write_text(epochs.read_text() + '{"epoch": 3, "train_seconds": 1}\n')
-    with pytest.raises(ContractError, match=r"t1/epochs.jsonl line 3 is malformed"):
+    bad = {"format": "distmis-trial-epoch/1", "epoch": 3, "train_seconds": 1}
+    epochs.write_text(epochs.read_text() + json.dumps(bad) + "\n")
+    with pytest.raises(
+        ContractError, match=r"t1/epochs.jsonl line 3: missing .*rerun train_experiment_parallel"
+    ):
         measure_run(run)

@@ -1,25 +1,30 @@
 """Hand-made training runs and eval summaries in the contract format, and figure checks.
 
+Runs are written through their contract (:mod:`distmis.run_folder`), as training writes them.
 Shared by the tests of :mod:`distmis.scaling` and of its rule adapters (tests/test_workflow.py).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.image as mpimg
 
-from distmis import backends
-from distmis.train.trials import TRIAL_COLUMNS
+from distmis import backends, run_folder
+from distmis.hparams import HParams
+from distmis.run_folder import (
+    BestTrial,
+    EpochRecord,
+    RequestedResources,
+    Resources,
+    RunSummary,
+    TrialRecord,
+    WorkerDevice,
+)
 
 START = 1_000.0  # makespan_start of every hand-made run
-# trials.csv columns from before early stopping: what an older run wrote.
-OLD_TRIAL_COLUMNS = tuple(c for c in TRIAL_COLUMNS if c not in ("epochs_run", "startup_seconds"))
-# summary.json keys from before hybrid mode and early stopping.
-NEW_SUMMARY_KEYS = ("gpus_per_trial", "scheduler", "startup_seconds")
 
 
 def trial_row(
@@ -33,8 +38,8 @@ def trial_row(
     val_dice: float | None = 0.5,
     epochs_run: int | None = None,
     startup_seconds: float | None = None,
-) -> dict:
-    """A full trials.csv row in the contract format (every column of TRIAL_COLUMNS).
+) -> TrialRecord:
+    """A trials.csv row (:class:`~distmis.run_folder.TrialRecord`).
 
     A ``stopped`` trial (ASHA) has metrics and a rate like an ok one; a failed one has neither.
     ``epochs_run`` defaults to all 3 epochs for an ok trial, 1 for a stopped one, 0 failed.
@@ -42,13 +47,9 @@ def trial_row(
     has_metrics = status in ("ok", "stopped")
     if epochs_run is None:
         epochs_run = {"ok": 3, "stopped": 1}.get(status, 0)
-    row = dict.fromkeys(TRIAL_COLUMNS, "")
-    row.update(
+    return TrialRecord(
         trial_id=trial_id,
-        lr=0.001,
-        norm="batch",
-        beta_2=0.999,
-        amsgrad=False,
+        hparams=HParams(lr=0.001, norm="batch", beta_2=0.999, amsgrad=False),
         lr_effective=0.001,
         epochs=3,
         batch_size_per_replica=2,
@@ -59,23 +60,43 @@ def trial_row(
         end_time=end,
         seconds=end - start,
         volumes_per_second=volumes_per_second if has_metrics else 0.0,
-        val_dice="" if not has_metrics or val_dice is None else val_dice,
+        train_loss=0.1 if has_metrics else None,
+        train_dice=0.4 if has_metrics else None,
+        val_loss=0.2 if has_metrics else None,
+        val_dice=val_dice if has_metrics else None,
         node="vm",
         worker="rank0:pid=1",
         attempts=1,
         error="" if has_metrics else "boom",
         epochs_run=epochs_run,
-        startup_seconds="" if startup_seconds is None else startup_seconds,
+        startup_seconds=startup_seconds,
     )
-    return row
 
 
-def write_trials(path: Path, rows: Sequence[dict], columns: Sequence[str] = TRIAL_COLUMNS) -> None:
-    """trials.csv with ``columns`` (e.g. OLD_TRIAL_COLUMNS); other keys of the rows are left out."""
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+def write_trials(path: Path, rows: Sequence[TrialRecord]) -> None:
+    """trials.csv of ``rows``, through the contract."""
+    run_folder.write_trials(path, rows)
+
+
+def set_cell(path: Path, line: int, column: str, value: str) -> None:
+    """Overwrite one cell of a written trials.csv (a broken file, by hand)."""
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[line - 1].split(",")
+    cells[header.index(column)] = value
+    lines[line - 1] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def edit_summary(run: Path, **changes) -> None:
+    """Change keys of a written summary.json (None deletes the key): a broken file, by hand."""
+    path = run / "summary.json"
+    summary = json.loads(path.read_text())
+    summary.update(changes)
+    for key, value in changes.items():
+        if value is None:
+            summary.pop(key)
+    path.write_text(json.dumps(summary))
 
 
 def write_epochs(
@@ -85,13 +106,20 @@ def write_epochs(
 
     Appends, as training does, so a second call for the same trial is a retried attempt.
     """
-    path = run / "trials" / trial_id / "epochs.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        for epoch, seconds, dice in points:
-            line = {"epoch": epoch, "time": START + seconds, "val_dice": dice, "loss": 0.1}
-            fh.write(json.dumps({**line, **metrics}) + "\n")
-    return path
+    folder = run_folder.trial_folder(run, trial_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    for epoch, seconds, dice in points:
+        time = START + seconds
+        record = EpochRecord(
+            epoch=epoch,
+            time=time,
+            started=time - 1.0,
+            train_seconds=0.75,
+            val_seconds=0.25,
+            metrics={"val_dice": dice, "loss": 0.1, **metrics},
+        )
+        run_folder.append_epoch(folder, record)
+    return folder / run_folder.EPOCHS_FILE
 
 
 def write_run(
@@ -110,17 +138,12 @@ def write_run(
     scheduler: str = "none",
     startup_seconds: float | None = None,
     folder: str | None = None,
-    trial_columns: Sequence[str] = TRIAL_COLUMNS,
-    drop: Sequence[str] = (),
 ) -> Path:
-    """``root/{backend}/{mode folder}/{gpus}gpu/`` with summary.json and trials.csv as the
-    contract says; the mode folder is ``mode``, or ``hybrid{k}`` for hybrid (``folder``
-    overrides it).
+    """``root/{backend}/{mode folder}/{gpus}gpu/`` with summary.json and trials.csv written
+    through their contract; the mode folder is ``mode``, or ``hybrid{k}`` for hybrid
+    (``folder`` overrides it).
 
     ``gpus_per_trial`` defaults to G (data) or 1 (experiment); hybrid needs it.
-    ``drop`` deletes summary keys, e.g. ``("backend",)`` for a summary from before backends
-    or NEW_SUMMARY_KEYS for one from before hybrid mode and early stopping;
-    ``trial_columns=OLD_TRIAL_COLUMNS`` writes a trials.csv from before early stopping.
     """
     if gpus_per_trial is None:
         gpus_per_trial = gpus if mode == "data" else 1
@@ -130,43 +153,45 @@ def write_run(
     directory.mkdir(parents=True)
     if rows is None:
         rows = [trial_row("t1", START + 1, START + makespan - 1, workers=gpus_per_trial)]
-    summary = {
-        "backend": backend,
-        "mode": mode,
-        "runner": runner,
-        "gpus_per_trial": gpus_per_trial,
-        "scheduler": scheduler,
-        "gpus": gpus,
-        "workers": max(int(r["workers"]) for r in rows),
-        "nodes_seen": ["vm"],
-        "node_count": 1,
-        "makespan_seconds": makespan,
-        "makespan_start": START,
-        "makespan_end": START + makespan,
-        "resumed": resumed,
-        "trial_count": len(rows),
-        "ok_count": sum(r["status"] == "ok" for r in rows),
-        "failed_count": sum(r["status"] == "failed" for r in rows),
-        "stopped_count": sum(r["status"] == "stopped" for r in rows),
-        "best": None
+    summary = RunSummary(
+        backend=backend,
+        mode=mode,
+        runner=runner,
+        gpus_per_trial=gpus_per_trial,
+        scheduler=scheduler,
+        startup_seconds=startup_seconds or 0.0,
+        gpus=gpus,
+        workers=max(r.workers for r in rows),
+        nodes_seen=("vm",),
+        node_count=1,
+        makespan_seconds=makespan,
+        makespan_start=START,
+        makespan_end=START + makespan,
+        resumed=resumed,
+        trial_count=len(rows),
+        ok_count=sum(r.status == "ok" for r in rows),
+        failed_count=sum(r.status == "failed" for r in rows),
+        stopped_count=sum(r.status == "stopped" for r in rows),
+        best=None
         if best_val_dice is None
-        else {"trial_id": rows[0]["trial_id"], "hparams": {}, "val_dice": best_val_dice},
-        "resources": {"requested": {"cpus": gpus, "gpus": gpus, "use_gpu": use_gpu}},
-        "settings": {},
-        "devices_seen": [],
+        else BestTrial(trial_id=rows[0].trial_id, hparams={}, val_dice=best_val_dice),
+        resources=Resources(
+            requested=RequestedResources(cpus=gpus, gpus=gpus, cpus_per_worker=1, use_gpu=use_gpu),
+            ray_cluster=None,
+            cpus_visible_to_job=gpus,
+            slurm={},
+        ),
+        settings={"epochs": 3, "batch_size_per_replica": 2},
+        devices_seen=(),
         # What the workers trained on: GPUs for a GPU run (the scaling stage refuses one
         # whose workers trained on the CPU).
-        "worker_devices": [
-            {"host": "vm", "device_type": "gpu" if use_gpu else "cpu", "device_name": "x"}
-        ],
-        "versions": {},
-    }
-    if startup_seconds is not None:
-        summary["startup_seconds"] = startup_seconds
-    for key in drop:
-        summary.pop(key, None)
-    (directory / "summary.json").write_text(json.dumps(summary))
-    write_trials(directory / "trials.csv", rows, trial_columns)
+        worker_devices=(WorkerDevice("vm", "gpu" if use_gpu else "cpu", "x"),),
+        versions={},
+        train_volumes=8,
+        val_volumes=2,
+    )
+    summary.write(directory / run_folder.SUMMARY_FILE)
+    write_trials(directory / run_folder.TRIALS_FILE, rows)
     return directory
 
 
@@ -194,12 +219,19 @@ MODES = ("data", "experiment")
 HYBRID_GPU_COUNTS = (2, 4)  # hybrid2 in make_results(hybrid=True): the G that 2 divides
 
 
+def write_final_epochs(run: Path, rows: Sequence[TrialRecord]) -> None:
+    """One epochs.jsonl line per trial with metrics: its final validation at its end."""
+    for row in rows:
+        if row.val_dice is not None:
+            write_epochs(run, row.trial_id, [(row.epochs_run, row.end_time - START, row.val_dice)])
+
+
 def make_results(root: Path, *, hybrid: bool = False) -> Path:
     """Both backends and modes at G = 1, 2, 4 with failed trials and resumed runs among them,
-    in the format from before epochs.jsonl, hybrid mode and early stopping.
+    each trial with metrics validated once, at its end.
 
     ``hybrid``: also hybrid2 runs at G = 2, 4 for each backend, with ASHA, a stopped trial
-    and every trial's epochs.jsonl, as the training stage writes them now.
+    and epochs validated along the way.
     """
     for backend, scale in zip(BACKENDS, (1.0, 0.7), strict=True):
         for gpus, makespan in ((1, 100.0), (2, 60.0), (4, 40.0)):
@@ -207,13 +239,15 @@ def make_results(root: Path, *, hybrid: bool = False) -> Path:
                 trial_row(f"t{i}", START + 2 + 5 * i, START + 2 + 5 * i + 4, workers=gpus)
                 for i in range(3)
             ]
-            write_run(
+            run = write_run(
                 root, "data", gpus, makespan * scale, rows, resumed=gpus == 4, backend=backend
             )
+            write_final_epochs(run, rows)
         for gpus, makespan in ((1, 90.0), (2, 50.0), (4, 30.0)):
             rows = [trial_row(f"t{i}", START + 1 + i, START + 20 + i) for i in range(gpus + 1)]
             rows.append(trial_row("bad", START + 3, START + 4, status="failed"))
-            write_run(root, "experiment", gpus, makespan, rows, backend=backend)
+            run = write_run(root, "experiment", gpus, makespan, rows, backend=backend)
+            write_final_epochs(run, rows)
         for gpus in HYBRID_GPU_COUNTS if hybrid else ():
             makespan = 80.0 / gpus
             rows = [

@@ -1,7 +1,8 @@
-"""Time to quality: best validation Dice so far from epochs.jsonl, or from trials.csv before it."""
+"""Time to quality: best validation Dice so far from the trials' epochs.jsonl."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -9,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from distmis.errors import ConfigError, ContractError
+from distmis.run_folder import EpochRecord
 from distmis.scaling.quality import (
     SOURCE_EPOCHS,
-    SOURCE_TRIALS,
     Validation,
     best_so_far,
     quality_curve,
@@ -19,7 +20,6 @@ from distmis.scaling.quality import (
 )
 from distmis.scaling.timings import Run
 from tests.scaling.helpers import (
-    OLD_TRIAL_COLUMNS,
     START,
     trial_row,
     write_epochs,
@@ -71,22 +71,16 @@ def test_retried_attempts_keep_every_validation(tmp_path: Path):
     assert curve.time_to_best_seconds == 40.0  # 0.62 is 0.08 short of 0.7
 
 
-def test_runs_from_before_epochs_jsonl_use_trials_csv_and_say_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-):
+def test_a_run_whose_trials_never_validated_has_no_point(tmp_path: Path):
+    """No epochs.jsonl anywhere is a run whose every trial failed first, not an older run
+    to be read some other way (an older run's files are refused by format)."""
     rows = [
         trial_row("a", START + 1, START + 30, val_dice=0.6),
-        trial_row("b", START + 2, START + 12, val_dice=0.65),
-        trial_row("c", START + 3, START + 5, status="failed"),  # no metrics: no point
+        trial_row("c", START + 3, START + 5, status="failed"),
     ]
-    run = write_run(tmp_path, "experiment", 2, 40.0, rows, trial_columns=OLD_TRIAL_COLUMNS)
-    with caplog.at_level(logging.INFO):
-        curve = quality_curve(Run.from_dir(run), tolerance=0.01)
-    assert curve.source == SOURCE_TRIALS
-    assert (curve.seconds, curve.best_dice) == ((12.0, 30.0), (0.65, 0.65))
-    assert curve.time_to_best_seconds == 12.0
-    assert f"{run}: no trial has an epochs.jsonl" in caplog.text
-    assert "from each finished trial's end_time and val_dice in trials.csv" in caplog.text
+    run = write_run(tmp_path, "experiment", 2, 40.0, rows)
+    curve = quality_curve(Run.from_dir(run), tolerance=0.01)
+    assert (curve.source, curve.seconds, curve.best_dice) == (SOURCE_EPOCHS, (), ())
 
 
 def test_a_trial_that_failed_before_validating_does_not_mean_old_results(tmp_path: Path):
@@ -105,15 +99,35 @@ def test_run_without_any_validation(tmp_path: Path):
     assert curve.reached is None
 
 
+def epoch_line(**changes) -> str:
+    """An epochs.jsonl line of the contract's format, with ``changes`` (None deletes a key)."""
+    line = {
+        "format": EpochRecord.FORMAT,
+        "epoch": 2,
+        "time": 1010.0,
+        "started": 1009.0,
+        "train_seconds": 0.75,
+        "val_seconds": 0.25,
+        "val_dice": 0.5,
+        **changes,
+    }
+    return json.dumps({k: v for k, v in line.items() if v is not None or k not in changes})
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
         ("{not json", "line 2 is not valid JSON"),
-        ("[1, 2, 3]", "line 2: expected a JSON object, got list"),
-        ('{"epoch": 2, "time": 1010.0}', "line 2 lacks val_dice"),
-        ('{"epoch": 0, "time": 1010.0, "val_dice": 0.5}', "line 2: epoch must be an integer >= 1"),
-        ('{"epoch": 2, "time": "later", "val_dice": 0.5}', "line 2: time must be a number"),
-        ('{"epoch": 2, "time": 1010.0, "val_dice": null}', "line 2: val_dice must be a number"),
+        ("[1, 2, 3]", "line 2: expected a JSON object"),
+        (
+            '{"epoch": 2, "time": 1010.0, "val_dice": 0.5}',
+            "line 2: no format: written before distmis-trial-epoch/1",
+        ),
+        (epoch_line(format="distmis-trial-epoch/2"), "line 2: format 'distmis-trial-epoch/2'"),
+        (epoch_line(val_dice=None), r"line 2: missing \['val_dice'\]"),
+        (epoch_line(epoch=0), "line 2: epoch must be an integer >= 1"),
+        (epoch_line(time="later"), "line 2: time must be float, got 'later'"),
+        (epoch_line(loss=None, val_dice="x"), "line 2: val_dice must be float, got 'x'"),
     ],
 )
 def test_malformed_epochs_line_names_file_and_line(tmp_path: Path, line: str, message: str):

@@ -19,12 +19,11 @@ from distmis.scaling.table import (
 )
 from distmis.scaling.timings import load_runs
 from tests.scaling.helpers import (
-    NEW_SUMMARY_KEYS,
-    OLD_TRIAL_COLUMNS,
     START,
     eval_summary,
     trial_row,
     write_epochs,
+    write_final_epochs,
     write_run,
 )
 
@@ -41,7 +40,7 @@ def test_speedup_and_efficiency_exact(tmp_path: Path):
 
 
 def test_columns_in_documented_order(tmp_path: Path):
-    write_run(tmp_path, "data", 1, 100.0, drop=["backend"])
+    write_run(tmp_path, "data", 1, 100.0)
     table = scaling_table(load_runs(tmp_path))
     assert list(table.columns) == [
         "backend",
@@ -65,8 +64,7 @@ def test_columns_in_documented_order(tmp_path: Path):
         "scheduler",
         "startup_seconds",
     ]
-    assert table.loc[0, "backend"] == "tensorflow"  # no `backend` key: TensorFlow
-    assert table.loc[0, "runner"] == "ray"  # no `runner` key: an older summary, Ray
+    assert (table.loc[0, "backend"], table.loc[0, "runner"]) == ("tensorflow", "ray")
 
 
 def test_missing_base_uses_smallest_g_and_says_so(tmp_path: Path):
@@ -231,14 +229,14 @@ def test_series_mixing_schedulers_is_flagged(tmp_path: Path, caplog: pytest.LogC
     assert "tensorflow/data mixes schedulers (asha, none)" in caplog.text
 
 
-def test_scaling_csv_of_older_runs_leaves_unrecorded_values_blank(tmp_path: Path):
-    write_run(
-        tmp_path / "train", "data", 1, 100.0, drop=NEW_SUMMARY_KEYS, trial_columns=OLD_TRIAL_COLUMNS
-    )
+def test_scaling_csv_of_a_run_validated_once_per_trial(tmp_path: Path):
+    rows = [trial_row("t1", START + 1, START + 99)]
+    run = write_run(tmp_path / "train", "data", 1, 100.0, rows, startup_seconds=2.5)
+    write_final_epochs(run, rows)
     path = write_scaling_csv(scaling_table(load_runs(tmp_path / "train")), tmp_path / "s.csv")
     row = pd.read_csv(path, keep_default_na=False).iloc[0]
-    assert (row["scheduler"], row["startup_seconds"], row["gpus_per_trial"]) == ("none", "", 1)
-    # No epochs.jsonl: from the trial's end in trials.csv, 1 s before the 100 s makespan.
+    assert (row["scheduler"], row["startup_seconds"], row["gpus_per_trial"]) == ("none", 2.5, 1)
+    # Its one validation at its end, 1 s before the 100 s makespan.
     assert row["time_to_best_seconds"] == pytest.approx(99.0)
 
 

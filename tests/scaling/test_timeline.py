@@ -33,16 +33,17 @@ def test_experiment_lanes_greedy_lowest_free(tmp_path: Path):
 
 
 def test_data_parallel_trial_holds_every_rank(tmp_path: Path):
+    # trials.csv is in trial-id order, here not the order the trials started in.
     rows = [
-        trial_row("t2", START + 12, START + 20, workers=2),
-        trial_row("t1", START + 5, START + 10, workers=2),
+        trial_row("a", START + 12, START + 20, workers=2),
+        trial_row("b", START + 5, START + 10, workers=2),
     ]
     run = Run.from_dir(write_run(tmp_path, "data", 2, 22.0, rows))
     assert timeline_bars(run) == [
-        Bar("t2", 0, 12.0, 8.0, "ok"),
-        Bar("t2", 1, 12.0, 8.0, "ok"),
-        Bar("t1", 0, 5.0, 5.0, "ok"),
-        Bar("t1", 1, 5.0, 5.0, "ok"),
+        Bar("a", 0, 12.0, 8.0, "ok"),
+        Bar("a", 1, 12.0, 8.0, "ok"),
+        Bar("b", 0, 5.0, 5.0, "ok"),
+        Bar("b", 1, 5.0, 5.0, "ok"),
     ]
 
 
@@ -77,7 +78,7 @@ def test_idle_gpus_still_get_lanes(tmp_path: Path):
 
 def test_assign_lanes_blocks_of_workers():
     def timing(trial_id: str, start: float, end: float, workers: int) -> TrialTiming:
-        return TrialTiming(trial_id, "ok", start, end, end - start, 1.0, workers, None)
+        return TrialTiming(trial_id, "ok", start, end, end - start, 1.0, workers, None, 1, None)
 
     lanes = assign_lanes(
         [timing("one", 0, 10, 1), timing("pair", 1, 5, 2), timing("late", 5, 6, 2)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,9 +10,9 @@ import pytest
 from distmis.errors import ContractError
 from distmis.scaling.timings import Run, TrialTiming, load_runs, made_by
 from tests.scaling.helpers import (
-    NEW_SUMMARY_KEYS,
-    OLD_TRIAL_COLUMNS,
     START,
+    edit_summary,
+    set_cell,
     trial_row,
     write_run,
     write_trials,
@@ -21,7 +20,8 @@ from tests.scaling.helpers import (
 
 
 def test_summary_without_makespan_names_file_and_rule(tmp_path: Path):
-    run = write_run(tmp_path, "data", 1, 10.0, drop=["makespan_seconds"])
+    run = write_run(tmp_path, "data", 1, 10.0)
+    edit_summary(run, makespan_seconds=None)
     with pytest.raises(ContractError) as err:
         load_runs(tmp_path)
     message = str(err.value)
@@ -43,10 +43,17 @@ def test_header_only_trials_csv(tmp_path: Path):
         load_runs(tmp_path)
 
 
-def test_trials_csv_missing_columns(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("trial_id,status", r"no format column: written before distmis-trial-record/1"),
+        ("format,trial_id,status", r"columns format,trial_id,status, expected format,trial_id,lr"),
+    ],
+)
+def test_trials_csv_of_another_format_or_columns(tmp_path: Path, header: str, message: str):
     run = write_run(tmp_path, "data", 1, 10.0)
-    (run / "trials.csv").write_text("trial_id,status\nt1,ok\n")
-    with pytest.raises(ContractError, match=r"lacks column\(s\) start_time, end_time"):
+    (run / "trials.csv").write_text(f"{header}\nt1,ok\n")
+    with pytest.raises(ContractError, match=message + ".*rerun train_data_parallel"):
         load_runs(tmp_path)
 
 
@@ -90,9 +97,11 @@ def test_runs_in_the_layout_without_backend_folders_are_skipped_with_a_hint(
 def test_bad_number_names_line(tmp_path: Path):
     run = write_run(tmp_path, "data", 1, 10.0)
     rows = [trial_row("t1", START, START + 1), trial_row("t2", START + 1, START + 2)]
-    rows[1]["end_time"] = "soon"
     write_trials(run / "trials.csv", rows)
-    with pytest.raises(ContractError, match=r"trials\.csv line 3: end_time must be a number"):
+    set_cell(run / "trials.csv", 3, "end_time", "soon")
+    with pytest.raises(
+        ContractError, match=r"trials\.csv line 3: end_time must be float, got 'soon'"
+    ):
         load_runs(tmp_path)
 
 
@@ -106,9 +115,7 @@ def test_trial_count_mismatch_means_mixed_runs(tmp_path: Path):
 
 def test_summary_in_wrong_folder(tmp_path: Path):
     run = write_run(tmp_path, "data", 2, 10.0)
-    summary = json.loads((run / "summary.json").read_text())
-    summary["gpus"] = summary["gpus_per_trial"] = 4  # a whole 4-GPU data run, misplaced
-    (run / "summary.json").write_text(json.dumps(summary))
+    edit_summary(run, gpus=4, gpus_per_trial=4)  # a whole 4-GPU data run, misplaced
     with pytest.raises(ContractError, match="says gpus=4 but sits in 2gpu/"):
         load_runs(tmp_path)
 
@@ -118,18 +125,13 @@ def test_summary_in_wrong_folder(tmp_path: Path):
     [
         ("torch", "tensorflow", "says backend=tensorflow but sits in torch/"),
         ("tensorflow", "torch", "says backend=torch but sits in tensorflow/"),
-        # A torch run always records its backend; without the key a summary is TensorFlow's.
-        ("torch", None, "says backend=tensorflow but sits in torch/"),
+        # Every summary records its backend: none is a broken file, not TensorFlow's.
+        ("torch", None, r"missing \['backend'\]"),
     ],
 )
 def test_summary_in_another_backends_folder(tmp_path: Path, folder, key, message):
     run = write_run(tmp_path, "experiment", 1, 10.0, backend=folder)
-    summary = json.loads((run / "summary.json").read_text())
-    if key is None:
-        del summary["backend"]
-    else:
-        summary["backend"] = key
-    (run / "summary.json").write_text(json.dumps(summary))
+    edit_summary(run, backend=key)
     with pytest.raises(ContractError, match=message) as err:
         load_runs(tmp_path)
     assert "train_experiment_parallel" in str(err.value)
@@ -137,18 +139,18 @@ def test_summary_in_another_backends_folder(tmp_path: Path, folder, key, message
 
 def test_resumed_must_be_boolean(tmp_path: Path):
     write_run(tmp_path, "data", 1, 10.0, resumed="yes")  # type: ignore[arg-type]
-    with pytest.raises(ContractError, match="resumed must be true or false"):
+    with pytest.raises(ContractError, match="resumed must be bool, got 'yes'"):
         load_runs(tmp_path)
 
 
 def test_failed_trial_without_dice_loads(tmp_path: Path):
     rows = [trial_row("t1", START, START + 1, status="failed")]
     run = write_run(tmp_path, "data", 1, 10.0, rows)
-    (trial,) = TrialTiming.from_csv(run / "trials.csv", "data")
+    (trial,) = TrialTiming.from_csv(run / "trials.csv")
     assert (trial.ok, trial.val_dice, trial.volumes_trained) == (False, None, 0.0)
 
 
-# --- hybrid mode, early stopping and start-up: the newer contract, and the older one ---------
+# --- hybrid mode, early stopping and start-up; files of an older format ----------------------
 
 
 def test_each_hybrid_k_is_its_own_series_labelled_hybrid_k(tmp_path: Path):
@@ -191,23 +193,18 @@ def test_hybrid_run_in_the_data_folder(tmp_path: Path):
 @pytest.mark.parametrize(
     ("mode", "gpus", "gpus_per_trial", "message"),
     [
-        ("hybrid", 4, None, "lacks gpus_per_trial .*train_hybrid_parallel"),
+        ("hybrid", 4, None, r"missing \['gpus_per_trial'\].*train_hybrid_parallel"),
         ("hybrid", 4, 3, "hybrid gpus_per_trial=3 must be >= 2 and divide gpus=4"),
         ("hybrid", 4, 1, "hybrid gpus_per_trial=1 must be >= 2"),
         ("data", 4, 2, "gpus_per_trial=2 but a data-parallel run on 4 GPUs .* on 4"),
         ("experiment", 2, 2, "gpus_per_trial=2 but a experiment-parallel run .* on 1"),
-        ("data", 2, True, "gpus_per_trial must be an integer >= 1, got True"),
+        ("data", 2, True, "gpus_per_trial must be int, got True"),
     ],
 )
 def test_gpus_per_trial_must_fit_the_mode(tmp_path: Path, mode, gpus, gpus_per_trial, message):
     folder = {"hybrid": "hybrid2"}.get(mode, mode)
     run = write_run(tmp_path, mode, gpus, 10.0, gpus_per_trial=2, folder=folder)
-    summary = json.loads((run / "summary.json").read_text())
-    if gpus_per_trial is None:
-        del summary["gpus_per_trial"]
-    else:
-        summary["gpus_per_trial"] = gpus_per_trial
-    (run / "summary.json").write_text(json.dumps(summary))
+    edit_summary(run, gpus_per_trial=gpus_per_trial)
     with pytest.raises(ContractError, match=message):
         load_runs(tmp_path)
 
@@ -221,25 +218,24 @@ def test_unknown_mode_and_scheduler_are_refused(tmp_path: Path):
         load_runs(tmp_path / "b")
 
 
-def test_older_summary_and_trials_csv_still_load(tmp_path: Path):
-    for mode, gpus in (("data", 4), ("experiment", 2)):
-        write_run(
-            tmp_path,
-            mode,
-            gpus,
-            10.0,
-            drop=NEW_SUMMARY_KEYS,
-            trial_columns=OLD_TRIAL_COLUMNS,
-        )
-    data, experiment = load_runs(tmp_path)
-    header = (data.directory / "trials.csv").read_text().splitlines()[0]
-    assert "epochs_run" not in header and "startup_seconds" not in header
-    assert "gpus_per_trial" not in (data.directory / "summary.json").read_text()
-    assert (data.summary.gpus_per_trial, experiment.summary.gpus_per_trial) == (4, 1)
-    assert data.series == ("tensorflow", "data")
-    assert (data.summary.scheduler, data.summary.startup_seconds) == ("none", None)
-    (trial,) = data.trials
-    assert (trial.epochs_run, trial.startup_seconds) == (None, None)
+def test_a_summary_and_trials_csv_of_an_older_distmis_are_refused_in_one_line(tmp_path: Path):
+    """Files from before the contract's formats (no format key, no format column) are not
+    guessed at: the message names the file and the rule that rewrites it."""
+    run = write_run(tmp_path, "data", 4, 10.0)
+    edit_summary(run, format=None)
+    with pytest.raises(ContractError) as err:
+        load_runs(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == (
+        f"{run / 'summary.json'}: no format: written before distmis-run-summary/1 (an older "
+        "DistMIS); rerun train_data_parallel"
+    )
+    edit_summary(run, format="distmis-run-summary/1")
+    trials = run / "trials.csv"
+    trials.write_text("\n".join(line.partition(",")[2] for line in trials.read_text().splitlines()))
+    with pytest.raises(ContractError, match=r"trials\.csv: no format column.*train_data_parallel"):
+        load_runs(tmp_path)
 
 
 def test_new_columns_and_keys_are_read(tmp_path: Path):
@@ -262,33 +258,21 @@ def test_new_columns_and_keys_are_read(tmp_path: Path):
 @pytest.mark.parametrize(
     ("column", "value", "message"),
     [
-        ("status", "paused", "line 2: status must be ok, failed or stopped, got 'paused'"),
-        ("epochs_run", "2.5", "line 2: epochs_run must be a whole number >= 0, got '2.5'"),
-        ("startup_seconds", "slow", "line 2: startup_seconds must be a number, got 'slow'"),
+        ("status", "paused", "line 2: status must be one of ok, failed, stopped, got 'paused'"),
+        ("epochs_run", "2.5", "line 2: epochs_run must be int, got '2.5'"),
+        ("startup_seconds", "slow", "line 2: startup_seconds must be float, got 'slow'"),
     ],
 )
-def test_bad_new_trial_values_name_the_line(tmp_path: Path, column, value, message):
+def test_bad_trial_values_name_the_line(tmp_path: Path, column, value, message):
     run = write_run(tmp_path, "data", 1, 10.0)
-    row = trial_row("t1", START, START + 1)
-    row[column] = value
-    write_trials(run / "trials.csv", [row])
-    with pytest.raises(ContractError, match=message):
+    set_cell(run / "trials.csv", 2, column, value)
+    with pytest.raises(ContractError, match=message + ".*rerun train_data_parallel"):
         load_runs(tmp_path)
-
-
-def _rewrite_summary(run: Path, **changes) -> None:
-    path = run / "summary.json"
-    summary = json.loads(path.read_text())
-    summary.update(changes)
-    for key, value in changes.items():
-        if value is None:
-            summary.pop(key)
-    path.write_text(json.dumps(summary))
 
 
 def test_a_gpu_run_whose_workers_trained_on_the_cpu_is_refused_by_name(tmp_path: Path):
     run = write_run(tmp_path, "experiment", 2, 10.0, use_gpu=True)
-    _rewrite_summary(
+    edit_summary(
         run,
         worker_devices=[
             {"host": "node1", "device_type": "gpu", "device_name": "NVIDIA H100 80GB HBM3"},
@@ -305,7 +289,7 @@ def test_a_gpu_run_whose_workers_trained_on_the_cpu_is_refused_by_name(tmp_path:
 
 def test_a_gpu_run_that_does_not_say_what_its_workers_trained_on_is_refused(tmp_path: Path):
     run = write_run(tmp_path, "data", 1, 10.0, use_gpu=True)
-    _rewrite_summary(run, worker_devices=None)
+    edit_summary(run, worker_devices=None)
     with pytest.raises(ContractError, match=r"worker_devices.*rerun train_data_parallel"):
         load_runs(tmp_path)
 

@@ -17,8 +17,8 @@ import yaml
 
 from distmis.config import validate_config
 from distmis.errors import ConfigError
+from distmis.run_folder import read_attempts, read_epochs
 from distmis.train.settings import TrainSettings
-from distmis.trial import read_epochs
 from tests.conftest import synthetic_tfrecords
 
 GRID = {"lr": [0.001, 0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
@@ -84,7 +84,7 @@ def test_hybrid_trial_is_one_train_run_over_k_workers(tfrecords, tmp_path):
         assert len({w["pid"] for w in workers}) == 2  # two processes, one model
         assert all(w["world_size"] == 2 and w["global_batch_size"] == 4 for w in workers)
         assert (row["workers"], row["global_batch_size"], row["epochs_run"]) == ("2", "4", "2")
-        assert [e["epoch"] for e in read_epochs(settings.out_dir / "trials" / trial_id)] == [1, 2]
+        assert [e.epoch for e in read_epochs(settings.out_dir / "trials" / trial_id)] == [1, 2]
     assert (summary["mode"], summary["gpus"], summary["gpus_per_trial"]) == ("hybrid", 2, 2)
     assert (settings.out_dir / "best_model.pt").is_file()
 
@@ -201,6 +201,6 @@ def test_killed_hybrid_run_resumes_without_retraining_finished_trials(tfrecords,
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     trials = read_trials(out)
     assert {t["status"] for t in trials.values()} == {"ok"}, trials
-    assert (finished / "attempts.log").read_text().count("\n") == 1
+    assert len(read_attempts(finished)) == 1
     assert (finished / "result.json").read_text() == before
     assert json.loads((out / "summary.json").read_text())["resumed"] is True

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from distmis.config import validate_config
+from distmis.run_folder import read_attempts
 from distmis.train.settings import TrainSettings
 from tests.conftest import synthetic_tfrecords
 
@@ -66,8 +67,8 @@ def test_experiment_mode_runs_two_at_once_and_records_a_failure(tfrecords, tmp_p
     # after the first trial could start before it ended. The failing trial's attempts (each
     # logs its start and fails at once; the record keeps only the last) or the third must
     # have. Not "started after the first did": both slots start together, in either order.
-    attempts = (settings.out_dir / "trials" / failing / "attempts.log").read_text().split()
-    later_starts = [float(t) for t in attempts] + [float(third["start_time"])]
+    attempts = read_attempts(settings.out_dir / "trials" / failing)
+    later_starts = [*attempts, float(third["start_time"])]
     assert min(later_starts) < float(first["end_time"])
     assert float(first["val_dice"]) >= 0 and float(first["volumes_per_second"]) > 0
     assert (summary["trial_count"], summary["failed_count"]) == (3, 1)
@@ -158,6 +159,6 @@ def test_killed_experiment_resumes_without_retraining_finished_trials(tfrecords,
     assert set(trials) == {first_id, second_id}
     assert all(row["status"] == "ok" for row in trials.values())
     # The finished trial was not trained again: one attempt, result untouched.
-    assert (out / "trials" / first_id / "attempts.log").read_text().count("\n") == 1
+    assert len(read_attempts(out / "trials" / first_id)) == 1
     assert (out / "trials" / first_id / "result.json").read_text() == first_result
     assert json.loads((out / "summary.json").read_text())["resumed"] is True

@@ -3,7 +3,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -42,8 +42,6 @@ def test_linear_lr_scaling_only_in_data_mode_when_switched_on(tmp_path):
     assert settings(tmp_path).lr_effective(hp) == 1e-3
     scaled = settings(tmp_path, scale_lr=True)
     assert scaled.lr_effective(hp) == pytest.approx(4e-3)
-    from dataclasses import replace
-
     assert replace(scaled, mode="experiment").lr_effective(hp) == 1e-3
 
 
@@ -105,8 +103,9 @@ def test_backend_is_chosen_from_the_config(tmp_path):
         use_gpu=True,
         torch={"precision": "bf16", "channels_last_3d": True},
     )
-    assert (torch_settings.backend, torch_settings.precision) == ("torch", "bf16")
-    assert torch_settings.worker_settings().channels_last_3d is True
+    assert torch_settings.backend == "torch"
+    assert torch_settings.backend_options["precision"] == "bf16"
+    assert torch_settings.worker_settings().backend_options["channels_last_3d"] is True
     config = validate_config(
         {"train": {"backend": ["tensorflow", "torch"], "torch": {"precision": "bf16"}}}
     )
@@ -125,9 +124,11 @@ def test_backend_is_chosen_from_the_config(tmp_path):
         )
         for backend in ("tensorflow", "torch")
     }
-    # The torch switches reach only torch; TensorFlow trains in fp32.
-    assert picked["torch"].precision == "bf16"
-    assert picked["tensorflow"].precision == "fp32"
+    # The torch switches reach only torch; TensorFlow takes none (it trains in fp32).
+    assert picked["torch"].backend_options["precision"] == "bf16"
+    assert picked["tensorflow"].backend_options == {}
+    with pytest.raises(ConfigError, match=r"backend tensorflow takes no options.*precision"):
+        replace(picked["tensorflow"], backend_options={"precision": "bf16"})
 
 
 def test_fp16_needs_gpus_and_unknown_backends_are_refused(tmp_path):
@@ -140,6 +141,27 @@ def test_fp16_needs_gpus_and_unknown_backends_are_refused(tmp_path):
         validate_config({"train": {"backend": "jax"}})
 
 
+def test_the_backend_checks_its_options_for_the_run_too(tmp_path):
+    # The config allowed fp16 on GPUs; a seed config that turns the GPUs off meets the same
+    # rule, stated once, in the torch backend.
+    fp16 = settings(tmp_path, backend="torch", use_gpu=True, torch={"precision": "fp16"})
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps({"use_gpu": False}))
+    with pytest.raises(ConfigError, match="train.torch.precision: fp16 needs train.use_gpu"):
+        fp16.with_seed_config(path)
+    with pytest.raises(ConfigError, match=r"train.torch.precision must be one of"):
+        replace(fp16, backend_options={**fp16.backend_options, "precision": "fp8"})
+    with pytest.raises(ConfigError, match=r"train.torch: unknown option\(s\) \['precison'\]"):
+        replace(fp16, backend_options={"precison": "fp16"})
+
+
+def test_every_setting_without_a_default_comes_from_the_config_or_the_run(tmp_path):
+    run = settings(tmp_path, epochs=3, model={"depth": 2}, asha={"grace_period": 2})
+    assert (run.epochs, run.depth, run.asha_grace_period) == (3, 2, 2)
+    assert (run.mode, run.gpus, run.out_dir) == ("data", 4, tmp_path / "out")
+    assert (run.runner, run.cache_scope, run.fail_trials) == ("ray", None, ())
+
+
 def test_worker_settings_cross_to_workers_whole_and_refuse_drift(tmp_path):
     for backend in ("tensorflow", "torch"):
         worker = settings(tmp_path, backend=backend).worker_settings()
@@ -147,6 +169,12 @@ def test_worker_settings_cross_to_workers_whole_and_refuse_drift(tmp_path):
         assert WorkerSettings.from_dict(payload) == worker
     with pytest.raises(KeyError, match=r"missing \['seed'\], unknown \['sede'\]"):
         WorkerSettings.from_dict({**{k: v for k, v in payload.items() if k != "seed"}, "sede": 0})
+    # A run's settings are its worker settings plus the driver's: the payload is that part,
+    # whole, and nothing of the driver's.
+    run = settings(tmp_path, backend="torch")
+    assert set(run.to_dict()) == {f.name for f in fields(WorkerSettings)}
+    assert type(run.worker_settings()) is WorkerSettings
+    assert Path(run.to_dict()["out_dir"]).is_absolute()
 
 
 def _attributes_read(path: Path, owner: str) -> set[str]:
@@ -172,7 +200,7 @@ def test_every_worker_setting_is_read_by_the_skeleton_or_a_backend_loop():
 
 def test_torch_loader_workers_default_to_the_cores_beyond_the_training_one(tmp_path):
     def loader_workers(**train) -> int:
-        return settings(tmp_path, backend="torch", **train).loader_workers
+        return settings(tmp_path, backend="torch", **train).backend_options["loader_workers"]
 
     assert loader_workers(cpus_per_worker=1) == 0
     assert loader_workers(cpus_per_worker=8) == 7

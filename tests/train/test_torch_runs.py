@@ -152,7 +152,7 @@ def test_data_mode_cli_with_original_torch_json_uses_both_workers(tfrecords, tmp
 
 
 def test_mixed_precision_runs_on_cpu(tfrecords, tmp_path):
-    # bf16 with channels_last_3d is refused on CPUs (config.check_semantics says why). The
+    # bf16 with channels_last_3d is refused on CPUs (TorchOptions.device_problem says why). The
     # loss is not checked: PyTorch's CPU bf16 Conv3d backward now and then returns NaN.
     from distmis.train.run import run_training
 
@@ -166,7 +166,7 @@ def test_mixed_precision_runs_on_cpu(tfrecords, tmp_path):
     )
     summary = run_training(settings)
     assert summary["ok_count"] == 1, read_trials(settings.out_dir)
-    assert summary["settings"]["precision"] == "bf16"
+    assert summary["settings"]["backend_options"]["precision"] == "bf16"
     # The saved weights are float32 whatever the autocast precision.
     model = load_model(settings.out_dir / "best_model.pt")
     assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from distmis.errors import ConfigError
+
 if TYPE_CHECKING:
     from distmis.shards.info import DatasetInfo
     from distmis.shards.records import Record
@@ -49,15 +51,19 @@ class Backend(ABC):
         """File name of a run's best model, beside its ``best_model.json`` card."""
         return f"best_model{self.model_suffix}"
 
-    @abstractmethod
     def options(self, train: Mapping[str, Any]) -> dict[str, Any]:
-        """The backend-only fields of :class:`~distmis.train.settings.TrainSettings`
-        (``precision``, ``channels_last_3d``, ``loader_workers``) from the validated
-        ``train`` config section; keys it leaves out keep their defaults."""
+        """This backend's own switches from the validated ``train`` config section (its
+        ``train.<name>`` key), defaults resolved: a run's ``backend_options``, which only
+        this backend reads. Empty by default."""
+        return {}
 
-    @abstractmethod
-    def check_settings(self, *, precision: str, channels_last_3d: bool, use_gpu: bool) -> None:
-        """Raise :class:`~distmis.errors.ConfigError` for settings this backend cannot train."""
+    def check_options(self, options: Mapping[str, Any], *, use_gpu: bool) -> None:
+        """Raise :class:`~distmis.errors.ConfigError`, naming the config key, for switches
+        this backend does not take or cannot train with (on GPUs when ``use_gpu``). The one
+        check of them: config validation asks it for every backend the config lists, a run's
+        settings for theirs. By default a backend takes none."""
+        if options:
+            raise ConfigError(f"backend {self.name} takes no options, got {sorted(options)}")
 
     @abstractmethod
     def train_loop_per_worker(self) -> Callable[[dict], None]:

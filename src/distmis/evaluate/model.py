@@ -5,9 +5,10 @@ This is the one place evaluation reads the training stage's contract. It lives a
 orchestrator resolves and checks the model path (and learns the trial for ``summary.json``)
 before anything heavy is imported, and its tests need neither TensorFlow nor PyTorch.
 
-The card is ``{"backend", "model_file" (relative to the card's folder), "trial", "model",
-"tfrecord_dir"}`` (:func:`distmis.train.summary.save_best_model`). Beside a model file it has the
-file's stem (``best_model.pt`` → ``best_model.json``); there only its ``trial`` is read.
+The card is a :class:`distmis.run_folder.ModelCard` (``backend``, ``model_file`` relative to the
+card's folder, ``trial``, ``model``, ``tfrecord_dir``), read through that contract. Beside a model
+file it has the file's stem (``best_model.pt`` → ``best_model.json``); there only its ``trial``
+is used.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from distmis import backends, modes
+from distmis import backends
 from distmis.backends.base import Backend
 from distmis.errors import ContractError
-from distmis.fileio import read_json
+from distmis.run_folder import ModelCard, rule_for
 
-MADE_BY = f"rule {modes.ANY_RULE} (`distmis train`)"
 CARD_SUFFIX = ".json"
 
 
@@ -37,8 +37,9 @@ class TrainedModel:
 def resolve_model(model_path: Path) -> TrainedModel:
     """The :class:`TrainedModel` behind a ``.keras`` or ``.pt`` file or a ``.json`` card.
 
-    Another suffix raises ValueError; a card that is missing, unreadable, lacks a key or names
-    a backend its model file does not fit raises ContractError naming the training rules.
+    Another suffix raises ValueError; a card that is missing, unreadable, of another format,
+    lacks a key or names a backend its model file does not fit raises ContractError naming the
+    training rule.
     The model file itself is not opened (see :func:`distmis.evaluate.predict.load_predictor`).
     """
     model_path = Path(model_path)
@@ -54,31 +55,22 @@ def resolve_model(model_path: Path) -> TrainedModel:
     card = model_path.with_suffix(CARD_SUFFIX)
     if not card.is_file():
         return TrainedModel(model_path, backend, None, None)
-    return TrainedModel(model_path, backend, card, _trial_id(read_json(card, MADE_BY)))
+    return TrainedModel(model_path, backend, card, ModelCard.read(card).trial.trial_id)
 
 
 def _from_card(card: Path) -> TrainedModel:
-    content = read_json(card, MADE_BY)
-    try:
-        name, model_file = content["backend"], card.parent / content["model_file"]
-    except (KeyError, TypeError) as exc:
-        raise ContractError(f"{card} lacks {exc}; rerun {MADE_BY}") from exc
-    backend = _backend_named(name)
+    content = ModelCard.read(card)
+    model_file = content.model_path(card)
+    backend = _backend_named(content.backend)
     if backend is None or backend.model_suffix != model_file.suffix:
         fits = ", ".join(f"{backends.get(n).model_suffix} is {n}" for n in backends.NAMES)
         raise ContractError(
-            f"{card}: backend {name!r} does not fit model_file {model_file.name!r} "
-            f"({fits}); rerun {MADE_BY}"
+            f"{card}: backend {content.backend!r} does not fit model_file {model_file.name!r} "
+            f"({fits}); rerun {rule_for(card)}"
         )
-    return TrainedModel(model_file, backend, card, _trial_id(content))
+    return TrainedModel(model_file, backend, card, content.trial.trial_id)
 
 
-def _backend_named(name: object) -> Backend | None:
+def _backend_named(name: str) -> Backend | None:
     # A card naming an unknown backend is a broken contract, reported like a mismatch.
     return backends.get(name) if name in backends.NAMES else None
-
-
-def _trial_id(content: object) -> str | None:
-    """The best trial's id from a card's ``trial`` row, if the card has one."""
-    trial = content.get("trial") if isinstance(content, dict) else None
-    return trial.get("trial_id") if isinstance(trial, dict) else None

@@ -28,7 +28,6 @@ import numpy as np
 
 from distmis.backends.base import Predictor
 from distmis.errors import ContractError
-from distmis.evaluate.model import MADE_BY as MODEL_MADE_BY
 from distmis.evaluate.model import TrainedModel
 from distmis.evaluate.restore import (
     geometry_from_json,
@@ -38,6 +37,7 @@ from distmis.evaluate.restore import (
 )
 from distmis.prepare.preprocess import Geometry, map_labels
 from distmis.prepare.task import LABEL_MODES
+from distmis.run_folder import rule_for
 from distmis.shards.info import MADE_BY as INFO_MADE_BY
 from distmis.shards.info import DatasetInfo
 from distmis.shards.records import Record
@@ -84,7 +84,7 @@ def label_map_and_regions(channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def load_predictor(model: TrainedModel) -> Predictor:
     """The model as its backend's :data:`~distmis.backends.base.Predictor`."""
     if not model.file.is_file():
-        raise ContractError(f"{model.file} is missing (it is written by {MODEL_MADE_BY})")
+        raise ContractError(f"{model.file} is missing (it is written by {rule_for(model.file)})")
     return model.backend.predictor(model.file)
 
 

@@ -18,8 +18,8 @@ batch:
   its runs at ``b`` busy per node. Only what was measured is kept; :meth:`Calibration.part`
   resolves the rest (:mod:`distmis.plan.parts`: composed from the other modes, a stand-in,
   or a default) and says which.
-- the sizes that turn them into epochs and runs: training and validation volumes
-  (``info.json`` of the runs' data), batch, epochs, grid size, parameters.
+- the sizes that turn them into epochs and runs: training and validation volumes (what the
+  runs trained on, recorded in their ``summary.json``), batch, epochs, grid size, parameters.
 
 ``calibration_<backend>.json`` is :meth:`Calibration.to_json` (format
 ``distmis-calibration/2``; :meth:`Calibration.from_json` refuses a missing or unknown key).
@@ -39,7 +39,7 @@ from typing import Any
 from distmis import modes
 from distmis.errors import ContractError
 from distmis.fileio import read_json, versioned_fields, write_json
-from distmis.plan.measure import RunCalibration, read_run_calibration
+from distmis.plan.measure import RunCalibration, measure_run
 from distmis.plan.parts import DEFAULT_PARTS, Parts, measured_parts, resolve
 
 CALIBRATION_FORMAT = "distmis-calibration/2"
@@ -98,10 +98,11 @@ class Calibration:
         val_volumes: int | None = None,
         parameter_count: int = UNET_PARAMETERS,
     ) -> Calibration:
-        """Merge the calibrations of finished runs (``calibration.json``, or measured from
-        the run's files) of one backend at one shape, batch, epochs and grid."""
+        """Merge the calibrations of finished runs (each measured from its files,
+        :func:`~distmis.plan.measure.measure_run`) of one backend at one shape, batch, epochs
+        and grid."""
         return cls.merge(
-            [read_run_calibration(Path(d)) for d in run_dirs],
+            [measure_run(Path(d)) for d in run_dirs],
             train_volumes=train_volumes,
             val_volumes=val_volumes,
             parameter_count=parameter_count,
@@ -303,24 +304,15 @@ def _parts(runs: Sequence[RunCalibration], sources: dict[str, str]) -> dict:
 def _sizes(
     runs: Sequence[RunCalibration], train_volumes: int | None, val_volumes: int | None
 ) -> dict[str, Any]:
-    """Training and validation volumes: given, else what the runs recorded (their data's
-    info.json)."""
+    """Training and validation volumes: given, else what the first run trained on (the split
+    sizes its summary.json records, from its data's info.json)."""
     sources = {}
-    recorded = [r for r in runs if r.train_volumes is not None and r.val_volumes is not None]
     for name, given in (("train_volumes", train_volumes), ("val_volumes", val_volumes)):
-        if given is not None:
-            sources[name] = "config: given"
-        elif recorded:
-            sources[name] = f"config: info.json of the data of {recorded[0].path}"
-    train = train_volumes if train_volumes is not None else _first(recorded, "train_volumes")
-    val = val_volumes if val_volumes is not None else _first(recorded, "val_volumes")
-    if train is None or val is None:
-        raise ContractError(
-            f"no split sizes: the runs' info.json is gone ({[r.path for r in runs]}); restore "
-            "their tfrecord_dir or rerun the training rules"
+        sources[name] = (
+            "config: given"
+            if given is not None
+            else f"config: info.json of the data of {runs[0].path}"
         )
+    train = train_volumes if train_volumes is not None else runs[0].train_volumes
+    val = val_volumes if val_volumes is not None else runs[0].val_volumes
     return {"train_volumes": train, "val_volumes": val, "sources": sources}
-
-
-def _first(runs: Sequence[RunCalibration], name: str) -> int | None:
-    return getattr(runs[0], name) if runs else None

@@ -1,10 +1,11 @@
 """What one training run measured about itself: the parts its makespan is made of.
 
-Every training run writes ``calibration.json`` beside its ``summary.json``
-(:func:`write_run_calibration`, called by :func:`distmis.train.run.run_training`); the planner
-merges the runs' calibrations into one per backend (:mod:`distmis.plan.calibration`). A run
-from before this file existed is measured from its other files by :func:`measure_run`, the
-same function.
+The planner measures each finished run from its files (:func:`measure_run`, through
+:func:`distmis.plan.runs.read_run` and so :mod:`distmis.run_folder`: ``summary.json``,
+``trials.csv`` and each trial's ``result.json``, ``workers/rank0.json`` and ``epochs.jsonl``)
+and merges the runs' calibrations into one per backend (:mod:`distmis.plan.calibration`).
+Training writes nothing for the planner beyond those files; the split sizes come from
+``summary.json`` (``train_volumes``, ``val_volumes``: what the run trained on).
 
 The parts, all in seconds, medians over the run's finished trials (a straggler does not move
 a median)::
@@ -29,8 +30,7 @@ a median)::
 - ``teardown``: the last trial's end to the run's end (the last report, Ray shutting down the
   run, records written).
 
-``calibration.json`` (``format`` ``distmis-run-calibration/1``) is :meth:`RunCalibration.to_json`:
-the fields below, a part that could not be measured is ``null``.
+A part that could not be measured is None.
 """
 
 from __future__ import annotations
@@ -39,17 +39,11 @@ import heapq
 import itertools
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from distmis import modes
-from distmis.fileio import read_json, versioned_fields, write_json
 from distmis.plan.runs import MeasuredRun, MeasuredTrial, read_run
 
-RUN_CALIBRATION_FILE = "calibration.json"
-RUN_CALIBRATION_FORMAT = "distmis-run-calibration/1"
-MADE_BY = modes.ANY_RULE
 PARTS = (
     "setup_seconds",
     "relaunch_seconds",
@@ -80,8 +74,8 @@ class RunCalibration:
     epochs: int
     batch_size_per_replica: int
     steps_per_epoch: int | None
-    train_volumes: int | None  # the splits' sizes (info.json of its data; None: gone)
-    val_volumes: int | None
+    train_volumes: int  # the splits' sizes it trained on (its summary.json)
+    val_volumes: int
     makespan_seconds: float
     timed_trials: int
     setup_seconds: float | None
@@ -95,14 +89,6 @@ class RunCalibration:
     finish_seconds: float | None
     teardown_seconds: float | None
     path: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": RUN_CALIBRATION_FORMAT, **asdict(self)}
-
-    @classmethod
-    def from_json(cls, payload: dict[str, Any]) -> RunCalibration:
-        names = {f.name for f in fields(cls)}
-        return cls(**versioned_fields(payload, RUN_CALIBRATION_FORMAT, names))
 
 
 def measure_run(run_dir: Path) -> RunCalibration:
@@ -129,7 +115,8 @@ def measure(run: MeasuredRun) -> RunCalibration:
         epochs=run.epochs,
         batch_size_per_replica=run.batch_size_per_replica,
         steps_per_epoch=max(steps) if steps else None,
-        **split_sizes(run),
+        train_volumes=run.train_volumes,
+        val_volumes=run.val_volumes,
         makespan_seconds=run.makespan_seconds,
         timed_trials=len(timed),
         setup_seconds=by_start[0].start_time - run.makespan_start if by_start else None,
@@ -146,25 +133,6 @@ def measure(run: MeasuredRun) -> RunCalibration:
         teardown_seconds=run.makespan_end - max(t.end_time for t in by_start) if by_start else None,
         path=str(run.path),
     )
-
-
-def split_sizes(run: MeasuredRun) -> dict[str, int | None]:
-    """``train_volumes`` and ``val_volumes`` from the run's ``info.json``: its ``tfrecord_dir``
-    as recorded when absolute; when relative (the workflow records it relative to its folder),
-    against the folder that holds ``results/train/{backend}/{mode}/{G}gpu``. Never against the
-    current directory: the data there may be another run's."""
-    from distmis.shards.info import DatasetInfo
-
-    if not run.tfrecord_dir:
-        return {"train_volumes": None, "val_volumes": None}
-    folder = Path(run.tfrecord_dir)
-    if not folder.is_absolute():
-        parents = run.path.resolve().parents
-        folder = parents[4] / folder if len(parents) > 4 else None
-    if folder is None or not (folder / "info.json").is_file():
-        return {"train_volumes": None, "val_volumes": None}
-    info = DatasetInfo.from_dir(folder)
-    return {"train_volumes": info.count("train"), "val_volumes": info.count("val")}
 
 
 def slot_gaps(trials: Sequence[MeasuredTrial], slots: int) -> list[float]:
@@ -192,8 +160,9 @@ def _startup(trial: MeasuredTrial) -> float | None:
 
 
 def _step(trial: MeasuredTrial) -> float | None:
-    """A steady training step; a run from before epochs.jsonl was timed gives its whole
-    epoch (validation and checkpoint included) per step instead."""
+    """A steady training step; a trial whose last attempt validated no epoch (resumed after
+    its last checkpoint) gives its whole epoch (validation and checkpoint included) per step
+    instead."""
     if not trial.steps_per_epoch:
         return None
     if not trial.epoch_times:
@@ -222,31 +191,3 @@ def _epoch_gaps(trial: MeasuredTrial) -> list[float]:
 def _median(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
-
-
-def write_run_calibration(run_dir: Path, sizes: dict[str, int] | None = None) -> Path:
-    """Measure the run in ``run_dir`` and write its ``calibration.json`` whole. ``sizes``
-    (``train_volumes``, ``val_volumes``): the splits the run trained on, as the training
-    process knows them, instead of looking up its ``info.json`` again."""
-    path = Path(run_dir) / RUN_CALIBRATION_FILE
-    calibration = measure_run(run_dir)
-    if sizes is not None:
-        calibration = replace(calibration, **sizes)
-    write_json(path, calibration.to_json())
-    return path
-
-
-def read_run_calibration(run_dir: Path) -> RunCalibration:
-    """``calibration.json`` of a run, or, for a run from before it was written, measured from
-    the run's other files."""
-    path = Path(run_dir) / RUN_CALIBRATION_FILE
-    if not path.is_file():
-        return measure_run(run_dir)
-    payload = read_json(path, MADE_BY)
-    try:
-        # The folder it was read from, not where the run was written (it may have moved).
-        return replace(RunCalibration.from_json(payload), path=str(run_dir))
-    except (TypeError, ValueError) as exc:
-        from distmis.errors import ContractError
-
-        raise ContractError(f"{path}: {exc}; rerun {MADE_BY}") from exc

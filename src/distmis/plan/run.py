@@ -32,9 +32,10 @@ from distmis import modes
 from distmis.errors import DistmisError
 from distmis.fileio import atomic_path
 from distmis.plan.calibration import Calibration
-from distmis.plan.measure import RunCalibration, read_run_calibration
+from distmis.plan.measure import RunCalibration, measure
 from distmis.plan.model import Prediction, Study, predict, validate
 from distmis.plan.runs import MeasuredRun, read_run
+from distmis.run_folder import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def find_runs(results_dir: Path) -> list[Path]:
     calibration records."""
     here = Path.cwd().resolve()
     runs = []
-    for summary in Path(results_dir).glob("*/*/*gpu/summary.json"):
+    for summary in Path(results_dir).glob(f"*/*/*gpu/{SUMMARY_FILE}"):
         run = summary.parent.resolve()
         runs.append(run.relative_to(here) if run.is_relative_to(here) else run)
     return sorted(runs)
@@ -153,10 +154,8 @@ def run_plan(
     if run_dirs is None:
         run_dirs = find_runs(results_dir) if results_dir and Path(results_dir).is_dir() else []
     measured = [read_run(p) for p in run_dirs]
-    # Each run's own calibration, read once: the backend's and every leave-one-out merge it.
-    measured_parts = (
-        {} if calibrations else {r.path: read_run_calibration(r.path) for r in measured}
-    )
+    # Each run's own calibration, measured once: the backend's and every leave-one-out merge it.
+    measured_parts = {} if calibrations else {r.path: measure(r) for r in measured}
     by_backend: dict[str, Calibration] = {}
     for path in calibrations:
         calibration = Calibration.read(Path(path))

@@ -32,6 +32,7 @@ from distmis.prepare.preprocess import preprocess_case
 from distmis.prepare.split import SPLITS, assign_shards, shard_filename, split_cases
 from distmis.prepare.task import LABEL_MODES
 from distmis.shards import heap, records
+from distmis.shards.info import IMAGE_DTYPES
 from distmis.shards.tfrecord import COMPRESSIONS, TFRecordWriter
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,9 @@ class ConvertParams:
             raise ValueError(f"shards must be three counts >= 1, got {self.shards}")
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
-        if self.image_dtype not in records.IMAGE_DTYPES:
+        if self.image_dtype not in IMAGE_DTYPES:
             raise ValueError(
-                f"image_dtype must be one of {sorted(records.IMAGE_DTYPES)}, got {self.image_dtype!r}"
+                f"image_dtype must be one of {sorted(IMAGE_DTYPES)}, got {self.image_dtype!r}"
             )
 
     @classmethod
@@ -218,7 +219,7 @@ def convert_shard(
                     loaded.affine,
                     params.shape,
                     params.label_mode,
-                    records.IMAGE_DTYPES[params.image_dtype],
+                    IMAGE_DTYPES[params.image_dtype],
                     resize=params.resize,
                 )
             except CaseError as exc:

@@ -11,17 +11,15 @@ Dice, config ``report.quality_tolerance``) of the run's final best, the curve's 
 Early stopping (ASHA) shows here and not in the makespan alone: it ends poor trials sooner,
 so the good ones start, and validate, earlier.
 
-Points come from each trial's ``<run>/trials/<trial_id>/epochs.jsonl`` (one JSON object per
-validated epoch: ``{"epoch": n, "time": t, "val_dice": d, ...}``). A retried attempt repeats
-epoch numbers; each line is still a real validation at a real time, so all are kept. A run
-from before those files has only its trials' final validations: each trial with metrics
-then gives one point, ``(end_time, val_dice)`` from trials.csv, and the curve is coarser
-(it steps only when a trial finishes).
+Points come from each trial's ``<run>/trials/<trial_id>/epochs.jsonl`` (one
+:class:`~distmis.run_folder.EpochRecord` per validated epoch: ``{"format", "epoch", "time",
+"val_dice", ...}``), read through :mod:`distmis.run_folder`. A retried attempt repeats epoch
+numbers; each line is still a real validation at a real time, so all are kept. A trial that
+failed before its first validation has no such file and gives no point.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -30,17 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from distmis.errors import ConfigError, ContractError
-from distmis.scaling.timings import Run, made_by
+from distmis.run_folder import EPOCHS_FILE, read_epochs, rule_for, trial_folder
+from distmis.scaling.timings import Run
 
 log = logging.getLogger(__name__)
 
-EPOCHS_NAME = "epochs.jsonl"
-TRIALS_DIR = "trials"
 DEFAULT_TOLERANCE = 0.01
 # Dice is in [0, 1]: a gap this small is float rounding (0.8 - 0.01 is not 0.79), not a shortfall.
 ROUNDING = 1e-9
-SOURCE_EPOCHS = "epochs.jsonl"
-SOURCE_TRIALS = "trials.csv"  # the fallback: one point per finished trial
+SOURCE_EPOCHS = EPOCHS_FILE  # where a curve's points come from
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ class QualityCurve:
     seconds: tuple[float, ...]
     best_dice: tuple[float, ...]
     tolerance: float
-    source: str  # epochs.jsonl, or trials.csv for runs from before it
+    source: str  # epochs.jsonl
 
     @property
     def final_best(self) -> float:
@@ -121,82 +117,38 @@ def time_to_best(seconds: Sequence[float], best: Sequence[float], tolerance: flo
     return seconds[reached_index(best, tolerance)] if best else math.nan
 
 
-def read_validations(path: Path, trial_id: str, origin: float, rule: str) -> list[Validation]:
-    """The validations in one trial's ``epochs.jsonl``; times relative to ``origin``.
+def read_validations(trial_dir: Path, trial_id: str, origin: float) -> list[Validation]:
+    """The validations in one trial's ``epochs.jsonl`` (none without one); times relative to
+    ``origin``.
 
     A line with a NaN Dice (a diverged model) is skipped: it can never be a best.
     """
     validations = []
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
+    path = Path(trial_dir) / EPOCHS_FILE
+    for number, epoch in enumerate(read_epochs(trial_dir), start=1):
+        where = f"{path} line {number}"
+        if not math.isfinite(epoch.time):
+            raise ContractError(
+                f"{where}: time must be finite, got {epoch.time}; rerun {rule_for(path)}"
+            )
+        if math.isnan(epoch.val_dice):
+            log.warning("%s: val_dice is NaN (a diverged model?); not a point of the curve", where)
             continue
-        where = f"{path} line {line_number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ContractError(f"{where} is not valid JSON ({exc}); rerun {rule}") from None
-        validation = _validation(entry, where, rule, trial_id, origin)
-        if validation is not None:
-            validations.append(validation)
+        validations.append(Validation(epoch.time - origin, epoch.val_dice, trial_id))
     return validations
 
 
-def _validation(
-    entry: Any, where: str, rule: str, trial_id: str, origin: float
-) -> Validation | None:
-    if not isinstance(entry, dict):
-        raise ContractError(
-            f"{where}: expected a JSON object, got {type(entry).__name__}; rerun {rule}"
-        )
-    missing = [key for key in ("epoch", "time", "val_dice") if key not in entry]
-    if missing:
-        raise ContractError(f"{where} lacks {', '.join(missing)}; rerun {rule}")
-    epoch, time, dice = entry["epoch"], entry["time"], entry["val_dice"]
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-        raise ContractError(f"{where}: epoch must be an integer >= 1, got {epoch!r}; rerun {rule}")
-    for name, value in (("time", time), ("val_dice", dice)):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ContractError(f"{where}: {name} must be a number, got {value!r}; rerun {rule}")
-    if not math.isfinite(time):
-        raise ContractError(f"{where}: time must be finite, got {time}; rerun {rule}")
-    if math.isnan(dice):
-        log.warning("%s: val_dice is NaN (a diverged model?); not a point of the curve", where)
-        return None
-    return Validation(seconds=float(time) - origin, val_dice=float(dice), trial_id=trial_id)
-
-
 def run_validations(run: Run) -> tuple[list[Validation], str]:
-    """Every validation of ``run``'s trials, and where they came from (epochs.jsonl/trials.csv).
-
-    A trial that failed before its first validation has no epochs.jsonl, so only a run
-    where no trial has one is a run from before those files.
-    """
+    """Every validation of ``run``'s trials, and where they came from (epochs.jsonl)."""
     origin = run.summary.makespan_start
-    rule = made_by(run.summary.mode)
-    files = [
-        (trial.trial_id, run.directory / TRIALS_DIR / trial.trial_id / EPOCHS_NAME)
-        for trial in run.trials
-    ]
-    present = [(trial_id, path) for trial_id, path in files if path.is_file()]
-    if present:
-        validations = [
-            v for trial_id, path in present for v in read_validations(path, trial_id, origin, rule)
-        ]
-        return validations, SOURCE_EPOCHS
-    log.info(
-        "%s: no trial has an %s (results from before it): time to quality from each "
-        "finished trial's end_time and val_dice in %s instead, one point per trial",
-        run.directory,
-        EPOCHS_NAME,
-        SOURCE_TRIALS,
-    )
-    # Stopped trials (a newer status than the fallback is for) carry their last epoch's Dice.
     validations = [
-        Validation(trial.end_time - origin, trial.val_dice, trial.trial_id)
+        v
         for trial in run.trials
-        if not trial.failed and trial.val_dice is not None
+        for v in read_validations(
+            trial_folder(run.directory, trial.trial_id), trial.trial_id, origin
+        )
     ]
-    return validations, SOURCE_TRIALS
+    return validations, SOURCE_EPOCHS
 
 
 def quality_curve(run: Run, tolerance: float = DEFAULT_TOLERANCE) -> QualityCurve:

@@ -17,7 +17,6 @@ from matplotlib.lines import Line2D
 
 from distmis.scaling.quality import (
     DEFAULT_TOLERANCE,
-    SOURCE_TRIALS,
     QualityCurve,
     check_tolerance,
     quality_curve,
@@ -44,7 +43,6 @@ def quality_figure(curves: Sequence[QualityCurve], noun: str = "GPUs") -> Figure
     for ax in axes[len(counts) :]:
         ax.set_visible(False)
     series: dict[tuple[str, str], Line2D] = {}
-    coarse = False
     for ax, gpus in zip(axes, counts, strict=False):
         for curve in (c for c in curves if c.gpus == gpus and c.seconds):
             marker, style = BACKEND_STYLES.get(curve.backend, ("^", ":"))
@@ -65,7 +63,6 @@ def quality_figure(curves: Sequence[QualityCurve], noun: str = "GPUs") -> Figure
                 linestyle="none",
             )
             series.setdefault((curve.backend, curve.mode_label), line)
-            coarse |= curve.source == SOURCE_TRIALS
         ax.set_title(f"G = {gpus} {noun if gpus != 1 else noun.removesuffix('s')}", fontsize=10)
         ax.set_xlabel("wall-clock seconds since the run started")
         ax.set_xlim(left=0)
@@ -103,8 +100,6 @@ def quality_figure(curves: Sequence[QualityCurve], noun: str = "GPUs") -> Figure
     ]
     figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
     title = "Time to quality: the best model found so far during each run"
-    if coarse:
-        title += "\n(runs from before epochs.jsonl step only when a trial ends)"
     figure.suptitle(title, fontsize=11)
     return figure
 

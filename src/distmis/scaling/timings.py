@@ -2,63 +2,43 @@
 
 One :class:`Run` per ``{backend}/{mode}/{G}gpu`` folder (the workflow's
 ``results/train/{backend}/{mode}/{G}gpu``, where the mode folder is ``data``, ``experiment``
-or ``hybrid{k}``). Anything missing or malformed raises
+or ``hybrid{k}``), read through the run folder's contract (:mod:`distmis.run_folder`).
+Anything missing, malformed or of another format raises
 :class:`~distmis.errors.ContractError` naming the file and the rule that writes it, so a
 broken run stops the analysis instead of becoming a silently wrong plot.
 
-``summary.json`` carries a ``backend`` key; a summary without one is TensorFlow's, the only
-backend before that key existed. Its ``gpus_per_trial`` (G in data mode, 1 in experiment
-mode, k in hybrid mode) is derived for summaries from before the key existed, which were
-never hybrid. A series of runs to compare is a (backend, mode label) pair, the label being
-``data``, ``experiment`` or ``hybrid{k}``: each k of hybrid mode is its own curve, as it
-splits the GPUs differently.
+A series of runs to compare is a (backend, mode label) pair, the label being ``data``,
+``experiment`` or ``hybrid{k}``: each k of hybrid mode is its own curve, as it splits the GPUs
+differently.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from distmis import backends, modes
+from distmis import backends, modes, run_folder
 from distmis.errors import ContractError
-from distmis.trial import STATUS_FAILED, STATUS_OK, STATUS_STOPPED, STATUSES
+from distmis.run_folder import (
+    RUN_FOLDER,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_STOPPED,
+    SUMMARY_FILE,
+    TRIALS_FILE,
+    TrialRecord,
+)
 
 log = logging.getLogger(__name__)
 
-SUMMARY_NAME = "summary.json"
-TRIALS_NAME = "trials.csv"
-DEFAULT_BACKEND = "tensorflow"
+SUMMARY_NAME = SUMMARY_FILE
+TRIALS_NAME = TRIALS_FILE
+DEFAULT_BACKEND = "tensorflow"  # drawn plainest in the figures
 SCHEDULERS = ("none", "asha")
-RUN_DIR_PATTERN = re.compile(r"^(\d+)gpu$")
-
-# Only the columns this analysis reads: other trials.csv columns may come and go freely.
-REQUIRED_TRIAL_COLUMNS = (
-    "trial_id",
-    "status",
-    "start_time",
-    "end_time",
-    "seconds",
-    "volumes_per_second",
-    "workers",
-    "val_dice",
-)
-REQUIRED_SUMMARY_KEYS = (
-    "mode",
-    "gpus",
-    "makespan_seconds",
-    "makespan_start",
-    "makespan_end",
-    "resumed",
-    "trial_count",
-    "best",
-)
+RUN_DIR_PATTERN = RUN_FOLDER
 
 
 def made_by(mode: str) -> str:
@@ -79,37 +59,22 @@ def mode_label(mode: str, gpus_per_trial: int) -> str:
     return modes.label(mode, gpus_per_trial)
 
 
-def _number(value: Any, what: str, path: Path, rule: str) -> float:
-    # bool is an int subclass; a true/false here is a wrong field, not a number.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+def _finite(value: float, what: str, path: Path, rule: str) -> float:
+    if not math.isfinite(value):
         raise ContractError(f"{path}: {what} must be a finite number, got {value!r}; rerun {rule}")
-    return float(value)
+    return value
 
 
-def _requested_gpus(payload: Mapping[str, Any]) -> bool | None:
-    # Only labels depend on it (GPUs vs CPU workers), so an older or foreign summary
-    # without it is still usable: None means "not recorded".
-    requested = (payload.get("resources") or {}).get("requested") or {}
-    use_gpu = requested.get("use_gpu")
-    return use_gpu if isinstance(use_gpu, bool) else None
-
-
-def _checked_gpus(payload: Mapping[str, Any], path: Path, rule: str) -> bool | None:
+def _checked_gpus(summary: run_folder.RunSummary, path: Path, rule: str) -> bool:
     """``use_gpu`` of the run, refused when it says GPUs and its workers trained elsewhere:
     such a run's speedups would be CPU timings filed as GPU ones."""
-    use_gpu = _requested_gpus(payload)
+    use_gpu = summary.resources.requested.use_gpu
     if not use_gpu:
         return use_gpu
-    devices = payload.get("worker_devices")
-    if devices is None:
-        raise ContractError(
-            f"{path}: use_gpu is true but the run does not record what its workers trained on "
-            f"(worker_devices; summaries before it could not tell a CPU fallback); rerun {rule}"
-        )
     elsewhere = sorted(
-        f"{d.get('host')} ({d.get('device_type')}: {d.get('device_name')})"
-        for d in devices
-        if d.get("device_type") != "gpu"
+        f"{d.host} ({d.device_type}: {d.device_name})"
+        for d in summary.worker_devices
+        if d.device_type != "gpu"
     )
     if elsewhere:
         raise ContractError(
@@ -119,20 +84,12 @@ def _checked_gpus(payload: Mapping[str, Any], path: Path, rule: str) -> bool | N
     return use_gpu
 
 
-def _gpus_per_trial(payload: Mapping[str, Any], mode: str, gpus: int, path: Path, rule: str) -> int:
-    """The workers one configuration trains on: G (data), 1 (experiment), k (hybrid).
-
-    Summaries from before the key were data or experiment runs, so it is derived for those;
-    a hybrid run's k cannot be, and one that contradicts its mode is a broken summary.
-    """
+def _gpus_per_trial(value: int, mode: str, gpus: int, path: Path, rule: str) -> int:
+    """The workers one configuration trains on: G (data), 1 (experiment), k (hybrid); one
+    that contradicts its mode is a broken summary."""
     spec = modes.get(mode)
     expected = None if spec.takes_k else spec.workers_per_trial(gpus)
-    if "gpus_per_trial" not in payload:
-        if expected is None:
-            raise ContractError(f"{path} lacks gpus_per_trial (hybrid mode's k); rerun {rule}")
-        return expected
-    value = payload["gpus_per_trial"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if value < 1:
         raise ContractError(
             f"{path}: gpus_per_trial must be an integer >= 1, got {value!r}; rerun {rule}"
         )
@@ -149,9 +106,7 @@ def _gpus_per_trial(payload: Mapping[str, Any], mode: str, gpus: int, path: Path
     return value
 
 
-def _scheduler(payload: Mapping[str, Any], path: Path, rule: str) -> str:
-    # Summaries from before early stopping ran every trial to the end.
-    scheduler = payload.get("scheduler", "none")
+def _scheduler(scheduler: str, path: Path, rule: str) -> str:
     if scheduler not in SCHEDULERS:
         raise ContractError(
             f"{path}: scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}; "
@@ -176,12 +131,12 @@ class RunSummary:
     trial_count: int
     best_trial_id: str | None
     best_val_dice: float | None  # None when no trial finished with a validation Dice
-    uses_gpus: bool | None  # resources.requested.use_gpu; False: G counts CPU workers
+    uses_gpus: bool  # resources.requested.use_gpu; False: G counts CPU workers
     # ray, or local (one process, no Ray start-up: not comparable with a Ray run's makespan).
-    runner: str = "ray"
-    scheduler: str = "none"  # none | asha (early stopping)
-    # Every trial's "asked for → first training epoch", summed; None when not recorded.
-    startup_seconds: float | None = None
+    runner: str
+    scheduler: str  # none | asha (early stopping)
+    # Every trial's "asked for → first training epoch", summed.
+    startup_seconds: float
 
     @property
     def mode_label(self) -> str:
@@ -189,62 +144,43 @@ class RunSummary:
         return mode_label(self.mode, self.gpus_per_trial)
 
     @classmethod
-    def from_json(cls, path: Path, mode_hint: str | None = None) -> RunSummary:
-        """Read and check ``path``; ``mode_hint`` (the folder's mode) names the rule in errors."""
-        rule = made_by(mode_hint or "")
-        if not path.is_file():
-            raise ContractError(f"{path} is missing (it is written by {rule})")
-        try:
-            payload = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ContractError(f"{path} is not valid JSON ({exc}); rerun {rule}") from exc
-        if not isinstance(payload, Mapping):
-            raise ContractError(f"{path}: expected a JSON object, got {type(payload).__name__}")
-        missing = [key for key in REQUIRED_SUMMARY_KEYS if key not in payload]
-        if missing:
-            raise ContractError(f"{path} lacks {', '.join(missing)}; rerun {rule}, which writes it")
-        mode = payload["mode"]
+    def from_json(cls, path: Path) -> RunSummary:
+        """Read ``path`` (its contract, :class:`distmis.run_folder.RunSummary`) and check it
+        describes a run this analysis can compare."""
+        summary = run_folder.RunSummary.read(path)
+        mode = summary.mode
         if mode not in modes.MODES:
             raise ContractError(
-                f"{path}: mode must be one of {', '.join(modes.NAMES)}, got {mode!r}; rerun {rule}"
+                f"{path}: mode must be one of {', '.join(modes.NAMES)}, got {mode!r}; "
+                f"rerun {run_folder.rule_for(path)}"
             )
         rule = made_by(mode)
-        gpus = payload["gpus"]
-        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        gpus = summary.gpus
+        if gpus < 1:
             raise ContractError(f"{path}: gpus must be an integer >= 1, got {gpus!r}; rerun {rule}")
-        startup = payload.get("startup_seconds")
-        makespan = _number(payload["makespan_seconds"], "makespan_seconds", path, rule)
+        makespan = _finite(summary.makespan_seconds, "makespan_seconds", path, rule)
         if makespan <= 0:
             raise ContractError(f"{path}: makespan_seconds must be > 0, got {makespan}")
-        if not isinstance(payload["resumed"], bool):
-            raise ContractError(
-                f"{path}: resumed must be true or false, got {payload['resumed']!r}"
-            )
-        best = payload["best"]
-        if best is not None and not isinstance(best, Mapping):
-            raise ContractError(f"{path}: best must be an object or null, got {best!r}")
-        best_dice = None
-        if best is not None and best.get("val_dice") is not None:
-            best_dice = _number(best["val_dice"], "best.val_dice", path, rule)
+        best = summary.best
         return cls(
             path=path,
-            backend=str(payload.get("backend", DEFAULT_BACKEND)),
+            backend=summary.backend,
             mode=mode,
             gpus=gpus,
-            gpus_per_trial=_gpus_per_trial(payload, mode, gpus, path, rule),
+            gpus_per_trial=_gpus_per_trial(summary.gpus_per_trial, mode, gpus, path, rule),
             makespan_seconds=makespan,
-            makespan_start=_number(payload["makespan_start"], "makespan_start", path, rule),
-            makespan_end=_number(payload["makespan_end"], "makespan_end", path, rule),
-            resumed=payload["resumed"],
-            trial_count=int(_number(payload["trial_count"], "trial_count", path, rule)),
-            best_trial_id=None if best is None else str(best.get("trial_id")),
-            best_val_dice=best_dice,
-            uses_gpus=_checked_gpus(payload, path, rule),
-            runner=str(payload.get("runner", "ray")),  # older summaries: always Ray
-            scheduler=_scheduler(payload, path, rule),
-            startup_seconds=None
-            if startup is None
-            else _number(startup, "startup_seconds", path, rule),
+            makespan_start=_finite(summary.makespan_start, "makespan_start", path, rule),
+            makespan_end=_finite(summary.makespan_end, "makespan_end", path, rule),
+            resumed=summary.resumed,
+            trial_count=summary.trial_count,
+            best_trial_id=None if best is None else best.trial_id,
+            best_val_dice=None
+            if best is None
+            else _finite(best.val_dice, "best.val_dice", path, rule),
+            uses_gpus=_checked_gpus(summary, path, rule),
+            runner=summary.runner,
+            scheduler=_scheduler(summary.scheduler, path, rule),
+            startup_seconds=_finite(summary.startup_seconds, "startup_seconds", path, rule),
         )
 
 
@@ -259,10 +195,9 @@ class TrialTiming:
     seconds: float
     volumes_per_second: float  # training volumes / seconds, as trials.csv defines it
     workers: int  # ranks one trial used: G in data mode, 1 in experiment mode, k in hybrid
-    val_dice: float | None
-    # Columns newer than the rest: None in a trials.csv from before them (or left empty).
-    epochs_run: int | None = None  # epochs validated (fewer than asked when stopped)
-    startup_seconds: float | None = None  # asked for → first training epoch
+    val_dice: float | None  # None: a failed trial (no metrics)
+    epochs_run: int  # epochs validated (fewer than asked when stopped)
+    startup_seconds: float | None  # asked for → first training epoch; None unless ok
 
     @property
     def ok(self) -> bool:
@@ -282,74 +217,44 @@ class TrialTiming:
         return self.volumes_per_second * self.seconds
 
     @classmethod
-    def from_csv(cls, path: Path, mode_hint: str | None = None) -> tuple[TrialTiming, ...]:
-        """Every row of ``path``; an absent, empty or header-only file is a contract error."""
-        rule = made_by(mode_hint or "")
-        if not path.is_file():
-            raise ContractError(f"{path} is missing (it is written by {rule})")
-        if path.stat().st_size == 0:
-            raise ContractError(f"{path} is empty (0 bytes); rerun {rule}")
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in REQUIRED_TRIAL_COLUMNS if c not in header]
-            if missing:
-                raise ContractError(
-                    f"{path} lacks column(s) {', '.join(missing)} (header: {','.join(header)}); "
-                    f"rerun {rule}"
-                )
-            # Line 1 is the header, so data row k sits on line k + 1.
-            trials = tuple(
-                cls._from_row(row, path, line, rule) for line, row in enumerate(reader, start=2)
-            )
-        if not trials:
+    def from_csv(cls, path: Path) -> tuple[TrialTiming, ...]:
+        """Every row of ``path`` (its contract: :func:`distmis.run_folder.read_trials`); a
+        header-only file, or a row whose times cannot be, is a contract error."""
+        rule = run_folder.rule_for(path)
+        records = run_folder.read_trials(path)
+        if not records:
             raise ContractError(f"{path} has a header but no trial rows; rerun {rule}")
-        return trials
+        # Line 1 is the header, so data row k sits on line k + 1.
+        return tuple(
+            cls._from_record(record, f"{path} line {line}", rule)
+            for line, record in enumerate(records, start=2)
+        )
 
     @classmethod
-    def _from_row(cls, row: Mapping[str, str], path: Path, line: int, rule: str) -> TrialTiming:
-        where = f"{path} line {line}"
-        status = row["status"]
-        if status not in STATUSES:
-            raise ContractError(
-                f"{where}: status must be ok, failed or stopped, got {status!r}; rerun {rule}"
-            )
-
-        def number(column: str) -> float:
-            try:
-                value = float(row[column])
-            except (TypeError, ValueError):
+    def _from_record(cls, record: TrialRecord, where: str, rule: str) -> TrialTiming:
+        for column in ("start_time", "end_time", "seconds", "volumes_per_second"):
+            if not math.isfinite(getattr(record, column)):
                 raise ContractError(
-                    f"{where}: {column} must be a number, got {row[column]!r}; rerun {rule}"
-                ) from None
-            if not math.isfinite(value):
-                raise ContractError(f"{where}: {column} must be finite, got {value}")
-            return value
-
-        def optional_number(column: str) -> float | None:
-            # A column newer than the file is absent; a value the trial did not measure, empty.
-            return None if row.get(column) in ("", None) else number(column)
-
-        epochs_run = optional_number("epochs_run")
-        if epochs_run is not None and (epochs_run < 0 or epochs_run != int(epochs_run)):
+                    f"{where}: {column} must be finite, got {getattr(record, column)}"
+                )
+        if record.epochs_run < 0:
+            raise ContractError(f"{where}: epochs_run must be >= 0, got {record.epochs_run}")
+        if record.end_time < record.start_time:
             raise ContractError(
-                f"{where}: epochs_run must be a whole number >= 0, got {row['epochs_run']!r}"
+                f"{where}: end_time {record.end_time} is before start_time {record.start_time}; "
+                f"rerun {rule}"
             )
-        start, end = number("start_time"), number("end_time")
-        if end < start:
-            raise ContractError(f"{where}: end_time {end} is before start_time {start}")
         return cls(
-            trial_id=row["trial_id"],
-            status=status,
-            start_time=start,
-            end_time=end,
-            seconds=number("seconds"),
-            volumes_per_second=number("volumes_per_second"),
-            workers=int(number("workers")),
-            # A failed trial has no metrics: the column is then empty.
-            val_dice=optional_number("val_dice"),
-            epochs_run=None if epochs_run is None else int(epochs_run),
-            startup_seconds=optional_number("startup_seconds"),
+            trial_id=record.trial_id,
+            status=record.status,
+            start_time=record.start_time,
+            end_time=record.end_time,
+            seconds=record.seconds,
+            volumes_per_second=record.volumes_per_second,
+            workers=record.workers,
+            val_dice=record.val_dice,
+            epochs_run=record.epochs_run,
+            startup_seconds=record.startup_seconds,
         )
 
 
@@ -384,8 +289,8 @@ class Run:
                 f"{directory / absent} is missing but {directory / present.pop()} exists: "
                 f"the run did not finish; rerun {rule}"
             )
-        summary = RunSummary.from_json(summary_path, mode_hint)
-        trials = TrialTiming.from_csv(trials_path, mode_hint)
+        summary = RunSummary.from_json(summary_path)
+        trials = TrialTiming.from_csv(trials_path)
         _check_consistent(directory, summary, trials)
         if summary.resumed:
             log.warning(

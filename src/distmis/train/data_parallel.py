@@ -12,20 +12,17 @@ demo, more than a whole epoch at paper size on 32 GPUs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from distmis import backends
 from distmis.hparams import HParams
+from distmis.run_folder import FAILED_FILE, RESULT_FILE
+from distmis.train.grid import Outcome, run_grid
 from distmis.train.settings import TrainSettings
-from distmis.train.trials import (
-    TrialRecord,
-    build_record,
-    load_record,
-    save_record,
-    trial_dir,
-)
+from distmis.train.trials import TrialRecord, trial_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,77 +34,76 @@ def run_data_parallel(
     grid: Sequence[HParams],
     on_record: Callable[[TrialRecord], None],
 ) -> list[TrialRecord]:
-    """Train every configuration with G Ray Train workers, in grid order, in one group.
+    """Train every configuration with G Ray Train workers, in grid order, in one group
+    (:func:`distmis.train.grid.run_grid` around :func:`train_in_one_group`)."""
+    return run_grid(settings, grid, on_record, functools.partial(train_in_one_group, settings))
 
-    Configurations with a record from an earlier (interrupted) run are not trained again; a
-    killed run's unfinished configuration resumes from its last checkpoint (Ray Train
+
+def train_in_one_group(settings: TrainSettings, pending: Sequence[HParams]) -> Iterator[Outcome]:
+    """Data mode's trainer of pending configurations: one Ray Train run of G workers trains
+    them one after another; every outcome comes when the run ends (each finished
+    configuration's ``result.json`` is on disk as soon as it finishes).
+
+    A killed run's unfinished configuration resumes from its last checkpoint (Ray Train
     restores the run from its storage). A failing configuration restarts the group, which
     retries it from its last checkpoint up to ``max_failures`` times; then it is recorded as
-    failed and the next one starts. Records are written when the run ends (each finished
-    configuration's ``result.json`` is on disk as soon as it finishes).
+    failed and the next one starts.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
 
     backend = backends.get(settings.backend)
-    records: dict[str, TrialRecord] = {}
-    pending = []
-    for hparams in grid:
-        done = load_record(settings, hparams.trial_id)
-        if done is not None:
-            log.info("%s already finished (%s); not retrained", hparams.trial_id, done.status)
-            records[hparams.trial_id] = done
-        else:
-            pending.append(hparams)
-    if pending:
-        log.info(
-            "training %d configuration(s) one after another on one group of %d workers",
-            len(pending),
-            settings.gpus,
-        )
-        worker_settings = settings.worker_settings().to_dict()
-        entries = [settings.grid_entry(hparams) for hparams in pending]  # settings once, below
-        started = time.time()
-        trainer = backend.ray_trainer(
-            {"trials": entries, "settings": worker_settings, "submitted_at": started},
+    log.info(
+        "training %d configuration(s) one after another on one group of %d workers",
+        len(pending),
+        settings.gpus,
+    )
+    worker_settings = settings.worker_settings().to_dict()
+    entries = [settings.grid_entry(hparams) for hparams in pending]  # settings once, below
+    started = time.time()
+    trainer = backend.ray_trainer(
+        {"trials": entries, "settings": worker_settings, "submitted_at": started},
+        use_gpu=settings.use_gpu,
+        whole_grid=True,
+        scaling_config=ScalingConfig(
+            num_workers=settings.gpus,
             use_gpu=settings.use_gpu,
-            whole_grid=True,
-            scaling_config=ScalingConfig(
-                num_workers=settings.gpus,
-                use_gpu=settings.use_gpu,
-                resources_per_worker={
-                    "CPU": settings.cpus_per_worker,
-                    **({"GPU": 1} if settings.use_gpu else {}),
-                },
-            ),
-            run_config=RunConfig(
-                name=RUN_NAME,
-                storage_path=str((settings.out_dir / "ray").resolve()),
-                # Every restart uses up one attempt of one configuration, which the workers
-                # then skip: the run ends after at most this many.
-                failure_config=FailureConfig(
-                    max_failures=(settings.max_failures + 1) * len(pending)
-                ),
-            ),
-        )
-        error = None
-        try:
-            trainer.fit()
-        except Exception as exc:  # noqa: BLE001 - recorded per configuration below
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("the data-parallel run failed: %s", error.splitlines()[0])
-        ended = time.time()
-        for hparams in pending:
-            # A configuration without result.json failed (failed.json says how) or was never
-            # reached because the run itself failed (the run's error).
-            record = build_record(
-                settings, hparams, error=None, driver_start=started, driver_end=ended
-            )
-            failed_file = trial_dir(settings, hparams.trial_id) / "failed.json"
-            if record.status != "ok" and not failed_file.is_file():
-                record.error = (error or "the run ended before this configuration").splitlines()[0][
-                    :500
-                ]
-            save_record(settings, record)
-            records[hparams.trial_id] = record
-            on_record(record)
-    return [records[hp.trial_id] for hp in grid]
+            resources_per_worker={
+                "CPU": settings.cpus_per_worker,
+                **({"GPU": 1} if settings.use_gpu else {}),
+            },
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str((settings.out_dir / "ray").resolve()),
+            # Every restart uses up one attempt of one configuration, which the workers
+            # then skip: the run ends after at most this many.
+            failure_config=FailureConfig(max_failures=(settings.max_failures + 1) * len(pending)),
+        ),
+    )
+    run_error = None
+    try:
+        trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - recorded per configuration below
+        run_error = f"{type(exc).__name__}: {exc}"
+        log.error("the data-parallel run failed: %s", run_error.splitlines()[0])
+    yield from outcomes_of_run(settings, pending, run_error, started, time.time())
+
+
+def outcomes_of_run(
+    settings: TrainSettings,
+    pending: Sequence[HParams],
+    run_error: str | None,
+    started: float,
+    ended: float,
+) -> Iterator[Outcome]:
+    """Each configuration's outcome once the one run (started, ended) is over.
+
+    One that left ``result.json`` finished, and one that left ``failed.json`` failed for the
+    reason its worker wrote there. One with neither was never reached, or the run itself
+    failed: the run's error (``run_error``) is its own.
+    """
+    for hparams in pending:
+        directory = trial_dir(settings, hparams.trial_id)
+        left_files = any((directory / name).is_file() for name in (RESULT_FILE, FAILED_FILE))
+        error = None if left_files else (run_error or "the run ended before this configuration")
+        yield Outcome(hparams, error, started, ended)

@@ -12,14 +12,17 @@ they are recorded as ``stopped``. Hybrid mode refuses ASHA (``distmis.config.ASH
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from distmis import backends
 from distmis.hparams import HParams
+from distmis.run_folder import RESULT_FILE
+from distmis.train.grid import Outcome, run_grid
 from distmis.train.settings import TrainSettings
-from distmis.train.trials import TrialRecord, build_record, save_record, trial_dir
+from distmis.train.trials import TrialRecord, trial_dir
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,10 @@ def run_experiment_parallel(
         _tune_trainable,
         {"cpu": settings.cpus_per_worker, "gpu": 1 if settings.use_gpu else 0},
     )
-    return _run_tune(settings, grid, on_record, trainable, {}, settings.max_failures)
+    tune_pending = functools.partial(
+        train_with_tune, settings, trainable, {}, settings.max_failures
+    )
+    return run_grid(settings, grid, on_record, tune_pending)
 
 
 def run_hybrid_parallel(
@@ -139,18 +145,20 @@ def run_hybrid_parallel(
         "storage": str((settings.out_dir / "ray" / HYBRID_RUNS).resolve()),
     }
     # Train retries a failing run itself; Tune must not start it over on top of that.
-    return _run_tune(settings, grid, on_record, trainable, {"hybrid": hybrid}, 0)
+    tune_pending = functools.partial(train_with_tune, settings, trainable, {"hybrid": hybrid}, 0)
+    return run_grid(settings, grid, on_record, tune_pending)
 
 
-def _run_tune(
+def train_with_tune(
     settings: TrainSettings,
-    grid: Sequence[HParams],
-    on_record: Callable[[TrialRecord], None],
     trainable,
     extra_space: dict,
     tune_failures: int,
-) -> list[TrialRecord]:
-    """Run ``trainable`` over the grid, at most ``settings.concurrent_trials`` at once.
+    pending: Sequence[HParams],
+) -> Iterator[Outcome]:
+    """Experiment and hybrid mode's trainer of pending configurations: ``trainable`` over
+    them, at most ``settings.concurrent_trials`` at once; every outcome comes when Tune's run
+    ends, in Tune's trial order.
 
     An interrupted run is restored with Tune's experiment restore: finished trials are
     kept, unfinished ones resume from their last checkpoint. A trial that still fails after
@@ -168,6 +176,8 @@ def _run_tune(
     )
     started = time.time()
     if tune.Tuner.can_restore(str(experiment_path)):
+        # The restored experiment holds its whole first grid; the trials recorded since
+        # (not pending) are left out below.
         log.info("restoring the interrupted experiment in %s", experiment_path)
         tuner = tune.Tuner.restore(
             str(experiment_path),
@@ -182,7 +192,7 @@ def _run_tune(
             param_space={
                 # The settings once, not in every grid entry: Tune shows the entries as the
                 # trials' names and columns.
-                "trial": tune.grid_search([settings.grid_entry(hp) for hp in grid]),
+                "trial": tune.grid_search([settings.grid_entry(hp) for hp in pending]),
                 "settings": settings.worker_settings().to_dict(),
                 **extra_space,
             },
@@ -194,24 +204,20 @@ def _run_tune(
             run_config=run_config,
         )
     result_grid = tuner.fit()
-    by_id = {hp.trial_id: hp for hp in grid}
-    records = []
+    by_id = {hp.trial_id: hp for hp in pending}
     for result in result_grid:
         trial_id = result.config["trial"]["trial_id"]
+        if trial_id not in by_id:
+            continue  # recorded by an earlier run of this experiment: not pending
         error = None
         if result.error is not None:
             error = f"{type(result.error).__name__}: {result.error}"
-        finished = (trial_dir(settings, trial_id) / "result.json").is_file()
-        record = build_record(
-            settings,
+        finished = (trial_dir(settings, trial_id) / RESULT_FILE).is_file()
+        yield Outcome(
             by_id[trial_id],
-            error=error,
-            driver_start=started,
-            driver_end=time.time(),
+            error,
+            started,
+            time.time(),
             # Ended without an error and without finishing: the scheduler stopped it.
             stopped=error is None and not finished and settings.scheduler != "none",
         )
-        save_record(settings, record)
-        records.append(record)
-        on_record(record)
-    return records

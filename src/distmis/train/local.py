@@ -15,7 +15,8 @@ What Ray would do for a trial, it does itself, in the same order:
   newest complete one. A finished trial's folder is removed with it: its model is saved;
 - retries: a failing attempt is retried ``max_failures`` times from its last checkpoint,
   then recorded as failed and the next configuration starts;
-- resume: configurations with a record from an interrupted run are not trained again.
+- resume: configurations with a record from an interrupted run are not trained again (the
+  grid skeleton every runner shares, :mod:`distmis.train.grid`).
 
 Nothing here imports Ray, TensorFlow or PyTorch; the backend imports its framework.
 """
@@ -23,6 +24,7 @@ Nothing here imports Ray, TensorFlow or PyTorch; the backend imports its framewo
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -32,8 +34,9 @@ from typing import Any
 
 from distmis import backends
 from distmis.hparams import HParams
+from distmis.train.grid import Outcome, run_grid
 from distmis.train.settings import TrainSettings
-from distmis.train.trials import TrialRecord, build_record, load_record, save_record
+from distmis.train.trials import TrialRecord
 from distmis.trial import RUNNER_LOCAL, Runner, StepsBuilder, run_attempt
 
 log = logging.getLogger(__name__)
@@ -112,38 +115,34 @@ def run_local(
     *,
     build_steps: StepsBuilder | None = None,
 ) -> list[TrialRecord]:
-    """Train every configuration of ``grid`` in this process, in grid order.
+    """Train every configuration of ``grid`` in this process, in grid order
+    (:func:`distmis.train.grid.run_grid`; each record as its trial ends).
 
     ``build_steps`` defaults to the backend's (:meth:`Backend.trial_steps`); tests pass their
     own to inject a failure mid-trial. ``KeyboardInterrupt`` and ``SystemExit`` (SIGTERM) end
     the run at once and leave the checkpoints for the rerun to resume from.
     """
     build_steps = build_steps or backends.get(settings.backend).trial_steps()
-    records = []
-    for position, hparams in enumerate(grid, start=1):
-        done = load_record(settings, hparams.trial_id)
-        if done is not None:
-            log.info(
-                "[%d/%d] %s already finished (%s); not retrained",
-                position,
-                len(grid),
-                hparams.trial_id,
-                done.status,
-            )
-            records.append(done)
-            continue
-        log.info("[%d/%d] training %s locally", position, len(grid), hparams.trial_id)
-        record = _train_one(settings, hparams, build_steps)
-        save_record(settings, record)
-        records.append(record)
-        on_record(record)
+    records = run_grid(
+        settings, grid, on_record, functools.partial(train_in_this_process, settings, build_steps)
+    )
     with contextlib.suppress(OSError):
         (settings.out_dir / LOCAL_DIR).rmdir()  # gone once no trial is left unfinished
     return records
 
 
-def _train_one(settings: TrainSettings, hparams: HParams, build_steps: StepsBuilder) -> TrialRecord:
-    """Up to ``1 + max_failures`` attempts, each from the last checkpoint; the trial's record."""
+def train_in_this_process(
+    settings: TrainSettings, build_steps: StepsBuilder, pending: Sequence[HParams]
+) -> Iterator[Outcome]:
+    """The local runner's trainer of pending configurations: one after another, each
+    outcome as its trial ends."""
+    for position, hparams in enumerate(pending, start=1):
+        log.info("[%d/%d] training %s locally", position, len(pending), hparams.trial_id)
+        yield _train_one(settings, hparams, build_steps)
+
+
+def _train_one(settings: TrainSettings, hparams: HParams, build_steps: StepsBuilder) -> Outcome:
+    """Up to ``1 + max_failures`` attempts, each from the last checkpoint; how they ended."""
     trial = settings.trial_config(hparams)
     store = CheckpointStore(settings.out_dir / LOCAL_DIR / hparams.trial_id)
     driver_start = time.time()
@@ -163,8 +162,7 @@ def _train_one(settings: TrainSettings, hparams: HParams, build_steps: StepsBuil
                 error.splitlines()[0],
                 "; retrying from its last checkpoint" if retry else "",
             )
-    record = build_record(
-        settings, hparams, error=error, driver_start=driver_start, driver_end=time.time()
-    )
+    driver_end = time.time()
+    # The record reads only <out>/trials/<trial_id>/; the checkpoints go with the trial.
     store.remove()
-    return record
+    return Outcome(hparams, error, driver_start, driver_end)

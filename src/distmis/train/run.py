@@ -1,4 +1,7 @@
-"""One training job: one mode at one G, from Ray start-up to trials.csv and summary.json."""
+"""One training job: one mode at one G, from Ray start-up to trials.csv and summary.json.
+
+Every file of the run folder is written through its contract, :mod:`distmis.run_folder`.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +23,16 @@ from pathlib import Path
 from distmis import backends
 from distmis.cluster.ray_cluster import ClusterError
 from distmis.cluster.resources import job_shape
-from distmis.errors import CacheSpaceError, DeviceError, DistmisError
-from distmis.fileio import read_json, write_json
-from distmis.plan.measure import write_run_calibration
+from distmis.errors import CacheSpaceError, ContractError, DeviceError, DistmisError
+from distmis.run_folder import (
+    RUN_STATE_FILE,
+    SUMMARY_FILE,
+    TRIALS_FILE,
+    RequestedResources,
+    Resources,
+    RunState,
+    RunSummary,
+)
 from distmis.shards import node_cache
 from distmis.shards.info import DatasetInfo
 from distmis.train.preflight import require_gpus
@@ -32,8 +42,6 @@ from distmis.train.summary import build_summary, save_best_model, write_summary
 from distmis.train.trials import devices_seen, worker_devices, write_trials
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "run_state.json"
 
 
 def _fingerprint(settings: TrainSettings, info: DatasetInfo) -> str:
@@ -50,14 +58,21 @@ def _prepare_state(settings: TrainSettings, fingerprint: str) -> bool:
     A run that finished (state ``complete``) or had other settings or data is cleared, so
     ``--forcerun`` retrains; one that was interrupted keeps its finished trials.
     """
-    state_path = settings.out_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else None
-    if state is not None and not state["complete"] and state["fingerprint"] == fingerprint:
+    state_path = settings.out_dir / RUN_STATE_FILE
+    state = None
+    if state_path.is_file():
+        try:
+            state = RunState.read(state_path)
+        except ContractError as exc:
+            # Never resume from a state this version cannot read: its trials' files would be
+            # of an older format too. Starting afresh is the one safe reading of it.
+            log.warning("starting afresh: %s", exc)
+    if state is not None and not state.complete and state.fingerprint == fingerprint:
         log.info("resuming the interrupted run in %s", settings.out_dir)
         return True
     for stale in ("trials", "ray", "local", "tensorboard"):
         shutil.rmtree(settings.out_dir / stale, ignore_errors=True)
-    write_json(state_path, {"fingerprint": fingerprint, "complete": False, "started": time.time()})
+    RunState(fingerprint=fingerprint, complete=False, started=time.time()).write(state_path)
     return False
 
 
@@ -124,7 +139,7 @@ def run_training(settings: TrainSettings) -> dict:
     Writes ``trials.csv`` as configurations finish (experiment, hybrid and local runs; data
     mode's one Ray Train run when it ends, each ``result.json`` as it finishes) and, at the end,
     ``summary.json``, the best model (``best_model.keras`` or ``best_model.pt``) and its card
-    ``best_model.json``; returns the summary.
+    ``best_model.json``; returns the summary as written (its JSON object).
     """
     if settings.use_gpu:
         # Before Ray, the data or any trial: a framework that cannot use the GPUs would
@@ -166,16 +181,14 @@ def refuse_node_failures(records) -> None:
             raise DistmisError(f"{refused[0].trial_id}: {refused[0].error}")
 
 
-def refuse_cpu_fallback(settings: TrainSettings, records, summary: dict) -> None:
+def refuse_cpu_fallback(settings: TrainSettings, records, summary: RunSummary) -> None:
     """An error when a ``use_gpu`` run's workers trained on something else than a GPU (the
     run counts as complete, as in :func:`refuse_node_failures`)."""
     if not settings.use_gpu:
         return
-    elsewhere = [d for d in summary["worker_devices"] if d["device_type"] != "gpu"]
+    elsewhere = [d for d in summary.worker_devices if d.device_type != "gpu"]
     if elsewhere:
-        where = ", ".join(
-            f"{d['host']} ({d['device_type']}: {d['device_name']})" for d in elsewhere
-        )
+        where = ", ".join(f"{d.host} ({d.device_type}: {d.device_name})" for d in elsewhere)
         raise DistmisError(
             f"use_gpu is true but workers trained off the GPU on {where}; see "
             f"{settings.out_dir}/trials/*/workers/"
@@ -194,7 +207,7 @@ def _run_training(settings: TrainSettings) -> dict:
 
     def on_record(record) -> None:
         finished.append(record)
-        write_trials(settings.out_dir / "trials.csv", finished)
+        write_trials(settings.out_dir / TRIALS_FILE, finished)
 
     if settings.runner == "local":
         from distmis.train.local import run_local
@@ -216,7 +229,7 @@ def _run_training(settings: TrainSettings) -> dict:
     if resumed:
         # The honest span of a resumed run covers every trial, earlier ones included.
         makespan_start = min([makespan_start, *(r.start_time for r in records)])
-    write_trials(settings.out_dir / "trials.csv", records)
+    write_trials(settings.out_dir / TRIALS_FILE, records)
     save_best_model(settings, records)
     summary = build_summary(
         backend=settings.backend,
@@ -228,37 +241,30 @@ def _run_training(settings: TrainSettings) -> dict:
         trials=records,
         makespan_start=makespan_start,
         makespan_end=makespan_end,
-        resources={
-            "requested": {
-                "cpus": workers * settings.cpus_per_worker,
-                "gpus": workers if settings.use_gpu else 0,
-                "cpus_per_worker": settings.cpus_per_worker,
-                "use_gpu": settings.use_gpu,
-            },
-            # The Ray cluster's total resources (none for the local runner).
-            **({"ray_cluster": resources} if resources is not None else {}),
+        resources=Resources(
+            requested=RequestedResources(
+                cpus=workers * settings.cpus_per_worker,
+                gpus=workers if settings.use_gpu else 0,
+                cpus_per_worker=settings.cpus_per_worker,
+                use_gpu=settings.use_gpu,
+            ),
+            # The Ray cluster's total resources (None for the local runner).
+            ray_cluster=resources,
             # Cores this job's process may run on (its cgroup/affinity share, e.g. SLURM's).
-            "cpus_visible_to_job": len(os.sched_getaffinity(0)),
-            "slurm": scheduler_allocation(),
-        },
+            cpus_visible_to_job=len(os.sched_getaffinity(0)),
+            slurm=scheduler_allocation(),
+        ),
         settings=settings.to_json(),
         devices_seen=devices_seen(settings, records),
         resumed=resumed,
+        # What the planner scales a step to an epoch with (it reads them from summary.json).
+        train_volumes=info.count("train"),
+        val_volumes=info.count("val"),
         worker_devices=worker_devices(settings, records),
     )
-    write_summary(settings.out_dir / "summary.json", summary)
-    # What this run measured about itself, for `distmis plan` (its makespan's parts). A
-    # finished grid is worth more than this file: rule plan measures the run itself when the
-    # file is missing, and names what is wrong there.
-    try:
-        write_run_calibration(
-            settings.out_dir,
-            {"train_volumes": info.count("train"), "val_volumes": info.count("val")},
-        )
-    except (DistmisError, KeyError, TypeError, ValueError) as exc:
-        log.warning("no calibration.json for %s: %s", settings.out_dir, exc)
-    state = read_json(settings.out_dir / STATE_FILE, "distmis train")
-    write_json(settings.out_dir / STATE_FILE, {**state, "complete": True})
+    write_summary(settings.out_dir / SUMMARY_FILE, summary)
+    state_path = settings.out_dir / RUN_STATE_FILE
+    replace(RunState.read(state_path), complete=True).write(state_path)
     refuse_node_failures(records)
     refuse_cpu_fallback(settings, records, summary)
-    return summary
+    return summary.to_json()

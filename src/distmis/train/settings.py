@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distmis import backends, modes
 from distmis.config import train_backends
@@ -14,11 +14,12 @@ from distmis.errors import ConfigError
 from distmis.hparams import HParams, expand_grid
 from distmis.trial import TrialConfig, WorkerSettings
 
-SCHEDULERS = ("none", "asha")
+if TYPE_CHECKING:
+    from distmis.backends.base import Backend
+
 # Who runs the trials: Ray (Train in data mode, Tune in experiment mode) or this process
 # (distmis.train.local: one device, no Ray).
 RUNNERS = ("ray", "local")
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 # The original DistMIS TensorFlow scripts read a JSON file with these keys; they map onto ours.
 SEED_CONFIG_KEYS = {
@@ -82,63 +83,71 @@ def _seed_config_overrides(payload: Mapping[str, Any], path: Path) -> dict[str, 
     return overrides
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything one training job needs besides the grid itself."""
+# TrainSettings fields that come from the config elsewhere than train.<field name>.
+CONFIG_PATHS = {
+    "depth": ("model", "depth"),
+    "base_filters": ("model", "base_filters"),
+    "asha_grace_period": ("asha", "grace_period"),
+    "asha_reduction_factor": ("asha", "reduction_factor"),
+}
 
-    mode: str
+
+def _backend(name: str) -> Backend:
+    """The backend called ``name``; ConfigError names the choices."""
+    if name not in backends.NAMES:
+        raise ConfigError(f"backend must be one of {backends.NAMES}, got {name!r}")
+    return backends.get(name)
+
+
+def _config_value(train: Mapping[str, Any], name: str) -> Any:
+    value = train
+    for key in CONFIG_PATHS.get(name, (name,)):
+        value = value[key]
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings(WorkerSettings):
+    """One training job: what its workers are told (the :class:`~distmis.trial.WorkerSettings`
+    fields it extends; :meth:`worker_settings` is that part alone) and what only the driver
+    reads (below).
+
+    Built from a validated config, it checks what the run itself chooses or overrides (mode,
+    G, k, runner, backend; use_gpu from a seed config) against the rules, each stated once
+    where it lives: :meth:`Mode.k_problem <distmis.modes.Mode.k_problem>`,
+    :func:`~distmis.modes.asha_problem`, the backend's ``check_options``. What the schema
+    settles (enums, ranges) it does not check again.
+
+    ``to_dict`` (inherited) is what workers receive; :meth:`to_json` is every field, for
+    summary.json and the run's fingerprint.
+    """
+
     gpus: int
-    tfrecord_dir: Path
-    out_dir: Path
-    use_gpu: bool
-    cpus_per_worker: int
-    epochs: int
-    batch_size_per_replica: int
     scale_lr: bool
-    seed: int
-    cache: bool
-    shuffle_buffer: int
-    max_failures: int
-    debug: bool
-    depth: int
-    base_filters: int
     ray_address: str | None
     search_space: Mapping[str, Any]
-    backend: str = "tensorflow"
-    # torch backend only: autocast precision, channels_last_3d memory format, DataLoader workers.
-    precision: str = "fp32"
-    channels_last_3d: bool = False
-    loader_workers: int = 0
-    # Trial ids that raise on purpose; only the fault-tolerance tests set this.
-    fail_trials: tuple[str, ...] = field(default=())
     # train.cache_dir: where node caches live (None: distmis.shards.node_cache.cache_root).
-    cache_dir: str | None = None
-    # This run's node-cache scope folder, set when the run starts (not part of its identity).
-    cache_scope: str | None = None
-    runner: str = "ray"
+    cache_dir: str | None
     # Hybrid mode's k: GPUs (workers) per trial, G/k trials at once. Data mode is k = G and
     # experiment mode k = 1 (workers_per_trial); only hybrid reads this field.
-    gpus_per_trial: int = 1
-    scheduler: str = "none"
-    gpus_per_node: int = 4  # a hybrid trial with k <= this stays on one node
-    asha_grace_period: int = 1
-    asha_reduction_factor: int = 2
+    gpus_per_trial: int
+    scheduler: str
+    gpus_per_node: int  # a hybrid trial with k <= this stays on one node
+    asha_grace_period: int
+    asha_reduction_factor: int
+    runner: str = "ray"
 
     def __post_init__(self) -> None:
         if self.mode not in modes.NAMES:
             raise ConfigError(f"mode must be one of {modes.NAMES}, got {self.mode!r}")
         if self.gpus < 1:
             raise ConfigError(f"gpus must be >= 1, got {self.gpus}")
-        problem = self.mode_spec.k_problem(self.gpus, self.gpus_per_trial)
-        if problem:
-            raise ConfigError(problem)
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        if self.scheduler == "asha" and self.mode_spec.asha_refused:
-            raise ConfigError(
-                f"train.scheduler asha is refused in {self.mode} mode: "
-                f"{self.mode_spec.asha_refused}"
-            )
+        for problem in (
+            self.mode_spec.k_problem(self.gpus, self.gpus_per_trial),
+            modes.asha_problem(self.scheduler, [self.mode]),
+        ):
+            if problem:
+                raise ConfigError(problem)
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner must be one of {RUNNERS}, got {self.runner!r}")
         if self.runner == "local" and self.mode_spec.takes_k:
@@ -152,13 +161,7 @@ class TrainSettings:
                 f"the local runner trains on one device in one process; G = {self.gpus} "
                 "needs the Ray runner (--runner ray)"
             )
-        if self.backend not in backends.NAMES:
-            raise ConfigError(f"backend must be one of {backends.NAMES}, got {self.backend!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        backends.get(self.backend).check_settings(
-            precision=self.precision, channels_last_3d=self.channels_last_3d, use_gpu=self.use_gpu
-        )
+        _backend(self.backend).check_options(self.backend_options, use_gpu=self.use_gpu)
 
     @classmethod
     def from_config(
@@ -177,6 +180,8 @@ class TrainSettings:
         ``backend`` picks one of ``train.backend`` (a name or a list); None takes the only
         one configured, and is an error when the config lists several. ``gpus_per_trial`` is
         hybrid mode's k (one of ``train.gpus_per_trial``; None: its only or first value).
+        Every other field without a default is ``train.<field>`` (or :data:`CONFIG_PATHS`'
+        key), so a new setting is a field and a schema key, not another line here.
         """
         configured = train_backends(train)
         if backend is None:
@@ -185,39 +190,25 @@ class TrainSettings:
                     f"train.backend lists {configured}: choose one (--backend) for this run"
                 )
             backend = configured[0]
-        if backend not in backends.NAMES:
-            raise ConfigError(f"backend must be one of {backends.NAMES}, got {backend!r}")
-        return cls(
-            backend=backend,
-            # Each backend takes its own switches (train.torch for torch); others keep defaults.
-            **backends.get(backend).options(train),
-            mode=mode,
-            gpus=gpus,
-            tfrecord_dir=Path(tfrecord_dir),
-            out_dir=Path(out_dir),
-            use_gpu=train["use_gpu"],
-            cpus_per_worker=train["cpus_per_worker"],
-            epochs=train["epochs"],
-            batch_size_per_replica=train["batch_size_per_replica"],
-            scale_lr=train["scale_lr"],
-            seed=train["seed"],
-            cache=train["cache"],
-            shuffle_buffer=train["shuffle_buffer"],
-            cache_dir=train["cache_dir"],
-            max_failures=train["max_failures"],
-            debug=train["debug"],
-            depth=train["model"]["depth"],
-            base_filters=train["model"]["base_filters"],
-            ray_address=train["ray_address"],
-            search_space=dict(train["search_space"]),
-            gpus_per_trial=gpus_per_trial
-            if gpus_per_trial is not None
-            else (train["gpus_per_trial"][0] if modes.get(mode).takes_k else 1),
-            scheduler=train["scheduler"],
-            gpus_per_node=train["gpus_per_node"],
-            asha_grace_period=train["asha"]["grace_period"],
-            asha_reduction_factor=train["asha"]["reduction_factor"],
-        )
+        if gpus_per_trial is None:
+            gpus_per_trial = train["gpus_per_trial"][0] if modes.get(mode).takes_k else 1
+        chosen = {
+            "mode": mode,
+            "gpus": gpus,
+            "tfrecord_dir": Path(tfrecord_dir),
+            "out_dir": Path(out_dir),
+            "backend": backend,
+            "gpus_per_trial": gpus_per_trial,
+            # Each backend takes its own switches (train.torch for torch); others none.
+            "backend_options": _backend(backend).options(train),
+            "search_space": dict(train["search_space"]),
+        }
+        configured_fields = [
+            f.name
+            for f in fields(cls)
+            if f.default is MISSING and f.default_factory is MISSING and f.name not in chosen
+        ]
+        return cls(**chosen, **{name: _config_value(train, name) for name in configured_fields})
 
     def with_seed_config(self, path: Path) -> TrainSettings:
         """Override from an original-DistMIS JSON file.
@@ -267,29 +258,9 @@ class TrainSettings:
         return hparams.lr
 
     def worker_settings(self) -> WorkerSettings:
-        """What every worker of this run is told (absolute paths: workers may start elsewhere)."""
-        return WorkerSettings(
-            tfrecord_dir=str(self.tfrecord_dir.resolve()),
-            out_dir=str(self.out_dir.resolve()),
-            mode=self.mode,
-            epochs=self.epochs,
-            batch_size_per_replica=self.batch_size_per_replica,
-            seed=self.seed,
-            cache=self.cache,
-            depth=self.depth,
-            base_filters=self.base_filters,
-            cpus_per_worker=self.cpus_per_worker,
-            debug=self.debug,
-            fail_trials=tuple(self.fail_trials),
-            backend=self.backend,
-            use_gpu=self.use_gpu,
-            precision=self.precision,
-            channels_last_3d=self.channels_last_3d,
-            loader_workers=self.loader_workers,
-            shuffle_buffer=self.shuffle_buffer,
-            cache_scope=self.cache_scope,
-            max_failures=self.max_failures,
-        )
+        """What every worker of this run is told: the :class:`WorkerSettings` part of these
+        settings, as a worker reads it back from :meth:`to_dict` (absolute paths)."""
+        return WorkerSettings.from_dict(self.to_dict())
 
     def trial_config(self, hparams: HParams) -> TrialConfig:
         """The configuration every worker of ``hparams``' trial receives."""
@@ -308,6 +279,7 @@ class TrainSettings:
         return entry
 
     def to_json(self) -> dict:
+        """Every field, JSON-able, paths as given: summary.json's ``settings``."""
         payload = asdict(self)
         payload.update(
             tfrecord_dir=str(self.tfrecord_dir),

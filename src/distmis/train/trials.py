@@ -1,82 +1,45 @@
-"""The ``trials.csv`` contract: one :class:`TrialRecord` per configuration, built from what the
-trial left in ``<out>/trials/<trial_id>/`` (the files of :mod:`distmis.trial`).
+"""Each configuration's :class:`~distmis.run_folder.TrialRecord` (a ``trials.csv`` row and its
+``record.json``), built from what the trial left in ``<out>/trials/<trial_id>/``.
 
-Columns are the fields of :class:`TrialRecord`, in order (:data:`TRIAL_COLUMNS`). The scaling
-stage reads only this file and ``summary.json`` (:mod:`distmis.train.summary`).
+The files and their formats are :mod:`distmis.run_folder`'s; this module decides what a
+trial's record says (its status, span, metrics and rate) from them.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from distmis.fileio import atomic_path, write_json
+from distmis import run_folder
 from distmis.hparams import HParams
+from distmis.run_folder import (
+    FAILED_FILE,
+    RECORD_FILE,
+    RESULT_FILE,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_STOPPED,
+    TRIAL_COLUMNS,  # noqa: F401 - importable from here, where tests have found it
+    FailedAttempt,
+    TrialRecord,
+    TrialResult,
+    WorkerDevice,
+    WorkerInfo,
+    read_attempts,
+    read_epochs,
+    read_if_present,
+    read_workers,
+)
 from distmis.train.settings import TrainSettings
-from distmis.trial import STATUS_FAILED, STATUS_OK, STATUS_STOPPED, read_epochs
-
-
-@dataclass
-class TrialRecord:
-    """One row of trials.csv. Times are wall-clock epoch seconds."""
-
-    trial_id: str
-    lr: float
-    norm: str
-    beta_2: float
-    amsgrad: bool
-    lr_effective: float  # lr after optional linear scaling by the worker count
-    epochs: int
-    batch_size_per_replica: int
-    global_batch_size: int
-    workers: int
-    status: str
-    start_time: float
-    end_time: float
-    seconds: float
-    volumes_per_second: float  # training volumes processed / trial seconds
-    train_loss: float | None = None
-    train_dice: float | None = None
-    val_loss: float | None = None
-    val_dice: float | None = None
-    node: str = ""  # host(s) the trial's workers ran on, ';'-separated
-    worker: str = ""  # process id(s) and GPU id(s), e.g. "pid=123 gpu=0"
-    attempts: int = 1
-    error: str = ""
-    epochs_run: int = 0  # epochs validated (== epochs when ok; fewer when stopped or failed)
-    startup_seconds: float | None = None  # asked for → first training epoch (result.json)
-
-
-TRIAL_COLUMNS = tuple(f.name for f in fields(TrialRecord))
 
 
 def write_trials(path: Path, trials: Iterable[TrialRecord]) -> None:
     """Write trials.csv whole (temp file, then rename), rows sorted by trial id."""
-    rows = sorted((asdict(t) for t in trials), key=lambda row: row["trial_id"])
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=TRIAL_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    run_folder.write_trials(path, trials)
 
 
 def trial_dir(settings: TrainSettings, trial_id: str) -> Path:
-    return settings.out_dir / "trials" / trial_id
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def worker_files(directory: Path) -> list[dict]:
-    """The per-rank files the workers of the last attempt wrote, by rank."""
-    found = [_read(p) for p in sorted((directory / "workers").glob("rank*.json"))]
-    return sorted((w for w in found if w), key=lambda w: w["rank"])
+    return run_folder.trial_folder(settings.out_dir, trial_id)
 
 
 def build_record(
@@ -97,38 +60,42 @@ def build_record(
     (``epochs.jsonl``).
     """
     directory = trial_dir(settings, hparams.trial_id)
-    result = _read(directory / "result.json") if error is None else None
-    workers = worker_files(directory)
-    attempts_log = directory / "attempts.log"
-    attempts = len(attempts_log.read_text().split()) if attempts_log.is_file() else 0
+    result: TrialResult | None = (
+        read_if_present(TrialResult, directory / RESULT_FILE) if error is None else None
+    )
+    workers = read_workers(directory)
+    attempts = read_attempts(directory)
     world = settings.workers_per_trial
     epochs = read_epochs(directory)
-    failure = _read(directory / "failed.json") if result is None and not stopped else None
+    failure: FailedAttempt | None = (
+        read_if_present(FailedAttempt, directory / FAILED_FILE)
+        if result is None and not stopped
+        else None
+    )
+    metrics: dict[str, float] = {}
+    volumes = 0
     if result is None and stopped and epochs:
-        first_attempt = float(attempts_log.read_text().split()[0]) if attempts else driver_start
-        start, end, metrics = first_attempt, epochs[-1]["time"], epochs[-1]
-        volumes = _stopped_volumes(workers, len({e["epoch"] for e in epochs}))
+        first_attempt = attempts[0] if attempts else driver_start
+        start, end, metrics = first_attempt, epochs[-1].time, dict(epochs[-1].metrics)
+        volumes = _stopped_volumes(workers, len({e.epoch for e in epochs}))
     elif failure is not None:
-        start, end, metrics, volumes = failure["start_time"], failure["end_time"], {}, 0
-        error = failure["error"]  # the worker's own message, not Ray's wrapper
+        start, end = failure.start_time, failure.end_time
+        error = failure.error  # the worker's own message, not Ray's wrapper
     elif result is None:
-        start, end, metrics, volumes = driver_start, driver_end, {}, 0
+        start, end = driver_start, driver_end
     else:
-        start, end = result["start_time"], result["end_time"]
-        metrics, volumes = result["metrics"], result["volumes_trained"]
+        start, end = result.start_time, result.end_time
+        metrics, volumes = dict(result.metrics), result.volumes_trained
     seconds = end - start
-    hosts = sorted({w["host"] for w in workers})
+    hosts = sorted({w.host for w in workers})
     worker_ids = [
-        f"rank{w['rank']}:pid={w['pid']}"
-        + (f",gpu={'/'.join(w['gpu_ids'])}" if w["gpu_ids"] else "")
+        f"rank{w.rank}:pid={w.pid}" + (f",gpu={'/'.join(w.gpu_ids)}" if w.gpu_ids else "")
         for w in workers
     ]
+    finished = result is not None or (stopped and bool(epochs))
     return TrialRecord(
         trial_id=hparams.trial_id,
-        lr=hparams.lr,
-        norm=hparams.norm,
-        beta_2=hparams.beta_2,
-        amsgrad=hparams.amsgrad,
+        hparams=hparams,
         lr_effective=settings.lr_effective(hparams),
         epochs=settings.epochs,
         batch_size_per_replica=settings.batch_size_per_replica,
@@ -141,39 +108,43 @@ def build_record(
         end_time=end,
         seconds=seconds,
         volumes_per_second=volumes / seconds if seconds > 0 else 0.0,
-        train_loss=metrics.get("loss"),
-        train_dice=metrics.get("dice"),
-        val_loss=metrics.get("val_loss"),
-        val_dice=metrics.get("val_dice"),
+        # A failed trial has no metrics (None, an empty cell), by design.
+        train_loss=_metric(metrics, "loss"),
+        train_dice=_metric(metrics, "dice"),
+        val_loss=_metric(metrics, "val_loss"),
+        val_dice=_metric(metrics, "val_dice"),
         node=";".join(hosts),
         worker=";".join(worker_ids),
-        attempts=max(attempts, 1),
-        error=""
-        if result is not None or (stopped and epochs)
-        else (error or "trial ended without a result").splitlines()[0][:500],
-        epochs_run=len({e["epoch"] for e in epochs})
+        attempts=max(len(attempts), 1),
+        error="" if finished else (error or "trial ended without a result").splitlines()[0][:500],
+        epochs_run=len({e.epoch for e in epochs})
         if epochs
         else (settings.epochs if result is not None else 0),
-        startup_seconds=result.get("startup_seconds") if result is not None else None,
+        startup_seconds=result.startup_seconds if result is not None else None,
     )
 
 
-def _stopped_volumes(workers: Sequence[dict], epochs_run: int) -> int:
+def _metric(metrics: dict[str, float], name: str) -> float | None:
+    # Empty for a trial without metrics; a trial with metrics has every one of these.
+    return metrics[name] if metrics else None
+
+
+def _stopped_volumes(workers: Sequence[WorkerInfo], epochs_run: int) -> int:
     """Training volumes a stopped trial processed: epochs × steps × global batch (its worker
     files say the steps and batch)."""
     if not workers:
         return 0
-    return epochs_run * workers[0]["steps_per_epoch"] * workers[0]["global_batch_size"]
+    return epochs_run * workers[0].steps_per_epoch * workers[0].global_batch_size
 
 
 def save_record(settings: TrainSettings, record: TrialRecord) -> None:
     """Mark the trial finished (ok or failed) so a rerun does not train it again."""
-    write_json(trial_dir(settings, record.trial_id) / "record.json", asdict(record))
+    record.write(trial_dir(settings, record.trial_id) / RECORD_FILE)
 
 
 def load_record(settings: TrainSettings, trial_id: str) -> TrialRecord | None:
-    payload = _read(trial_dir(settings, trial_id) / "record.json")
-    return TrialRecord(**payload) if payload else None
+    """The record of a configuration an earlier (interrupted) run finished, else None."""
+    return read_if_present(TrialRecord, trial_dir(settings, trial_id) / RECORD_FILE)
 
 
 def devices_seen(settings: TrainSettings, records: Sequence[TrialRecord]) -> list[str]:
@@ -181,23 +152,18 @@ def devices_seen(settings: TrainSettings, records: Sequence[TrialRecord]) -> lis
         {
             d
             for r in records
-            for w in worker_files(trial_dir(settings, r.trial_id))
-            for d in w["devices"]
+            for w in read_workers(trial_dir(settings, r.trial_id))
+            for d in w.devices
         }
     )
 
 
-def worker_devices(settings: TrainSettings, records: Sequence[TrialRecord]) -> list[dict[str, str]]:
+def worker_devices(settings: TrainSettings, records: Sequence[TrialRecord]) -> list[WorkerDevice]:
     """What the workers trained on, once per (host, device type, device name), sorted: the
     ``worker_devices`` of summary.json."""
-    # A worker file from before devices were recorded (a run resumed across versions) says
-    # "unrecorded", which the scaling stage refuses for a GPU run like a CPU.
     seen = {
-        (w["host"], w.get("device_type", "unrecorded"), w.get("device_name", "unrecorded"))
+        (w.host, w.device_type, w.device_name)
         for r in records
-        for w in worker_files(trial_dir(settings, r.trial_id))
+        for w in read_workers(trial_dir(settings, r.trial_id))
     }
-    return [
-        {"host": host, "device_type": kind, "device_name": name}
-        for host, kind, name in sorted(seen)
-    ]
+    return [WorkerDevice(host, kind, name) for host, kind, name in sorted(seen)]

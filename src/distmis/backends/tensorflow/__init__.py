@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distmis.backends.base import Backend, Predictor
-from distmis.errors import ConfigError
 
 if TYPE_CHECKING:
     from distmis.shards.info import DatasetInfo
@@ -140,7 +139,11 @@ def hide_gpus_if_cpu_only(use_gpu: bool) -> Iterator[None]:
 
 
 class TensorflowBackend(Backend):
-    """tf_keras under ``tf.distribute`` (``MultiWorkerMirroredStrategy`` in data mode)."""
+    """tf_keras under ``tf.distribute`` (``MultiWorkerMirroredStrategy`` in data mode).
+
+    It takes no options of its own (the base class's ``options`` and ``check_options``): it
+    trains in float32, channels last, and ``train.torch``'s switches mean nothing to it.
+    """
 
     name = "tensorflow"
     model_suffix = ".keras"
@@ -154,18 +157,6 @@ class TensorflowBackend(Backend):
 
     def run_devices(self, use_gpu: bool) -> contextlib.AbstractContextManager[None]:
         return hide_gpus_if_cpu_only(use_gpu)
-
-    def options(self, train: Mapping[str, Any]) -> dict[str, Any]:
-        # train.torch's switches mean nothing to Keras; it trains in float32, channels last.
-        return {}
-
-    def check_settings(self, *, precision: str, channels_last_3d: bool, use_gpu: bool) -> None:
-        if precision != "fp32" or channels_last_3d:
-            raise ConfigError(
-                "train.torch.precision and channels_last_3d apply to backend torch only; "
-                f"backend tensorflow trains in fp32 (got precision {precision}, "
-                f"channels_last_3d {channels_last_3d})"
-            )
 
     def train_loop_per_worker(self) -> Callable[[dict], None]:
         from distmis.backends.tensorflow.loop import train_loop_per_worker

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from distmis.shards import buffers, node_cache, records
-from distmis.shards.info import DatasetInfo
+from distmis.shards.info import IMAGE_DTYPES, LABEL_DTYPE, DatasetInfo
 from distmis.shards.parts import Part, rank_part, read_part
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,8 @@ def record_parser(info: DatasetInfo):
     """A map function: serialised record → ``(image (X,Y,Z,C), label (X,Y,Z,K))`` as stored
     (image in info.json's dtype, label uint8)."""
     spec = feature_spec()
-    image_dtype = tf.as_dtype(records.IMAGE_DTYPES[info.image_dtype])
-    label_dtype = tf.as_dtype(records.LABEL_DTYPE)
+    image_dtype = tf.as_dtype(IMAGE_DTYPES[info.image_dtype])
+    label_dtype = tf.as_dtype(LABEL_DTYPE)
     image_shape, label_shape = tuple(info.image_shape), tuple(info.label_shape)
 
     def parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -137,10 +137,10 @@ def _to_float32(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
 
 
 def record_signature(info: DatasetInfo) -> tuple[tf.TensorSpec, tf.TensorSpec]:
-    image_dtype = tf.as_dtype(records.IMAGE_DTYPES[info.image_dtype])
+    image_dtype = tf.as_dtype(IMAGE_DTYPES[info.image_dtype])
     return (
         tf.TensorSpec(info.image_shape, image_dtype),
-        tf.TensorSpec(info.label_shape, tf.as_dtype(records.LABEL_DTYPE)),
+        tf.TensorSpec(info.label_shape, tf.as_dtype(LABEL_DTYPE)),
     )
 
 
@@ -215,8 +215,8 @@ def _from_node_cache(
         dataset = dataset.shuffle(len(positions), seed=seed, reshuffle_each_iteration=reshuffle)
     if repeat:
         dataset = dataset.repeat()
-    image_dtype = tf.as_dtype(records.IMAGE_DTYPES[info.image_dtype])
-    label_dtype = tf.as_dtype(records.LABEL_DTYPE)
+    image_dtype = tf.as_dtype(IMAGE_DTYPES[info.image_dtype])
+    label_dtype = tf.as_dtype(LABEL_DTYPE)
 
     def read(position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         global _ran_python_on_tf_threads

@@ -9,6 +9,7 @@ only have PyTorch (e.g. a GPU node for ``benchmarks/gpu_unet.py``):
 - :mod:`.tfrecord`: reads the shards of :mod:`distmis.shards.records` (CRC-checked);
 - :mod:`.data`: :class:`~.data.EpochBatches`, the per-epoch batches of one training worker,
   with the tf.data pipeline's sharding, shuffling, caching and repeating;
+- :mod:`.options`: :class:`~.options.TorchOptions`, the switches of ``train.torch``;
 - :mod:`.checkpoint`: the saved model (``.pt``: architecture + weights);
 - :mod:`.loop`: the training step and the per-trial steps the shared skeleton
   (:mod:`distmis.trial`) calls;
@@ -19,16 +20,29 @@ The package itself imports nothing heavy; torch is imported by the modules above
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distmis.backends.base import Backend, Predictor
+from distmis.backends.torch.options import TorchOptions
 from distmis.errors import ConfigError
 
 if TYPE_CHECKING:
     from distmis.shards.info import DatasetInfo
     from distmis.shards.records import Record
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    # A process checks the same switches at the config and at each run's settings (and each
+    # replace() of them): one warning is enough.
+    log.warning(message)
 
 
 class TorchBackend(Backend):
@@ -39,18 +53,20 @@ class TorchBackend(Backend):
 
     def options(self, train: Mapping[str, Any]) -> dict[str, Any]:
         switches = train["torch"]
-        return {
-            "precision": switches["precision"],
-            "channels_last_3d": switches["channels_last_3d"],
-            # null: the worker's cores beyond the one that trains, each a loader process.
-            "loader_workers": switches["loader_workers"]
-            if switches["loader_workers"] is not None
-            else max(0, train["cpus_per_worker"] - 1),
-        }
+        options = {f.name: switches[f.name] for f in fields(TorchOptions)}
+        if options["loader_workers"] is None:
+            # The worker's cores beyond the one that trains, each a loader process.
+            options["loader_workers"] = max(0, train["cpus_per_worker"] - 1)
+        return options
 
-    def check_settings(self, *, precision: str, channels_last_3d: bool, use_gpu: bool) -> None:
-        if precision == "fp16" and not use_gpu:
-            raise ConfigError("precision fp16 needs use_gpu (CPUs have no fast float16); use bf16")
+    def check_options(self, options: Mapping[str, Any], *, use_gpu: bool) -> None:
+        switches = TorchOptions.from_mapping(options)
+        problem = switches.device_problem(use_gpu)
+        if problem:
+            raise ConfigError(problem)
+        warning = switches.device_warning(use_gpu)
+        if warning:
+            _warn_once(warning)
 
     def train_loop_per_worker(self) -> Callable[[dict], None]:
         from distmis.backends.torch.loop import train_loop_per_worker

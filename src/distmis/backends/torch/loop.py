@@ -11,7 +11,7 @@ the whole val split each epoch, with ``model.pt`` (:mod:`.checkpoint`) as the mo
 
 Differences that are on purpose: a resumed trial restores Adam's moments too (the Keras loop
 restarts them); ``precision`` (``bf16``/``fp16`` autocast) and ``channels_last_3d`` are
-torch-only switches. TensorFlow is never imported here: the shards are read by
+torch-only switches (:class:`~.options.TorchOptions`, the run's ``backend_options``). TensorFlow is never imported here: the shards are read by
 :mod:`.tfrecord`.
 
 :class:`TrainingStep` is one optimisation step as every trial runs it; the benchmarks
@@ -38,6 +38,7 @@ from distmis.backends.torch.data import EpochBatches
 from distmis.backends.torch.data import to_device as batch_to_device
 from distmis.backends.torch.devices import training_device_error
 from distmis.backends.torch.losses import dice_coefficient, soft_dice_per_sample
+from distmis.backends.torch.options import TorchOptions
 from distmis.backends.torch.unet import build_unet_torch
 from distmis.shards.info import DatasetInfo
 from distmis.trial import (
@@ -355,6 +356,7 @@ class TorchTrialSteps(TrialSteps):
 
     def __init__(self, trial: TrialConfig, runner: Runner) -> None:
         settings = trial.settings
+        options = TorchOptions.from_mapping(settings.backend_options)
         limit_threads(settings.cpus_per_worker)
         self.trial_id, self.debug = trial.trial_id, settings.debug
         self.rank = runner.rank
@@ -379,7 +381,7 @@ class TorchTrialSteps(TrialSteps):
                 world_size=runner.world_size,
                 cache=settings.cache,
                 cache_scope=settings.cache_scope,
-                loader_workers=settings.loader_workers,
+                loader_workers=options.loader_workers,
                 shuffle_buffer=settings.shuffle_buffer,
                 pin_memory=self.device.type == "cuda",
             )
@@ -402,8 +404,8 @@ class TorchTrialSteps(TrialSteps):
             self.architecture,
             self.device,
             seed=settings.seed,
-            precision=settings.precision,
-            channels_last_3d=settings.channels_last_3d,
+            precision=options.precision,
+            channels_last_3d=options.channels_last_3d,
             wrap=wrap,
             **trial.adam(),
         )
