@@ -40,6 +40,8 @@ rule scaling:
     params:
         # Dice a run may trail its final best and count as having reached it.
         quality_tolerance=config["report"]["quality_tolerance"],
+        # The one Dice every run is timed to (time_to_target_seconds), over all these runs.
+        quality_target=config["report"]["quality_target"],
     script:
         "../workflow_scripts/scaling.py"
 
@@ -82,6 +84,14 @@ rule plot_scaling:
             labels={"result": "quality"},
         ),
         quality_pdf=f"{PLOTS_DIR}/quality.pdf",
+        time_to_target=report(
+            f"{PLOTS_DIR}/time_to_target.png",
+            caption="../report/time_to_target.rst",
+            category="Scaling",
+            subcategory="Summary",
+            labels={"result": "time to target"},
+        ),
+        time_to_target_pdf=f"{PLOTS_DIR}/time_to_target.pdf",
         # One timeline per run the config asks for (the runs train_outputs() lists); the
         # mode is the run's folder: data, experiment or hybrid{k}.
         timelines=[

@@ -150,7 +150,7 @@ def test_scaling_reads_the_results_folder(tmp_path):
     result = run_cli("scaling", "--results", str(results), "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     written = json.loads(result.stdout.splitlines()[-1])
-    figures = {"speedup", "efficiency", "makespan", "quality"} | timeline_names((1, 2, 4))
-    assert set(written) == figures | {"scaling_csv"}
+    figures = {"speedup", "efficiency", "makespan", "quality", "time_to_target"}
+    assert set(written) == figures | timeline_names((1, 2, 4)) | {"scaling_csv"}
     table = (out / "scaling.csv").read_text().splitlines()
     assert len(table) == 1 + len(BACKENDS) * len(MODES) * 3

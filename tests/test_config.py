@@ -75,6 +75,17 @@ def test_schema_backend_names_are_the_backends_package():
         ({"data": {"colour": "blue"}}, "'colour' was unexpected"),
         ({"data": {"source": "kaggle"}}, "config key data.source"),
         ({"data": {"download": {"md5": "xyz"}}}, "config key data.download.md5"),
+        ({"report": {"quality_target": 0.95}}, "config key report.quality_target"),
+        ({"report": {"quality_target": {}}}, "config key report.quality_target"),
+        (
+            {"report": {"quality_target": {"fraction_of_best": 1.5}}},
+            "config key report.quality_target",
+        ),
+        ({"report": {"quality_target": {"dice": 0}}}, "config key report.quality_target"),
+        (
+            {"report": {"quality_target": {"dice": 0.8, "fraction_of_best": 0.9}}},
+            "config key report.quality_target",
+        ),
     ],
 )
 def test_invalid_config_names_the_key(config, message):
@@ -123,6 +134,16 @@ def test_load_config_reads_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"data": {"synthetic": {"cases": 7}}}))
     assert load_config(path)["data"]["synthetic"]["cases"] == 7
+
+
+def test_quality_target_is_a_fraction_of_best_or_a_dice(tmp_path):
+    assert validate_config({})["report"]["quality_target"] == {"fraction_of_best": 0.95}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"report": {"quality_target": {"dice": 0.8}}}))
+    assert load_config(path)["report"]["quality_target"] == {"dice": 0.8}
+    path.write_text(yaml.safe_dump({"report": {"quality_target": {"fraction_of_best": 2}}}))
+    with pytest.raises(ConfigError, match=r"config key report\.quality_target"):
+        load_config(path)
 
 
 def _shards(gpu_counts, modes, shards=None, source="msd") -> dict:
@@ -183,19 +204,50 @@ def test_hybrid_jobs_run_where_k_divides_g():
             {"gpu_counts": [1, 3], "modes": ["hybrid"], "gpus_per_trial": [2]},
             r"train.gpus_per_trial: k = \[2\] divides none of train.gpu_counts \[1, 3\]",
         ),
-        (
-            {"modes": ["data", "experiment"], "scheduler": "asha"},
-            "train.scheduler: asha stops configurations in experiment mode only",
-        ),
-        (
-            {"modes": ["experiment", "hybrid"], "scheduler": "asha"},
-            "train.scheduler: .*refused in hybrid mode: when Tune stops a hybrid trial",
-        ),
     ],
 )
 def test_impossible_mode_combinations_are_named_before_a_job(train, message):
     with pytest.raises(ConfigError, match=message):
         validate_config({"train": train})
+
+
+def test_hybrid_with_asha_is_accepted_by_the_real_cli(tmp_path):
+    """ASHA in hybrid mode (its stopped trials end their Train runs) passes the config check
+    and the run's own settings check in ``distmis train``: the job gets as far as the data."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.yaml"
+    train = {"modes": ["experiment", "hybrid"], "scheduler": "asha"}
+    config.write_text(yaml.safe_dump({"train": train}))
+    assert validate_config({"train": train})["train"]["scheduler"] == "asha"
+    command = [sys.executable, "-m", "distmis.cli", "train", "--mode", "hybrid", "--gpus", "2",
+               "--gpus-per-trial", "2", "--data", str(tmp_path / "no-data"),
+               "--out", str(tmp_path / "out"), "--config", str(config)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0  # there is no dataset: the check after the config's
+    assert "train.scheduler" not in done.stderr, done.stderr[-2000:]
+    assert "info.json" in done.stderr, done.stderr[-2000:]
+
+
+def test_data_mode_with_asha_is_accepted_by_the_real_cli(tmp_path):
+    """ASHA in data mode (its workers stop configurations by ASHA's rule, one after another)
+    passes the config check and the run's own settings check in ``distmis train``: the job
+    gets as far as the data. It was refused before data mode could stop anything."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.yaml"
+    train = {"modes": ["data", "experiment"], "scheduler": "asha"}
+    config.write_text(yaml.safe_dump({"train": train}))
+    assert validate_config({"train": train})["train"]["scheduler"] == "asha"
+    command = [sys.executable, "-m", "distmis.cli", "train", "--mode", "data", "--gpus", "2",
+               "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "out"),
+               "--config", str(config)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0  # there is no dataset: the check after the config's
+    assert "train.scheduler" not in done.stderr, done.stderr[-2000:]
+    assert "info.json" in done.stderr, done.stderr[-2000:]
 
 
 def test_bf16_with_channels_last_is_a_gpu_combination():

@@ -66,3 +66,73 @@ def test_a_configuration_crosses_processes_and_is_its_own_one_trial_space():
     assert HParams.from_dict(hp.to_dict()) == hp
     assert expand_grid(hp.as_space()) == [hp]
     assert all(h.default == getattr(HParams(), h.name) for h in HYPERPARAMETERS)
+
+
+def test_a_distribution_samples_within_its_bounds_and_states_itself_to_optuna():
+    import numpy as np
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    from distmis.hparams import BY_NAME, Choice, Grid, IntRange, LogUniform, Uniform
+
+    lr = BY_NAME["lr"]
+    assert lr.domain({"loguniform": [1e-5, 1e-2]}) == LogUniform(1e-5, 1e-2)
+    assert lr.domain({"uniform": [1, 2]}) == Uniform(1, 2)
+    assert lr.domain({"choice": [1, "0.5"]}) == Choice((1.0, 0.5))
+    assert lr.domain([0.1]) == Grid((0.1,))
+    rng = np.random.default_rng(0)
+    draws = [LogUniform(1e-5, 1e-1).sample(rng) for _ in range(200)]
+    assert all(1e-5 <= d <= 1e-1 and type(d) is float for d in draws)
+    assert sum(d < 1e-3 for d in draws) > 60  # log-uniform: half the decades below 1e-3
+    assert {IntRange(2, 4).sample(rng) for _ in range(100)} == {2, 3, 4}
+    assert {Choice((True, False)).sample(rng) for _ in range(50)} == {True, False}
+    assert LogUniform(1e-5, 1e-2).to_optuna() == FloatDistribution(1e-5, 1e-2, log=True)
+    assert Uniform(0.9, 0.99).to_optuna() == FloatDistribution(0.9, 0.99)
+    assert IntRange(2, 5).to_optuna() == IntDistribution(2, 5)
+    assert Grid(("batch", "group")).to_optuna() == CategoricalDistribution(("batch", "group"))
+
+
+@pytest.mark.parametrize(
+    ("name", "entry", "message"),
+    [
+        ("lr", {"loguniform": [1e-2, 1e-3]}, "needs low < high, got 0.01, 0.001"),
+        ("lr", {"loguniform": [-1, 1e-3]}, "needs low > 0, got -1"),
+        ("lr", {"int": [1, 2]}, "{int: ...} draws ints; lr is a float"),
+        ("norm", {"uniform": [0, 1]}, "{uniform: ...} draws floats; norm is a str"),
+        ("amsgrad", {"loguniform": [1, 2]}, "amsgrad is a bool"),
+        ("lr", {"uniform": [1, True]}, "needs two numbers"),
+        ("lr", {"choice": []}, "needs a list of values"),
+        ("lr", {"choice": ["fast"]}, "lr takes float values, got ['fast']"),
+        ("lr", [], "expected a list of values or a distribution"),
+    ],
+)
+def test_a_bad_domain_names_its_key(name, entry, message):
+    from distmis.hparams import BY_NAME
+
+    with pytest.raises(ValueError) as excinfo:
+        BY_NAME[name].domain(entry)
+    assert str(excinfo.value).startswith(f"search_space.{name}: ")
+    assert message in str(excinfo.value)
+
+
+def test_int_bounds_must_be_whole_numbers():
+    from dataclasses import replace
+
+    from distmis.hparams import BY_NAME, IntRange
+
+    depth = replace(BY_NAME["lr"], name="depth", type=int)  # a would-be integer hyperparameter
+    assert depth.domain({"int": [2, 5.0]}) == IntRange(2, 5)
+    with pytest.raises(
+        ValueError, match=r"search_space\.depth: \{int: \[low, high\]\} needs integers"
+    ):
+        depth.domain({"int": [2, 4.5]})
+
+
+def test_the_grid_refuses_a_distribution():
+    with pytest.raises(
+        ValueError, match=r"search_space\.lr: a distribution \(\{uniform: \.\.\.\}\)"
+    ):
+        expand_grid({**PAPER_GRID, "lr": {"uniform": [1e-3, 1e-2]}})

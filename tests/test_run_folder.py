@@ -540,3 +540,32 @@ def read_run(run_dir):
     return summary, read_trials(run_dir / TRIALS_FILE)
 '''
     assert raw_run_file_access(plan_csv) == [] and raw_run_file_access(reader) == []
+
+
+def test_the_search_record_round_trips_and_drops_only_a_torn_last_line(tmp_path: Path):
+    from distmis.run_folder import (
+        SEARCH_FILE,
+        SearchEvent,
+        append_search_event,
+        read_search_events,
+    )
+
+    assert read_search_events(tmp_path) == []
+    events = [
+        SearchEvent.ask(0, {"lr": 0.001, "norm": "batch", "beta_2": 0.9, "amsgrad": True}),
+        SearchEvent.tell(0, 0.25, "COMPLETE", {1: 0.1, 2: 0.25}),
+        SearchEvent.ask(1, {"lr": 0.002, "norm": "group", "beta_2": 0.9, "amsgrad": False}),
+    ]
+    for event in events:
+        append_search_event(tmp_path, event)
+    assert read_search_events(tmp_path) == events
+    line = (tmp_path / SEARCH_FILE).read_text().splitlines()[1]
+    assert json.loads(line)["format"] == "distmis-search-proposal/1"
+    with (tmp_path / SEARCH_FILE).open("a") as fh:
+        fh.write('{"format": "distmis-search-proposal/1", "event": "te')  # killed mid-write
+    assert read_search_events(tmp_path) == events
+    (tmp_path / SEARCH_FILE).write_text('{"format": "distmis-search-proposal/0"}\n')
+    with pytest.raises(ContractError, match="format 'distmis-search-proposal/0'"):
+        read_search_events(tmp_path)
+    with pytest.raises(ValueError, match="state must be one of"):
+        SearchEvent.tell(0, 0.1, "DONE")

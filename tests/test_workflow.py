@@ -174,6 +174,20 @@ def test_invalid_config_stops_before_any_job(tmp_path, change, message):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_bad_quality_target_stops_the_workflow_naming_the_key(tmp_path):
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["report"]["quality_target"] = {"fraction_of_best": 1.5}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--quiet", "rules", workdir=tmp_path, configfile=tmp_path / "c.yaml")
+    assert result.returncode != 0
+    assert "On instance['report']['quality_target']" in result.stderr + result.stdout
+    # A valid one reaches rule scaling as its params.
+    config["report"]["quality_target"] = {"dice": 0.8}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--quiet", "rules", workdir=tmp_path, configfile=tmp_path / "c.yaml")
+    assert result.returncode == 0, result.stderr
+
+
 def test_lint_is_clean_but_for_the_justified_pythonpath_note(tmp_path):
     result = snakemake("--lint", workdir=ROOT)
     findings = [
@@ -778,7 +792,9 @@ def test_scaling_rules_write_declared_outputs(tmp_path: Path, rule_log: Path):
         SimpleNamespace(
             input=Namedlist(summaries=summaries, evals=[str(p) for p in evals]),
             output=Namedlist(table=str(table)),
-            params=SimpleNamespace(quality_tolerance=0.01),
+            params=SimpleNamespace(
+                quality_tolerance=0.01, quality_target={"fraction_of_best": 0.95}
+            ),
             log=[str(rule_log)],
         )
     )
@@ -789,7 +805,7 @@ def test_scaling_rules_write_declared_outputs(tmp_path: Path, rule_log: Path):
     runs = sorted(timeline_names((1, 2)))
     # Named as rules/scaling.smk names them: PNGs by figure name, PDFs beside them.
     outputs: dict[str, object] = {}
-    for name in ("speedup", "efficiency", "makespan", "quality"):
+    for name in ("speedup", "efficiency", "makespan", "quality", "time_to_target"):
         outputs[name] = str(figures / f"{name}.png")
         outputs[f"{name}_pdf"] = str(figures / f"{name}.pdf")
     outputs["timelines"] = [str(figures / f"{r}.png") for r in runs]

@@ -185,6 +185,7 @@ def _cmd_scaling(args: argparse.Namespace) -> None:
         Path(args.out),
         report["references"],
         quality_tolerance=report["quality_tolerance"],
+        quality_target=report["quality_target"],
     )
     print(
         json.dumps(
@@ -355,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         default=None,
-        help="config.yaml (its report.references and report.quality_tolerance)",
+        help="config.yaml (its report.references, quality_tolerance and quality_target)",
     )
     p.set_defaults(func=_cmd_scaling)
 

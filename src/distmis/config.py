@@ -81,12 +81,39 @@ def check_semantics(config: Mapping[str, Any]) -> None:
     # The rules a run's settings also apply (distmis.train.settings), stated once where they
     # live, applied here to every mode and backend the config lists: a workflow stops at
     # parse time, not when the job that trips them starts.
+    # train.search against train.search_space (a distribution needs random or tpe; samples
+    # only with them; bounds each hyperparameter can take): distmis.search states the rules.
+    from distmis.search import SearchSettings
+
+    _check_distribution_values(train["search_space"], ("choice",))
+    SearchSettings.from_config(train)
+    _check_distribution_values(train["search_space"], ("loguniform", "uniform", "int"))
     problem = modes.asha_problem(train["scheduler"], train["modes"])
     if problem:
         raise ConfigError(problem)
     for name in train_backends(train):
         backend = backends.get(name)
         backend.check_options(backend.options(train), use_gpu=train["use_gpu"])
+
+
+def _check_distribution_values(search_space: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    """Each value a ``train.search_space`` distribution of ``keys`` names (a bound, a choice)
+    must be one the hyperparameter's list could hold: the schema's ``items`` of that key (lr
+    > 0, beta_2 in (0, 1), norm batch or group) is the one statement of it."""
+    entries = load_schema()["properties"]["train"]["properties"]["search_space"]["properties"]
+    for name, entry in search_space.items():
+        if not isinstance(entry, Mapping):
+            continue
+        item_schema = entries[name]["items"]
+        validator = jsonschema.validators.validator_for(item_schema)(item_schema)
+        for key, values in entry.items():
+            if key not in keys:
+                continue
+            for index, value in enumerate(values):
+                for error in validator.iter_errors(value):
+                    raise ConfigError(
+                        f"config key train.search_space.{name}.{key}.{index}: {error.message}"
+                    )
 
 
 def run_folders(train: Mapping[str, Any]) -> dict[str, list[int]]:

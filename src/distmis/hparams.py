@@ -6,6 +6,12 @@
 :meth:`HParams.to_dict`) and which builder each value goes to (:meth:`HParams.model_kwargs`,
 :meth:`HParams.optimizer_kwargs`).
 
+A ``train.search_space`` entry is a *domain* (:meth:`Hyperparameter.domain`): a list of values
+(:class:`Grid`: a grid axis, or a categorical choice under random search and TPE) or a
+distribution (:class:`LogUniform`, :class:`Uniform`, :class:`IntRange`, :class:`Choice`),
+which only random search and TPE (:mod:`distmis.search`) can draw from. Each domain samples
+itself from a numpy Generator and states itself as an Optuna distribution.
+
 Adding a hyperparameter is one :class:`Hyperparameter` row here, its key under
 ``train.search_space`` in the config schema, and its effect in each backend's model or
 optimizer builder. Its trial-id part is appended in table order, so the ids of a grid that
@@ -18,7 +24,11 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from optuna.distributions import BaseDistribution
 
 
 def _number(value: Any) -> str:
@@ -29,16 +39,112 @@ def _switch(value: Any) -> str:
     return str(int(value))
 
 
+def _plain_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Grid:
-    """A hyperparameter's values in a grid search, in the order the grid takes them.
-
-    A search-space entry is a domain; a grid is the only kind today. A sampled one (log-uniform,
-    uniform, integer, choice) would be another domain with a ``sample(rng)``, parsed by
-    :meth:`Hyperparameter.domain`, and leave :class:`HParams` and trial ids as they are.
-    """
+    """A list of values: a grid axis, taken in this order by the grid; under random search or
+    TPE a categorical choice among them (as :class:`Choice`)."""
 
     values: tuple[Any, ...]
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        return self.values[int(rng.integers(len(self.values)))]
+
+    def to_optuna(self) -> BaseDistribution:
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution(self.values)
+
+
+@dataclass(frozen=True)
+class Choice(Grid):
+    """``{choice: [...]}``: one of the values, each equally likely (random) or as TPE learns.
+    Unlike a plain list, never a grid axis: the grid refuses it."""
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """A distribution over ``[low, high]`` (``low < high``, both inclusive for Optuna)."""
+
+    low: float
+    high: float
+    KEY = ""  # the config's name for it
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(
+                f"{{{self.KEY}: [low, high]}} needs low < high, got {self.low}, {self.high}"
+            )
+
+
+@dataclass(frozen=True)
+class LogUniform(_Bounds):
+    """``{loguniform: [low, high]}``: log(value) uniform; ``0 < low < high``."""
+
+    KEY = "loguniform"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.low > 0:
+            raise ValueError(f"{{loguniform: [low, high]}} needs low > 0, got {self.low}")
+
+    def sample(self, rng: np.random.Generator) -> float:
+        import math
+
+        return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+
+    def to_optuna(self) -> BaseDistribution:
+        from optuna.distributions import FloatDistribution
+
+        return FloatDistribution(self.low, self.high, log=True)
+
+
+@dataclass(frozen=True)
+class Uniform(_Bounds):
+    """``{uniform: [low, high]}``: every value in between equally likely."""
+
+    KEY = "uniform"
+
+    def sample(self, rng: np.random.Generator) -> float:
+        return float(rng.uniform(self.low, self.high))
+
+    def to_optuna(self) -> BaseDistribution:
+        from optuna.distributions import FloatDistribution
+
+        return FloatDistribution(self.low, self.high)
+
+
+@dataclass(frozen=True)
+class IntRange(_Bounds):
+    """``{int: [low, high]}``: an integer from low to high, both included."""
+
+    low: int
+    high: int
+    KEY = "int"
+
+    def sample(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(self.low, self.high + 1))
+
+    def to_optuna(self) -> BaseDistribution:
+        from optuna.distributions import IntDistribution
+
+        return IntDistribution(self.low, self.high)
+
+
+# A distribution's config key → its domain, and the hyperparameter types it can take (a
+# choice's values are cast like a list's, so every type takes it).
+DISTRIBUTIONS: dict[str, type] = {
+    "loguniform": LogUniform,
+    "uniform": Uniform,
+    "int": IntRange,
+    "choice": Choice,
+}
+_TAKES = {"loguniform": (float,), "uniform": (float,), "int": (int,)}
+
+Domain = Grid | LogUniform | Uniform | IntRange
 
 
 # Who takes a hyperparameter: the model builder (architecture) or the optimizer.
@@ -69,14 +175,64 @@ class Hyperparameter:
     def cast(self, value: Any) -> Any:
         return self.type(value)
 
+    def _cast_all(self, values: Sequence[Any], where: str) -> tuple[Any, ...]:
+        try:
+            return tuple(self.cast(value) for value in values)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{where}: {self.name} takes {self.type.__name__} values, got {list(values)!r}"
+            ) from None
+
     def id_part(self, value: Any) -> str:
         return f"{self.id_key}={self.id_format(value)}"
 
-    def domain(self, entry: Any) -> Grid:
-        """The domain of a search-space entry: today a list of values (a grid)."""
-        if isinstance(entry, str | bytes | Mapping) or not isinstance(entry, Sequence):
-            raise ValueError(f"search_space.{self.name}: expected a list of values, got {entry!r}")
-        return Grid(tuple(self.cast(value) for value in entry))
+    def domain(self, entry: Any) -> Domain:
+        """The domain of a search-space entry: a list of values (:class:`Grid`) or a one-key
+        mapping naming a distribution (:data:`DISTRIBUTIONS`). ValueError, naming
+        ``search_space.<name>``, for anything else, bounds that are not ``low < high`` (and
+        ``low > 0`` for loguniform), an ``int`` bound that is not an integer, or a distribution
+        this hyperparameter's type cannot take (``uniform`` on ``norm``)."""
+        where = f"search_space.{self.name}"
+        if isinstance(entry, Mapping):
+            return self._distribution(entry, where)
+        if isinstance(entry, str | bytes) or not isinstance(entry, Sequence) or not entry:
+            raise ValueError(
+                f"{where}: expected a list of values or a distribution "
+                f"({{{' | '.join(DISTRIBUTIONS)}: ...}}), got {entry!r}"
+            )
+        return Grid(self._cast_all(entry, where))
+
+    def _distribution(self, entry: Mapping[str, Any], where: str) -> Domain:
+        if len(entry) != 1 or next(iter(entry)) not in DISTRIBUTIONS:
+            raise ValueError(
+                f"{where}: a distribution is one of {{{' | '.join(DISTRIBUTIONS)}: ...}}, "
+                f"got {dict(entry)!r}"
+            )
+        ((key, args),) = entry.items()
+        if key == "choice":
+            if isinstance(args, str | bytes) or not isinstance(args, Sequence) or not args:
+                raise ValueError(f"{where}: {{choice: [...]}} needs a list of values, got {args!r}")
+            return Choice(self._cast_all(args, where))
+        if self.type not in _TAKES[key]:
+            raise ValueError(
+                f"{where}: {{{key}: ...}} draws {_TAKES[key][0].__name__}s; {self.name} is a "
+                f"{self.type.__name__}: give a list of values or {{choice: [...]}}"
+            )
+        if (
+            isinstance(args, str | bytes)
+            or not isinstance(args, Sequence)
+            or len(args) != 2
+            or not all(_plain_number(bound) for bound in args)
+        ):
+            raise ValueError(f"{where}: {{{key}: [low, high]}} needs two numbers, got {args!r}")
+        if key == "int":
+            if not all(float(bound).is_integer() for bound in args):
+                raise ValueError(f"{where}: {{int: [low, high]}} needs integers, got {args!r}")
+            args = [int(bound) for bound in args]
+        try:
+            return DISTRIBUTIONS[key](*args)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 # Table order is trial-id order and the order of trials.csv's columns and of the grid's
@@ -145,7 +301,7 @@ HParams = dataclasses.make_dataclass(
 )
 
 
-def parse_space(search_space: Mapping[str, Any]) -> dict[str, Grid]:
+def parse_space(search_space: Mapping[str, Any]) -> dict[str, Domain]:
     """Every hyperparameter's domain, in table order; ValueError for a missing or unknown one."""
     missing = [name for name in NAMES if name not in search_space]
     if missing:
@@ -157,9 +313,27 @@ def parse_space(search_space: Mapping[str, Any]) -> dict[str, Grid]:
 
 
 def expand_grid(search_space: Mapping[str, Any]) -> list[HParams]:
-    """All combinations of the search space, in a fixed order (the table's, last one fastest)."""
+    """All combinations of the search space, in a fixed order (the table's, last one fastest).
+    ValueError for a distribution (only random search and TPE draw from one)."""
     domains = parse_space(search_space)
+    for name, domain in domains.items():
+        if type(domain) is not Grid:
+            raise ValueError(
+                f"search_space.{name}: a distribution ({{{_key_of(domain)}: ...}}) cannot be a "
+                "grid axis: give a list of values, or search it with random or tpe"
+            )
     return [
         HParams(**dict(zip(NAMES, values, strict=True)))
         for values in itertools.product(*(domains[name].values for name in NAMES))
     ]
+
+
+def _key_of(domain: Domain) -> str:
+    """The config's name of a distribution (``loguniform``, ...)."""
+    return next(key for key, cls in DISTRIBUTIONS.items() if type(domain) is cls)
+
+
+def distribution_keys(domains: Mapping[str, Domain]) -> dict[str, str]:
+    """``{hyperparameter: distribution key}`` of the entries that are distributions, not
+    lists (what the grid refuses)."""
+    return {name: _key_of(d) for name, d in domains.items() if type(d) is not Grid}

@@ -18,6 +18,7 @@ planner (:mod:`distmis.plan`), the scaling analysis (:mod:`distmis.scaling`) and
     <run>/trials/<id>/failed.json              FailedAttempt distmis-trial-failure/1  trial → train
     <run>/trials/<id>/attempts.log             (start times) distmis-trial-attempts/1 trial → train
     <checkpoint>/state.json                    CheckpointState distmis-checkpoint-state/1  trial → trial
+    <run>/search.jsonl          SearchEvent    distmis-search-proposal/1 search → search (resume)
 
 - ``summary.json``: the run as a whole (:class:`RunSummary`): backend, mode, runner,
   ``gpus_per_trial``, scheduler, the makespan and its ends, trial counts, the best trial, the
@@ -39,6 +40,11 @@ planner (:mod:`distmis.plan`), the scaling analysis (:mod:`distmis.scaling`) and
   presence is what "finished" means), ``workers/rank<k>.json`` (:class:`WorkerInfo`, each
   worker of the last attempt), ``epochs.jsonl`` and ``attempts.log`` (below), ``failed.json``
   (:class:`FailedAttempt`, the first error of the last failed attempt).
+
+- ``search.jsonl``: a random or TPE search's proposals as they happened
+  (:class:`SearchEvent`, one line per ``ask`` and per ``tell``, each with its own ``format``),
+  so an interrupted search resumes exactly where it stopped (:mod:`distmis.search`). A grid run
+  has none.
 
 Every JSON file is written whole or not at all (:func:`distmis.fileio.write_json`). The two
 logs are appended to, one line per event, so a trial's history survives its retries:
@@ -699,3 +705,97 @@ def read_attempts(trial_dir: Path) -> tuple[float, ...]:
 def read_if_present(cls: type, path: Path) -> Any:
     """``cls.read(path)``, or None when there is no such file (a trial that never got there)."""
     return cls.read(path) if Path(path).is_file() else None
+
+
+# --- the search's record ------------------------------------------------------------------
+
+SEARCH_FILE = "search.jsonl"
+SEARCH_EVENTS = ("ask", "tell")
+# How a told proposal ended, as Optuna's TrialState names it: trained (a value), stopped early
+# by the scheduler (its last value) or failed (no value).
+SEARCH_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+@dataclass(frozen=True)
+class SearchEvent(_Versioned):
+    """One line of ``search.jsonl``: the search proposed configuration ``number`` (``ask``,
+    with its ``params``, written before it trains) or learnt how it did (``tell``, with its
+    ``value``, ``state`` and the validation Dice of each epoch it reported, ``steps``). The
+    fields an event does not have are ``null``."""
+
+    FORMAT: ClassVar[str] = "distmis-search-proposal/1"
+
+    event: str
+    number: int
+    params: Mapping[str, Any] | None
+    value: float | None
+    state: str | None
+    steps: Mapping[str, float] | None
+
+    def __post_init__(self) -> None:
+        if self.event not in SEARCH_EVENTS:
+            raise ValueError(f"event must be one of {SEARCH_EVENTS}, got {self.event!r}")
+        if self.number < 0:
+            raise ValueError(f"number must be >= 0, got {self.number}")
+        if (self.params is None) != (self.event == "tell"):
+            raise ValueError(
+                f"params: an {self.event} event {'has' if self.event == 'ask' else 'has no'} params"
+            )
+        if self.event == "tell" and self.state not in SEARCH_STATES:
+            raise ValueError(f"state must be one of {SEARCH_STATES}, got {self.state!r}")
+        if self.event == "ask" and (self.value, self.state, self.steps) != (None, None, None):
+            raise ValueError("an ask event has no value, state or steps")
+
+    @classmethod
+    def ask(cls, number: int, params: Mapping[str, Any]) -> SearchEvent:
+        return cls("ask", number, dict(params), None, None, None)
+
+    @classmethod
+    def tell(
+        cls,
+        number: int,
+        value: float | None,
+        state: str,
+        steps: Mapping[int, float] | None = None,
+    ) -> SearchEvent:
+        plain_steps = {str(step): float(v) for step, v in (steps or {}).items()}
+        return cls("tell", number, None, value, state, plain_steps)
+
+
+def append_search_event(run_dir: Path, event: SearchEvent) -> None:
+    """Add one line to the run's ``search.jsonl`` (one write of a whole line, flushed to disk
+    before training goes on: the record must hold every proposal that may have trained)."""
+    import os
+
+    path = Path(run_dir) / SEARCH_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(event.to_json()) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_search_events(run_dir: Path) -> list[SearchEvent]:
+    """The lines of the run's ``search.jsonl`` in the order written (none without the file).
+    A last line without its newline was being written when the run died: it is left out (the
+    proposal it held never trained); any other bad line is a ContractError."""
+    path = Path(run_dir) / SEARCH_FILE
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    lines = text.split("\n")
+    if lines and lines[-1] and not text.endswith("\n"):
+        lines = lines[:-1]  # torn: the run died in the middle of this write
+    events = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            payload = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ContractError(
+                f"{where} is not valid JSON ({exc}); rerun {rule_for(path)}"
+            ) from None
+        events.append(parse(SearchEvent, payload, where))
+    return events

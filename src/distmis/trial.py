@@ -65,14 +65,20 @@ from distmis.run_folder import (
     append_epoch,
     log_attempt,
     read_attempts,
+    trial_folder,
     worker_path,
 )
+from distmis.sequential_asha import AshaRule, SequentialASHA
 
 log = logging.getLogger(__name__)
 
 # How far apart a group's ranks may enter the same configuration (they leave the previous one
 # together, through its last collective).
 RANK_START_SKEW_SECONDS = 1.0
+
+# Whether a configuration stops after the epoch it just validated (1-based), given its
+# metrics; called on every rank, so it returns the same answer on each (data mode's ASHA).
+StopEarly = Callable[[int, Mapping[str, float]], bool]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -347,13 +353,19 @@ def train_grid(build_steps: StepsBuilder) -> Callable[[dict], None]:
     per configuration.
 
     ``config``: ``{"trials": [TrialConfig dicts without settings], "settings": ...,
-    "submitted_at": t}``. Each configuration is its own trial, with its own fresh model,
-    seed, files and checkpoints (a checkpoint is only restored into the configuration that
-    wrote it). A finished one is reported again, not retrained; one whose attempts are used
-    up (``1 + max_failures``) is skipped, so it stays failed. Any other error propagates:
+    "submitted_at": t, "asha": None or {"rule": AshaRule dict, "grid": [every trial id of
+    the grid, in grid order]}}``. Each configuration is its own trial, with its own fresh
+    model, seed, files and checkpoints (a checkpoint is only restored into the configuration
+    that wrote it). A finished one is reported again, not retrained; one whose attempts are
+    used up (``1 + max_failures``) is skipped, so it stays failed. Any other error propagates:
     Ray Train restarts the whole group (a rank that failed alone may have left the others
     inside a collective), which skips what finished and retries this configuration from its
     last checkpoint.
+
+    With ``asha``, rank 0 keeps ASHA's rungs (:class:`~distmis.sequential_asha.SequentialASHA`,
+    rebuilt from the grid's ``epochs.jsonl`` files whenever the group starts) and decides
+    after each validated epoch whether the configuration stops; a stopped one leaves no
+    ``result.json`` and is skipped when the group restarts.
     """
 
     def train_grid_per_worker(config: dict) -> None:
@@ -368,36 +380,81 @@ def train_group_grid(
     """One worker's part of a data-mode grid (:func:`train_grid`, whose ``config`` it takes).
 
     Rank 0 decides, from the attempt logs, which configurations this group skips (attempts
-    used up) and whether Ray restarted the group, and every rank takes its decision: rank 0
-    logs an attempt as it starts a configuration, so a rank counting for itself could skip
-    what rank 0 trains and leave it waiting in a collective for good.
+    used up, or stopped by ASHA before a restart) and whether Ray restarted the group, and
+    every rank takes its decision: rank 0 logs an attempt as it starts a configuration, so a
+    rank counting for itself could skip what rank 0 trains and leave it waiting in a
+    collective for good. Likewise only rank 0 holds ASHA's rungs, and every rank stops a
+    configuration when it says so (:func:`_asha_stop`).
     """
     settings = config["settings"]
     trials = [TrialConfig.from_dict({**entry, "settings": settings}) for entry in config["trials"]]
     submitted = config["submitted_at"]
+    asha = None
     decision = None
     if runner.rank == 0:
+        if config["asha"] is not None:
+            out_dir = Path(settings["out_dir"])
+            asha = SequentialASHA.from_trial_folders(
+                AshaRule.from_dict(config["asha"]["rule"]),
+                {trial_id: trial_folder(out_dir, trial_id) for trial_id in config["asha"]["grid"]},
+            )
         restarted = any(attempt_times(trial, after=submitted) for trial in trials)
-        used_up = tuple(
-            index
-            for index, trial in enumerate(trials)
-            if not (trial.directory / RESULT_FILE).is_file()
-            and len(attempt_times(trial)) > trial.settings.max_failures
-        )
-        decision = (restarted, used_up)
-    restarted, used_up = runner.broadcast_from_rank_zero(decision)
+        skipped = []
+        for index, trial in enumerate(trials):
+            if (trial.directory / RESULT_FILE).is_file():
+                continue
+            if len(attempt_times(trial)) > trial.settings.max_failures:
+                log.info("%s used all its attempts; left failed", trial.trial_id)
+                skipped.append(index)
+            elif asha is not None and trial.trial_id in asha.stopped:
+                log.info(
+                    "%s was stopped by ASHA after epoch %d; left stopped",
+                    trial.trial_id,
+                    asha.stopped[trial.trial_id],
+                )
+                skipped.append(index)
+        decision = (restarted, tuple(skipped))
+    restarted, skipped = runner.broadcast_from_rank_zero(decision)
     # The first configuration counts the group's start-up from the driver's fit(); after Ray
     # restarted the group (an attempt began since that fit), from this entry; each later
     # configuration from the end of the previous one.
     if restarted:
         submitted = started
     for index, trial in enumerate(trials):
-        if index in used_up:
-            log.info("%s used all its attempts; left failed", trial.trial_id)
+        if index in skipped:
             continue
         trial = dataclasses.replace(trial, submitted_at=submitted)
-        run_attempt(trial, _own_checkpoints(runner, trial.trial_id), build_steps, time.time())
+        stop_early = None if config["asha"] is None else _asha_stop(runner, asha, trial.trial_id)
+        run_attempt(
+            trial,
+            _own_checkpoints(runner, trial.trial_id),
+            build_steps,
+            time.time(),
+            stop_early=stop_early,
+        )
         submitted = time.time()
+
+
+def _asha_stop(runner: Runner, asha: SequentialASHA | None, trial_id: str) -> StopEarly:
+    """``trial_id``'s ASHA decision after each epoch: rank 0's (the one holding ``asha``),
+    broadcast, so every rank leaves the configuration at the same epoch and none is left in
+    its next collective alone."""
+
+    def stop_early(epoch: int, metrics: Mapping[str, float]) -> bool:
+        decision = None
+        if runner.rank == 0:
+            assert asha is not None, "rank 0 holds ASHA's rungs"
+            decision = asha.on_result(trial_id, epoch, metrics["val_dice"])
+            if decision:
+                log.info(
+                    "%s stopped by ASHA after epoch %d: val_dice %.4f trails its rung",
+                    trial_id,
+                    epoch,
+                    metrics["val_dice"],
+                )
+        return bool(runner.broadcast_from_rank_zero(decision))
+
+    return stop_early
 
 
 def attempt_times(trial: TrialConfig, after: float = 0.0) -> list[float]:
@@ -420,7 +477,12 @@ def _own_checkpoints(runner: Runner, trial_id: str) -> Runner:
 
 
 def run_attempt(
-    trial: TrialConfig, runner: Runner, build_steps: StepsBuilder, started: float
+    trial: TrialConfig,
+    runner: Runner,
+    build_steps: StepsBuilder,
+    started: float,
+    *,
+    stop_early: StopEarly | None = None,
 ) -> None:
     """One attempt at ``trial`` (:func:`run_trial`), whoever runs it.
 
@@ -428,7 +490,7 @@ def run_attempt(
     the runner retries or records it.
     """
     try:
-        run_trial(trial, runner, build_steps, started)
+        run_trial(trial, runner, build_steps, started, stop_early=stop_early)
     except BaseException as exc:
         trial.directory.mkdir(parents=True, exist_ok=True)
         failure_file = trial.directory / FAILED_FILE
@@ -454,9 +516,19 @@ def _read_failure(path: Path) -> FailedAttempt | None:
 
 
 def run_trial(
-    trial: TrialConfig, runner: Runner, build_steps: StepsBuilder, started: float
+    trial: TrialConfig,
+    runner: Runner,
+    build_steps: StepsBuilder,
+    started: float,
+    *,
+    stop_early: StopEarly | None = None,
 ) -> None:
-    """Train ``trial`` to the end (or resume it), reporting every epoch through ``runner``."""
+    """Train ``trial`` to the end (or resume it), reporting every epoch through ``runner``.
+
+    ``stop_early`` (data mode's ASHA) is asked after every validated epoch but the last, once
+    the epoch is in ``epochs.jsonl``; when it says stop, the trial ends there: no report, no
+    model, no ``result.json`` (so it is not finished), as when Tune's ASHA stops a trial.
+    """
     settings = trial.settings
     if report_if_finished(trial, runner.report):
         return
@@ -520,6 +592,10 @@ def run_trial(
             _append_epoch(trial, epoch + 1, metrics, timing)
         if epoch + 1 == settings.epochs:
             finish()
+        elif stop_early is not None and stop_early(epoch + 1, metrics):
+            if board is not None:
+                board.close()
+            return
         _report_epoch(steps, runner, metrics, epoch + 1, trial.trial_id)
     if initial_epoch >= settings.epochs:  # resumed after the last epoch's checkpoint
         finish()

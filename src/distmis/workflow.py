@@ -266,11 +266,15 @@ def evaluate(snakemake: Any) -> dict:
 
 def scaling(snakemake: Any) -> Path:
     """The table of the input runs, with each evaluated model's test Dice, into ``output.table``;
-    ``params.quality_tolerance`` (report.quality_tolerance) decides time_to_best_seconds."""
+    ``params.quality_tolerance`` (report.quality_tolerance) decides time_to_best_seconds,
+    ``params.quality_target`` (report.quality_target, over all the input runs: the study)
+    time_to_target_seconds."""
     start_script(snakemake)
+    from distmis.scaling.quality import QualityTarget
     from distmis.scaling.table import attach_test_dice, scaling_table, write_scaling_csv
 
-    table = scaling_table(_rule_runs(snakemake), snakemake.params.quality_tolerance)
+    target = QualityTarget.from_config(snakemake.params.quality_target)
+    table = scaling_table(_rule_runs(snakemake), snakemake.params.quality_tolerance, target)
     table = attach_test_dice(table, [Path(p) for p in snakemake.input.evals])
     return write_scaling_csv(table, Path(snakemake.output.table))
 
@@ -281,7 +285,8 @@ def plot_scaling(snakemake: Any) -> dict[str, list[Path]]:
     The figures come from scaling.csv (so they show what the table says), the timelines
     from the runs' trials.csv and the time-to-quality figure from their trials' epochs.jsonl
     (within ``params.quality_tolerance`` of each run's best, as the table's
-    time_to_best_seconds); a figure the rule declares but the data cannot give is an
+    time_to_best_seconds); the time-to-target figure draws the table's time_to_target_seconds
+    and quality_target_dice. A figure the rule declares but the data cannot give is an
     error here rather than a confusing missing-output failure later.
     """
     start_script(snakemake)
@@ -292,7 +297,7 @@ def plot_scaling(snakemake: Any) -> dict[str, list[Path]]:
     table = read_scaling_csv(Path(snakemake.input.table))
     out_dir = Path(snakemake.output.speedup).parent
     declared = {Path(p) for p in snakemake.output}
-    stems = ["quality", *(timeline_stem(run) for run in runs)]
+    stems = ["quality", "time_to_target", *(timeline_stem(run) for run in runs)]
     expected = {out_dir / f"{stem}{suffix}" for stem in stems for suffix in (".png", ".pdf")}
     undeclared = expected - declared
     if undeclared:

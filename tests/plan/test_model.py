@@ -208,3 +208,16 @@ def test_runs_timed_as_the_model_assumes_are_predicted_exactly(tmp_path, mode, g
         assert float(row["loo_relative_error"]) == pytest.approx(16.8 / 18.925 - 1)
     else:
         assert float(row["loo_relative_error"]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_data_mode_with_asha_trains_the_epochs_experiment_mode_would(calibration):
+    # Data mode stops configurations by ASHA's own rule, one after another (the first never):
+    # the same epochs per configuration as experiment mode's prediction, one at a time.
+    study = replace(Study.measured(calibration), scheduler="asha")
+    plain = predict(calibration, "data", 2)
+    data = predict(calibration, "data", 2, study=study)
+    experiment = predict(calibration, "experiment", 2, study=study)
+    assert data.assumptions["epochs_per_trial"]["value"] == [2, 1]
+    assert experiment.assumptions["epochs_per_trial"]["value"] == [2, 1]
+    assert data.trial_seconds[1] < data.trial_seconds[0] == plain.trial_seconds[0]
+    assert data.makespan_seconds < plain.makespan_seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,12 @@ from distmis.scaling.plot import (
     plot_efficiency,
     plot_makespan,
     plot_speedup,
+    plot_time_to_target,
     plot_timeline,
+    time_to_target_figure,
     timeline_stem,
 )
-from distmis.scaling.quality import quality_curve
+from distmis.scaling.quality import QualityTarget, quality_curve
 from distmis.scaling.quality_plot import plot_quality, quality_figure
 from distmis.scaling.style import MODE_COLOURS, mode_colour, mode_name
 from distmis.scaling.table import scaling_table
@@ -139,3 +142,52 @@ def test_quality_figure_without_any_validation(tmp_path: Path):
     write_run(tmp_path / "train", "data", 1, 5.0, rows, best_val_dice=None)
     stem = tmp_path / "fig" / "quality"
     assert_figure(stem, plot_quality(load_runs(tmp_path / "train"), stem))
+
+
+def test_time_to_target_figure_lists_every_series_even_one_that_never_reached_it(
+    tmp_path: Path,
+):
+    # The study's best is 0.8 (experiment at G = 1), so the default target is 0.76.
+    for mode, gpus, points in (
+        ("experiment", 1, [(1, 10.0, 0.5), (2, 20.0, 0.79), (3, 30.0, 0.8)]),
+        ("experiment", 2, [(1, 8.0, 0.77)]),
+        ("experiment", 4, [(1, 8.0, 0.7)]),  # below 0.76: no point
+        ("data", 1, [(1, 10.0, 0.6), (2, 25.0, 0.74)]),  # never reaches it
+        ("data", 2, [(1, 12.0, 0.7)]),
+    ):
+        write_epochs(write_run(tmp_path / "train", mode, gpus, 40.0), "t1", points)
+    table = scaling_table(load_runs(tmp_path / "train"))
+    stem = tmp_path / "fig" / "time_to_target"
+    assert_figure(stem, plot_time_to_target(table, stem))
+    figure = time_to_target_figure(table)
+    ax = figure.axes[0]
+    assert ax.get_title() == "Time to a common quality target: best validation Dice so far ≥ 0.76"
+    data, experiment = ax.lines[:2]  # one line per series, sorted by (backend, mode)
+    assert data.get_color() == "tab:blue" and experiment.get_color() == "tab:orange"
+    assert data.get_xydata()[:, 0].tolist() == [1.0, 2.0]
+    assert all(map(math.isnan, data.get_xydata()[:, 1]))  # never reached: nothing drawn
+    assert experiment.get_xydata()[:2].tolist() == [[1.0, 20.0], [2.0, 8.0]]
+    assert math.isnan(experiment.get_xydata()[2, 1])  # G = 4 never reached it
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels == [
+        "data parallelism: never reached the target",
+        "experiment parallelism: not reached at G = 4",
+    ]
+
+
+def test_time_to_target_figure_with_an_absolute_target_no_run_reached(tmp_path: Path):
+    write_epochs(write_run(tmp_path / "train", "data", 1, 40.0), "t1", [(1, 10.0, 0.6)])
+    table = scaling_table(load_runs(tmp_path / "train"), quality_target=QualityTarget(dice=0.9))
+    stem = tmp_path / "fig" / "time_to_target"
+    assert_figure(stem, plot_time_to_target(table, stem))
+    figure = time_to_target_figure(table)
+    assert figure.axes[0].get_title().endswith("best validation Dice so far ≥ 0.9")
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels == ["data parallelism: never reached the target"]
+
+
+def test_time_to_target_figure_without_a_target(tmp_path: Path):
+    write_run(tmp_path / "train", "data", 1, 40.0)  # no validation anywhere: no study best
+    figure = time_to_target_figure(scaling_table(load_runs(tmp_path / "train")))
+    assert figure.axes[0].get_title().startswith("Time to target: no target")
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["data parallelism"]

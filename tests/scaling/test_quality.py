@@ -12,11 +12,15 @@ import pytest
 from distmis.errors import ConfigError, ContractError
 from distmis.run_folder import EpochRecord
 from distmis.scaling.quality import (
+    DEFAULT_TARGET,
     SOURCE_EPOCHS,
+    QualityTarget,
     Validation,
     best_so_far,
     quality_curve,
+    study_best,
     time_to_best,
+    time_to_target,
 )
 from distmis.scaling.timings import Run
 from tests.scaling.helpers import (
@@ -167,3 +171,58 @@ def test_tolerance_must_be_a_number_at_least_zero(tmp_path: Path, tolerance):
     run = Run.from_dir(write_run(tmp_path, "data", 1, 5.0))
     with pytest.raises(ConfigError, match="report.quality_tolerance must be"):
         quality_curve(run, tolerance)
+
+
+def test_time_to_target_pure():
+    seconds, best = (10.0, 20.0, 30.0), (0.5, 0.79, 0.8)
+    assert time_to_target(seconds, best, 0.79) == 20.0  # reaching it counts
+    assert time_to_target(seconds, best, 0.5) == 10.0
+    assert time_to_target(seconds, best, 0.95 * 0.8) == 20.0  # 0.7600000000000001 <= 0.79
+    # 0.95 × 0.8 is not exactly 0.76: a run at 0.76 reached it all the same.
+    assert time_to_target((5.0,), (0.76,), 0.95 * 0.8) == 5.0
+    assert math.isnan(time_to_target(seconds, best, 0.81))  # never reached: no time
+    assert math.isnan(time_to_target(seconds, best, math.nan))  # no target
+    assert math.isnan(time_to_target((), (), 0.5))
+    with pytest.raises(ValueError, match="3 times but 2 Dice values"):
+        time_to_target(seconds, best[:2], 0.5)
+
+
+def test_time_to_target_on_a_run_curve(tmp_path: Path):
+    run = Run.from_dir(two_trial_run(tmp_path))
+    curve = quality_curve(run, tolerance=0.01)
+    # Steps (10, 0.5), (15, 0.5), (20, 0.79), (25, 0.79), (30, 0.8): the same curve as time
+    # to best, read against a bar of its own rather than the run's final best.
+    assert curve.time_to_target_seconds(0.6) == 20.0
+    assert curve.time_to_target_seconds(0.8) == 30.0
+    assert math.isnan(curve.time_to_target_seconds(0.85))
+    # The study's best is the highest final best of its curves; none with no validation.
+    assert study_best([curve]) == 0.8
+    assert math.isnan(study_best([]))
+
+
+def test_quality_target_resolves_against_the_study_best():
+    assert QualityTarget(fraction_of_best=0.95) == DEFAULT_TARGET
+    assert QualityTarget.from_config({"fraction_of_best": 0.5}).dice_for(0.8) == 0.4
+    assert QualityTarget.from_config({"dice": 0.7}).dice_for(0.8) == 0.7
+    assert math.isnan(DEFAULT_TARGET.dice_for(math.nan))  # no validation anywhere: no target
+    assert DEFAULT_TARGET.describe() == "0.95 × the study's best validation Dice"
+    assert QualityTarget(dice=0.7).describe() == "validation Dice 0.7"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({}, r"report\.quality_target must be \{fraction_of_best: f\} or \{dice: d\}"),
+        ({"fraction_of_best": 0.9, "dice": 0.8}, r"report\.quality_target must be"),
+        ({"fraction": 0.9}, r"report\.quality_target must be"),
+        (0.95, r"report\.quality_target must be .*got 0\.95"),
+        ({"fraction_of_best": 1.5}, r"report\.quality_target\.fraction_of_best .*got 1\.5"),
+        ({"fraction_of_best": 0}, r"report\.quality_target\.fraction_of_best"),
+        ({"dice": math.nan}, r"report\.quality_target\.dice must be a number in \(0, 1\]"),
+        ({"dice": "0.8"}, r"report\.quality_target\.dice .*got '0\.8'"),
+        ({"dice": True}, r"report\.quality_target\.dice"),
+    ],
+)
+def test_quality_target_must_be_one_fraction_or_one_dice(value, message):
+    with pytest.raises(ConfigError, match=message):
+        QualityTarget.from_config(value)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from distmis.errors import ContractError
+from distmis.scaling.quality import QualityTarget
 from distmis.scaling.table import (
     attach_test_dice,
     own_efficiency,
@@ -50,6 +52,8 @@ def test_columns_in_documented_order(tmp_path: Path):
         "base_gpus",
         "makespan_seconds",
         "time_to_best_seconds",
+        "time_to_target_seconds",
+        "quality_target_dice",
         "speedup_vs_1gpu",
         "efficiency_vs_1gpu",
         "trials_ok",
@@ -221,6 +225,55 @@ def test_time_to_best_beside_the_makespan(tmp_path: Path):
     assert scaling_table(runs, quality_tolerance=0).loc[0, "time_to_best_seconds"] == 30.0
 
 
+def three_runs_ending_at_different_dice(root: Path) -> list:
+    """Validations (seconds since the start, Dice) of one trial per run, across backends:
+
+    - tensorflow/data at G = 1: 10 s 0.5, 20 s 0.79, 30 s 0.8 (the study's best, 0.8);
+    - torch/experiment at G = 1: 5 s 0.7, 15 s 0.77;
+    - tensorflow/data at G = 2: 10 s 0.6, 25 s 0.74 (ends below 0.95 × 0.8 = 0.76).
+    """
+    for backend, mode, gpus, points in (
+        ("tensorflow", "data", 1, [(1, 10.0, 0.5), (2, 20.0, 0.79), (3, 30.0, 0.8)]),
+        ("torch", "experiment", 1, [(1, 5.0, 0.7), (2, 15.0, 0.77)]),
+        ("tensorflow", "data", 2, [(1, 10.0, 0.6), (2, 25.0, 0.74)]),
+    ):
+        run = write_run(root, mode, gpus, 40.0, backend=backend)
+        write_epochs(run, "t1", points)
+    return load_runs(root)
+
+
+def test_time_to_target_is_timed_to_one_bar_for_the_whole_study(tmp_path: Path):
+    runs = three_runs_ending_at_different_dice(tmp_path)
+    table = scaling_table(runs).set_index(["backend", "mode", "gpus"])
+    # Default target: 0.95 × 0.8, the best any run reached (tensorflow data G = 1's).
+    assert table["quality_target_dice"].tolist() == pytest.approx([0.76] * 3, abs=1e-12)
+    reached = table["time_to_target_seconds"]
+    assert reached[("tensorflow", "data", 1)] == 20.0  # 0.79 at 20 s is the first >= 0.76
+    assert reached[("torch", "experiment", 1)] == 15.0  # 0.77 at 15 s
+    # Never reached: NaN, not a made-up time, although it did reach its own best (at 25 s).
+    assert math.isnan(reached[("tensorflow", "data", 2)])
+    assert table.loc[("tensorflow", "data", 2), "time_to_best_seconds"] == 25.0
+
+
+def test_time_to_target_fraction_and_absolute_dice(tmp_path: Path):
+    runs = three_runs_ending_at_different_dice(tmp_path)
+    whole = scaling_table(runs, quality_target=QualityTarget(fraction_of_best=1.0))
+    assert whole["quality_target_dice"].tolist() == [0.8] * 3
+    # Sorted by backend, mode, G: tensorflow data 1, tensorflow data 2, torch experiment 1.
+    assert whole["time_to_target_seconds"].tolist()[0] == 30.0
+    assert whole["time_to_target_seconds"].isna().tolist() == [False, True, True]
+    absolute = scaling_table(runs, quality_target=QualityTarget(dice=0.7))
+    assert absolute["quality_target_dice"].tolist() == [0.7] * 3
+    assert absolute["time_to_target_seconds"].tolist() == [20.0, 25.0, 5.0]
+
+
+def test_time_to_target_without_any_validation_is_empty(tmp_path: Path):
+    write_run(tmp_path, "data", 1, 100.0)  # no epochs.jsonl: no curve, no study best
+    table = scaling_table(load_runs(tmp_path))
+    assert table["quality_target_dice"].isna().all()
+    assert table["time_to_target_seconds"].isna().all()
+
+
 def test_series_mixing_schedulers_is_flagged(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     write_run(tmp_path, "data", 1, 100.0)
     write_run(tmp_path, "data", 2, 40.0, scheduler="asha")
@@ -245,7 +298,14 @@ def test_read_scaling_csv_from_before_the_newer_columns(tmp_path: Path):
     write_run(tmp_path / "train", "data", 2, 60.0)
     write_run(tmp_path / "train", "experiment", 2, 60.0)
     table = scaling_table(load_runs(tmp_path / "train"))
-    newer = ["gpus_per_trial", "time_to_best_seconds", "trials_stopped", "scheduler"]
+    newer = [
+        "gpus_per_trial",
+        "time_to_best_seconds",
+        "time_to_target_seconds",
+        "quality_target_dice",
+        "trials_stopped",
+        "scheduler",
+    ]
     old = table.drop(columns=[*newer, "startup_seconds"])
     path = write_scaling_csv(old, tmp_path / "old.csv")
     back = read_scaling_csv(path)
@@ -253,6 +313,8 @@ def test_read_scaling_csv_from_before_the_newer_columns(tmp_path: Path):
     assert list(back["trials_stopped"]) == [0, 0, 0]
     assert list(back["scheduler"]) == ["none"] * 3
     assert back["time_to_best_seconds"].isna().all() and back["startup_seconds"].isna().all()
+    assert back["time_to_target_seconds"].isna().all()
+    assert back["quality_target_dice"].isna().all()
 
 
 # --- test Dice from rule evaluate ---------------------------------------------------------

@@ -59,12 +59,10 @@ def test_impossible_combinations_are_named_before_a_job_starts(tfrecords, tmp_pa
         make_settings(tfrecords, tmp_path, "hybrid", 3, k=2)
     with pytest.raises(ConfigError, match="2 <= k <= G"):
         make_settings(tfrecords, tmp_path, "hybrid", 2, k=4)
-    with pytest.raises(
-        ConfigError, match="asha is refused in data mode: it trains one configuration at a time"
-    ):
-        make_settings(tfrecords, tmp_path, "data", 2, modes=["experiment"], scheduler="asha")
-    with pytest.raises(ConfigError, match="refused in hybrid mode"):
-        make_settings(tfrecords, tmp_path, "hybrid", 2, k=2, modes=["experiment"], scheduler="asha")
+    data_asha = make_settings(tfrecords, tmp_path, "data", 2, modes=["data"], scheduler="asha")
+    assert data_asha.scheduler == "asha"  # its workers stop configurations themselves
+    asha = make_settings(tfrecords, tmp_path, "hybrid", 2, k=2, modes=["hybrid"], scheduler="asha")
+    assert asha.scheduler == "asha"  # its stopped trials end their Train runs
     hybrid = make_settings(tfrecords, tmp_path, "hybrid", 4, k=2, scale_lr=True)
     assert (hybrid.workers_per_trial, hybrid.concurrent_trials) == (2, 2)
     assert hybrid.lr_effective(hybrid.grid()[0]) == pytest.approx(0.002)  # lr × k
@@ -170,6 +168,134 @@ def test_asha_stops_a_hopeless_configuration_and_records_it(tfrecords, tmp_path)
         assert len(epochs) == int(row["epochs_run"])
     assert summary["stopped_count"] == len(stopped) and summary["scheduler"] == "asha"
     assert trials["lr=1e-09_norm=batch_beta2=0.999_amsgrad=0"]["status"] == "stopped"
+
+
+# Ray Train's processes: a stopped hybrid trial must leave none of them behind.
+TRAIN_PROCESSES = ("ray::RayTrainWorker", "ray::TrainController", "ray::PlacementGroupCleaner")
+
+
+def ray_leftovers() -> dict[str, list[str]]:
+    """This process's Ray session: placement groups not removed, and Ray Train processes
+    (children of the session's raylet) still alive."""
+    import psutil
+    import ray
+
+    groups = ray.util.placement_group_table().values()
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    processes = []
+    for child in psutil.Process(raylet).children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:
+            continue  # ended meanwhile
+        if command.startswith(TRAIN_PROCESSES):
+            processes.append(command.split()[0])
+    return {
+        "placement_groups": [g["state"] for g in groups if g["state"] != "REMOVED"],
+        "processes": sorted(processes),
+        "removed": [g["state"] for g in groups if g["state"] == "REMOVED"],
+    }
+
+
+@pytest.mark.slow
+def test_data_mode_asha_stops_a_hopeless_configuration_and_trains_the_next(tfrecords, tmp_path):
+    from distmis.train.run import run_training
+
+    # Data mode trains in grid order in one group. lr 1e-9 cannot move the weights: at its
+    # first rung (epoch 1) its Dice trails the first configuration's and the workers stop it;
+    # the third must then train in the same group.
+    grid = {"lr": [0.005, 1e-9, 0.01], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
+    settings = make_settings(
+        tfrecords,
+        tmp_path / "da",
+        "data",
+        2,
+        epochs=3,
+        modes=["data"],
+        scheduler="asha",
+        asha={"grace_period": 1, "reduction_factor": 2},
+        search_space=grid,
+    )
+    summary = run_training(settings)
+    trials = {float(row["lr"]): row for row in read_trials(settings.out_dir).values()}
+    assert len(trials) == 3, trials
+    hopeless = trials[1e-9]
+    assert hopeless["status"] == "stopped", {lr: row["status"] for lr, row in trials.items()}
+    assert (hopeless["epochs_run"], hopeless["error"]) == ("1", "")  # at the first rung
+    assert hopeless["val_dice"] != ""  # its last epoch's metrics
+    folder = settings.out_dir / "trials" / hopeless["trial_id"]
+    assert not (folder / "result.json").exists()
+    assert [e.epoch for e in read_epochs(folder)] == [1]
+    first, last = trials[0.005], trials[0.01]
+    assert (first["status"], first["epochs_run"]) == ("ok", "3")
+    assert last["status"] in ("ok", "stopped") and int(last["epochs_run"]) >= 1
+    assert float(last["start_time"]) > float(hopeless["start_time"])
+    # One group for the grid: the stop left no rank behind in a collective.
+    pids = {
+        frozenset(w["pid"] for w in worker_files(settings.out_dir, t["trial_id"]))
+        for t in trials.values()
+    }
+    assert len(pids) == 1 and len(next(iter(pids))) == 2
+    assert summary["stopped_count"] >= 1 and summary["scheduler"] == "asha"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a leaked Train run makes the next trial wait for ever
+def test_asha_stops_a_hybrid_trial_and_its_train_run_frees_its_workers(
+    tfrecords, tmp_path, monkeypatch
+):
+    from distmis.train import run as train_run
+
+    # G/k = 1: one trial at a time, in grid order. lr 1e-9 cannot move the weights, so at its
+    # first rung its Dice trails the first trial's and ASHA stops it mid-run; the third
+    # configuration must then get the workers. The first runs to max_t, where ASHA stops it
+    # too, on its last report: it must still count as finished.
+    grid = {"lr": [0.005, 1e-9, 0.01], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
+    settings = make_settings(
+        tfrecords,
+        tmp_path / "ha",
+        "hybrid",
+        2,
+        k=2,
+        epochs=3,
+        modes=["hybrid"],
+        scheduler="asha",
+        asha={"grace_period": 1, "reduction_factor": 2},
+        search_space=grid,
+    )
+    leftovers: dict[str, list[str]] = {}
+    stop_ray = train_run.stop_ray
+
+    def look_then_stop_ray() -> None:
+        # Tune's run has ended; give an ending controller a moment, then look.
+        deadline = time.time() + 60
+        while True:
+            leftovers.update(ray_leftovers())
+            clean = not leftovers["placement_groups"] and not leftovers["processes"]
+            if clean or time.time() > deadline:
+                break
+            time.sleep(1)
+        stop_ray()
+
+    monkeypatch.setattr(train_run, "stop_ray", look_then_stop_ray)
+    summary = train_run.run_training(settings)
+
+    trials = {float(row["lr"]): row for row in read_trials(settings.out_dir).values()}
+    assert len(trials) == 3, trials  # the run ended, every configuration recorded
+    hopeless = trials[1e-9]
+    assert hopeless["status"] == "stopped", {lr: row["status"] for lr, row in trials.items()}
+    assert 1 <= int(hopeless["epochs_run"]) < 3 and hopeless["error"] == ""
+    assert not (settings.out_dir / "trials" / hopeless["trial_id"] / "result.json").exists()
+    first = trials[0.005]
+    assert (first["status"], first["epochs_run"]) == ("ok", "3")  # stopped at max_t: finished
+    last = trials[0.01]
+    assert last["status"] in ("ok", "stopped") and int(last["epochs_run"]) >= 1
+    assert float(last["start_time"]) > float(hopeless["start_time"])
+    assert summary["stopped_count"] >= 1 and summary["scheduler"] == "asha"
+    # Every trial's Train run is gone: its placement group removed, no worker, controller or
+    # placement-group cleaner left in the session.
+    assert len(leftovers["removed"]) >= 3, leftovers
+    assert leftovers["placement_groups"] == [] and leftovers["processes"] == [], leftovers
 
 
 @pytest.mark.slow

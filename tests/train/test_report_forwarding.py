@@ -16,12 +16,14 @@ SCRIPT = textwrap.dedent(
     """
     import json, ray
     from ray import tune
+    from ray.train import UserCallback
     from distmis.train.report_forwarding import fit_and_report
 
     class QuickTrainer:
-        # Reports like a Train controller (each callback's after_report), then returns.
+        # Reports like a Train controller (each UserCallback's after_report), then returns.
         def __init__(self, callbacks, epochs, fail_after=None):
-            self.callbacks, self.epochs, self.fail_after = callbacks, epochs, fail_after
+            self.callbacks = [c for c in callbacks if isinstance(c, UserCallback)]
+            self.epochs, self.fail_after = epochs, fail_after
         def fit(self):
             for epoch in range(1, self.epochs + 1):
                 if epoch == self.fail_after:

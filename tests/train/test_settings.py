@@ -212,3 +212,20 @@ def test_input_settings_reach_the_workers(tmp_path):
     worker = dataclasses.replace(run, cache_scope="/dev/shm/scope").worker_settings()
     assert (worker.shuffle_buffer, worker.cache_scope) == (3, "/dev/shm/scope")
     assert WorkerSettings.from_dict(worker.to_dict()) == worker
+
+
+def test_the_search_is_read_from_the_config_and_the_runners_refuse_all_but_the_grid(tmp_path):
+    from distmis.search import SearchSettings
+
+    assert settings(tmp_path).search == SearchSettings("grid", None, 0, 10)
+    sampled = settings(tmp_path, seed=4, search={"algorithm": "random", "samples": 3})
+    assert sampled.search == SearchSettings("random", 3, 4, 10)
+    assert sampled.to_json()["search"] == {
+        "algorithm": "random",
+        "samples": 3,
+        "seed": 4,
+        "startup_trials": 10,
+    }
+    # Not wired into the runners yet (issue 27): refused, never trained as a grid.
+    with pytest.raises(ConfigError, match="train.search.algorithm random: the training runners"):
+        sampled.grid()

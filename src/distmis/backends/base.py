@@ -9,9 +9,11 @@ ever loads the framework it uses.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -34,12 +36,15 @@ class Backend(ABC):
     - ``name``: the value of ``train.backend`` and the ``results/train/{backend}/`` folder;
     - ``model_suffix``: the suffix of its model files (``.keras``, ``.pt``); a trial saves
       ``model<suffix>``, a run's best model is ``best_model<suffix>``;
-    - ``worker_env``: environment variables its Ray workers need before their first import.
+    - ``worker_env``: environment variables its Ray workers need before their first import;
+    - ``loop_module``: the module of its training loop, which defines ``train_loop_per_worker``,
+      ``train_grid_per_worker`` and ``TRIAL_STEPS`` (its :class:`~distmis.trial.TrialSteps`).
     """
 
     name: ClassVar[str]
     model_suffix: ClassVar[str]
     worker_env: ClassVar[Mapping[str, str]] = {}
+    loop_module: ClassVar[str]
 
     @property
     def trial_model_file(self) -> str:
@@ -65,23 +70,27 @@ class Backend(ABC):
         if options:
             raise ConfigError(f"backend {self.name} takes no options, got {sorted(options)}")
 
-    @abstractmethod
     def train_loop_per_worker(self) -> Callable[[dict], None]:
         """The function Ray Train runs on each of G workers (data mode) and Ray Tune runs as one
         trial (experiment mode). It takes a :class:`~distmis.trial.TrialConfig` as a dict,
         is a module-level function (so it pickles by reference) and leaves the files of
         :mod:`distmis.trial`."""
+        return self._loop().train_loop_per_worker
 
-    @abstractmethod
     def trial_steps(self) -> Callable[..., Any]:
         """The backend's :data:`~distmis.trial.StepsBuilder` (its ``TrialSteps`` class):
         what :meth:`train_loop_per_worker` runs under Ray and the local runner
         (:mod:`distmis.train.local`) runs in-process. Imports the framework, never Ray."""
+        return self._loop().TRIAL_STEPS
 
-    @abstractmethod
     def train_grid_per_worker(self) -> Callable[[dict], None]:
         """What each worker of data mode's one Ray Train run executes: the whole grid, one
         configuration after another (:func:`distmis.trial.train_grid`)."""
+        return self._loop().train_grid_per_worker
+
+    def _loop(self) -> ModuleType:
+        # Imported when a trial runs, in its own process: a torch job never imports TensorFlow.
+        return importlib.import_module(self.loop_module)
 
     @abstractmethod
     def ray_trainer(

@@ -2,11 +2,13 @@
 
 - :mod:`~distmis.scaling.timings`: typed, validated ``trials.csv`` + ``summary.json`` of a run;
 - :mod:`~distmis.scaling.table`: the scaling table (``scaling.csv``) and its test Dice column;
-- :mod:`~distmis.scaling.quality`: each run's best validation Dice so far over time, and its
-  time to best (from the trials' ``epochs.jsonl``);
+- :mod:`~distmis.scaling.quality`: each run's best validation Dice so far over time, its
+  time to best and its time to the study's common quality target (from the trials'
+  ``epochs.jsonl``);
 - :mod:`~distmis.scaling.timeline`: which lane (GPU or worker) each trial held, and when;
-- :mod:`~distmis.scaling.plot`: the speedup, efficiency, makespan and timeline figures, and
-  all figures in one call; :mod:`~distmis.scaling.quality_plot` the time-to-quality figure;
+- :mod:`~distmis.scaling.plot`: the speedup, efficiency, makespan, time-to-target and
+  timeline figures, and all figures in one call; :mod:`~distmis.scaling.quality_plot` the
+  time-to-quality figure;
   :mod:`~distmis.scaling.style` the colours, line styles and saving they share;
 - :mod:`~distmis.scaling.run`: all of it in one call (``distmis scaling``).
 

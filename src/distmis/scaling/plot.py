@@ -1,7 +1,7 @@
 """The scaling figures: one function per figure, each writing ``<stem>.png`` and ``<stem>.pdf``.
 
-Speedup, efficiency and makespan come from the scaling table, the timelines from the runs'
-trials; the time-to-quality figure is :mod:`~distmis.scaling.quality_plot`'s, colours and
+Speedup, efficiency, makespan and time to target come from the scaling table, the
+timelines from the runs' trials; the time-to-quality figure is :mod:`~distmis.scaling.quality_plot`'s, colours and
 saving :mod:`~distmis.scaling.style`'s.
 
 Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, never pyplot:
@@ -39,7 +39,7 @@ from distmis.scaling.style import (
     mode_name,
     save_figure,
 )
-from distmis.scaling.table import own_efficiency, own_speedup
+from distmis.scaling.table import SERIES_COLUMNS, own_efficiency, own_speedup
 from distmis.scaling.timeline import busy_fraction, lane_count, timeline_bars
 from distmis.scaling.timings import DEFAULT_BACKEND, STATUS_FAILED, STATUS_STOPPED, Run
 
@@ -101,7 +101,8 @@ def parse_references(entries: Sequence[Mapping[str, Any]] | None) -> list[Refere
 
 
 def _series(table: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
-    return [(key, rows.sort_values("gpus")) for key, rows in table.groupby(["backend", "mode"])]
+    """The table's series (table.SERIES_COLUMNS, one line or bar group each), rows by G."""
+    return [(key, rows.sort_values("gpus")) for key, rows in table.groupby(SERIES_COLUMNS)]
 
 
 def _series_label(backend: str, mode: str, base_gpus: int, table: pd.DataFrame) -> str:
@@ -316,6 +317,65 @@ def plot_makespan(table: pd.DataFrame, stem: Path) -> list[Path]:
     return save_figure(figure, stem)
 
 
+def time_to_target_figure(table: pd.DataFrame) -> Figure:
+    """Seconds until each run's best validation Dice reached the study's common target
+    (``time_to_target_seconds``), against G, one line per series.
+
+    A run that never reached the target has no point (never a made-up time); the legend
+    says which G of a series did not reach it, and a series none of whose runs did is still
+    listed, "never reached the target". The target is the table's ``quality_target_dice``.
+    """
+    # Wider than the speedup figure: its legend labels also say where a series fell short.
+    figure, ax = _new_figure(10.0, 5.5)
+    seconds = table["time_to_target_seconds"]
+    targets = table["quality_target_dice"].dropna().unique()
+    resumed_seen = False
+    for (backend, mode), rows in _series(table):
+        marker, style = BACKEND_STYLES.get(backend, ("^", ":"))
+        colour = mode_colour(mode)
+        label = _series_label(backend, mode, 1, table)
+        missed = [int(g) for g in rows.loc[seconds[rows.index].isna(), "gpus"]]
+        if len(targets) and len(missed) == len(rows):
+            label += ": never reached the target"
+        elif len(targets) and missed:
+            label += f": not reached at G = {', '.join(map(str, missed))}"
+        # NaN leaves a gap: a run that never got there is not joined to its neighbours.
+        ax.plot(
+            rows["gpus"],
+            seconds[rows.index],
+            marker=marker,
+            linestyle=style,
+            color=colour,
+            label=label,
+        )
+        resumed = rows[rows["resumed"] & seconds[rows.index].notna()]
+        resumed_seen |= _mark_resumed(
+            ax, list(resumed["gpus"]), list(seconds[resumed.index]), colour
+        )
+    _g_axis(ax, list(table["gpus"]), table)
+    ax.set_ylim(0, float(seconds.max()) * 1.15 if seconds.notna().any() else 1.0)
+    ax.set_ylabel("time to target (s since the run started)")
+    ax.grid(True, alpha=0.3)
+    if len(targets):
+        title = (
+            "Time to a common quality target: "
+            f"best validation Dice so far ≥ {float(targets[0]):.4g}"
+        )
+    else:
+        title = "Time to target: no target (no run has a validation, or the table predates it)"
+    ax.set_title(title, fontsize=10)
+    handles, _ = ax.get_legend_handles_labels()
+    if resumed_seen:
+        handles.append(_resumed_handle())
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
+    return figure
+
+
+def plot_time_to_target(table: pd.DataFrame, stem: Path) -> list[Path]:
+    """The time-to-target figure of ``table`` (see :func:`time_to_target_figure`)."""
+    return save_figure(time_to_target_figure(table), stem)
+
+
 def plot_timeline(run: Run, stem: Path) -> list[Path]:
     """Gantt chart of one run: each trial a bar on the lane (GPU) it held, from start to end."""
     bars = timeline_bars(run)
@@ -409,13 +469,15 @@ def plot_all(
     quality_tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, list[Path]]:
     """Every figure into ``out_dir``, by figure name: speedup, efficiency, makespan, quality
-    (time to quality, within ``quality_tolerance`` Dice of each run's best), timelines."""
+    (time to quality, within ``quality_tolerance`` Dice of each run's best), time_to_target
+    (to the table's common ``quality_target_dice``), timelines."""
     out_dir = Path(out_dir)
     written = {
         "speedup": plot_speedup(table, out_dir / "speedup", references),
         "efficiency": plot_efficiency(table, out_dir / "efficiency"),
         "makespan": plot_makespan(table, out_dir / "makespan"),
         "quality": plot_quality(runs, out_dir / "quality", quality_tolerance),
+        "time_to_target": plot_time_to_target(table, out_dir / "time_to_target"),
     }
     for run in runs:
         stem = timeline_stem(run)

@@ -11,6 +11,13 @@ Dice, config ``report.quality_tolerance``) of the run's final best, the curve's 
 Early stopping (ASHA) shows here and not in the makespan alone: it ends poor trials sooner,
 so the good ones start, and validate, earlier.
 
+Time to best compares a run with itself, so two runs that end at different Dice cannot be
+compared by it. ``time_to_target_seconds`` times every run of the study to one common bar,
+the :class:`QualityTarget` (config ``report.quality_target``): the first time a run's curve
+reaches that Dice, NaN if it never does. By default the bar is 0.95 times the best
+validation Dice any run of the study reached (:func:`study_best`: the highest final best of
+all the curves, every backend, mode and G), or an absolute Dice.
+
 Points come from each trial's ``<run>/trials/<trial_id>/epochs.jsonl`` (one
 :class:`~distmis.run_folder.EpochRecord` per validated epoch: ``{"format", "epoch", "time",
 "val_dice", ...}``), read through :mod:`distmis.run_folder`. A retried attempt repeats epoch
@@ -22,10 +29,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from distmis.errors import ConfigError, ContractError
 from distmis.run_folder import EPOCHS_FILE, read_epochs, rule_for, trial_folder
@@ -74,6 +81,10 @@ class QualityCurve:
         """First time the best so far is within ``tolerance`` of the final best (NaN: none)."""
         return time_to_best(self.seconds, self.best_dice, self.tolerance)
 
+    def time_to_target_seconds(self, target_dice: float) -> float:
+        """First time the best so far reaches ``target_dice`` (NaN: never, or no target)."""
+        return time_to_target(self.seconds, self.best_dice, target_dice)
+
     @property
     def reached(self) -> tuple[float, float] | None:
         """The step at the time to best, (seconds, best Dice so far); None without steps."""
@@ -90,6 +101,61 @@ def check_tolerance(tolerance: Any) -> float:
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError(f"report.quality_tolerance must be >= 0, got {tolerance}")
     return float(tolerance)
+
+
+@dataclass(frozen=True)
+class QualityTarget:
+    """``report.quality_target``: the Dice every run is timed to; exactly one field is set.
+
+    ``fraction_of_best``: that fraction of the study's best validation Dice; ``dice``: an
+    absolute Dice. Either is in (0, 1].
+    """
+
+    fraction_of_best: float | None = None
+    dice: float | None = None
+
+    KEY: ClassVar[str] = "report.quality_target"
+    SHAPE: ClassVar[str] = "{fraction_of_best: f} or {dice: d}, f and d in (0, 1]"
+
+    def __post_init__(self) -> None:
+        given = {
+            k: v
+            for k, v in (("fraction_of_best", self.fraction_of_best), ("dice", self.dice))
+            if v is not None
+        }
+        if len(given) != 1:
+            raise ConfigError(f"{self.KEY} must be {self.SHAPE}, got {given or 'neither'}")
+        ((name, value),) = given.items()
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ConfigError(f"{self.KEY}.{name} must be a number in (0, 1], got {value!r}")
+
+    @classmethod
+    def from_config(cls, value: Mapping[str, Any]) -> QualityTarget:
+        """The config's ``report.quality_target`` mapping, or a ConfigError naming the key."""
+        if not isinstance(value, Mapping) or not set(value) <= {"fraction_of_best", "dice"}:
+            raise ConfigError(f"{cls.KEY} must be {cls.SHAPE}, got {value!r}")
+        return cls(**value)
+
+    def dice_for(self, best: float) -> float:
+        """The target Dice in a study whose best validation Dice is ``best`` (NaN: none)."""
+        if self.dice is not None:
+            return float(self.dice)
+        return float(self.fraction_of_best) * best
+
+    def describe(self) -> str:
+        """The rule in words, e.g. "0.95 × the study's best validation Dice"."""
+        if self.dice is not None:
+            return f"validation Dice {self.dice:g}"
+        return f"{self.fraction_of_best:g} × the study's best validation Dice"
+
+
+DEFAULT_TARGET = QualityTarget(fraction_of_best=0.95)
+
+
+def study_best(curves: Sequence[QualityCurve]) -> float:
+    """The best validation Dice any of ``curves`` reached (NaN: none has a validation)."""
+    finals = [curve.final_best for curve in curves if curve.best_dice]
+    return max(finals) if finals else math.nan
 
 
 def best_so_far(points: Sequence[Validation]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -115,6 +181,16 @@ def time_to_best(seconds: Sequence[float], best: Sequence[float], tolerance: flo
     if len(seconds) != len(best):
         raise ValueError(f"{len(seconds)} times but {len(best)} Dice values")
     return seconds[reached_index(best, tolerance)] if best else math.nan
+
+
+def time_to_target(seconds: Sequence[float], best: Sequence[float], target_dice: float) -> float:
+    """The first of ``seconds`` whose ``best`` reaches ``target_dice``; NaN if none does (or
+    the target is NaN): a run that never got there has no time, not a made-up one."""
+    if len(seconds) != len(best):
+        raise ValueError(f"{len(seconds)} times but {len(best)} Dice values")
+    # ROUNDING: 0.95 × 0.8 is not exactly 0.76, and a run at 0.76 reached it.
+    reached = (t for t, value in zip(seconds, best, strict=True) if value >= target_dice - ROUNDING)
+    return next(reached, math.nan)
 
 
 def read_validations(trial_dir: Path, trial_id: str, origin: float) -> list[Validation]:

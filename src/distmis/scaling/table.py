@@ -17,7 +17,11 @@ Other columns: ``makespan_seconds`` (summary.json: from before the first trial s
 after the last ends, start-up included); ``time_to_best_seconds`` (beside it: seconds from
 the run's start until its best validation Dice so far came within ``report.quality_tolerance``
 of its final best, see :mod:`~distmis.scaling.quality`; empty for a run without a single
-validation); ``trials_ok``, ``trials_failed``, ``trials_stopped`` (ended early by ASHA);
+validation); ``time_to_target_seconds`` (seconds from the run's start until its best
+validation Dice so far first reached ``quality_target_dice``, the one bar of the whole study
+set by ``report.quality_target``, by default 0.95 × the best validation Dice any run reached;
+empty for a run that never reached it, so runs ending at different Dice compare at one bar);
+``quality_target_dice`` (that bar, the same on every row); ``trials_ok``, ``trials_failed``, ``trials_stopped`` (ended early by ASHA);
 ``mean_trial_seconds`` (mean ``seconds`` of the ok trials only: failed and stopped trials
 end early and would flatter it, and an ASHA run would look as if one configuration trained
 faster, so the mean stays the time of one whole configuration in every run);
@@ -52,11 +56,20 @@ import pandas as pd
 from distmis import backends, modes
 from distmis.errors import ContractError
 from distmis.fileio import atomic_path, read_json
-from distmis.scaling.quality import DEFAULT_TOLERANCE, check_tolerance, quality_curve
+from distmis.scaling.quality import (
+    DEFAULT_TARGET,
+    DEFAULT_TOLERANCE,
+    QualityTarget,
+    check_tolerance,
+    quality_curve,
+    study_best,
+)
 from distmis.scaling.timings import DEFAULT_BACKEND, Run
 
 log = logging.getLogger(__name__)
 
+# The one home of what makes a series (a line in every figure, the runs a speedup compares):
+# a new dimension (e.g. a search column) is added here, and to the rows run_metrics builds.
 SERIES_COLUMNS = ["backend", "mode"]  # mode: the label, data | experiment | hybrid{k}
 # What identifies and times a run; add_speedup puts base_gpus before makespan_seconds and the
 # speedup columns after these, then RUN_COLUMNS.
@@ -66,6 +79,8 @@ LEAD_COLUMNS = [
     "gpus_per_trial",
     "makespan_seconds",
     "time_to_best_seconds",
+    "time_to_target_seconds",
+    "quality_target_dice",
 ]
 RUN_COLUMNS = [
     "trials_ok",
@@ -85,6 +100,8 @@ RUN_COLUMNS = [
 NEWER_COLUMNS = {
     "gpus_per_trial": None,  # derived from mode and gpus (data: G, experiment: 1)
     "time_to_best_seconds": math.nan,
+    "time_to_target_seconds": math.nan,
+    "quality_target_dice": math.nan,  # an older table has no target: nothing reached it
     "trials_stopped": 0,
     "scheduler": "none",
     "startup_seconds": math.nan,
@@ -101,11 +118,19 @@ def efficiency_column(base_gpus: int) -> str:
     return f"efficiency_vs_{base_gpus}gpu"
 
 
-def run_metrics(runs: Sequence[Run], quality_tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
+def run_metrics(
+    runs: Sequence[Run],
+    quality_tolerance: float = DEFAULT_TOLERANCE,
+    quality_target: QualityTarget = DEFAULT_TARGET,
+) -> pd.DataFrame:
     """Per-run columns (no speedup yet), one row per run, sorted by series then G."""
     quality_tolerance = check_tolerance(quality_tolerance)
+    curves = [quality_curve(run, quality_tolerance) for run in runs]
+    # One bar for the whole study: every run the table holds, whatever its series.
+    target_dice = quality_target.dice_for(study_best(curves))
+    log.info("quality target: validation Dice %.4g (%s)", target_dice, quality_target.describe())
     rows = []
-    for run in runs:
+    for run, curve in zip(runs, curves, strict=True):
         ok = [t for t in run.trials if t.ok]
         stopped = [t for t in run.trials if t.stopped]
         summary = run.summary
@@ -116,7 +141,9 @@ def run_metrics(runs: Sequence[Run], quality_tolerance: float = DEFAULT_TOLERANC
                 "gpus": summary.gpus,
                 "gpus_per_trial": summary.gpus_per_trial,
                 "makespan_seconds": summary.makespan_seconds,
-                "time_to_best_seconds": quality_curve(run, quality_tolerance).time_to_best_seconds,
+                "time_to_best_seconds": curve.time_to_best_seconds,
+                "time_to_target_seconds": curve.time_to_target_seconds(target_dice),
+                "quality_target_dice": target_dice,
                 "trials_ok": len(ok),
                 "trials_failed": sum(t.failed for t in run.trials),
                 "trials_stopped": len(stopped),
@@ -194,22 +221,27 @@ def add_speedup(metrics: pd.DataFrame) -> pd.DataFrame:
         "base_gpus",
         "makespan_seconds",
         "time_to_best_seconds",
+        "time_to_target_seconds",
+        "quality_target_dice",
         *speedup_columns,
     ]
     return table[ordered + RUN_COLUMNS]
 
 
 def scaling_table(
-    runs: Sequence[Run], quality_tolerance: float = DEFAULT_TOLERANCE
+    runs: Sequence[Run],
+    quality_tolerance: float = DEFAULT_TOLERANCE,
+    quality_target: QualityTarget = DEFAULT_TARGET,
 ) -> pd.DataFrame:
     """The scaling table of ``runs`` (see the module docstring for every column).
 
     ``quality_tolerance`` (absolute Dice, ``report.quality_tolerance``) decides
-    ``time_to_best_seconds``.
+    ``time_to_best_seconds``; ``quality_target`` (``report.quality_target``, resolved over all
+    of ``runs``: they are the study) ``time_to_target_seconds``.
     """
     if not runs:
         raise ValueError("no runs to tabulate")
-    return add_speedup(run_metrics(runs, quality_tolerance))
+    return add_speedup(run_metrics(runs, quality_tolerance, quality_target))
 
 
 def own_speedup(table: pd.DataFrame) -> pd.Series:

@@ -8,6 +8,12 @@ The trainer is the backend's (:meth:`distmis.backends.base.Backend.ray_trainer`)
 group) starts once for the run, and every configuration after the first only builds its model
 and data inside it. A Ray Train run per configuration cost 10–13 s of start-up each on the
 demo, more than a whole epoch at paper size on 32 GPUs.
+
+Early stopping (``train.scheduler: asha``): no Tune scheduler runs here, so the workers apply
+ASHA's rule themselves, configuration after configuration (:mod:`distmis.sequential_asha`,
+Ray's own rule: data mode stops what experiment mode's ASHA would, given the results in the
+same order). A stopped configuration leaves its ``epochs.jsonl`` and no ``result.json``; the
+driver finds it by replaying the same rule over the grid's files and records it ``stopped``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from distmis import backends
 from distmis.hparams import HParams
 from distmis.run_folder import FAILED_FILE, RESULT_FILE
+from distmis.sequential_asha import AshaRule, SequentialASHA
 from distmis.train.grid import Outcome, run_grid
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import TrialRecord, trial_dir
@@ -36,10 +43,33 @@ def run_data_parallel(
 ) -> list[TrialRecord]:
     """Train every configuration with G Ray Train workers, in grid order, in one group
     (:func:`distmis.train.grid.run_grid` around :func:`train_in_one_group`)."""
-    return run_grid(settings, grid, on_record, functools.partial(train_in_one_group, settings))
+    trainer = functools.partial(train_in_one_group, settings, grid)
+    return run_grid(settings, grid, on_record, trainer)
 
 
-def train_in_one_group(settings: TrainSettings, pending: Sequence[HParams]) -> Iterator[Outcome]:
+def asha_rule(settings: TrainSettings) -> AshaRule | None:
+    """ASHA's parameters as experiment mode gives them to Tune's scheduler, or None when
+    the run does not stop configurations early."""
+    if settings.scheduler != "asha":
+        return None
+    return AshaRule.for_epochs(
+        settings.epochs, settings.asha_grace_period, settings.asha_reduction_factor
+    )
+
+
+def stopped_by_asha(settings: TrainSettings, grid: Sequence[HParams]) -> frozenset[str]:
+    """The configurations of ``grid`` that ASHA stopped, as the workers decided: the rule
+    replayed over the grid's ``epochs.jsonl`` files (none without ASHA)."""
+    rule = asha_rule(settings)
+    if rule is None:
+        return frozenset()
+    folders = {hp.trial_id: trial_dir(settings, hp.trial_id) for hp in grid}
+    return frozenset(SequentialASHA.from_trial_folders(rule, folders).stopped)
+
+
+def train_in_one_group(
+    settings: TrainSettings, grid: Sequence[HParams], pending: Sequence[HParams]
+) -> Iterator[Outcome]:
     """Data mode's trainer of pending configurations: one Ray Train run of G workers trains
     them one after another; every outcome comes when the run ends (each finished
     configuration's ``result.json`` is on disk as soon as it finishes).
@@ -47,7 +77,8 @@ def train_in_one_group(settings: TrainSettings, pending: Sequence[HParams]) -> I
     A killed run's unfinished configuration resumes from its last checkpoint (Ray Train
     restores the run from its storage). A failing configuration restarts the group, which
     retries it from its last checkpoint up to ``max_failures`` times; then it is recorded as
-    failed and the next one starts.
+    failed and the next one starts. With ASHA, the rungs count every configuration of
+    ``grid`` that trained, those recorded by an earlier run too.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
 
@@ -59,9 +90,11 @@ def train_in_one_group(settings: TrainSettings, pending: Sequence[HParams]) -> I
     )
     worker_settings = settings.worker_settings().to_dict()
     entries = [settings.grid_entry(hparams) for hparams in pending]  # settings once, below
+    rule = asha_rule(settings)
+    asha = None if rule is None else {"rule": rule.to_dict(), "grid": [hp.trial_id for hp in grid]}
     started = time.time()
     trainer = backend.ray_trainer(
-        {"trials": entries, "settings": worker_settings, "submitted_at": started},
+        {"trials": entries, "settings": worker_settings, "submitted_at": started, "asha": asha},
         use_gpu=settings.use_gpu,
         whole_grid=True,
         scaling_config=ScalingConfig(
@@ -86,7 +119,9 @@ def train_in_one_group(settings: TrainSettings, pending: Sequence[HParams]) -> I
     except Exception as exc:  # noqa: BLE001 - recorded per configuration below
         run_error = f"{type(exc).__name__}: {exc}"
         log.error("the data-parallel run failed: %s", run_error.splitlines()[0])
-    yield from outcomes_of_run(settings, pending, run_error, started, time.time())
+    ended = time.time()
+    stopped = stopped_by_asha(settings, grid)
+    yield from outcomes_of_run(settings, pending, run_error, started, ended, stopped=stopped)
 
 
 def outcomes_of_run(
@@ -95,15 +130,22 @@ def outcomes_of_run(
     run_error: str | None,
     started: float,
     ended: float,
+    *,
+    stopped: frozenset[str] = frozenset(),
 ) -> Iterator[Outcome]:
     """Each configuration's outcome once the one run (started, ended) is over.
 
-    One that left ``result.json`` finished, and one that left ``failed.json`` failed for the
-    reason its worker wrote there. One with neither was never reached, or the run itself
-    failed: the run's error (``run_error``) is its own.
+    One that left ``result.json`` finished; one in ``stopped`` (:func:`stopped_by_asha`)
+    was stopped by ASHA (after a failed attempt too: the retry got that far); one that left
+    ``failed.json`` failed for the reason its worker wrote there. One with none of these was
+    never reached, or the run itself failed: the run's error (``run_error``) is its own.
     """
     for hparams in pending:
         directory = trial_dir(settings, hparams.trial_id)
-        left_files = any((directory / name).is_file() for name in (RESULT_FILE, FAILED_FILE))
+        finished = (directory / RESULT_FILE).is_file()
+        if not finished and hparams.trial_id in stopped:
+            yield Outcome(hparams, None, started, ended, stopped=True)
+            continue
+        left_files = finished or (directory / FAILED_FILE).is_file()
         error = None if left_files else (run_error or "the run ended before this configuration")
         yield Outcome(hparams, error, started, ended)

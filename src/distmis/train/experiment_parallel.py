@@ -6,8 +6,10 @@ function (:func:`_hybrid_trainable`, no resources of its own) that starts the ba
 trainer on k workers with synchronous all-reduce and reports its epochs to Tune from its own
 thread (:mod:`distmis.train.report_forwarding`), so Tune's scheduler sees every epoch. Data
 and experiment mode are its two ends, k = G and k = 1. With ``train.scheduler: asha``
-(experiment mode) Tune's ASHA stops configurations whose validation Dice trails their rung;
-they are recorded as ``stopped``. Hybrid mode refuses ASHA (``distmis.config.ASHA_HYBRID_WHY``).
+(experiment and hybrid mode) Tune's ASHA stops configurations whose validation Dice trails
+their rung; they are recorded as ``stopped``. A stopped hybrid trial ends its Train run
+before its process goes, so its workers give their resources back to the next trial
+(:func:`distmis.train.report_forwarding.stoppable`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def _tune_trainable(config: dict) -> None:
 def _hybrid_trainable(config: dict) -> None:
     """A hybrid trial: one Ray Train run of the configuration on ``k`` workers, its reports
     forwarded to Tune (:mod:`distmis.train.report_forwarding`). Train retries the run
-    ``max_failures`` times from its checkpoint."""
+    ``max_failures`` times from its checkpoint. Run as :func:`stoppable`'s trainable, which
+    ends the Train run when Tune stops the trial."""
     _log_to_job()
     from ray.train import FailureConfig, RunConfig, ScalingConfig
 
@@ -81,7 +84,9 @@ def _hybrid_trainable(config: dict) -> None:
             ),
         )
 
-    fit_and_report(make_trainer)
+    # The last epoch's report comes after the trial's model and result.json are written
+    # (distmis.trial.run_trial): a trial stopped there (ASHA at max_t) lets its run finish.
+    fit_and_report(make_trainer, is_final=lambda metrics: metrics["epoch"] >= settings["epochs"])
 
 
 def placement_strategy(settings: TrainSettings, gpus_per_node: int) -> str:
@@ -132,9 +137,13 @@ def run_hybrid_parallel(
     k workers (:func:`_hybrid_trainable`)."""
     from ray import tune
 
+    from distmis.train.report_forwarding import stoppable
+
     # The driver holds no CPU or GPU: its k workers hold them all, so G/k trials fit G GPUs.
     # Ray refuses an empty request, so it asks for a little of Ray's logical memory instead.
-    trainable = tune.with_resources(_hybrid_trainable, {"cpu": 0, "memory": HYBRID_DRIVER_MEMORY})
+    trainable = tune.with_resources(
+        stoppable(_hybrid_trainable), {"cpu": 0, "memory": HYBRID_DRIVER_MEMORY}
+    )
     hybrid = {
         "workers": settings.workers_per_trial,
         "resources_per_worker": {

@@ -42,7 +42,7 @@ import ctypes
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +147,7 @@ class TensorflowBackend(Backend):
 
     name = "tensorflow"
     model_suffix = ".keras"
+    loop_module = "distmis.backends.tensorflow.loop"
 
     @property
     def worker_env(self) -> Mapping[str, str]:  # type: ignore[override]
@@ -157,21 +158,6 @@ class TensorflowBackend(Backend):
 
     def run_devices(self, use_gpu: bool) -> contextlib.AbstractContextManager[None]:
         return hide_gpus_if_cpu_only(use_gpu)
-
-    def train_loop_per_worker(self) -> Callable[[dict], None]:
-        from distmis.backends.tensorflow.loop import train_loop_per_worker
-
-        return train_loop_per_worker
-
-    def train_grid_per_worker(self) -> Callable[[dict], None]:
-        from distmis.backends.tensorflow.loop import train_grid_per_worker
-
-        return train_grid_per_worker
-
-    def trial_steps(self) -> Callable[..., Any]:
-        from distmis.backends.tensorflow.loop import KerasTrialSteps
-
-        return KerasTrialSteps
 
     def ray_trainer(
         self,

@@ -243,3 +243,7 @@ class KerasTrialSteps(TrialSteps):
 
 train_loop_per_worker = train_loop(KerasTrialSteps)
 train_grid_per_worker = train_grid(KerasTrialSteps)
+
+
+# The backend's TrialSteps class, under the name distmis.backends.base.Backend looks up.
+TRIAL_STEPS = KerasTrialSteps

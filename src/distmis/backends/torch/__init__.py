@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ class TorchBackend(Backend):
 
     name = "torch"
     model_suffix = ".pt"
+    loop_module = "distmis.backends.torch.loop"
 
     def options(self, train: Mapping[str, Any]) -> dict[str, Any]:
         switches = train["torch"]
@@ -67,21 +68,6 @@ class TorchBackend(Backend):
         warning = switches.device_warning(use_gpu)
         if warning:
             _warn_once(warning)
-
-    def train_loop_per_worker(self) -> Callable[[dict], None]:
-        from distmis.backends.torch.loop import train_loop_per_worker
-
-        return train_loop_per_worker
-
-    def train_grid_per_worker(self) -> Callable[[dict], None]:
-        from distmis.backends.torch.loop import train_grid_per_worker
-
-        return train_grid_per_worker
-
-    def trial_steps(self) -> Callable[..., Any]:
-        from distmis.backends.torch.loop import TorchTrialSteps
-
-        return TorchTrialSteps
 
     def ray_trainer(
         self,

@@ -461,3 +461,7 @@ train_loop_per_worker = train_loop(TorchTrialSteps)
 """What Ray runs per worker (hybrid mode) or per trial (experiment mode)."""
 train_grid_per_worker = train_grid(TorchTrialSteps)
 """What Ray Train runs per worker in data mode: the whole grid in one worker group."""
+
+
+# The backend's TrialSteps class, under the name distmis.backends.base.Backend looks up.
+TRIAL_STEPS = TorchTrialSteps
