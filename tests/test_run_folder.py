@@ -24,6 +24,7 @@ from distmis.run_folder import (
     ModelCard,
     RequestedResources,
     Resources,
+    RunSearch,
     RunState,
     RunSummary,
     TrialResult,
@@ -51,6 +52,7 @@ def summary() -> RunSummary:
         runner="ray",
         gpus_per_trial=2,
         scheduler="none",
+        search=RunSearch("grid", None, 0),
         startup_seconds=3.5,
         gpus=4,
         workers=2,
@@ -145,7 +147,7 @@ def test_every_json_file_round_trips_with_its_format(run: Path):
         written.write(path)
         payload = json.loads(path.read_text())
         assert payload["format"] == type(written).FORMAT
-        assert re.fullmatch(r"distmis-[a-z-]+/1", payload["format"])
+        assert re.fullmatch(r"distmis-[a-z-]+/\d+", payload["format"])
         assert type(written).read(path) == written, path
 
 

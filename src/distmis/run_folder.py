@@ -7,7 +7,7 @@ planner (:mod:`distmis.plan`), the scaling analysis (:mod:`distmis.scaling`) and
 (:mod:`distmis.evaluate`) read them only through it. Each is a frozen dataclass with
 ``to_json``/``from_json`` whose JSON carries a ``format`` (``distmis-<name>/<version>``)::
 
-    <run>/summary.json          RunSummary     distmis-run-summary/1     train.run → plan, scaling
+    <run>/summary.json          RunSummary     distmis-run-summary/2     train.run → plan, scaling
     <run>/trials.csv            TrialRecord    distmis-trial-record/1    train.run → plan, scaling
     <run>/best_model.json       ModelCard      distmis-model-card/1      train.summary → evaluate
     <run>/run_state.json        RunState       distmis-run-state/1       train.run (resume or not)
@@ -267,10 +267,22 @@ class WorkerDevice:
 
 
 @dataclass(frozen=True)
+class RunSearch:
+    """How the run chose its configurations (``train.search``): ``algorithm`` grid, random or
+    tpe; ``samples``, the configurations random search or TPE proposes (None: the grid, every
+    combination); ``seed``, what seeded the proposals."""
+
+    algorithm: str
+    samples: int | None
+    seed: int
+
+
+@dataclass(frozen=True)
 class RunSummary(_Versioned):
     """``summary.json``: one run of one mode at one G. Times are epoch seconds."""
 
-    FORMAT: ClassVar[str] = "distmis-run-summary/1"
+    # /2: ``search``, how the configurations were chosen.
+    FORMAT: ClassVar[str] = "distmis-run-summary/2"
     # Keys of ``settings`` (the run's TrainSettings) the planner reads.
     SETTINGS_READ: ClassVar[tuple[str, ...]] = ("epochs", "batch_size_per_replica")
 
@@ -279,6 +291,7 @@ class RunSummary(_Versioned):
     runner: str  # ray (Ray Train / Tune) | local (one process, no Ray)
     gpus_per_trial: int  # workers per configuration: G (data), 1 (experiment), k (hybrid)
     scheduler: str  # none | asha
+    search: RunSearch
     startup_seconds: float  # every trial's "asked for → first training epoch", summed
     gpus: int
     workers: int

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from distmis.errors import ContractError
+from distmis.run_folder import RunSummary
 from distmis.scaling.timings import Run, TrialTiming, load_runs, made_by
 from tests.scaling.helpers import (
     START,
@@ -228,10 +229,13 @@ def test_a_summary_and_trials_csv_of_an_older_distmis_are_refused_in_one_line(tm
     message = str(err.value)
     assert "\n" not in message
     assert message == (
-        f"{run / 'summary.json'}: no format: written before distmis-run-summary/1 (an older "
+        f"{run / 'summary.json'}: no format: written before distmis-run-summary/2 (an older "
         "DistMIS); rerun train_data_parallel"
     )
-    edit_summary(run, format="distmis-run-summary/1")
+    edit_summary(run, format="distmis-run-summary/1")  # a version before this one
+    with pytest.raises(ContractError, match=r"format 'distmis-run-summary/1', expected '.*/2'"):
+        load_runs(tmp_path)
+    edit_summary(run, format=RunSummary.FORMAT)
     trials = run / "trials.csv"
     trials.write_text("\n".join(line.partition(",")[2] for line in trials.read_text().splitlines()))
     with pytest.raises(ContractError, match=r"trials\.csv: no format column.*train_data_parallel"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from distmis.run_folder import RequestedResources, Resources, RunSummary
+from distmis.run_folder import RequestedResources, Resources, RunSearch, RunSummary
 from distmis.train.summary import build_summary
 from tests.train.test_trials import record
 
@@ -19,6 +19,7 @@ def test_summary_counts_best_and_makespan(monkeypatch, tmp_path):
     summary = build_summary(
         mode="experiment",
         gpus=2,
+        search=RunSearch("random", 3, 7),
         trials=trials,
         makespan_start=9.0,
         makespan_end=31.5,
@@ -35,6 +36,7 @@ def test_summary_counts_best_and_makespan(monkeypatch, tmp_path):
         val_volumes=2,
     )
     assert summary.makespan_seconds == 22.5
+    assert summary.search == RunSearch("random", 3, 7)
     assert (summary.trial_count, summary.ok_count, summary.failed_count) == (3, 2, 1)
     assert summary.best.trial_id == "b" and summary.best.val_dice == 0.7
     assert summary.nodes_seen == ("n1", "n2")

@@ -30,6 +30,7 @@ from distmis.run_folder import (
     TRIALS_FILE,
     RequestedResources,
     Resources,
+    RunSearch,
     RunState,
     RunSummary,
 )
@@ -238,6 +239,7 @@ def _run_training(settings: TrainSettings) -> dict:
         runner=settings.runner,
         gpus_per_trial=settings.workers_per_trial,
         scheduler=settings.scheduler,
+        search=RunSearch(settings.search.algorithm, settings.search.samples, settings.search.seed),
         trials=records,
         makespan_start=makespan_start,
         makespan_end=makespan_end,

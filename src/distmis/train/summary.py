@@ -28,6 +28,7 @@ from distmis.run_folder import (
     BestTrial,
     ModelCard,
     Resources,
+    RunSearch,
     RunSummary,
     TrialRecord,
     WorkerDevice,
@@ -57,6 +58,7 @@ def build_summary(
     runner: str = "ray",
     gpus_per_trial: int | None = None,
     scheduler: str = "none",
+    search: RunSearch,
     makespan_start: float,
     makespan_end: float,
     resources: Resources,
@@ -82,6 +84,7 @@ def build_summary(
         if gpus_per_trial is not None
         else modes.get(mode).workers_per_trial(gpus),
         scheduler=scheduler,  # none | asha
+        search=search,
         # The run's start-up: every trial's "asked for → first training epoch", summed (a
         # trial that did not finish has none).
         startup_seconds=sum(t.startup_seconds or 0.0 for t in trials),
