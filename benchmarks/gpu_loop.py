@@ -326,7 +326,10 @@ def loop_child(spec: dict) -> dict:
     started = time.perf_counter()
     try:
         (record,) = run_local(
-            settings, settings.grid(), lambda r: None, build_steps=instrumented_steps(timings)
+            settings,
+            settings.configurations(),
+            lambda r: None,
+            build_steps=instrumented_steps(timings),
         )
     finally:
         scope.remove()

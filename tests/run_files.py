@@ -15,6 +15,8 @@ def trial_record(trial_id: str = "t0", **changes) -> TrialRecord:
     record = TrialRecord(
         trial_id=trial_id,
         hparams=HParams(lr=1e-3, norm="batch", beta_2=0.999, amsgrad=False),
+        proposal=0,
+        proposed_time=0.0,
         lr_effective=1e-3,
         epochs=2,
         batch_size_per_replica=2,

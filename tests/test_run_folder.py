@@ -180,7 +180,7 @@ def test_trials_csv_round_trips_sorted_with_empty_cells_for_none(run: Path):
     run_folder.write_trials(path, records)
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(run_folder.TRIAL_COLUMNS)
-    assert all(line.startswith("distmis-trial-record/1,") for line in lines[1:])
+    assert all(line.startswith("distmis-trial-record/2,") for line in lines[1:])
     assert run_folder.read_trials(path) == sorted(records, key=lambda r: r.trial_id)
 
 
@@ -273,15 +273,15 @@ def test_trials_csv_and_the_logs_of_another_format_are_refused(run: Path):
     with pytest.raises(ContractError) as err:
         run_folder.read_trials(path)
     assert str(err.value) == (
-        f"{path}: no format column: written before distmis-trial-record/1 (an older DistMIS); "
+        f"{path}: no format column: written before distmis-trial-record/2 (an older DistMIS); "
         f"rerun {RULE}"
     )
     run_folder.write_trials(path, [trial_record("t0")])
-    path.write_text(path.read_text().replace("distmis-trial-record/1", "distmis-trial-record/9"))
+    path.write_text(path.read_text().replace("distmis-trial-record/2", "distmis-trial-record/9"))
     with pytest.raises(ContractError) as err:
         run_folder.read_trials(path)
     assert str(err.value) == (
-        f"{path} line 2: format 'distmis-trial-record/9', expected 'distmis-trial-record/1'; "
+        f"{path} line 2: format 'distmis-trial-record/9', expected 'distmis-trial-record/2'; "
         f"rerun {RULE}"
     )
     trial = run_folder.trial_folder(run, "t0")

@@ -13,6 +13,7 @@ from distmis import run_folder
 from distmis.config import validate_config
 from distmis.hparams import HParams
 from distmis.run_folder import CheckpointState, FailedAttempt, TrialResult, WorkerInfo
+from distmis.search import Proposal
 from distmis.sequential_asha import AshaRule
 from distmis.train.settings import TrainSettings
 from distmis.trial import (
@@ -132,7 +133,8 @@ def trial_config(tmp_path: Path, backend: str = "torch", **train) -> TrialConfig
     settings = TrainSettings.from_config(
         config["train"], mode="data", gpus=1, tfrecord_dir=tmp_path, out_dir=tmp_path / "out"
     )
-    return settings.trial_config(HParams(lr=1e-3, norm="batch", beta_2=0.99, amsgrad=False))
+    hparams = HParams(lr=1e-3, norm="batch", beta_2=0.99, amsgrad=False)
+    return settings.trial_config(Proposal(0, hparams, sampled=False))
 
 
 def test_a_trial_trains_every_epoch_reports_each_and_leaves_the_contract_files(tmp_path):
@@ -230,9 +232,12 @@ def grid(tmp_path: Path, epochs: int = 1) -> tuple[list[TrialConfig], dict]:
     settings = TrainSettings.from_config(
         config["train"], mode="data", gpus=2, tfrecord_dir=tmp_path, out_dir=tmp_path / "out"
     )
-    hparams = [HParams(lr=lr, norm="batch", beta_2=0.99, amsgrad=False) for lr in (1e-3, 5e-3)]
-    trials = [settings.trial_config(h) for h in hparams]
-    entries = [settings.grid_entry(h) for h in hparams]
+    proposals = [
+        Proposal(number, HParams(lr=lr, norm="batch", beta_2=0.99, amsgrad=False), sampled=False)
+        for number, lr in enumerate((1e-3, 5e-3))
+    ]
+    trials = [settings.trial_config(p) for p in proposals]
+    entries = [settings.grid_entry(p) for p in proposals]
     worker = settings.worker_settings().to_dict()
     return trials, {"trials": entries, "settings": worker, "submitted_at": 50.0, "asha": None}
 

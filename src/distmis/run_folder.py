@@ -8,7 +8,7 @@ planner (:mod:`distmis.plan`), the scaling analysis (:mod:`distmis.scaling`) and
 ``to_json``/``from_json`` whose JSON carries a ``format`` (``distmis-<name>/<version>``)::
 
     <run>/summary.json          RunSummary     distmis-run-summary/2     train.run → plan, scaling
-    <run>/trials.csv            TrialRecord    distmis-trial-record/1    train.run → plan, scaling
+    <run>/trials.csv            TrialRecord    distmis-trial-record/2    train.run → plan, scaling
     <run>/best_model.json       ModelCard      distmis-model-card/1      train.summary → evaluate
     <run>/run_state.json        RunState       distmis-run-state/1       train.run (resume or not)
     <run>/trials/<id>/record.json              TrialRecord               train.trials (rerun skips it)
@@ -341,12 +341,17 @@ class TrialRecord(_Versioned):
     epoch seconds, measured by the trial itself (rank 0, entering the training function to
     saving the model); a failed trial's metrics are None (an empty cell)."""
 
-    FORMAT: ClassVar[str] = "distmis-trial-record/1"
+    # /2: ``proposal`` and ``proposed_time``, where the configuration came from in the search.
+    FORMAT: ClassVar[str] = "distmis-trial-record/2"
 
     trial_id: str
     # The configuration: in trials.csv one column per hyperparameter (distmis.hparams.NAMES,
-    # the table's order), in record.json one object.
+    # the table's order, numbers as numbers), in record.json one object.
     hparams: HParams
+    # Its number in the search, in the order proposed (0-based; the grid's table order), and
+    # when it was proposed (epoch seconds; a grid's or random search's whole list at once).
+    proposal: int
+    proposed_time: float
     lr_effective: float  # lr after optional linear scaling by the worker count
     epochs: int
     batch_size_per_replica: int

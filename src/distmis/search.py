@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +135,16 @@ def sampled_trial_id(number: int, hparams: HParams) -> str:
 class Proposal:
     """Configuration ``number`` (0-based, in the order proposed) of a search. ``sampled``:
     drawn by random search or TPE (its trial id carries the number), not a grid point (whose id
-    is exactly :attr:`HParams.trial_id`, what results folders have always been named by)."""
+    is exactly :attr:`HParams.trial_id`, what results folders have always been named by).
+
+    ``proposed_time``: when it was handed out (epoch seconds; trials.csv's ``proposed_time``).
+    A proposal replayed from ``search.jsonl`` after a resume is stamped when it is replayed.
+    It is not part of a proposal's identity: the same seed proposes equal proposals."""
 
     number: int
     hparams: HParams
     sampled: bool
+    proposed_time: float | None = field(default=None, compare=False)
 
     @property
     def trial_id(self) -> str:
@@ -160,7 +166,7 @@ class Searcher(ABC):
     def ask(self) -> Proposal | None:
         if self._asked >= self.budget:
             return None
-        proposal = self._propose(self._asked)
+        proposal = replace(self._propose(self._asked), proposed_time=time.time())
         self._asked += 1
         return proposal
 
@@ -291,6 +297,7 @@ class Search:
         self.searcher = searcher
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.pending: list[Proposal] = []
+        self.asked: list[Proposal] = []  # every proposal so far, replayed ones first
         self._open: dict[int, Proposal] = {}  # asked, not yet told
 
     @classmethod
@@ -328,6 +335,7 @@ class Search:
                         f"it is {proposal.number}: {proposal.hparams.to_dict()}; {fix}"
                     )
                 self._open[proposal.number] = proposal
+                self.asked.append(proposal)
             else:
                 if event.number not in self._open:
                     raise ContractError(
@@ -351,8 +359,21 @@ class Search:
         proposal = self.searcher.ask()
         if proposal is not None:
             self._open[proposal.number] = proposal
+            self.asked.append(proposal)
             self._record(SearchEvent.ask(proposal.number, proposal.hparams.to_dict()))
         return proposal
+
+    def ask_all(self) -> list[Proposal]:
+        """Every proposal of the budget, in number order: those asked before (replayed) and
+        the rest asked now. For searchers whose proposals do not depend on results (the
+        grid, random search), so a runner can be handed the whole list up front."""
+        while self.ask() is not None:
+            pass
+        return list(self.asked)
+
+    def is_open(self, number: int) -> bool:
+        """Whether proposal ``number`` was asked and is not told yet."""
+        return number in self._open
 
     def next_proposal(self) -> Proposal | None:
         """A pending proposal (trained again after a resume) if any, else :meth:`ask`."""

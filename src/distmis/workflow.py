@@ -290,14 +290,14 @@ def plot_scaling(snakemake: Any) -> dict[str, list[Path]]:
     error here rather than a confusing missing-output failure later.
     """
     start_script(snakemake)
-    from distmis.scaling.plot import parse_references, plot_all, timeline_stem
+    from distmis.scaling.plot import parse_references, plot_all, timeline_stems
     from distmis.scaling.table import read_scaling_csv
 
     runs = _rule_runs(snakemake)
     table = read_scaling_csv(Path(snakemake.input.table))
     out_dir = Path(snakemake.output.speedup).parent
     declared = {Path(p) for p in snakemake.output}
-    stems = ["quality", "time_to_target", *(timeline_stem(run) for run in runs)]
+    stems = ["quality", "time_to_target", *timeline_stems(runs)]
     expected = {out_dir / f"{stem}{suffix}" for stem in stems for suffix in (".png", ".pdf")}
     undeclared = expected - declared
     if undeclared:

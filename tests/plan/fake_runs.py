@@ -148,6 +148,8 @@ def write_run(
             TrialRecord(
                 trial_id=trial_id,
                 hparams=HParams(lr=1e-3, norm="batch", beta_2=0.999, amsgrad=False),
+                proposal=0,
+                proposed_time=0.0,
                 lr_effective=1e-3,
                 epochs=EPOCHS,
                 batch_size_per_replica=BATCH,

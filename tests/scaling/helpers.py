@@ -26,6 +26,8 @@ from distmis.run_folder import (
 )
 
 START = 1_000.0  # makespan_start of every hand-made run
+GRID = RunSearch("grid", None, 0)  # how a hand-made run chose its configurations, by default
+RANDOM = RunSearch("random", 8, 0)  # a random search of 8 configurations
 
 
 def trial_row(
@@ -51,6 +53,8 @@ def trial_row(
     return TrialRecord(
         trial_id=trial_id,
         hparams=HParams(lr=0.001, norm="batch", beta_2=0.999, amsgrad=False),
+        proposal=0,
+        proposed_time=0.0,
         lr_effective=0.001,
         epochs=3,
         batch_size_per_replica=2,
@@ -139,12 +143,14 @@ def write_run(
     scheduler: str = "none",
     startup_seconds: float | None = None,
     folder: str | None = None,
+    search: RunSearch = GRID,
 ) -> Path:
     """``root/{backend}/{mode folder}/{gpus}gpu/`` with summary.json and trials.csv written
     through their contract; the mode folder is ``mode``, or ``hybrid{k}`` for hybrid
     (``folder`` overrides it).
 
-    ``gpus_per_trial`` defaults to G (data) or 1 (experiment); hybrid needs it.
+    ``gpus_per_trial`` defaults to G (data) or 1 (experiment); hybrid needs it. ``search``:
+    how the run chose its configurations (default: the whole grid).
     """
     if gpus_per_trial is None:
         gpus_per_trial = gpus if mode == "data" else 1
@@ -160,7 +166,7 @@ def write_run(
         runner=runner,
         gpus_per_trial=gpus_per_trial,
         scheduler=scheduler,
-        search=RunSearch("grid", None, 0),
+        search=search,
         startup_seconds=startup_seconds or 0.0,
         gpus=gpus,
         workers=max(r.workers for r in rows),
@@ -298,3 +304,19 @@ def assert_figure(stem: Path, paths: list[Path]) -> None:
     image = mpimg.imread(paths[0])
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     assert paths[1].read_bytes().startswith(b"%PDF")
+
+
+def write_search_runs(root: Path, runs: Sequence[tuple[RunSearch, str, int, float]]) -> list[Path]:
+    """Runs of several searches, one per (search, mode, G, makespan), each search's under its
+    own ``root/{algorithm}{samples}_{seed}/``: the training layout holds one run per
+    (backend, mode, G), so a study of several searches gathers several results folders."""
+    return [
+        write_run(
+            root / f"{search.algorithm}{search.samples or ''}_{search.seed}",
+            mode,
+            gpus,
+            makespan,
+            search=search,
+        )
+        for search, mode, gpus, makespan in runs
+    ]

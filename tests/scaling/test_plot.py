@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -10,21 +11,28 @@ import pytest
 from distmis.errors import ConfigError
 from distmis.scaling.plot import (
     Reference,
+    efficiency_figure,
+    makespan_figure,
     parse_references,
+    plot_all,
     plot_efficiency,
     plot_makespan,
     plot_speedup,
     plot_time_to_target,
     plot_timeline,
+    speedup_figure,
     time_to_target_figure,
     timeline_stem,
+    timeline_stems,
 )
 from distmis.scaling.quality import QualityTarget, quality_curve
 from distmis.scaling.quality_plot import plot_quality, quality_figure
-from distmis.scaling.style import MODE_COLOURS, mode_colour, mode_name
+from distmis.scaling.style import MODE_COLOURS, mode_colour, mode_name, series_styles
 from distmis.scaling.table import scaling_table
 from distmis.scaling.timings import Run, load_runs
 from tests.scaling.helpers import (
+    GRID,
+    RANDOM,
     REFERENCES,
     START,
     assert_figure,
@@ -32,6 +40,7 @@ from tests.scaling.helpers import (
     trial_row,
     write_epochs,
     write_run,
+    write_search_runs,
 )
 
 
@@ -191,3 +200,124 @@ def test_time_to_target_figure_without_a_target(tmp_path: Path):
     figure = time_to_target_figure(scaling_table(load_runs(tmp_path / "train")))
     assert figure.axes[0].get_title().startswith("Time to target: no target")
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["data parallelism"]
+
+
+# --- searches: one series per (backend, mode, search), each under its own label -------------
+
+
+def _legend_labels(figure) -> list[str]:
+    legends = [*figure.legends, *(ax.get_legend() for ax in figure.axes if ax.get_legend())]
+    return [text.get_text() for legend in legends for text in legend.get_texts()]
+
+
+@pytest.fixture
+def two_searches(tmp_path: Path) -> list[Run]:
+    """Data parallelism at G = 1, 2 with the grid and with random search of 8, each with a
+    validation; the study's best is 0.8, so its target 0.76."""
+    directories = write_search_runs(
+        tmp_path / "train",
+        [
+            (GRID, "data", 1, 100.0),
+            (GRID, "data", 2, 60.0),
+            (RANDOM, "data", 1, 40.0),
+            (RANDOM, "data", 2, 25.0),
+        ],
+    )
+    for directory, points in zip(
+        directories,
+        ([(1, 30.0, 0.8)], [(1, 20.0, 0.8)], [(1, 35.0, 0.78)], [(1, 12.0, 0.5)]),
+        strict=True,
+    ):
+        write_epochs(directory, "t1", points)
+    return load_runs(directories=directories)
+
+
+GRID_LABEL = "data parallelism (grid search)"
+RANDOM_LABEL = "data parallelism (random×8 search)"
+
+
+def test_every_figure_draws_both_searches_under_their_own_labels(
+    two_searches: list[Run], tmp_path: Path
+):
+    table = scaling_table(two_searches)
+    speedup = speedup_figure(table)
+    grid, random = speedup.axes[0].lines[:2]
+    assert grid.get_xydata().tolist() == [[1.0, 1.0], [2.0, pytest.approx(5 / 3)]]
+    assert random.get_xydata().tolist() == [[1.0, 1.0], [2.0, pytest.approx(1.6)]]
+    # Same mode and backend: colour and line alike, the marker's fill tells them apart.
+    assert grid.get_color() == random.get_color() == "tab:blue"
+    assert (grid.get_fillstyle(), random.get_fillstyle()) == ("full", "none")
+    assert _legend_labels(speedup) == [GRID_LABEL, RANDOM_LABEL, "ideal (linear)"]
+    efficiency = efficiency_figure(table)
+    assert _legend_labels(efficiency) == [GRID_LABEL, RANDOM_LABEL, "ideal (linear scaling)"]
+    makespan = makespan_figure(table)
+    assert _legend_labels(makespan) == [GRID_LABEL, RANDOM_LABEL]
+    heights = [[bar.get_height() for bar in c] for c in makespan.axes[0].containers]
+    assert heights == [[100.0, 60.0], [40.0, 25.0]]
+    hatches = [{bar.get_hatch() for bar in c} for c in makespan.axes[0].containers]
+    assert hatches == [{None}, {".."}]
+    target = time_to_target_figure(table)
+    assert [line.get_xydata()[:, 1].tolist()[0] for line in target.axes[0].lines[:2]] == [
+        30.0,
+        35.0,
+    ]
+    assert _legend_labels(target) == [GRID_LABEL, f"{RANDOM_LABEL}: not reached at G = 2"]
+    quality = quality_figure([quality_curve(run, 0.01) for run in two_searches])
+    assert _legend_labels(quality)[:2] == [GRID_LABEL, RANDOM_LABEL]
+    # Panel G = 1: one step curve per search, each with its time-to-best marker.
+    steps = quality.axes[0].lines[::3]
+    assert [line.get_xydata()[-1].tolist() for line in steps] == [[100.0, 0.8], [40.0, 0.78]]
+    written = plot_all(table, two_searches, tmp_path / "fig")
+    assert sorted(name for name in written if name.startswith("timeline")) == [
+        "timeline_tensorflow_data_1gpu_grid",
+        "timeline_tensorflow_data_1gpu_randomx8",
+        "timeline_tensorflow_data_2gpu_grid",
+        "timeline_tensorflow_data_2gpu_randomx8",
+    ]
+
+
+def test_a_grid_only_study_labels_its_series_as_before(results: Path):
+    # The labels these figures had before series had a search (checked against that code).
+    runs = load_runs(results)
+    table = scaling_table(runs)
+    labels = [
+        f"{mode} ({backend})"
+        for backend in ("tensorflow", "torch")
+        for mode in (
+            "data parallelism",
+            "experiment parallelism",
+            "hybrid parallelism (2 GPUs per trial)",
+        )
+    ]
+    vs_2 = [f"{label}, vs 2 GPUs" if "hybrid" in label else label for label in labels]
+    assert _legend_labels(speedup_figure(table)) == [
+        *vs_2,
+        "ideal (linear)",
+        "ideal from 2 GPUs",
+        "resumed run (makespan spans the interruption)",
+    ]
+    assert _legend_labels(makespan_figure(table)) == [*labels, "resumed run"]
+    assert _legend_labels(quality_figure([quality_curve(r) for r in runs]))[:-2] == labels
+    assert "timeline_torch_experiment_4gpu" in timeline_stems(runs)
+    # The markers stay filled, the bars unhatched but for resumed runs.
+    assert {line.get_fillstyle() for line in speedup_figure(table).axes[0].lines} == {"full"}
+
+
+def test_no_two_series_ever_share_a_label():
+    # Every study of up to three of these series: a label names each series apart.
+    pool = list(
+        itertools.product(
+            ("tensorflow", "torch"), ("data", "hybrid2"), ("grid", "random×8", "tpe×8")
+        )
+    )
+    for size in (1, 2, 3):
+        for keys in itertools.combinations(pool, size):
+            labels = [style.label for style in series_styles(keys).values()]
+            assert len(set(labels)) == size, keys
+    styles = series_styles(pool)
+    assert styles[("tensorflow", "data", "grid")].label == (
+        "data parallelism (tensorflow, grid search)"
+    )
+    # A study of one non-default value still says it, as a torch-only study says torch.
+    (only,) = series_styles([("tensorflow", "data", "random×8")]).values()
+    assert only.label == "data parallelism (random×8 search)"

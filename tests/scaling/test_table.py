@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from distmis.errors import ContractError
+from distmis.run_folder import RunSearch
 from distmis.scaling.quality import QualityTarget
 from distmis.scaling.table import (
     attach_test_dice,
@@ -19,14 +20,17 @@ from distmis.scaling.table import (
     scaling_table,
     write_scaling_csv,
 )
-from distmis.scaling.timings import load_runs
+from distmis.scaling.timings import load_runs, search_label
 from tests.scaling.helpers import (
+    GRID,
+    RANDOM,
     START,
     eval_summary,
     trial_row,
     write_epochs,
     write_final_epochs,
     write_run,
+    write_search_runs,
 )
 
 
@@ -47,6 +51,7 @@ def test_columns_in_documented_order(tmp_path: Path):
     assert list(table.columns) == [
         "backend",
         "mode",
+        "search",
         "gpus",
         "gpus_per_trial",
         "base_gpus",
@@ -279,7 +284,7 @@ def test_series_mixing_schedulers_is_flagged(tmp_path: Path, caplog: pytest.LogC
     write_run(tmp_path, "data", 2, 40.0, scheduler="asha")
     with caplog.at_level(logging.WARNING):
         scaling_table(load_runs(tmp_path))
-    assert "tensorflow/data mixes schedulers (asha, none)" in caplog.text
+    assert "tensorflow/data/grid mixes schedulers (asha, none)" in caplog.text
 
 
 def test_scaling_csv_of_a_run_validated_once_per_trial(tmp_path: Path):
@@ -305,6 +310,7 @@ def test_read_scaling_csv_from_before_the_newer_columns(tmp_path: Path):
         "quality_target_dice",
         "trials_stopped",
         "scheduler",
+        "search",
     ]
     old = table.drop(columns=[*newer, "startup_seconds"])
     path = write_scaling_csv(old, tmp_path / "old.csv")
@@ -315,6 +321,112 @@ def test_read_scaling_csv_from_before_the_newer_columns(tmp_path: Path):
     assert back["time_to_best_seconds"].isna().all() and back["startup_seconds"].isna().all()
     assert back["time_to_target_seconds"].isna().all()
     assert back["quality_target_dice"].isna().all()
+    assert list(back["search"]) == ["grid"] * 3  # before summary.json /2: the whole grid
+
+
+# --- searches: one series per (backend, mode, search) --------------------------------------
+
+
+def test_search_label_names_the_algorithm_and_its_samples():
+    assert search_label("grid", None) == "grid"
+    assert search_label("random", 8) == "random×8"
+    assert search_label("tpe", 16) == "tpe×16"
+
+
+def test_grid_and_random_runs_of_one_mode_and_g_are_two_series(tmp_path: Path):
+    grid_1, grid_2, random_1, random_2 = write_search_runs(
+        tmp_path,
+        [
+            (GRID, "data", 1, 100.0),
+            (GRID, "data", 2, 60.0),
+            (RANDOM, "data", 1, 40.0),
+            (RANDOM, "data", 2, 25.0),
+        ],
+    )
+    # The study's best is 0.8, so the target is 0.76; each run keeps its own time to it.
+    write_epochs(grid_1, "t1", [(1, 30.0, 0.8)])
+    write_epochs(grid_2, "t1", [(1, 20.0, 0.8)])
+    write_epochs(random_1, "t1", [(1, 15.0, 0.6), (2, 35.0, 0.78)])
+    write_epochs(random_2, "t1", [(1, 12.0, 0.5)])  # never reaches it
+    runs = load_runs(directories=[grid_1, grid_2, random_1, random_2])
+    assert [r.series for r in runs] == [
+        ("tensorflow", "data", "grid"),
+        ("tensorflow", "data", "grid"),
+        ("tensorflow", "data", "random×8"),
+        ("tensorflow", "data", "random×8"),
+    ]
+    table = scaling_table(runs)
+    assert list(zip(table["search"], table["gpus"], strict=True)) == [
+        ("grid", 1),
+        ("grid", 2),
+        ("random×8", 1),
+        ("random×8", 2),
+    ]
+    assert list(table["base_gpus"]) == [1, 1, 1, 1]
+    # Each against its own search's G = 1: the grid 100 / 60, random search 40 / 25.
+    assert list(table["speedup_vs_1gpu"]) == pytest.approx([1.0, 5 / 3, 1.0, 1.6], rel=1e-12)
+    assert list(table["efficiency_vs_1gpu"]) == pytest.approx([1.0, 5 / 6, 1.0, 0.8], rel=1e-12)
+    seconds = list(table["time_to_target_seconds"])
+    assert seconds[:3] == [30.0, 20.0, 35.0] and math.isnan(seconds[3])
+    # scaling.csv keeps the label as it is (× included).
+    back = read_scaling_csv(write_scaling_csv(table, tmp_path / "scaling.csv"))
+    assert list(back["search"]) == ["grid", "grid", "random×8", "random×8"]
+
+
+def test_random_series_without_its_own_one_gpu_run_has_no_speedup_over_one_gpu(tmp_path: Path):
+    table = scaling_table(
+        load_runs(
+            directories=write_search_runs(
+                tmp_path,
+                [
+                    (GRID, "data", 1, 100.0),
+                    (GRID, "data", 2, 50.0),
+                    (RANDOM, "data", 2, 30.0),
+                    (RANDOM, "data", 4, 20.0),
+                ],
+            )
+        )
+    )
+    assert list(table["search"]) == ["grid", "grid", "random×8", "random×8"]
+    # Never the grid's G = 1 (100 / 30 would be 3.3, a speedup random search never had):
+    # its base is its own smallest G, which its column names.
+    assert list(table["base_gpus"]) == [1, 1, 2, 2]
+    assert list(table["speedup_vs_1gpu"][:2]) == pytest.approx([1.0, 2.0], rel=1e-12)
+    assert table["speedup_vs_1gpu"][2:].isna().all()
+    assert table["efficiency_vs_1gpu"][2:].isna().all()
+    assert table["speedup_vs_2gpu"][:2].isna().all()
+    assert list(table["speedup_vs_2gpu"][2:]) == pytest.approx([1.0, 1.5], rel=1e-12)
+    assert list(table["efficiency_vs_2gpu"][2:]) == pytest.approx([1.0, 0.75], rel=1e-12)
+    assert list(own_speedup(table)) == pytest.approx([1.0, 2.0, 1.0, 1.5], rel=1e-12)
+
+
+def test_runs_differing_only_in_the_seed_are_one_series_and_refused(tmp_path: Path):
+    directories = write_search_runs(
+        tmp_path, [(RANDOM, "data", 2, 30.0), (RunSearch("random", 8, 1), "data", 2, 35.0)]
+    )
+    with pytest.raises(
+        ContractError,
+        match=r"backend=tensorflow mode=data search=random×8 G=2: one \(backend, mode, search, G\)",
+    ):
+        load_runs(directories=directories)
+
+
+def test_tpe_and_random_of_as_many_samples_are_series_of_their_own(tmp_path: Path):
+    table = scaling_table(
+        load_runs(
+            directories=write_search_runs(
+                tmp_path,
+                [
+                    (RunSearch("tpe", 8, 0), "experiment", 1, 90.0),
+                    (RunSearch("tpe", 8, 0), "experiment", 2, 60.0),
+                    (RANDOM, "experiment", 1, 80.0),
+                    (RANDOM, "experiment", 2, 50.0),
+                ],
+            )
+        )
+    )
+    assert list(table["search"]) == ["random×8", "random×8", "tpe×8", "tpe×8"]
+    assert list(table["speedup_vs_1gpu"]) == pytest.approx([1.0, 1.6, 1.0, 1.5], rel=1e-12)
 
 
 # --- test Dice from rule evaluate ---------------------------------------------------------
@@ -372,3 +484,30 @@ def test_attach_test_dice_refuses_a_backend_its_folders_contradict(tmp_path, whe
     summary = eval_summary(tmp_path / where / "summary.json", model, [0.8], **extra)
     with pytest.raises(ContractError, match=r"summary\.json: backend .* disagrees"):
         attach_test_dice(dice_table(), [summary])
+
+
+def test_attach_test_dice_leaves_a_g_measured_with_two_searches_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    table = pd.DataFrame(
+        {
+            "backend": ["tensorflow"] * 3,
+            "mode": ["data"] * 3,
+            "search": ["grid", "grid", "random×8"],
+            "gpus": [1, 2, 2],
+        }
+    )
+    evals = [
+        eval_summary(
+            tmp_path / f"evaluate/tensorflow/data{gpus}/summary.json",
+            f"results/train/tensorflow/data/{gpus}gpu/best_model.json",
+            [0.8],
+        )
+        for gpus in (1, 2)
+    ]
+    with caplog.at_level(logging.WARNING):
+        out = attach_test_dice(table, evals)
+    # G = 1: only the grid ran it. G = 2: grid and random; which one was scored is unknown.
+    assert out.loc[0, "test_dice"] == pytest.approx(0.8)
+    assert out["test_dice"][1:].isna().all()
+    assert "several searches (grid, random×8)" in caplog.text

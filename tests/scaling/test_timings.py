@@ -47,7 +47,7 @@ def test_header_only_trials_csv(tmp_path: Path):
 @pytest.mark.parametrize(
     ("header", "message"),
     [
-        ("trial_id,status", r"no format column: written before distmis-trial-record/1"),
+        ("trial_id,status", r"no format column: written before distmis-trial-record/2"),
         ("format,trial_id,status", r"columns format,trial_id,status, expected format,trial_id,lr"),
     ],
 )
@@ -161,10 +161,10 @@ def test_each_hybrid_k_is_its_own_series_labelled_hybrid_k(tmp_path: Path):
     write_run(tmp_path, "data", 4, 20.0)
     runs = load_runs(tmp_path)
     assert [(r.directory.relative_to(tmp_path).as_posix(), r.series) for r in runs] == [
-        ("tensorflow/data/4gpu", ("tensorflow", "data")),
-        ("tensorflow/hybrid2/2gpu", ("tensorflow", "hybrid2")),
-        ("tensorflow/hybrid2/4gpu", ("tensorflow", "hybrid2")),
-        ("tensorflow/hybrid4/4gpu", ("tensorflow", "hybrid4")),
+        ("tensorflow/data/4gpu", ("tensorflow", "data", "grid")),
+        ("tensorflow/hybrid2/2gpu", ("tensorflow", "hybrid2", "grid")),
+        ("tensorflow/hybrid2/4gpu", ("tensorflow", "hybrid2", "grid")),
+        ("tensorflow/hybrid4/4gpu", ("tensorflow", "hybrid4", "grid")),
     ]
     assert [(r.summary.mode, r.summary.gpus_per_trial) for r in runs] == [
         ("data", 4),

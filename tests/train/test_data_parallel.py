@@ -16,7 +16,7 @@ from tests.train.test_grid import GRID, make_settings, write_result
 
 def test_only_a_configuration_that_left_no_file_takes_the_runs_error(tmp_path: Path):
     settings = make_settings(tmp_path)
-    finished, failed, unreached = settings.grid()
+    finished, failed, unreached = settings.configurations()
     write_result(settings, finished, 1000.0, val_dice=0.5)
     FailedAttempt(start_time=50.0, end_time=60.0, error="DeviceError: rank 1 lost").write(
         trial_dir(settings, failed.trial_id) / FAILED_FILE
@@ -25,7 +25,7 @@ def test_only_a_configuration_that_left_no_file_takes_the_runs_error(tmp_path: P
     def run_that_failed(pending):
         return outcomes_of_run(settings, pending, "RayTaskError: group died\n...", 10.0, 90.0)
 
-    records = run_grid(settings, settings.grid(), lambda r: None, run_that_failed)
+    records = run_grid(settings, settings.configurations(), lambda r: None, run_that_failed)
     assert [(r.status, r.error) for r in records] == [
         ("ok", ""),
         ("failed", "DeviceError: rank 1 lost"),  # the worker's own reason
@@ -36,7 +36,7 @@ def test_only_a_configuration_that_left_no_file_takes_the_runs_error(tmp_path: P
 
 def test_a_run_that_ended_well_before_a_configuration_says_so(tmp_path: Path):
     settings = make_settings(tmp_path)
-    (hparams, *_) = settings.grid()
+    (hparams, *_) = settings.configurations()
     (outcome,) = outcomes_of_run(settings, [hparams], None, 10.0, 90.0)
     assert outcome.error == "the run ended before this configuration"
 
@@ -55,7 +55,7 @@ def test_a_configuration_asha_stopped_is_recorded_stopped_with_its_last_epoch(tm
     settings = TrainSettings.from_config(
         config["train"], mode="data", gpus=2, tfrecord_dir=tmp_path, out_dir=tmp_path / "out"
     )
-    good, hopeless, unreached = settings.grid()
+    good, hopeless, unreached = settings.configurations()
     write_result(settings, good, 100.0, val_dice=0.5)
     for epoch in range(1, 5):
         append(settings, good, epoch, 100.0 + epoch, 0.1 * epoch)
@@ -64,20 +64,21 @@ def test_a_configuration_asha_stopped_is_recorded_stopped_with_its_last_epoch(tm
     FailedAttempt(start_time=190.0, end_time=195.0, error="DeviceError: lost").write(
         trial_dir(settings, hopeless.trial_id) / FAILED_FILE
     )
-    stopped = stopped_by_asha(settings, settings.grid())
+    stopped = stopped_by_asha(settings, settings.configurations())
     assert stopped == {hopeless.trial_id}
 
     def run_that_stopped_one(pending):
         return outcomes_of_run(settings, pending, None, 10.0, 90.0, stopped=stopped)
 
-    records = run_grid(settings, settings.grid(), lambda r: None, run_that_stopped_one)
+    records = run_grid(settings, settings.configurations(), lambda r: None, run_that_stopped_one)
     assert [(r.status, r.epochs_run, r.error) for r in records] == [
         ("ok", 4, ""),
         ("stopped", 1, ""),
         ("failed", 0, "the run ended before this configuration"),
     ]
     assert records[1].val_dice == 0.05
-    assert stopped_by_asha(make_settings(tmp_path), settings.grid()) == frozenset()  # no ASHA
+    no_asha = make_settings(tmp_path)
+    assert stopped_by_asha(no_asha, no_asha.configurations()) == frozenset()
 
 
 def append(settings, hparams, epoch: int, time: float, val_dice: float) -> None:

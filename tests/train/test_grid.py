@@ -72,7 +72,7 @@ def test_finished_configurations_are_kept_and_the_rest_trained_and_returned_in_g
     tmp_path: Path,
 ):
     settings = make_settings(tmp_path)
-    first, middle, last = settings.grid()
+    first, middle, last = settings.configurations()
     # The middle one finished in an interrupted run: its record is on disk.
     run_grid(settings, [middle], lambda r: None, FakeTrainer(settings))
     middle_file = trial_dir(settings, middle.trial_id) / "record.json"
@@ -99,7 +99,7 @@ def test_finished_configurations_are_kept_and_the_rest_trained_and_returned_in_g
 
 def test_on_record_comes_as_each_configuration_is_yielded(tmp_path: Path):
     settings = make_settings(tmp_path)
-    grid = settings.grid()
+    grid = settings.configurations()
     seen: list[str] = []
 
     def one_at_a_time(pending: Sequence[HParams]) -> Iterator[Outcome]:
@@ -116,7 +116,7 @@ def test_on_record_comes_as_each_configuration_is_yielded(tmp_path: Path):
 
 def test_an_error_is_recorded_as_failed_and_a_rerun_keeps_it(tmp_path: Path):
     settings = make_settings(tmp_path)
-    grid = settings.grid()
+    grid = settings.configurations()
     failing = grid[1].trial_id
     records = run_grid(settings, grid, lambda r: None, FakeTrainer(settings, fail=[failing]))
 
@@ -134,7 +134,7 @@ def test_an_error_is_recorded_as_failed_and_a_rerun_keeps_it(tmp_path: Path):
 
 def test_a_trainer_that_leaves_a_configuration_out_or_returns_a_stranger_fails(tmp_path: Path):
     settings = make_settings(tmp_path)
-    first, second, third = settings.grid()
+    first, second, third = settings.configurations()
 
     def only_first(pending: Sequence[HParams]) -> Iterator[Outcome]:
         yield Outcome(pending[0], "RuntimeError: x", 1.0, 2.0)

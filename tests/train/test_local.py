@@ -241,7 +241,7 @@ def test_a_failed_attempt_is_retried_from_its_checkpoint(tfrecords, tmp_path: Pa
     from distmis.train.local import run_local
 
     settings = make_settings(tfrecords, tmp_path / "out", max_failures=1, cache=False)
-    (hparams, _) = settings.grid()
+    (hparams, _) = settings.configurations()
     records = run_local(settings, [hparams], lambda r: None, build_steps=FailOnceAtSecondEpoch)
     (record,) = records
     assert (record.status, record.attempts) == ("ok", 2), record
@@ -257,7 +257,7 @@ def test_a_trial_that_keeps_failing_is_recorded_and_the_grid_goes_on(tfrecords, 
     from distmis.train.run import run_training
 
     settings = make_settings(tfrecords, tmp_path / "out", max_failures=1, epochs=1)
-    failing, healthy = (hp.trial_id for hp in settings.grid())
+    failing, healthy = (hp.trial_id for hp in settings.configurations())
     summary = run_training(replace(settings, fail_trials=(failing,)))
     trials = read_trials(settings.out_dir)
     assert trials[failing]["status"] == "failed" and trials[failing]["attempts"] == "2"

@@ -65,7 +65,7 @@ def test_impossible_combinations_are_named_before_a_job_starts(tfrecords, tmp_pa
     assert asha.scheduler == "asha"  # its stopped trials end their Train runs
     hybrid = make_settings(tfrecords, tmp_path, "hybrid", 4, k=2, scale_lr=True)
     assert (hybrid.workers_per_trial, hybrid.concurrent_trials) == (2, 2)
-    assert hybrid.lr_effective(hybrid.grid()[0]) == pytest.approx(0.002)  # lr × k
+    assert hybrid.lr_effective(hybrid.configurations()[0].hparams) == pytest.approx(0.002)  # lr × k
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def test_experiment_mode_runs_two_at_once_and_records_a_failure(tfrecords, tmp_p
     settings = make_settings(
         tfrecords, tmp_path / "exp", "experiment", 2, max_failures=1, cache_dir=str(cache_root)
     )
-    grid = settings.grid()
+    grid = settings.configurations()
     failing = grid[1].trial_id
     summary = run_training(replace(settings, fail_trials=(failing,)))
     # The trials read one shared copy per split from the run's scope, gone with the run.

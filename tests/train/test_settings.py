@@ -24,10 +24,13 @@ def settings(tmp_path: Path, **train) -> TrainSettings:
 
 
 def test_paper_grid_has_32_configurations_in_fixed_order(tmp_path):
-    grid = settings(tmp_path).grid()
+    grid = settings(tmp_path).configurations()
     assert len(grid) == 32
-    assert grid[0] == HParams(lr=1e-4, norm="batch", beta_2=0.99, amsgrad=True)
-    assert grid[-1] == HParams(lr=5e-3, norm="group", beta_2=0.999, amsgrad=False)
+    assert grid[0].hparams == HParams(lr=1e-4, norm="batch", beta_2=0.99, amsgrad=True)
+    assert grid[-1].hparams == HParams(lr=5e-3, norm="group", beta_2=0.999, amsgrad=False)
+    # The grid's trial ids are its values, as ever, and its numbers the table order.
+    assert [p.trial_id for p in grid] == [p.hparams.trial_id for p in grid]
+    assert [p.number for p in grid] == list(range(32))
     assert len({hp.trial_id for hp in grid}) == 32
     assert grid[0].trial_id == "lr=0.0001_norm=batch_beta2=0.99_amsgrad=1"
 
@@ -76,8 +79,8 @@ def test_seed_config_maps_the_original_pytorch_keys(tmp_path):
     s = settings(tmp_path, backend="torch").with_seed_config(path)
     assert (s.gpus, s.epochs, s.batch_size_per_replica, s.use_gpu, s.debug) == (8, 5, 3, True, True)
     # One lr replaces the grid's lr axis; the other axes stay.
-    assert {hp.lr for hp in s.grid()} == {0.002}
-    assert len(s.grid()) == 8
+    assert {p.hparams.lr for p in s.configurations()} == {0.002}
+    assert len(s.configurations()) == 8
 
 
 def test_seed_config_derives_and_checks_the_worker_count(tmp_path):
@@ -214,7 +217,7 @@ def test_input_settings_reach_the_workers(tmp_path):
     assert WorkerSettings.from_dict(worker.to_dict()) == worker
 
 
-def test_the_search_is_read_from_the_config_and_the_runners_refuse_all_but_the_grid(tmp_path):
+def test_the_search_is_read_from_the_config_and_random_search_is_a_seeded_list(tmp_path):
     from distmis.search import SearchSettings
 
     assert settings(tmp_path).search == SearchSettings("grid", None, 0, 10)
@@ -226,6 +229,23 @@ def test_the_search_is_read_from_the_config_and_the_runners_refuse_all_but_the_g
         "seed": 4,
         "startup_trials": 10,
     }
-    # Not wired into the runners yet (issue 27): refused, never trained as a grid.
-    with pytest.raises(ConfigError, match="train.search.algorithm random: the training runners"):
-        sampled.grid()
+    # Drawn up front: the same seed, the same list; recorded where the run folder is given.
+    first = sampled.configurations(tmp_path / "run")
+    assert [p.number for p in first] == [0, 1, 2]
+    assert all(p.trial_id.startswith(f"s{p.number:03d}_") for p in first)
+    assert (
+        settings(tmp_path, seed=4, search={"algorithm": "random", "samples": 3}).configurations()
+        == first
+    )
+    assert sampled.configurations(tmp_path / "run") == first  # replayed from its record
+    assert len((tmp_path / "run" / "search.jsonl").read_text().splitlines()) == 3
+    assert (
+        settings(tmp_path, seed=5, search={"algorithm": "random", "samples": 3}).configurations()
+        != first
+    )
+    # TPE proposes as results arrive: only the local runner's sequential loop asks it yet.
+    tpe = settings(tmp_path, search={"algorithm": "tpe", "samples": 3, "startup_trials": 1})
+    with pytest.raises(ConfigError, match="data mode with the Ray runner does not run it yet"):
+        tpe.check_search_runs()
+    with pytest.raises(ValueError, match="TPE proposes as results arrive"):
+        tpe.configurations()

@@ -39,7 +39,7 @@ def test_trials_csv_has_the_contract_columns(tmp_path):
     write_trials(path, [record("b", 0, 1), record("a", 1, 3, status="failed", val_dice=None)])
     rows = list(csv.DictReader(path.open()))
     assert tuple(rows[0]) == TRIAL_COLUMNS and TRIAL_COLUMNS[0] == "format"
-    assert {r["format"] for r in rows} == {"distmis-trial-record/1"}
+    assert {r["format"] for r in rows} == {"distmis-trial-record/2"}
     assert [r["trial_id"] for r in rows] == ["a", "b"]
     assert rows[0]["status"] == "failed" and rows[0]["val_dice"] == ""
     assert read_trials(path) == [

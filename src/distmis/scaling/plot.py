@@ -32,16 +32,22 @@ from distmis.errors import ConfigError
 from distmis.scaling.quality import DEFAULT_TOLERANCE
 from distmis.scaling.quality_plot import plot_quality
 from distmis.scaling.style import (
-    BACKEND_SHADES,
-    BACKEND_STYLES,
     FAILED_COLOUR,
+    SeriesStyle,
     mode_colour,
     mode_name,
     save_figure,
+    series_styles,
 )
 from distmis.scaling.table import SERIES_COLUMNS, own_efficiency, own_speedup
 from distmis.scaling.timeline import busy_fraction, lane_count, timeline_bars
-from distmis.scaling.timings import DEFAULT_BACKEND, STATUS_FAILED, STATUS_STOPPED, Run
+from distmis.scaling.timings import (
+    DEFAULT_BACKEND,
+    GRID_SEARCH,
+    STATUS_FAILED,
+    STATUS_STOPPED,
+    Run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +106,19 @@ def parse_references(entries: Sequence[Mapping[str, Any]] | None) -> list[Refere
     ]
 
 
-def _series(table: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
-    """The table's series (table.SERIES_COLUMNS, one line or bar group each), rows by G."""
-    return [(key, rows.sort_values("gpus")) for key, rows in table.groupby(SERIES_COLUMNS)]
+def _series(table: pd.DataFrame) -> list[tuple[SeriesStyle, pd.DataFrame]]:
+    """The table's series (table.SERIES_COLUMNS, one line or bar group each) in key order,
+    each with its style and legend label among the table's series, its rows by G."""
+    groups = [(key, rows.sort_values("gpus")) for key, rows in table.groupby(SERIES_COLUMNS)]
+    styles = series_styles((key for key, _ in groups), _unit(table))
+    return [(styles[key], rows) for key, rows in groups]
 
 
-def _series_label(backend: str, mode: str, base_gpus: int, table: pd.DataFrame) -> str:
-    label = mode_name(mode, _unit(table))
-    if table["backend"].nunique() > 1 or backend != DEFAULT_BACKEND:
-        label += f" ({backend})"
+def _series_label(style: SeriesStyle, base_gpus: int, table: pd.DataFrame) -> str:
+    """The series' label, and its base where that is not one GPU."""
     if base_gpus != 1:
-        label += f", vs {base_gpus} {_unit(table, base_gpus)}"
-    return label
+        return f"{style.label}, vs {base_gpus} {_unit(table, base_gpus)}"
+    return style.label
 
 
 def _unit(table: pd.DataFrame, count: int = 2) -> str:
@@ -199,23 +206,19 @@ def _new_figure(width: float, height: float) -> tuple[Figure, Axes]:
 
 
 def _plot_series(ax, table: pd.DataFrame, values: pd.Series) -> bool:
-    """One line per (backend, mode) of ``values`` against G; True if a resumed run is marked."""
+    """One line per series of ``values`` against G; True if a resumed run is marked."""
     resumed_seen = False
-    for (backend, mode), rows in _series(table):
-        marker, style = BACKEND_STYLES.get(backend, ("^", ":"))
-        colour = mode_colour(mode)
+    for style, rows in _series(table):
         base = int(rows["base_gpus"].iloc[0])
         ax.plot(
             rows["gpus"],
             values[rows.index],
-            marker=marker,
-            linestyle=style,
-            color=colour,
-            label=_series_label(backend, mode, base, table),
+            **style.line,
+            label=_series_label(style, base, table),
         )
         resumed = rows[rows["resumed"]]
         resumed_seen |= _mark_resumed(
-            ax, list(resumed["gpus"]), list(values[resumed.index]), colour
+            ax, list(resumed["gpus"]), list(values[resumed.index]), style.colour
         )
     return resumed_seen
 
@@ -223,7 +226,12 @@ def _plot_series(ax, table: pd.DataFrame, values: pd.Series) -> bool:
 def plot_speedup(
     table: pd.DataFrame, stem: Path, references: Sequence[Reference] = ()
 ) -> list[Path]:
-    """Speedup vs G per (backend, mode), the ideal linear line, and reference points."""
+    """The speedup figure of ``table`` (see :func:`speedup_figure`)."""
+    return save_figure(speedup_figure(table, references), stem)
+
+
+def speedup_figure(table: pd.DataFrame, references: Sequence[Reference] = ()) -> Figure:
+    """Speedup vs G per series, the ideal linear line, and reference points."""
     figure, ax = _new_figure(7.5, 5.0)
     speedup = own_speedup(table)
     resumed_seen = _plot_series(ax, table, speedup)
@@ -247,12 +255,17 @@ def plot_speedup(
     log2_speedup_axis(ax, values)
     ax.set_ylabel("speedup (×, log₂ scale) = makespan at base G / makespan at G")
     ax.grid(True, alpha=0.3)
-    ax.set_title("Speedup of the whole hyperparameter grid")
+    ax.set_title("Speedup of the whole hyperparameter search")
     _legend(ax, "upper left", _resumed_handle() if resumed_seen else None)
-    return save_figure(figure, stem)
+    return figure
 
 
 def plot_efficiency(table: pd.DataFrame, stem: Path) -> list[Path]:
+    """The efficiency figure of ``table`` (see :func:`efficiency_figure`)."""
+    return save_figure(efficiency_figure(table), stem)
+
+
+def efficiency_figure(table: pd.DataFrame) -> Figure:
     """Parallel efficiency (speedup per added GPU) vs G; 1 is linear scaling."""
     figure, ax = _new_figure(7.5, 5.0)
     efficiency = own_efficiency(table)
@@ -265,32 +278,39 @@ def plot_efficiency(table: pd.DataFrame, stem: Path) -> list[Path]:
     ax.grid(True, alpha=0.3)
     ax.set_title("Parallel efficiency")
     _legend(ax, "lower left", _resumed_handle() if resumed_seen else None)
-    return save_figure(figure, stem)
+    return figure
 
 
 def plot_makespan(table: pd.DataFrame, stem: Path) -> list[Path]:
-    """Grouped bars: makespan per G, one bar per (backend, mode), best val Dice on top."""
+    """The makespan figure of ``table`` (see :func:`makespan_figure`)."""
+    return save_figure(makespan_figure(table), stem)
+
+
+def makespan_figure(table: pd.DataFrame) -> Figure:
+    """Grouped bars: makespan per G, one bar per series, best val Dice on top."""
     series = _series(table)
     counts = sorted(table["gpus"].unique())
     figure, ax = _new_figure(max(6.0, 1.6 * len(counts) * max(len(series), 1) / 2 + 3), 5.0)
     width = 0.8 / len(series)
     resumed_seen = False
-    for index, ((backend, mode), rows) in enumerate(series):
+    for index, (style, rows) in enumerate(series):
         offset = (index - (len(series) - 1) / 2) * width
         positions = [counts.index(g) + offset for g in rows["gpus"]]
+        backend = rows["backend"].iloc[0]
         bars = ax.bar(
             positions,
             rows["makespan_seconds"],
             width=width * 0.95,
             # Fill only: the black edge and hatch stay solid on a lighter bar.
-            color=to_rgba(mode_colour(mode), BACKEND_SHADES.get(backend, 0.75)),
-            hatch=[("//" if r else None) for r in rows["resumed"]],
+            color=to_rgba(style.colour, style.shade),
+            # The search's hatch, and the resumed one over it.
+            hatch=[_bar_hatch(style.hatch, r) for r in rows["resumed"]],
             edgecolor="black",
             # The backend's line style on the edge too, so the shade is not the only cue
             # (greyscale print).
-            linestyle=BACKEND_STYLES.get(backend, ("^", ":"))[1],
+            linestyle=style.linestyle,
             linewidth=0.5 if backend == DEFAULT_BACKEND else 1.0,
-            label=_series_label(backend, mode, 1, table),
+            label=style.label,
         )
         resumed_seen |= bool(rows["resumed"].any())
         # The best model's Dice beside each time: faster only counts if it is as good.
@@ -307,14 +327,18 @@ def plot_makespan(table: pd.DataFrame, stem: Path) -> list[Path]:
         ax.bar_label(bars, labels=labels, padding=2, fontsize=7)
     ax.set_xticks(range(len(counts)), [str(g) for g in counts])
     ax.set_xlabel(_g_label(table, log_scale=False))
-    ax.set_ylabel("makespan (s), whole grid incl. start-up")
+    ax.set_ylabel("makespan (s), whole search incl. start-up")
     # Head room for the two- or three-line labels above the tallest bar.
     ax.set_ylim(0, float(table["makespan_seconds"].max()) * 1.3)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title("Time to train the whole grid (best validation Dice above each bar)")
+    ax.set_title("Time to train every configuration (best validation Dice above each bar)")
     resumed = Patch(facecolor="white", edgecolor="black", hatch="//", label="resumed run")
     _legend(ax, "below", resumed if resumed_seen else None)
-    return save_figure(figure, stem)
+    return figure
+
+
+def _bar_hatch(search_hatch: str | None, resumed: bool) -> str | None:
+    return ((search_hatch or "") + ("//" if resumed else "")) or None
 
 
 def time_to_target_figure(table: pd.DataFrame) -> Figure:
@@ -330,27 +354,18 @@ def time_to_target_figure(table: pd.DataFrame) -> Figure:
     seconds = table["time_to_target_seconds"]
     targets = table["quality_target_dice"].dropna().unique()
     resumed_seen = False
-    for (backend, mode), rows in _series(table):
-        marker, style = BACKEND_STYLES.get(backend, ("^", ":"))
-        colour = mode_colour(mode)
-        label = _series_label(backend, mode, 1, table)
+    for style, rows in _series(table):
+        label = style.label
         missed = [int(g) for g in rows.loc[seconds[rows.index].isna(), "gpus"]]
         if len(targets) and len(missed) == len(rows):
             label += ": never reached the target"
         elif len(targets) and missed:
             label += f": not reached at G = {', '.join(map(str, missed))}"
         # NaN leaves a gap: a run that never got there is not joined to its neighbours.
-        ax.plot(
-            rows["gpus"],
-            seconds[rows.index],
-            marker=marker,
-            linestyle=style,
-            color=colour,
-            label=label,
-        )
+        ax.plot(rows["gpus"], seconds[rows.index], **style.line, label=label)
         resumed = rows[rows["resumed"] & seconds[rows.index].notna()]
         resumed_seen |= _mark_resumed(
-            ax, list(resumed["gpus"]), list(seconds[resumed.index]), colour
+            ax, list(resumed["gpus"]), list(seconds[resumed.index]), style.colour
         )
     _g_axis(ax, list(table["gpus"]), table)
     ax.set_ylim(0, float(seconds.max()) * 1.15 if seconds.notna().any() else 1.0)
@@ -420,8 +435,9 @@ def plot_timeline(run: Run, stem: Path) -> list[Path]:
     ax.grid(True, axis="x", alpha=0.3)
     # The backend always shows: a timeline stands alone in the report, with no legend
     # of series to tell a tensorflow run from a torch one.
+    search = "" if run.summary.search == GRID_SEARCH else f", {run.summary.search} search"
     title = (
-        f"{run.summary.backend}, {mode_name(run.summary.mode_label, noun + 's')}, "
+        f"{run.summary.backend}, {mode_name(run.summary.mode_label, noun + 's')}{search}, "
         f"G = {run.gpus}:\n"  # two lines: a hybrid run's name alone fills most of one
         f"makespan {makespan:.1f} s, {noun}s busy {busy_fraction(run, bars):.0%} of G × makespan"
     )
@@ -455,10 +471,20 @@ def _bar_style(status: str, colour: str) -> dict[str, Any]:
     return {"facecolor": colour, "hatch": None}
 
 
-def timeline_stem(run: Run) -> str:
-    """``timeline_{backend}_{mode}_{G}gpu``: unique per run, as rules/scaling.smk names it;
-    the mode is the label (hybrid runs: ``hybrid{k}``), as in the run's folder."""
-    return f"timeline_{run.summary.backend}_{run.summary.mode_label}_{run.gpus}gpu"
+def timeline_stem(run: Run, *, with_search: bool = False) -> str:
+    """``timeline_{backend}_{mode}_{G}gpu``: unique per run of one search, as
+    rules/scaling.smk names it; the mode is the label (hybrid runs: ``hybrid{k}``), as in the
+    run's folder. ``with_search`` (a study of several searches, where two runs may share the
+    rest) adds ``_{search}``, ``×`` written ``x``: ``..._2gpu_grid``, ``..._2gpu_randomx8``."""
+    stem = f"timeline_{run.summary.backend}_{run.summary.mode_label}_{run.gpus}gpu"
+    return f"{stem}_{run.summary.search.replace('×', 'x')}" if with_search else stem
+
+
+def timeline_stems(runs: Sequence[Run]) -> list[str]:
+    """The timeline stem of each of ``runs``: with the search only when they hold more than
+    one (the workflow's runs, all of one search, keep the names its rule declares)."""
+    with_search = len({run.summary.search for run in runs}) > 1
+    return [timeline_stem(run, with_search=with_search) for run in runs]
 
 
 def plot_all(
@@ -479,7 +505,6 @@ def plot_all(
         "quality": plot_quality(runs, out_dir / "quality", quality_tolerance),
         "time_to_target": plot_time_to_target(table, out_dir / "time_to_target"),
     }
-    for run in runs:
-        stem = timeline_stem(run)
+    for run, stem in zip(runs, timeline_stems(runs), strict=True):
         written[stem] = plot_timeline(run, out_dir / stem)
     return written

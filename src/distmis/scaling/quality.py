@@ -65,6 +65,7 @@ class QualityCurve:
 
     backend: str
     mode_label: str
+    series: tuple[str, ...]  # the run's series (timings.SERIES): one legend entry each
     gpus: int
     makespan_seconds: float
     seconds: tuple[float, ...]
@@ -235,6 +236,7 @@ def quality_curve(run: Run, tolerance: float = DEFAULT_TOLERANCE) -> QualityCurv
     return QualityCurve(
         backend=run.summary.backend,
         mode_label=run.summary.mode_label,
+        series=run.series,
         gpus=run.gpus,
         makespan_seconds=run.summary.makespan_seconds,
         seconds=seconds,

@@ -21,8 +21,8 @@ from distmis.scaling.quality import (
     check_tolerance,
     quality_curve,
 )
-from distmis.scaling.style import BACKEND_STYLES, mode_colour, mode_name, save_figure
-from distmis.scaling.timings import DEFAULT_BACKEND, Run
+from distmis.scaling.style import save_figure, series_styles
+from distmis.scaling.timings import Run
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ def quality_figure(curves: Sequence[QualityCurve], noun: str = "GPUs") -> Figure
     """Best validation Dice so far against time, one panel per G, a step curve per run.
 
     Each curve is drawn to its run's makespan (where a ``|`` marks the run's end) with a
-    marker at its time to best; colour is the mode label, line style and marker the backend.
+    marker at its time to best; colour is the mode label, line style and marker the backend,
+    the marker's fill the search: one legend entry per series (``curve.series``: backend,
+    mode label, search), labelled as in every scaling figure (:func:`series_styles`).
     ``noun`` is what G counts (GPUs, or CPU workers standing in for them).
     """
     counts = sorted({curve.gpus for curve in curves}) or [0]
@@ -42,48 +44,47 @@ def quality_figure(curves: Sequence[QualityCurve], noun: str = "GPUs") -> Figure
     axes = figure.subplots(rows, columns, sharey=True, squeeze=False).ravel()
     for ax in axes[len(counts) :]:
         ax.set_visible(False)
-    series: dict[tuple[str, str], Line2D] = {}
+    drawn = [c for c in curves if c.seconds]
+    # Styles and labels among the curves drawn, so a run without one adds no legend entry.
+    styles = series_styles((c.series for c in drawn), noun)
     for ax, gpus in zip(axes, counts, strict=False):
-        for curve in (c for c in curves if c.gpus == gpus and c.seconds):
-            marker, style = BACKEND_STYLES.get(curve.backend, ("^", ":"))
-            colour = mode_colour(curve.mode_label)
+        for curve in (c for c in drawn if c.gpus == gpus):
+            style = styles[curve.series]
             # Held at the final best until the run ended: how long it kept going after that.
             xs = [*curve.seconds, max(curve.makespan_seconds, curve.seconds[-1])]
             ys = [*curve.best_dice, curve.final_best]
-            (line,) = ax.step(xs, ys, where="post", color=colour, linestyle=style)
-            ax.plot([xs[-1]], [ys[-1]], marker="|", markersize=12, color=colour)
+            ax.step(xs, ys, where="post", color=style.colour, linestyle=style.linestyle)
+            ax.plot([xs[-1]], [ys[-1]], marker="|", markersize=12, color=style.colour)
             reached_seconds, reached_dice = curve.reached
             ax.plot(
                 [reached_seconds],
                 [reached_dice],
-                marker=marker,
+                **style.line | {"linestyle": "none"},
                 markersize=8,
-                color=colour,
                 markeredgecolor="black",
-                linestyle="none",
             )
-            series.setdefault((curve.backend, curve.mode_label), line)
         ax.set_title(f"G = {gpus} {noun if gpus != 1 else noun.removesuffix('s')}", fontsize=10)
         ax.set_xlabel("wall-clock seconds since the run started")
         ax.set_xlim(left=0)
         ax.grid(True, alpha=0.3)
     for ax in axes[::columns]:
         ax.set_ylabel("best validation Dice so far")
-    if not series:
+    if not styles:
         axes[0].text(
             0.5, 0.5, "no run has a validation yet", ha="center", transform=axes[0].transAxes
         )
-    backends = {backend for backend, _ in series}
+    # One entry per series, in key order: its line, and where the study holds several
+    # searches its marker too, whose fill tells them apart.
+    several = len({style.fillstyle for style in styles.values()}) > 1
     handles = [
         Line2D(
             [],
             [],
-            color=line.get_color(),
-            linestyle=line.get_linestyle(),
-            label=mode_name(label, noun)
-            + (f" ({backend})" if len(backends) > 1 or backend != DEFAULT_BACKEND else ""),
+            **(style.line if several else {"color": style.colour, "linestyle": style.linestyle}),
+            markeredgecolor="black",
+            label=style.label,
         )
-        for (backend, label), line in sorted(series.items())
+        for style in styles.values()
     ]
     tolerance = curves[0].tolerance if curves else DEFAULT_TOLERANCE
     handles += [
@@ -113,9 +114,8 @@ def plot_quality(
     for curve in curves:
         if not curve.seconds:
             log.warning(
-                "%s/%s at G = %d has no validation (every trial failed first): no quality curve",
-                curve.backend,
-                curve.mode_label,
+                "%s at G = %d has no validation (every trial failed first): no quality curve",
+                "/".join(curve.series),
                 curve.gpus,
             )
     cpu = bool(runs) and all(run.summary.uses_gpus is False for run in runs)

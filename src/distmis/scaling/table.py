@@ -1,9 +1,14 @@
 """The scaling table: one row per run, speedup and efficiency against the series' base run.
 
-A series is the runs of one (backend, mode label); ``mode`` holds the label: ``data``,
-``experiment`` or ``hybrid{k}`` (each k its own series), and ``gpus_per_trial`` the GPUs one
-configuration trains on (G, 1 or k). Its base is the run with the fewest GPUs
-measured, ``B`` (normally 1). For a run on ``G`` GPUs:
+A series is the runs of one (backend, mode label, search), the columns of
+:data:`SERIES_COLUMNS`; ``mode`` holds the label: ``data``, ``experiment`` or ``hybrid{k}``
+(each k its own series), ``search`` how the run chose its configurations: ``grid``, or the
+algorithm and the configurations it proposed, ``random×8`` or ``tpe×8`` (summary.json
+``search``; its seed is not part of it), and ``gpus_per_trial`` the GPUs one configuration
+trains on (G, 1 or k). Its base is the series' own run with the fewest GPUs measured, ``B``
+(normally 1): always a run of the same backend, mode label and search, so a grid run is never
+a random search's base (they train different configurations, so their makespans' ratio is
+no speedup). For a run on ``G`` GPUs:
 
 - ``speedup_vs_{B}gpu``    = makespan(B) / makespan(G)
 - ``efficiency_vs_{B}gpu`` = speedup / (G / B): 1 is linear scaling from the base.
@@ -64,13 +69,13 @@ from distmis.scaling.quality import (
     quality_curve,
     study_best,
 )
-from distmis.scaling.timings import DEFAULT_BACKEND, Run
+from distmis.scaling.timings import DEFAULT_BACKEND, GRID_SEARCH, SERIES, Run
 
 log = logging.getLogger(__name__)
 
-# The one home of what makes a series (a line in every figure, the runs a speedup compares):
-# a new dimension (e.g. a search column) is added here, and to the rows run_metrics builds.
-SERIES_COLUMNS = ["backend", "mode"]  # mode: the label, data | experiment | hybrid{k}
+# What makes a series (a line in every figure, the runs a speedup compares): the columns of
+# timings.SERIES, its one home, where a run's value of each is read from its summary.
+SERIES_COLUMNS = list(SERIES)  # backend, mode (the label), search
 # What identifies and times a run; add_speedup puts base_gpus before makespan_seconds and the
 # speedup columns after these, then RUN_COLUMNS.
 LEAD_COLUMNS = [
@@ -105,6 +110,7 @@ NEWER_COLUMNS = {
     "trials_stopped": 0,
     "scheduler": "none",
     "startup_seconds": math.nan,
+    "search": GRID_SEARCH,  # runs before summary.json /2 all trained the whole grid
 }
 # What G counts: GPUs, or CPU workers standing in for them (use_gpu: false).
 DEVICE_NAMES = {True: "gpu", False: "cpu", None: "unknown"}
@@ -136,8 +142,7 @@ def run_metrics(
         summary = run.summary
         rows.append(
             {
-                "backend": summary.backend,
-                "mode": summary.mode_label,
+                **dict(zip(SERIES_COLUMNS, run.series, strict=True)),
                 "gpus": summary.gpus,
                 "gpus_per_trial": summary.gpus_per_trial,
                 "makespan_seconds": summary.makespan_seconds,
@@ -171,7 +176,7 @@ def run_metrics(
 def add_speedup(metrics: pd.DataFrame) -> pd.DataFrame:
     """``metrics`` plus ``base_gpus`` and speedup/efficiency columns named after each base."""
     if metrics.duplicated([*SERIES_COLUMNS, "gpus"]).any():
-        raise ValueError("more than one run per (backend, mode, gpus)")
+        raise ValueError(f"more than one run per ({', '.join(SERIES_COLUMNS)}, gpus)")
     # Each series' base is its run with the fewest GPUs; join it back onto every row.
     base_rows = metrics.loc[metrics.groupby(SERIES_COLUMNS)["gpus"].idxmin()]
     base = base_rows[[*SERIES_COLUMNS, "gpus", "makespan_seconds", "resumed"]].rename(
@@ -182,21 +187,19 @@ def add_speedup(metrics: pd.DataFrame) -> pd.DataFrame:
         }
     )
     table = metrics.merge(base, on=SERIES_COLUMNS, how="left")
-    for (backend, mode), series in metrics.groupby(SERIES_COLUMNS):
+    for key, series in metrics.groupby(SERIES_COLUMNS):
         if series["runner"].nunique() > 1:
             log.warning(
-                "%s/%s mixes runners (%s): a local run has no Ray start-up, so its speedups "
+                "%s mixes runners (%s): a local run has no Ray start-up, so its speedups "
                 "compare unlike makespans",
-                backend,
-                mode,
+                "/".join(key),
                 ", ".join(sorted(series["runner"].unique())),
             )
         if series["scheduler"].nunique() > 1:
             log.warning(
-                "%s/%s mixes schedulers (%s): early stopping trains less of the grid, so its "
+                "%s mixes schedulers (%s): early stopping trains less of the grid, so its "
                 "speedups compare unlike work",
-                backend,
-                mode,
+                "/".join(key),
                 ", ".join(sorted(series["scheduler"].unique())),
             )
     speedup = table["base_makespan"] / table["makespan_seconds"]
@@ -209,9 +212,8 @@ def add_speedup(metrics: pd.DataFrame) -> pd.DataFrame:
         speedup_columns += [speedup_column(base), efficiency_column(base)]
     for _, row in base_rows[base_rows["resumed"]].iterrows():
         log.warning(
-            "the base run of %s/%s (%d GPUs) was resumed: every speedup of that series is off",
-            row["backend"],
-            row["mode"],
+            "the base run of %s (%d GPUs) was resumed: every speedup of that series is off",
+            "/".join(row[SERIES_COLUMNS]),
             row["gpus"],
         )
     ordered = [
@@ -292,9 +294,8 @@ def read_scaling_csv(path: Path) -> pd.DataFrame:
         raise ContractError(f"{path} lacks column(s) {', '.join(missing)}; rerun {rule}")
     if table.empty:
         raise ContractError(f"{path} has no rows; rerun {rule}")
-    table["backend"] = table["backend"].astype(str)
-    table["mode"] = table["mode"].astype(str)
     _fill_newer_columns(table)
+    table[SERIES_COLUMNS] = table[SERIES_COLUMNS].astype(str)
     # astype(bool) would read the string "False" as true.
     resumed = table["resumed"].map({True: True, False: False, "True": True, "False": False})
     if resumed.isna().any():
@@ -330,7 +331,9 @@ def attach_test_dice(table: pd.DataFrame, eval_summaries: Sequence[Path]) -> pd.
     the backend (without one: the backend folder the summary or its model sits in, or
     TensorFlow for a summary from before backends had folders; a folder that disagrees is a
     contract error). The value is the mean over regions of the per-region mean Dice. Rows
-    without an evaluated model get NaN.
+    without an evaluated model get NaN, and so do the rows of a (backend, mode, G) measured
+    with more than one search: the summary does not say which search's run it scored, and a
+    grid model's Dice must not sit beside a random search's speedup (a warning says so).
     """
     table = table.copy()
     table["test_dice"] = math.nan
@@ -342,6 +345,18 @@ def attach_test_dice(table: pd.DataFrame, eval_summaries: Sequence[Path]) -> pd.
         backend = _eval_backend(path, summary, model)
         dice = [region["dice"]["mean"] for region in summary["regions"].values()]
         rows = (table["backend"] == backend) & (table["mode"] == mode) & (table["gpus"] == gpus)
+        if rows.sum() > 1:
+            log.warning(
+                "%s scored %s, but %s/%s at G = %d was measured with several searches (%s): "
+                "test_dice left empty, as which one it scored is not known",
+                path,
+                model,
+                backend,
+                mode,
+                gpus,
+                ", ".join(table.loc[rows, "search"]),
+            )
+            continue
         table.loc[rows, "test_dice"] = sum(dice) / len(dice)
     return table
 

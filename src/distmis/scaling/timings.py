@@ -7,17 +7,20 @@ Anything missing, malformed or of another format raises
 :class:`~distmis.errors.ContractError` naming the file and the rule that writes it, so a
 broken run stops the analysis instead of becoming a silently wrong plot.
 
-A series of runs to compare is a (backend, mode label) pair, the label being ``data``,
-``experiment`` or ``hybrid{k}``: each k of hybrid mode is its own curve, as it splits the GPUs
-differently.
+A series of runs to compare is one value of :data:`SERIES`: the backend, the mode label
+(``data``, ``experiment`` or ``hybrid{k}``: each k of hybrid mode is its own curve, as it
+splits the GPUs differently) and the search that chose the configurations (``grid``, or
+``random×8``, ``tpe×8``: a random search of 8 configurations trains other work than the
+grid, so its runs are never compared with the grid's).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from distmis import backends, modes, run_folder
@@ -39,6 +42,7 @@ TRIALS_NAME = TRIALS_FILE
 DEFAULT_BACKEND = "tensorflow"  # drawn plainest in the figures
 SCHEDULERS = ("none", "asha")
 RUN_DIR_PATTERN = RUN_FOLDER
+GRID_SEARCH = "grid"
 
 
 def made_by(mode: str) -> str:
@@ -57,6 +61,16 @@ def made_by(mode: str) -> str:
 def mode_label(mode: str, gpus_per_trial: int) -> str:
     """The series a run belongs to and the folder it sits in: data, experiment or hybrid{k}."""
     return modes.label(mode, gpus_per_trial)
+
+
+def search_label(algorithm: str, samples: int | None) -> str:
+    """How a run chose its configurations, as scaling.csv's ``search`` column and the legends
+    write it: ``grid``, or the algorithm and the configurations it proposed (``random×8``,
+    ``tpe×8``). The seed is left out: two runs differing only in it are replicates of one
+    series, not two series."""
+    if algorithm == GRID_SEARCH or samples is None:
+        return algorithm
+    return f"{algorithm}×{samples}"
 
 
 def _finite(value: float, what: str, path: Path, rule: str) -> float:
@@ -137,6 +151,7 @@ class RunSummary:
     scheduler: str  # none | asha (early stopping)
     # Every trial's "asked for → first training epoch", summed.
     startup_seconds: float
+    search: str  # grid | {algorithm}×{samples}: see search_label
 
     @property
     def mode_label(self) -> str:
@@ -181,7 +196,19 @@ class RunSummary:
             runner=summary.runner,
             scheduler=_scheduler(summary.scheduler, path, rule),
             startup_seconds=_finite(summary.startup_seconds, "startup_seconds", path, rule),
+            search=search_label(summary.search.algorithm, summary.search.samples),
         )
+
+
+# The one home of what makes a series (a line in every figure, the runs one speedup compares):
+# each column of scaling.csv's series key, in order, and how a run's summary gives its value.
+# A new dimension is one entry here (its legend wording: style.SERIES_WORDS).
+SERIES: dict[str, Callable[[RunSummary], str]] = {
+    "backend": attrgetter("backend"),
+    "mode": attrgetter("mode_label"),  # data | experiment | hybrid{k}
+    "search": attrgetter("search"),  # grid | random×8 | tpe×8
+}
+SERIES_COLUMNS = tuple(SERIES)
 
 
 @dataclass(frozen=True)
@@ -267,9 +294,10 @@ class Run:
     trials: tuple[TrialTiming, ...]
 
     @property
-    def series(self) -> tuple[str, str]:
-        """The (backend, mode label) whose runs form one speedup curve; hybrid{k} per k."""
-        return (self.summary.backend, self.summary.mode_label)
+    def series(self) -> tuple[str, ...]:
+        """The series (:data:`SERIES`: backend, mode label, search) whose runs form one
+        speedup curve; hybrid{k} per k."""
+        return tuple(value(self.summary) for value in SERIES.values())
 
     @property
     def gpus(self) -> int:
@@ -377,13 +405,14 @@ def load_runs(results_dir: Path | None = None, directories: Sequence[Path] = ())
                 f"the training rules ({', '.join(m.rule for m in modes.MODES.values())}) first"
             )
     runs = [Run.from_dir(Path(d)) for d in directories]
-    seen: dict[tuple[str, str, int], Path] = {}
+    seen: dict[tuple, Path] = {}
     for run in runs:
         key = (*run.series, run.gpus)
         if key in seen:
+            same = " ".join(f"{c}={v}" for c, v in zip((*SERIES_COLUMNS, "G"), key, strict=True))
             raise ContractError(
-                f"{run.directory} and {seen[key]} are both backend={key[0]} mode={key[1]} "
-                f"G={key[2]}: one (backend, mode label, G) may have only one run"
+                f"{run.directory} and {seen[key]} are both {same}: one "
+                f"({', '.join(SERIES_COLUMNS)}, G) may have only one run"
             )
         seen[key] = run.directory
     return sorted(runs, key=lambda r: (*r.series, r.gpus))

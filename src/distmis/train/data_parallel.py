@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from distmis import backends
-from distmis.hparams import HParams
 from distmis.run_folder import FAILED_FILE, RESULT_FILE
+from distmis.search import Proposal
 from distmis.sequential_asha import AshaRule, SequentialASHA
 from distmis.train.grid import Outcome, run_grid
 from distmis.train.settings import TrainSettings
@@ -38,10 +38,10 @@ RUN_NAME = "grid"  # <out>/ray/grid: the one Ray Train run's storage (checkpoint
 
 def run_data_parallel(
     settings: TrainSettings,
-    grid: Sequence[HParams],
+    grid: Sequence[Proposal],
     on_record: Callable[[TrialRecord], None],
 ) -> list[TrialRecord]:
-    """Train every configuration with G Ray Train workers, in grid order, in one group
+    """Train every configuration with G Ray Train workers, in proposal order, in one group
     (:func:`distmis.train.grid.run_grid` around :func:`train_in_one_group`)."""
     trainer = functools.partial(train_in_one_group, settings, grid)
     return run_grid(settings, grid, on_record, trainer)
@@ -57,18 +57,18 @@ def asha_rule(settings: TrainSettings) -> AshaRule | None:
     )
 
 
-def stopped_by_asha(settings: TrainSettings, grid: Sequence[HParams]) -> frozenset[str]:
+def stopped_by_asha(settings: TrainSettings, grid: Sequence[Proposal]) -> frozenset[str]:
     """The configurations of ``grid`` that ASHA stopped, as the workers decided: the rule
     replayed over the grid's ``epochs.jsonl`` files (none without ASHA)."""
     rule = asha_rule(settings)
     if rule is None:
         return frozenset()
-    folders = {hp.trial_id: trial_dir(settings, hp.trial_id) for hp in grid}
+    folders = {p.trial_id: trial_dir(settings, p.trial_id) for p in grid}
     return frozenset(SequentialASHA.from_trial_folders(rule, folders).stopped)
 
 
 def train_in_one_group(
-    settings: TrainSettings, grid: Sequence[HParams], pending: Sequence[HParams]
+    settings: TrainSettings, grid: Sequence[Proposal], pending: Sequence[Proposal]
 ) -> Iterator[Outcome]:
     """Data mode's trainer of pending configurations: one Ray Train run of G workers trains
     them one after another; every outcome comes when the run ends (each finished
@@ -89,9 +89,9 @@ def train_in_one_group(
         settings.gpus,
     )
     worker_settings = settings.worker_settings().to_dict()
-    entries = [settings.grid_entry(hparams) for hparams in pending]  # settings once, below
+    entries = [settings.grid_entry(proposal) for proposal in pending]  # settings once, below
     rule = asha_rule(settings)
-    asha = None if rule is None else {"rule": rule.to_dict(), "grid": [hp.trial_id for hp in grid]}
+    asha = None if rule is None else {"rule": rule.to_dict(), "grid": [p.trial_id for p in grid]}
     started = time.time()
     trainer = backend.ray_trainer(
         {"trials": entries, "settings": worker_settings, "submitted_at": started, "asha": asha},
@@ -126,7 +126,7 @@ def train_in_one_group(
 
 def outcomes_of_run(
     settings: TrainSettings,
-    pending: Sequence[HParams],
+    pending: Sequence[Proposal],
     run_error: str | None,
     started: float,
     ended: float,
@@ -140,12 +140,12 @@ def outcomes_of_run(
     ``failed.json`` failed for the reason its worker wrote there. One with none of these was
     never reached, or the run itself failed: the run's error (``run_error``) is its own.
     """
-    for hparams in pending:
-        directory = trial_dir(settings, hparams.trial_id)
+    for proposal in pending:
+        directory = trial_dir(settings, proposal.trial_id)
         finished = (directory / RESULT_FILE).is_file()
-        if not finished and hparams.trial_id in stopped:
-            yield Outcome(hparams, None, started, ended, stopped=True)
+        if not finished and proposal.trial_id in stopped:
+            yield Outcome(proposal, None, started, ended, stopped=True)
             continue
         left_files = finished or (directory / FAILED_FILE).is_file()
         error = None if left_files else (run_error or "the run ended before this configuration")
-        yield Outcome(hparams, error, started, ended)
+        yield Outcome(proposal, error, started, ended)

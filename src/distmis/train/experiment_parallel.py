@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from distmis import backends
-from distmis.hparams import HParams
 from distmis.run_folder import RESULT_FILE
+from distmis.search import Proposal
 from distmis.train.grid import Outcome, run_grid
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import TrialRecord, trial_dir
@@ -111,7 +111,7 @@ def _scheduler(settings: TrainSettings):
 
 def run_experiment_parallel(
     settings: TrainSettings,
-    grid: Sequence[HParams],
+    grid: Sequence[Proposal],
     on_record: Callable[[TrialRecord], None],
 ) -> list[TrialRecord]:
     """Experiment mode: the grid as Tune trials, at most G at a time, each with one GPU (or
@@ -130,7 +130,7 @@ def run_experiment_parallel(
 
 def run_hybrid_parallel(
     settings: TrainSettings,
-    grid: Sequence[HParams],
+    grid: Sequence[Proposal],
     on_record: Callable[[TrialRecord], None],
 ) -> list[TrialRecord]:
     """Hybrid mode: the grid as Tune trials, at most G/k at a time, each a Ray Train run of
@@ -163,7 +163,7 @@ def train_with_tune(
     trainable,
     extra_space: dict,
     tune_failures: int,
-    pending: Sequence[HParams],
+    pending: Sequence[Proposal],
 ) -> Iterator[Outcome]:
     """Experiment and hybrid mode's trainer of pending configurations: ``trainable`` over
     them, at most ``settings.concurrent_trials`` at once; every outcome comes when Tune's run
@@ -201,7 +201,7 @@ def train_with_tune(
             param_space={
                 # The settings once, not in every grid entry: Tune shows the entries as the
                 # trials' names and columns.
-                "trial": tune.grid_search([settings.grid_entry(hp) for hp in pending]),
+                "trial": tune.grid_search([settings.grid_entry(p) for p in pending]),
                 "settings": settings.worker_settings().to_dict(),
                 **extra_space,
             },
@@ -213,7 +213,7 @@ def train_with_tune(
             run_config=run_config,
         )
     result_grid = tuner.fit()
-    by_id = {hp.trial_id: hp for hp in pending}
+    by_id = {p.trial_id: p for p in pending}
     for result in result_grid:
         trial_id = result.config["trial"]["trial_id"]
         if trial_id not in by_id:

@@ -1,4 +1,9 @@
-"""The grid skeleton every runner shares: skip what finished, train what is pending, record it.
+"""The skeleton every runner shares: skip what finished, train what is pending, record it.
+
+What a runner trains is a list of proposals (:class:`distmis.search.Proposal`: number,
+hyperparameters, trial id): the grid's combinations or random search's samples, known before
+training starts (:meth:`TrainSettings.configurations`). TPE proposes one configuration at a
+time from the results told so far; its sequential loop is :func:`run_search`.
 
 The local runner and each Ray mode differ only in how they train the configurations that have
 no record yet; everything around that is :func:`run_grid`'s:
@@ -11,7 +16,7 @@ no record yet; everything around that is :func:`run_grid`'s:
 3. **record**: each outcome becomes the configuration's :class:`TrialRecord`
    (:func:`build_record` from the files the trial left), saved (:func:`save_record`, which
    marks it finished for a rerun) and handed to ``on_record`` (which rewrites trials.csv);
-4. the records come back in grid order, finished and new alike.
+4. the records come back in proposal order, finished and new alike.
 
 In ``train/``, a new mode therefore writes only its trainer of pending configurations.
 (Not :func:`distmis.trial.train_grid`: that is a data-mode worker's loop over the
@@ -25,9 +30,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from distmis.hparams import HParams
+from distmis.run_folder import STATUS_FAILED, STATUS_STOPPED, read_epochs
+from distmis.search import Proposal, Search
 from distmis.train.settings import TrainSettings
-from distmis.train.trials import TrialRecord, build_record, load_record, save_record
+from distmis.train.trials import TrialRecord, build_record, load_record, save_record, trial_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ class Outcome:
     ended it early without an error (:func:`build_record`).
     """
 
-    hparams: HParams
+    proposal: Proposal
     error: str | None
     driver_start: float
     driver_end: float
@@ -50,20 +56,20 @@ class Outcome:
 
 
 class PendingTrainer(Protocol):
-    """What a mode supplies: train ``pending`` (grid order, none finished) and yield one
+    """What a mode supplies: train ``pending`` (proposal order, none finished) and yield one
     :class:`Outcome` per configuration, in any order, each as soon as it is known."""
 
-    def __call__(self, pending: Sequence[HParams]) -> Iterable[Outcome]: ...
+    def __call__(self, pending: Sequence[Proposal]) -> Iterable[Outcome]: ...
 
 
 def run_grid(
     settings: TrainSettings,
-    grid: Sequence[HParams],
+    grid: Sequence[Proposal],
     on_record: Callable[[TrialRecord], None],
     train_pending: PendingTrainer,
 ) -> list[TrialRecord]:
-    """Every configuration of ``grid``'s record, in grid order: finished ones as recorded,
-    the others trained by ``train_pending`` (not called when none is pending).
+    """Every proposal of ``grid``'s record, in its order: finished ones as recorded, the
+    others trained by ``train_pending`` (not called when none is pending).
 
     ``on_record`` is called once per newly trained configuration, in the order the trainer
     yields them, after its record is saved. A trainer that yields a configuration it was not
@@ -71,44 +77,95 @@ def run_grid(
     """
     records: dict[str, TrialRecord] = {}
     pending = []
-    for position, hparams in enumerate(grid, start=1):
-        done = load_record(settings, hparams.trial_id)
+    for position, proposal in enumerate(grid, start=1):
+        done = load_record(settings, proposal.trial_id)
         if done is None:
-            pending.append(hparams)
+            pending.append(proposal)
             continue
         log.info(
             "[%d/%d] %s already finished (%s); not retrained",
             position,
             len(grid),
-            hparams.trial_id,
+            proposal.trial_id,
             done.status,
         )
-        records[hparams.trial_id] = done
+        records[proposal.trial_id] = done
     if not pending:
-        return [records[hp.trial_id] for hp in grid]
-    pending_ids = {hp.trial_id for hp in pending}
+        return [records[p.trial_id] for p in grid]
+    pending_ids = {p.trial_id for p in pending}
     waiting = set(pending_ids)
     for outcome in train_pending(pending):
-        trial_id = outcome.hparams.trial_id
+        trial_id = outcome.proposal.trial_id
         if trial_id not in waiting:
             why = "it returned already" if trial_id in pending_ids else "was not pending"
             raise RuntimeError(
                 f"the trainer of pending configurations returned {trial_id}, which {why}"
             )
         waiting.discard(trial_id)
-        record = build_record(
-            settings,
-            outcome.hparams,
-            error=outcome.error,
-            driver_start=outcome.driver_start,
-            driver_end=outcome.driver_end,
-            stopped=outcome.stopped,
-        )
-        save_record(settings, record)
-        records[trial_id] = record
-        on_record(record)
+        records[trial_id] = record_outcome(settings, outcome, on_record)
     if waiting:
         raise RuntimeError(
             f"the trainer of pending configurations returned nothing for {', '.join(sorted(waiting))}"
         )
-    return [records[hp.trial_id] for hp in grid]
+    return [records[p.trial_id] for p in grid]
+
+
+def record_outcome(
+    settings: TrainSettings, outcome: Outcome, on_record: Callable[[TrialRecord], None]
+) -> TrialRecord:
+    """``outcome``'s record, built from its trial's files, saved (a rerun skips it) and handed
+    to ``on_record``."""
+    record = build_record(
+        settings,
+        outcome.proposal,
+        error=outcome.error,
+        driver_start=outcome.driver_start,
+        driver_end=outcome.driver_end,
+        stopped=outcome.stopped,
+    )
+    save_record(settings, record)
+    on_record(record)
+    return record
+
+
+def run_search(
+    settings: TrainSettings,
+    search: Search,
+    on_record: Callable[[TrialRecord], None],
+    train_one: Callable[[Proposal], Outcome],
+) -> list[TrialRecord]:
+    """TPE's sequential loop (the local runner): ask a configuration, train it
+    (``train_one``), record it, tell the search how it ended (:func:`tell_record`), ask the
+    next, until the budget is spent. Every record comes back, in proposal order.
+
+    ``search`` was opened on the run's ``search.jsonl``: after a kill it has replayed what
+    was proposed and told. A proposal asked but not told whose record is saved (the run died
+    between the two) is told from its record, not trained again; one without a record is
+    trained again (from its last checkpoint).
+    """
+    records: dict[int, TrialRecord] = {}
+    for proposal in search.asked:
+        done = load_record(settings, proposal.trial_id)
+        if done is None:
+            continue
+        records[proposal.number] = done
+        if search.is_open(proposal.number):
+            tell_record(settings, search, proposal, done)
+    while (proposal := search.next_proposal()) is not None:
+        log.info("[%d/%d] proposed %s", proposal.number + 1, search.budget, proposal.trial_id)
+        record = record_outcome(settings, train_one(proposal), on_record)
+        records[proposal.number] = record
+        tell_record(settings, search, proposal, record)
+    return [records[number] for number in sorted(records)]
+
+
+def tell_record(
+    settings: TrainSettings, search: Search, proposal: Proposal, record: TrialRecord
+) -> None:
+    """Tell ``search`` how ``proposal`` ended, from its record: ``COMPLETE`` with its final
+    validation Dice, ``PRUNED`` when stopped early, ``FAIL`` when it failed; the validation
+    Dice of every epoch it validated are its steps."""
+    steps = {e.epoch: e.val_dice for e in read_epochs(trial_dir(settings, proposal.trial_id))}
+    state = {STATUS_FAILED: "FAIL", STATUS_STOPPED: "PRUNED"}.get(record.status, "COMPLETE")
+    value = None if state == "FAIL" else record.val_dice
+    search.tell(proposal.number, value, state, steps)

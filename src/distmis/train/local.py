@@ -1,4 +1,4 @@
-"""The local runner: the grid one configuration after another, in this process, without Ray.
+"""The local runner: the configurations one after another, in this process, without Ray.
 
 ``distmis train --runner local`` trains on one device (the first visible GPU, or this
 process's CPU share) with the backend's own trial steps (:meth:`Backend.trial_steps`) under
@@ -16,7 +16,11 @@ What Ray would do for a trial, it does itself, in the same order:
 - retries: a failing attempt is retried ``max_failures`` times from its last checkpoint,
   then recorded as failed and the next configuration starts;
 - resume: configurations with a record from an interrupted run are not trained again (the
-  grid skeleton every runner shares, :mod:`distmis.train.grid`).
+  skeleton every runner shares, :mod:`distmis.train.grid`).
+
+The configurations are a list (the grid, random search's samples) or, for TPE, the search
+itself: asked one configuration at a time, each told its result before the next is asked
+(:func:`distmis.train.grid.run_search`), so a seeded TPE run proposes the same sequence again.
 
 Nothing here imports Ray, TensorFlow or PyTorch; the backend imports its framework.
 """
@@ -33,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from distmis import backends
-from distmis.hparams import HParams
-from distmis.train.grid import Outcome, run_grid
+from distmis.search import Proposal, Search
+from distmis.train.grid import Outcome, run_grid, run_search
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import TrialRecord
 from distmis.trial import RUNNER_LOCAL, Runner, StepsBuilder, run_attempt
@@ -110,41 +114,47 @@ class CheckpointStore:
 
 def run_local(
     settings: TrainSettings,
-    grid: Sequence[HParams],
+    configurations: Sequence[Proposal] | Search,
     on_record: Callable[[TrialRecord], None],
     *,
     build_steps: StepsBuilder | None = None,
 ) -> list[TrialRecord]:
-    """Train every configuration of ``grid`` in this process, in grid order
-    (:func:`distmis.train.grid.run_grid`; each record as its trial ends).
+    """Train every configuration in this process, in proposal order: a list through
+    :func:`distmis.train.grid.run_grid`, a search (TPE) through
+    :func:`distmis.train.grid.run_search`; each record as its trial ends.
 
     ``build_steps`` defaults to the backend's (:meth:`Backend.trial_steps`); tests pass their
     own to inject a failure mid-trial. ``KeyboardInterrupt`` and ``SystemExit`` (SIGTERM) end
     the run at once and leave the checkpoints for the rerun to resume from.
     """
     build_steps = build_steps or backends.get(settings.backend).trial_steps()
-    records = run_grid(
-        settings, grid, on_record, functools.partial(train_in_this_process, settings, build_steps)
-    )
+    if isinstance(configurations, Search):
+        train_one = functools.partial(_train_one, settings, build_steps=build_steps)
+        records = run_search(settings, configurations, on_record, train_one)
+    else:
+        trainer = functools.partial(train_in_this_process, settings, build_steps)
+        records = run_grid(settings, configurations, on_record, trainer)
     with contextlib.suppress(OSError):
         (settings.out_dir / LOCAL_DIR).rmdir()  # gone once no trial is left unfinished
     return records
 
 
 def train_in_this_process(
-    settings: TrainSettings, build_steps: StepsBuilder, pending: Sequence[HParams]
+    settings: TrainSettings, build_steps: StepsBuilder, pending: Sequence[Proposal]
 ) -> Iterator[Outcome]:
     """The local runner's trainer of pending configurations: one after another, each
     outcome as its trial ends."""
-    for position, hparams in enumerate(pending, start=1):
-        log.info("[%d/%d] training %s locally", position, len(pending), hparams.trial_id)
-        yield _train_one(settings, hparams, build_steps)
+    for position, proposal in enumerate(pending, start=1):
+        log.info("[%d/%d] training %s locally", position, len(pending), proposal.trial_id)
+        yield _train_one(settings, proposal, build_steps=build_steps)
 
 
-def _train_one(settings: TrainSettings, hparams: HParams, build_steps: StepsBuilder) -> Outcome:
+def _train_one(
+    settings: TrainSettings, proposal: Proposal, *, build_steps: StepsBuilder
+) -> Outcome:
     """Up to ``1 + max_failures`` attempts, each from the last checkpoint; how they ended."""
-    trial = settings.trial_config(hparams)
-    store = CheckpointStore(settings.out_dir / LOCAL_DIR / hparams.trial_id)
+    trial = settings.trial_config(proposal)
+    store = CheckpointStore(settings.out_dir / LOCAL_DIR / proposal.trial_id)
     driver_start = time.time()
     error = None
     for attempt in range(settings.max_failures + 1):
@@ -157,7 +167,7 @@ def _train_one(settings: TrainSettings, hparams: HParams, build_steps: StepsBuil
             retry = attempt < settings.max_failures
             log.error(
                 "%s attempt %d failed: %s%s",
-                hparams.trial_id,
+                proposal.trial_id,
                 attempt + 1,
                 error.splitlines()[0],
                 "; retrying from its last checkpoint" if retry else "",
@@ -165,4 +175,4 @@ def _train_one(settings: TrainSettings, hparams: HParams, build_steps: StepsBuil
     driver_end = time.time()
     # The record reads only <out>/trials/<trial_id>/; the checkpoints go with the trial.
     store.remove()
-    return Outcome(hparams, error, driver_start, driver_end)
+    return Outcome(proposal, error, driver_start, driver_end)

@@ -26,6 +26,7 @@ from distmis.cluster.resources import job_shape
 from distmis.errors import CacheSpaceError, ContractError, DeviceError, DistmisError
 from distmis.run_folder import (
     RUN_STATE_FILE,
+    SEARCH_FILE,
     SUMMARY_FILE,
     TRIALS_FILE,
     RequestedResources,
@@ -34,6 +35,7 @@ from distmis.run_folder import (
     RunState,
     RunSummary,
 )
+from distmis.search import Proposal, Search
 from distmis.shards import node_cache
 from distmis.shards.info import DatasetInfo
 from distmis.train.preflight import require_gpus
@@ -73,6 +75,8 @@ def _prepare_state(settings: TrainSettings, fingerprint: str) -> bool:
         return True
     for stale in ("trials", "ray", "local", "tensorboard"):
         shutil.rmtree(settings.out_dir / stale, ignore_errors=True)
+    # Another run's proposals would be replayed into this one's search (and refused).
+    (settings.out_dir / SEARCH_FILE).unlink(missing_ok=True)
     RunState(fingerprint=fingerprint, complete=False, started=time.time()).write(state_path)
     return False
 
@@ -128,10 +132,19 @@ def _start_ray_for(settings: TrainSettings) -> dict[str, float]:
     return resources
 
 
-def _run_with_ray(settings: TrainSettings, grid, on_record):
-    """The grid through the mode's runner (``Mode.runner``, :mod:`distmis.modes`)."""
+def _run_with_ray(settings: TrainSettings, configurations, on_record):
+    """The configurations through the mode's runner (``Mode.runner``, :mod:`distmis.modes`)."""
     module, function = settings.mode_spec.runner.split(":")
-    return getattr(importlib.import_module(module), function)(settings, grid, on_record)
+    return getattr(importlib.import_module(module), function)(settings, configurations, on_record)
+
+
+def _configurations(settings: TrainSettings) -> list[Proposal] | Search:
+    """What the runner trains: the grid's or random search's whole list, drawn now (random
+    search's recorded in, or on a resume replayed from, ``search.jsonl``); for TPE the search
+    itself, which the runner asks one configuration at a time."""
+    if settings.search.algorithm == "tpe":
+        return settings.search_record(settings.out_dir)
+    return settings.configurations(settings.out_dir)
 
 
 def run_training(settings: TrainSettings) -> dict:
@@ -142,6 +155,7 @@ def run_training(settings: TrainSettings) -> dict:
     ``summary.json``, the best model (``best_model.keras`` or ``best_model.pt``) and its card
     ``best_model.json``; returns the summary as written (its JSON object).
     """
+    settings.check_search_runs()
     if settings.use_gpu:
         # Before Ray, the data or any trial: a framework that cannot use the GPUs would
         # train on the CPU and file the timings as GPU ones.
@@ -199,11 +213,11 @@ def refuse_cpu_fallback(settings: TrainSettings, records, summary: RunSummary) -
 def _run_training(settings: TrainSettings) -> dict:
     info = DatasetInfo.from_dir(settings.tfrecord_dir)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    grid = settings.grid()
     if settings.cache:
         # This node's room for the splits, before Ray or any trial starts.
         node_cache.check_room_for_run(info, Path(settings.cache_scope))
     resumed = _prepare_state(settings, _fingerprint(settings, info))
+    configurations = _configurations(settings)  # after _prepare_state: it clears search.jsonl
     finished = []
 
     def on_record(record) -> None:
@@ -216,13 +230,13 @@ def _run_training(settings: TrainSettings) -> dict:
         # This process is the whole run: no cluster to start (its cores are recorded below).
         resources = None
         makespan_start = time.time()
-        records = run_local(settings, grid, on_record)
+        records = run_local(settings, configurations, on_record)
         makespan_end = time.time()
     else:
         resources = _start_ray_for(settings)
         try:
             makespan_start = time.time()
-            records = _run_with_ray(settings, grid, on_record)
+            records = _run_with_ray(settings, configurations, on_record)
             makespan_end = time.time()
         finally:
             stop_ray()

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from distmis import backends, modes
 from distmis.config import train_backends
 from distmis.errors import ConfigError
-from distmis.hparams import HParams, expand_grid
-from distmis.search import SearchSettings
+from distmis.hparams import HParams
+from distmis.search import Proposal, Search, SearchSettings
 from distmis.trial import TrialConfig, WorkerSettings
 
 if TYPE_CHECKING:
@@ -237,15 +237,36 @@ class TrainSettings(WorkerSettings):
             overrides["search_space"] = {**self.search_space, "lr": [lr]}
         return replace(self, **overrides)
 
-    def grid(self) -> list[HParams]:
-        # The runners train the grid; random search and TPE (distmis.search) are not wired
-        # into them yet (issue 27): refuse rather than train the lists as a grid.
-        if self.search.algorithm != "grid":
+    def configurations(self, run_dir: Path | None = None) -> list[Proposal]:
+        """What the runners train when it is known before training starts: the grid's every
+        combination (table order), or random search's ``samples`` drawn up front from its
+        seeded generator (the same seed, the same list, whatever trains first).
+
+        Random search's proposals are asked through :class:`~distmis.search.Search`, so
+        ``run_dir``'s ``search.jsonl`` records them (and, on a resume, they are replayed and
+        checked, not drawn anew). TPE proposes from the results told so far: it has no list
+        up front; its runners ask :meth:`search` one configuration at a time.
+        """
+        if self.search.algorithm == "tpe":
+            raise ValueError("TPE proposes as results arrive: ask TrainSettings.search_record()")
+        record_in = run_dir if self.search.algorithm != "grid" else None  # a grid has no record
+        return Search.open(self.search, self.search_space, record_in).ask_all()
+
+    def check_search_runs(self) -> None:
+        """ConfigError when this run's runner cannot run its search algorithm. Checked when
+        the run starts, not in ``__post_init__``: the CLI picks the runner after the config.
+
+        TPE asks for each configuration after the previous results are told; only the local
+        runner's sequential loop does that yet (issue 27)."""
+        if self.search.algorithm == "tpe" and self.runner != "local":
             raise ConfigError(
-                f"train.search.algorithm {self.search.algorithm}: the training runners do not "
-                "run it yet (issue 27); use grid"
+                f"train.search.algorithm tpe: {self.mode} mode with the Ray runner does not run "
+                "it yet; use --runner local or train.search.algorithm random"
             )
-        return expand_grid(self.search_space)
+
+    def search_record(self, run_dir: Path) -> Search:
+        """This run's search, brought to where ``run_dir``'s ``search.jsonl`` left it."""
+        return Search.open(self.search, self.search_space, run_dir)
 
     @property
     def mode_spec(self) -> modes.Mode:
@@ -274,19 +295,20 @@ class TrainSettings(WorkerSettings):
         settings, as a worker reads it back from :meth:`to_dict` (absolute paths)."""
         return WorkerSettings.from_dict(self.to_dict())
 
-    def trial_config(self, hparams: HParams) -> TrialConfig:
-        """The configuration every worker of ``hparams``' trial receives."""
+    def trial_config(self, proposal: Proposal) -> TrialConfig:
+        """The configuration every worker of ``proposal``'s trial receives; its folder is
+        ``trials/<proposal.trial_id>``."""
         return TrialConfig(
-            trial_id=hparams.trial_id,
-            hparams=hparams,
-            lr_effective=self.lr_effective(hparams),
+            trial_id=proposal.trial_id,
+            hparams=proposal.hparams,
+            lr_effective=self.lr_effective(proposal.hparams),
             settings=self.worker_settings(),
         )
 
-    def grid_entry(self, hparams: HParams) -> dict:
-        """``trial_config(hparams)`` as a dict without the settings, which a Ray run sends
-        once for the whole grid (Tune's grid_search entries, data mode's trial list)."""
-        entry = self.trial_config(hparams).to_dict()
+    def grid_entry(self, proposal: Proposal) -> dict:
+        """``trial_config(proposal)`` as a dict without the settings, which a Ray run sends
+        once for the whole list (Tune's grid_search entries, data mode's trial list)."""
+        entry = self.trial_config(proposal).to_dict()
         del entry["settings"]
         return entry
 

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from distmis import run_folder
-from distmis.hparams import HParams
 from distmis.run_folder import (
     FAILED_FILE,
     RECORD_FILE,
@@ -30,6 +29,7 @@ from distmis.run_folder import (
     read_if_present,
     read_workers,
 )
+from distmis.search import Proposal
 from distmis.train.settings import TrainSettings
 
 
@@ -44,14 +44,14 @@ def trial_dir(settings: TrainSettings, trial_id: str) -> Path:
 
 def build_record(
     settings: TrainSettings,
-    hparams: HParams,
+    proposal: Proposal,
     *,
     error: str | None,
     driver_start: float,
     driver_end: float,
     stopped: bool = False,
 ) -> TrialRecord:
-    """A trials.csv row from the trial's result.json, worker files and attempt log.
+    """``proposal``'s trials.csv row from the trial's result.json, worker files and attempt log.
 
     Start and end are what the trial measured itself (rank 0, from entering the training
     function to saving the model), so both modes time the same span; a trial that failed
@@ -59,7 +59,7 @@ def build_record(
     ended it early without an error; its metrics and end are its last validated epoch's
     (``epochs.jsonl``).
     """
-    directory = trial_dir(settings, hparams.trial_id)
+    directory = trial_dir(settings, proposal.trial_id)
     result: TrialResult | None = (
         read_if_present(TrialResult, directory / RESULT_FILE) if error is None else None
     )
@@ -93,9 +93,12 @@ def build_record(
         for w in workers
     ]
     finished = result is not None or (stopped and bool(epochs))
+    hparams = proposal.hparams
     return TrialRecord(
-        trial_id=hparams.trial_id,
+        trial_id=proposal.trial_id,
         hparams=hparams,
+        proposal=proposal.number,
+        proposed_time=_proposed_time(proposal),
         lr_effective=settings.lr_effective(hparams),
         epochs=settings.epochs,
         batch_size_per_replica=settings.batch_size_per_replica,
@@ -122,6 +125,13 @@ def build_record(
         else (settings.epochs if result is not None else 0),
         startup_seconds=result.startup_seconds if result is not None else None,
     )
+
+
+def _proposed_time(proposal: Proposal) -> float:
+    # A searcher stamps every proposal it asks; one without a time was built by hand.
+    if proposal.proposed_time is None:
+        raise ValueError(f"proposal {proposal.trial_id} has no proposed_time: ask a searcher")
+    return proposal.proposed_time
 
 
 def _metric(metrics: dict[str, float], name: str) -> float | None:
