@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from distmis import backends
 from distmis.run_folder import FAILED_FILE, RESULT_FILE
 from distmis.search import Proposal
-from distmis.sequential_asha import AshaRule, SequentialASHA
+from distmis.sequential_asha import SequentialASHA
 from distmis.train.grid import Outcome, run_grid
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import TrialRecord, trial_dir
@@ -47,20 +47,10 @@ def run_data_parallel(
     return run_grid(settings, grid, on_record, trainer)
 
 
-def asha_rule(settings: TrainSettings) -> AshaRule | None:
-    """ASHA's parameters as experiment mode gives them to Tune's scheduler, or None when
-    the run does not stop configurations early."""
-    if settings.scheduler != "asha":
-        return None
-    return AshaRule.for_epochs(
-        settings.epochs, settings.asha_grace_period, settings.asha_reduction_factor
-    )
-
-
 def stopped_by_asha(settings: TrainSettings, grid: Sequence[Proposal]) -> frozenset[str]:
     """The configurations of ``grid`` that ASHA stopped, as the workers decided: the rule
     replayed over the grid's ``epochs.jsonl`` files (none without ASHA)."""
-    rule = asha_rule(settings)
+    rule = settings.asha
     if rule is None:
         return frozenset()
     folders = {p.trial_id: trial_dir(settings, p.trial_id) for p in grid}
@@ -90,7 +80,7 @@ def train_in_one_group(
     )
     worker_settings = settings.worker_settings().to_dict()
     entries = [settings.grid_entry(proposal) for proposal in pending]  # settings once, below
-    rule = asha_rule(settings)
+    rule = settings.asha
     asha = None if rule is None else {"rule": rule.to_dict(), "grid": [p.trial_id for p in grid]}
     started = time.time()
     trainer = backend.ray_trainer(

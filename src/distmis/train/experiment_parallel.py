@@ -95,18 +95,12 @@ def placement_strategy(settings: TrainSettings, gpus_per_node: int) -> str:
 
 
 def _scheduler(settings: TrainSettings):
-    if settings.scheduler != "asha":
+    rule = settings.asha
+    if rule is None:
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(
-        time_attr="epoch",
-        metric=METRIC,
-        mode="max",
-        max_t=settings.epochs,
-        grace_period=min(settings.asha_grace_period, settings.epochs),
-        reduction_factor=settings.asha_reduction_factor,
-    )
+    return ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", **rule.to_dict())
 
 
 def run_experiment_parallel(

@@ -13,6 +13,7 @@ from distmis.config import train_backends
 from distmis.errors import ConfigError
 from distmis.hparams import HParams
 from distmis.search import Proposal, Search, SearchSettings
+from distmis.sequential_asha import AshaRule
 from distmis.trial import TrialConfig, WorkerSettings
 
 if TYPE_CHECKING:
@@ -267,6 +268,14 @@ class TrainSettings(WorkerSettings):
     def search_record(self, run_dir: Path) -> Search:
         """This run's search, brought to where ``run_dir``'s ``search.jsonl`` left it."""
         return Search.open(self.search, self.search_space, run_dir)
+
+    @property
+    def asha(self) -> AshaRule | None:
+        """ASHA's parameters for this run (the grace period capped at the epochs), or None
+        when it stops nothing early: Tune's scheduler and data mode's rungs both take these."""
+        if self.scheduler != "asha":
+            return None
+        return AshaRule.for_epochs(self.epochs, self.asha_grace_period, self.asha_reduction_factor)
 
     @property
     def mode_spec(self) -> modes.Mode:
