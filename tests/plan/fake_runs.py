@@ -45,6 +45,7 @@ class Timing:
     epoch_gap: float = 0.1
     finish: float = 0.2
     relaunch: float = 1.0
+    spread: float = 0.0  # the first wave's last start after its first
     setup: float = 3.0
     teardown: float = 0.5
 
@@ -97,7 +98,9 @@ def write_run(
     steps = math.ceil(TRAIN_VOLUMES / (BATCH * workers))
     val_steps = math.ceil(VAL_VOLUMES / (BATCH * workers))
     epochs_per_trial = epochs_per_trial or [EPOCHS] * grid
-    free_at = [(START + timing.setup, index) for index in range(slots)]
+    wave = min(slots, len(epochs_per_trial))
+    spacing = timing.spread / (wave - 1) if wave > 1 else 0.0
+    free_at = [(START + timing.setup + index * spacing, index) for index in range(slots)]
     used: set[int] = set()
     rows, ends = [], []
     for index, epochs in enumerate(epochs_per_trial):

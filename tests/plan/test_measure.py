@@ -37,9 +37,17 @@ def test_every_part_of_an_experiment_run_is_read_back(tmp_path):
 
 
 def test_trials_that_never_shared_a_slot_measure_no_relaunch(tmp_path):
-    measured = measure_run(write_run(tmp_path, "experiment", 2))
+    measured = measure_run(write_run(tmp_path, "experiment", 2, timing=Timing(spread=1.5)))
     assert measured.slots == 2 and measured.busy_workers_per_node == 2
     assert measured.relaunch_seconds is None
+    # ... but how far apart the wave's two trials started.
+    assert measured.first_wave_spread_seconds == pytest.approx(1.5)
+
+
+def test_a_run_with_one_slot_measures_no_first_wave_spread(tmp_path):
+    assert (
+        measure_run(write_run(tmp_path, "experiment", 1, grid=3)).first_wave_spread_seconds is None
+    )
 
 
 def test_busy_workers_per_node_spread_over_the_nodes(tmp_path):

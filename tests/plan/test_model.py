@@ -182,7 +182,9 @@ def test_runs_timed_as_the_model_assumes_are_predicted_exactly(tmp_path, mode, g
     data = write_info(tmp_path / "tfrecords")
     # Two busy on a node: training and validation steps 25 % slower; data and hybrid steps
     # add 0.5 s of all-reduce to that.
-    alone, shared = Timing(), Timing(step=1.25, val_step=0.3125)
+    # Two trials started side by side enter their functions 1 s apart (the first wave's
+    # spread; in experiment mode it is hidden behind the first trial's longer start-up).
+    alone, shared = Timing(), Timing(step=1.25, val_step=0.3125, spread=1.0)
     synced = Timing(step=1.75, val_step=0.3125)
     results = tmp_path / "results" / "torch"
     write_run(results, "experiment", 1, timing=alone, tfrecord_dir=data)
@@ -191,7 +193,7 @@ def test_runs_timed_as_the_model_assumes_are_predicted_exactly(tmp_path, mode, g
     write_run(results, "data", 1, timing=alone, tfrecord_dir=data)
     # A hybrid trial is a Tune trial starting a Train group (parts composed of the two):
     # set-up 3 + 3, relaunch 1 + 3, every trial starting up as a group's first (4 s).
-    hybrid = replace(synced, setup=6.0, relaunch=4.0, startup=4.0)
+    hybrid = replace(synced, setup=6.0, relaunch=4.0, startup=4.0, spread=1.0)
     write_run(results, "hybrid", 4, workers=2, timing=hybrid, tfrecord_dir=data)
     plan = run_plan(tmp_path / "results", tmp_path / "plan", gpus=[1, 2, 4], ks=[2])
     rows = {

@@ -67,3 +67,19 @@ def test_teardown_follows_the_last_trial():
     from distmis.plan.schedule import Schedule
 
     assert Schedule((0.0,), (4.0,), (0,), 1, teardown_seconds=0.5).makespan_seconds == 4.5
+
+
+def test_the_first_wave_starts_spread_over_its_measured_spread():
+    # Three fresh slots spread over 2 s start at 0, 1 and 2; the fourth trial takes the slot
+    # that frees first (slot 0 at 3), a used slot, so after the relaunch.
+    schedule = simulate(
+        [3.0, 3.0, 3.0, 1.0], 3, relaunch_seconds=0.5, first_wave_spread_seconds=2.0
+    )
+    assert schedule.start_seconds == (0.0, 1.0, 2.0, 3.5)
+    assert schedule.slot == (0, 1, 2, 0)
+    assert schedule.makespan_seconds == 5.0
+
+
+def test_a_wave_smaller_than_the_slots_spreads_over_its_own_trials():
+    schedule = simulate([1.0, 1.0], 8, first_wave_spread_seconds=3.0)
+    assert schedule.start_seconds == (0.0, 3.0)

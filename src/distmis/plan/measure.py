@@ -16,6 +16,10 @@ a median)::
 
 - ``setup``: the run's start (``makespan_start``) to the first trial entering its training
   function: Ray Tune's or Train's set-up and the first worker processes.
+- ``first_wave_spread``: the first wave's (the first ``slots`` trials') last start minus its
+  first: a wave does not enter its training functions at one instant (Tune launches trial
+  processes one after another, and processes starting together on a node contend). Measured
+  only where two or more trials started on fresh slots.
 - ``relaunch``: a slot's previous trial ending to its next trial entering the function: a
   new Tune trial process (experiment), a new Train worker group (hybrid), or the next
   configuration in the same group (data). Measured only where a slot ran two trials.
@@ -46,6 +50,7 @@ from distmis.plan.runs import MeasuredRun, MeasuredTrial, read_run
 
 PARTS = (
     "setup_seconds",
+    "first_wave_spread_seconds",
     "relaunch_seconds",
     "first_startup_seconds",
     "startup_seconds",
@@ -79,6 +84,7 @@ class RunCalibration:
     makespan_seconds: float
     timed_trials: int
     setup_seconds: float | None
+    first_wave_spread_seconds: float | None
     relaunch_seconds: float | None
     first_startup_seconds: float | None
     startup_seconds: float | None
@@ -120,6 +126,7 @@ def measure(run: MeasuredRun) -> RunCalibration:
         makespan_seconds=run.makespan_seconds,
         timed_trials=len(timed),
         setup_seconds=by_start[0].start_time - run.makespan_start if by_start else None,
+        first_wave_spread_seconds=first_wave_spread(by_start, run.concurrent_trials),
         relaunch_seconds=_median(slot_gaps(by_start, run.concurrent_trials)),
         first_startup_seconds=_startup(first) if first in timed else None,
         startup_seconds=_median(_startup(t) for t in (later or timed)),
@@ -133,6 +140,15 @@ def measure(run: MeasuredRun) -> RunCalibration:
         teardown_seconds=run.makespan_end - max(t.end_time for t in by_start) if by_start else None,
         path=str(run.path),
     )
+
+
+def first_wave_spread(trials: Sequence[MeasuredTrial], slots: int) -> float | None:
+    """Seconds from the first to the last start of the first wave: ``trials`` in start order,
+    the first ``slots`` of them on fresh slots. None where fewer than two started fresh."""
+    wave = trials[:slots]
+    if len(wave) < 2:
+        return None
+    return wave[-1].start_time - wave[0].start_time
 
 
 def slot_gaps(trials: Sequence[MeasuredTrial], slots: int) -> list[float]:

@@ -15,7 +15,8 @@ hardware the step time there), with ``b`` workers training at once on a node:
   (the first trial's start-up is ``first_startup``), its mode's measured parts;
 - the makespan: ``setup + teardown`` around the trials list-scheduled in grid order
   (:func:`~distmis.plan.schedule.simulate`) on 1 (data), G (experiment) or G/k (hybrid)
-  slots, a slot waiting ``relaunch`` between two trials.
+  slots, a slot waiting ``relaunch`` between two trials and the first wave's starts spread
+  over ``first_wave_spread``.
 
 With ASHA (``Study.scheduler == "asha"``) a trial trains the epochs :func:`asha_epochs` gives.
 ``speedup`` is against the same mode at G=1 (for hybrid, experiment mode at G=1: a hybrid
@@ -384,7 +385,12 @@ class _Plan:
         busy = min(min(len(epochs), slots) * workers, self.gpus_per_node)
         self.note("busy_workers_per_node", busy, "config", "min(trials at once x w, per node)")
         durations = self.trial_seconds(mode, workers, busy, epochs)
-        placed = simulate(durations, slots, self.part(mode, busy, "relaunch_seconds"))
+        placed = simulate(
+            durations,
+            slots,
+            self.part(mode, busy, "relaunch_seconds"),
+            self.part(mode, busy, "first_wave_spread_seconds"),
+        )
         setup = self.part(mode, busy, "setup_seconds")
         teardown = self.part(mode, busy, "teardown_seconds")
         schedule = Schedule(

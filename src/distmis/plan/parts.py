@@ -39,6 +39,7 @@ STAND_INS = {
 # cannot show, such as relaunch when every trial had a slot of its own).
 DEFAULT_PARTS = {
     "setup_seconds": 10.0,  # Ray Tune/Train set-up and the first worker processes
+    "first_wave_spread_seconds": 0.0,  # the first wave starting at one instant
     "relaunch_seconds": 5.0,  # a new trial process
     "first_startup_seconds": 5.0,  # imports, data, model
     "startup_seconds": 5.0,
