@@ -1,13 +1,16 @@
 """Random search and TPE through the runners (issue 27): the same seed trains the same
 configurations, each recorded with its proposal number and time; a killed TPE run resumes the
-same study without repeating or losing a configuration."""
+same study without repeating or losing a configuration, in the local runner and under Ray
+Tune (experiment mode)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +19,9 @@ import pytest
 import yaml
 
 from distmis.config import validate_config
-from distmis.run_folder import SEARCH_FILE, read_search_events
+from distmis.hparams import HParams
+from distmis.run_folder import SEARCH_FILE, read_attempts, read_search_events
+from distmis.search import Proposal
 from distmis.train.settings import TrainSettings
 from tests.conftest import synthetic_tfrecords
 from tests.train.test_local import run_cli
@@ -151,3 +156,92 @@ def test_random_search_in_experiment_mode_trains_the_same_seeded_samples(tfrecor
     assert {r["status"] for r in rows} == {"ok"}
     assert summary["search"] == {"algorithm": "random", "samples": 3, "seed": 7}
     assert summary["trial_count"] == 3
+
+
+def asked_trial_ids(out: Path) -> dict[int, str]:
+    """search.jsonl's asks: proposal number -> the trial id its params make."""
+    asks = [e for e in read_search_events(out) if e.event == "ask"]
+    assert len({e.number for e in asks}) == len(asks), "a number asked twice"
+    return {
+        e.number: Proposal(e.number, HParams.from_dict(e.params or {}), sampled=True).trial_id
+        for e in asks
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "k"), [("experiment", None), ("hybrid", 2)])
+def test_tpe_under_tune_is_proposed_by_its_searcher(tfrecords, tmp_path, mode, k):
+    """Three proposals from Tune's numbered Optuna searcher (experiment: two trials at once;
+    hybrid: one at a time, each a Train run of two workers): three distinct s### trials, each
+    recorded as asked (search.jsonl) and told how it ended."""
+    from distmis.train.run import run_training
+
+    config = validate_config({"train": train_section(TPE)})
+    settings = TrainSettings.from_config(
+        config["train"],
+        mode=mode,
+        gpus=2,
+        gpus_per_trial=k,
+        tfrecord_dir=tfrecords,
+        out_dir=tmp_path / mode,
+    )
+    assert settings.tune_proposes
+    started = time.time()
+    summary = run_training(settings)
+
+    rows = trials_rows(settings.out_dir)
+    assert [int(r["proposal"]) for r in rows] == [0, 1, 2]
+    assert [r["trial_id"][:5] for r in rows] == ["s000_", "s001_", "s002_"]
+    assert len({(float(r["lr"]), r["norm"]) for r in rows}) == 3
+    assert {r["status"] for r in rows} == {"ok"}
+    for row in rows:
+        assert started <= float(row["proposed_time"]) <= float(row["start_time"])
+    assert asked_trial_ids(settings.out_dir) == {int(r["proposal"]): r["trial_id"] for r in rows}
+    told = sorted(
+        (e.number, e.state, e.value)
+        for e in read_search_events(settings.out_dir)
+        if e.event == "tell"
+    )
+    assert told == [(int(r["proposal"]), "COMPLETE", float(r["val_dice"])) for r in rows]
+    assert summary["search"] == {"algorithm": "tpe", "samples": 3, "seed": 11}
+    assert summary["trial_count"] == 3
+
+
+@pytest.mark.slow
+def test_a_killed_tpe_experiment_run_is_restored_with_its_searcher(tfrecords, tmp_path):
+    """The whole job SIGKILLed once a trial has finished, then run again: Tune restores its
+    searcher, so the three proposals keep their numbers, none is asked twice or lost, and the
+    trial that finished before the kill is not trained again."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"train": train_section(TPE)}))
+    out = tmp_path / "exp"
+    command = [sys.executable, "-m", "distmis.cli", "train", "--mode", "experiment", "--gpus",
+               "2", "--data", str(tfrecords), "--out", str(out), "--config", str(config)]  # fmt: skip
+    job = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 300
+        while not list((out / "trials").glob("*/result.json")):
+            assert job.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline, "no trial ever finished"
+            time.sleep(0.2)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # like a SLURM time limit: the whole job goes
+        job.wait()
+    finished = [p.parent for p in (out / "trials").glob("*/result.json")]
+    assert finished and len(finished) < 3, finished
+    before = {folder.name: (folder / "result.json").read_text() for folder in finished}
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "restoring the interrupted experiment" in rerun.stderr
+    rows = trials_rows(out)
+    assert [int(r["proposal"]) for r in rows] == [0, 1, 2]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert asked_trial_ids(out) == {int(r["proposal"]): r["trial_id"] for r in rows}
+    for name, result in before.items():  # trained once, before the kill
+        assert (out / "trials" / name / "result.json").read_text() == result
+        assert len(read_attempts(out / "trials" / name)) == 1, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trial_count"] == 3 and summary["resumed"] is True

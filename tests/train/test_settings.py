@@ -243,9 +243,16 @@ def test_the_search_is_read_from_the_config_and_random_search_is_a_seeded_list(t
         settings(tmp_path, seed=5, search={"algorithm": "random", "samples": 3}).configurations()
         != first
     )
-    # TPE proposes as results arrive: only the local runner's sequential loop asks it yet.
+    # TPE proposes as results arrive: the local runner and Ray Tune ask it; data mode not yet.
     tpe = settings(tmp_path, search={"algorithm": "tpe", "samples": 3, "startup_trials": 1})
     with pytest.raises(ConfigError, match="data mode with the Ray runner does not run it yet"):
         tpe.check_search_runs()
+    assert not tpe.tune_proposes
+    # Experiment and hybrid mode: Ray Tune's searcher proposes (distmis.train.tune_search).
+    for mode in ("experiment", "hybrid"):
+        under_tune = replace(tpe, mode=mode, gpus_per_trial=2 if mode == "hybrid" else 1)
+        under_tune.check_search_runs()
+        assert under_tune.tune_proposes
+    assert not replace(tpe, mode="experiment", gpus=1, runner="local").tune_proposes
     with pytest.raises(ValueError, match="TPE proposes as results arrive"):
         tpe.configurations()

@@ -10,6 +10,10 @@ and experiment mode are its two ends, k = G and k = 1. With ``train.scheduler: a
 their rung; they are recorded as ``stopped``. A stopped hybrid trial ends its Train run
 before its process goes, so its workers give their resources back to the next trial
 (:func:`distmis.train.report_forwarding.stoppable`).
+
+With ``train.search.algorithm: tpe`` Tune's searcher proposes the configurations as slots
+free up, instead of a grid_search over a list (:mod:`distmis.train.tune_search`); the
+trainables are the same, each handed a numbered trial entry.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 from distmis import backends
 from distmis.run_folder import RESULT_FILE
-from distmis.search import Proposal
-from distmis.train.grid import Outcome, run_grid
+from distmis.search import Proposal, SearchSettings
+from distmis.train.grid import Outcome, record_outcome, run_grid
 from distmis.train.settings import TrainSettings
-from distmis.train.trials import TrialRecord, trial_dir
+from distmis.train.trials import TrialRecord, load_record, trial_dir
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +109,19 @@ def _scheduler(settings: TrainSettings):
 
 def run_experiment_parallel(
     settings: TrainSettings,
-    grid: Sequence[Proposal],
+    grid: Sequence[Proposal] | SearchSettings,
     on_record: Callable[[TrialRecord], None],
 ) -> list[TrialRecord]:
-    """Experiment mode: the grid as Tune trials, at most G at a time, each with one GPU (or
-    a CPU share)."""
+    """Experiment mode: the grid (or TPE's proposals, ``grid`` its SearchSettings) as Tune
+    trials, at most G at a time, each with one GPU (or a CPU share)."""
     from ray import tune
 
     trainable = tune.with_resources(
         _tune_trainable,
         {"cpu": settings.cpus_per_worker, "gpu": 1 if settings.use_gpu else 0},
     )
+    if isinstance(grid, SearchSettings):
+        return search_with_tune(settings, trainable, {}, settings.max_failures, on_record)
     tune_pending = functools.partial(
         train_with_tune, settings, trainable, {}, settings.max_failures
     )
@@ -124,11 +130,11 @@ def run_experiment_parallel(
 
 def run_hybrid_parallel(
     settings: TrainSettings,
-    grid: Sequence[Proposal],
+    grid: Sequence[Proposal] | SearchSettings,
     on_record: Callable[[TrialRecord], None],
 ) -> list[TrialRecord]:
-    """Hybrid mode: the grid as Tune trials, at most G/k at a time, each a Ray Train run of
-    k workers (:func:`_hybrid_trainable`)."""
+    """Hybrid mode: the grid (or TPE's proposals, ``grid`` its SearchSettings) as Tune trials,
+    at most G/k at a time, each a Ray Train run of k workers (:func:`_hybrid_trainable`)."""
     from ray import tune
 
     from distmis.train.report_forwarding import stoppable
@@ -148,6 +154,8 @@ def run_hybrid_parallel(
         "storage": str((settings.out_dir / "ray" / HYBRID_RUNS).resolve()),
     }
     # Train retries a failing run itself; Tune must not start it over on top of that.
+    if isinstance(grid, SearchSettings):
+        return search_with_tune(settings, trainable, {"hybrid": hybrid}, 0, on_record)
     tune_pending = functools.partial(train_with_tune, settings, trainable, {"hybrid": hybrid}, 0)
     return run_grid(settings, grid, on_record, tune_pending)
 
@@ -169,28 +177,10 @@ def train_with_tune(
     """
     from ray import tune
 
-    storage = (settings.out_dir / "ray").resolve()
-    experiment_path = storage / EXPERIMENT_NAME
-    run_config = tune.RunConfig(
-        name=EXPERIMENT_NAME,
-        storage_path=str(storage),
-        failure_config=tune.FailureConfig(max_failures=tune_failures),
-        verbose=1,
-    )
     started = time.time()
-    if tune.Tuner.can_restore(str(experiment_path)):
-        # The restored experiment holds its whole first grid; the trials recorded since
-        # (not pending) are left out below.
-        log.info("restoring the interrupted experiment in %s", experiment_path)
-        tuner = tune.Tuner.restore(
-            str(experiment_path),
-            trainable=trainable,
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-        )
-    else:
-        tuner = tune.Tuner(
+
+    def new_tuner(run_config):
+        return tune.Tuner(
             trainable,
             param_space={
                 # The settings once, not in every grid entry: Tune shows the entries as the
@@ -206,21 +196,101 @@ def train_with_tune(
             ),
             run_config=run_config,
         )
-    result_grid = tuner.fit()
+
+    # A restored experiment holds its whole first grid; the trials recorded since (not
+    # pending) are left out below.
+    result_grid = _tuner(settings, trainable, tune_failures, new_tuner).fit()
     by_id = {p.trial_id: p for p in pending}
     for result in result_grid:
         trial_id = result.config["trial"]["trial_id"]
         if trial_id not in by_id:
             continue  # recorded by an earlier run of this experiment: not pending
-        error = None
-        if result.error is not None:
-            error = f"{type(result.error).__name__}: {result.error}"
-        finished = (trial_dir(settings, trial_id) / RESULT_FILE).is_file()
-        yield Outcome(
-            by_id[trial_id],
-            error,
-            started,
-            time.time(),
-            # Ended without an error and without finishing: the scheduler stopped it.
-            stopped=error is None and not finished and settings.scheduler != "none",
+        yield _outcome(settings, by_id[trial_id], result, started)
+
+
+def search_with_tune(
+    settings: TrainSettings,
+    trainable,
+    extra_space: dict,
+    tune_failures: int,
+    on_record: Callable[[TrialRecord], None],
+) -> list[TrialRecord]:
+    """Experiment and hybrid mode with TPE: Tune's numbered Optuna searcher proposes
+    ``settings.search.samples`` configurations, at most ``settings.concurrent_trials``
+    training at once (:mod:`distmis.train.tune_search`); each record comes when Tune's run
+    ends, all of them back in proposal order. An interrupted run is restored with its
+    searcher; a trial recorded by an earlier run keeps its record."""
+    from ray import tune
+
+    from distmis.train.tune_search import checkpoint_every_step, proposal_of, tpe_search_alg
+
+    started = time.time()
+
+    def new_tuner(run_config):
+        return tune.Tuner(
+            trainable,
+            # Only fixed values: the searcher adds each trial's entry (its space is its own).
+            param_space={"settings": settings.worker_settings().to_dict(), **extra_space},
+            tune_config=tune.TuneConfig(
+                search_alg=tpe_search_alg(settings),
+                num_samples=settings.search.samples,
+                scheduler=_scheduler(settings),
+            ),
+            run_config=run_config,
         )
+
+    with checkpoint_every_step():
+        result_grid = _tuner(settings, trainable, tune_failures, new_tuner).fit()
+    records: dict[int, TrialRecord] = {}
+    for result in result_grid:
+        if "proposal" not in result.config:
+            continue  # never given a configuration (the searcher had none to propose)
+        proposal = proposal_of(result.config)
+        record = load_record(settings, proposal.trial_id)
+        if record is None:
+            outcome = _outcome(settings, proposal, result, started)
+            record = record_outcome(settings, outcome, on_record)
+        records[proposal.number] = record
+    return [records[number] for number in sorted(records)]
+
+
+def _tuner(settings: TrainSettings, trainable, tune_failures: int, new_tuner):
+    """The interrupted experiment restored (finished trials kept, unfinished ones resumed
+    from their last checkpoint, its searcher as it was saved), or ``new_tuner(run_config)``."""
+    from ray import tune
+
+    storage = (settings.out_dir / "ray").resolve()
+    experiment_path = storage / EXPERIMENT_NAME
+    if tune.Tuner.can_restore(str(experiment_path)):
+        log.info("restoring the interrupted experiment in %s", experiment_path)
+        return tune.Tuner.restore(
+            str(experiment_path),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    return new_tuner(
+        tune.RunConfig(
+            name=EXPERIMENT_NAME,
+            storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=tune_failures),
+            verbose=1,
+        )
+    )
+
+
+def _outcome(settings: TrainSettings, proposal: Proposal, result, started: float) -> Outcome:
+    """How Tune's ``result`` for ``proposal`` ended."""
+    error = None
+    if result.error is not None:
+        error = f"{type(result.error).__name__}: {result.error}"
+    finished = (trial_dir(settings, proposal.trial_id) / RESULT_FILE).is_file()
+    return Outcome(
+        proposal,
+        error,
+        started,
+        time.time(),
+        # Ended without an error and without finishing: the scheduler stopped it.
+        stopped=error is None and not finished and settings.scheduler != "none",
+    )

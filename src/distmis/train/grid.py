@@ -3,7 +3,10 @@
 What a runner trains is a list of proposals (:class:`distmis.search.Proposal`: number,
 hyperparameters, trial id): the grid's combinations or random search's samples, known before
 training starts (:meth:`TrainSettings.configurations`). TPE proposes one configuration at a
-time from the results told so far; its sequential loop is :func:`run_search`.
+time from the results told so far: the local runner's sequential loop is :func:`run_search`;
+under Ray Tune (experiment, hybrid) Tune's searcher asks
+(:func:`distmis.train.experiment_parallel.search_with_tune`), and its records still come from
+:func:`record_outcome`.
 
 The local runner and each Ray mode differ only in how they train the configurations that have
 no record yet; everything around that is :func:`run_grid`'s:

@@ -35,7 +35,7 @@ from distmis.run_folder import (
     RunState,
     RunSummary,
 )
-from distmis.search import Proposal, Search
+from distmis.search import Proposal, Search, SearchSettings
 from distmis.shards import node_cache
 from distmis.shards.info import DatasetInfo
 from distmis.train.preflight import require_gpus
@@ -138,10 +138,14 @@ def _run_with_ray(settings: TrainSettings, configurations, on_record):
     return getattr(importlib.import_module(module), function)(settings, configurations, on_record)
 
 
-def _configurations(settings: TrainSettings) -> list[Proposal] | Search:
+def _configurations(settings: TrainSettings) -> list[Proposal] | Search | SearchSettings:
     """What the runner trains: the grid's or random search's whole list, drawn now (random
     search's recorded in, or on a resume replayed from, ``search.jsonl``); for TPE the search
-    itself, which the runner asks one configuration at a time."""
+    itself, which the local runner asks one configuration at a time, or under Ray Tune the
+    search settings alone: Tune's searcher proposes, and its saved state, not the record,
+    resumes it (:mod:`distmis.train.tune_search`)."""
+    if settings.tune_proposes:
+        return settings.search
     if settings.search.algorithm == "tpe":
         return settings.search_record(settings.out_dir)
     return settings.configurations(settings.out_dir)

@@ -257,13 +257,27 @@ class TrainSettings(WorkerSettings):
         """ConfigError when this run's runner cannot run its search algorithm. Checked when
         the run starts, not in ``__post_init__``: the CLI picks the runner after the config.
 
-        TPE asks for each configuration after the previous results are told; only the local
-        runner's sequential loop does that yet (issue 27)."""
-        if self.search.algorithm == "tpe" and self.runner != "local":
+        TPE asks for each configuration as results arrive: the local runner's sequential
+        loop and Ray Tune's searcher (experiment, hybrid) do; a mode's ``tpe_refused`` says
+        why it cannot yet (data mode, issue 27)."""
+        refused = self.mode_spec.tpe_refused
+        if self.search.algorithm == "tpe" and self.runner == "ray" and refused:
             raise ConfigError(
                 f"train.search.algorithm tpe: {self.mode} mode with the Ray runner does not run "
-                "it yet; use --runner local or train.search.algorithm random"
+                f"it yet ({refused}); use --mode experiment or hybrid, --runner local, or "
+                "train.search.algorithm random"
             )
+
+    @property
+    def tune_proposes(self) -> bool:
+        """Whether Ray Tune's searcher proposes this run's configurations (TPE in experiment
+        and hybrid mode, :mod:`distmis.train.tune_search`), not a list or a
+        :class:`~distmis.search.Search` replayed from ``search.jsonl``."""
+        return (
+            self.search.algorithm == "tpe"
+            and self.runner == "ray"
+            and self.mode_spec.ray_train != "grid"  # data mode: one Train run, no Tune
+        )
 
     def search_record(self, run_dir: Path) -> Search:
         """This run's search, brought to where ``run_dir``'s ``search.jsonl`` left it."""
