@@ -554,9 +554,9 @@ def test_the_search_record_round_trips_and_drops_only_a_torn_last_line(tmp_path:
 
     assert read_search_events(tmp_path) == []
     events = [
-        SearchEvent.ask(0, {"lr": 0.001, "norm": "batch", "beta_2": 0.9, "amsgrad": True}),
+        SearchEvent.ask(0, {"lr": 0.001, "norm": "batch", "beta_2": 0.9, "amsgrad": True}, 10.0),
         SearchEvent.tell(0, 0.25, "COMPLETE", {1: 0.1, 2: 0.25}),
-        SearchEvent.ask(1, {"lr": 0.002, "norm": "group", "beta_2": 0.9, "amsgrad": False}),
+        SearchEvent.ask(1, {"lr": 0.002, "norm": "group", "beta_2": 0.9, "amsgrad": False}, 12.5),
     ]
     for event in events:
         append_search_event(tmp_path, event)

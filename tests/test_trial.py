@@ -14,7 +14,6 @@ from distmis.config import validate_config
 from distmis.hparams import HParams
 from distmis.run_folder import CheckpointState, FailedAttempt, TrialResult, WorkerInfo
 from distmis.search import Proposal
-from distmis.sequential_asha import AshaRule
 from distmis.train.settings import TrainSettings
 from distmis.trial import (
     InjectedFailure,
@@ -24,7 +23,6 @@ from distmis.trial import (
     TrialSteps,
     run_attempt,
     run_trial,
-    train_group_grid,
     train_loop,
 )
 
@@ -223,131 +221,6 @@ def test_a_failing_trial_records_its_error_and_raises(tmp_path, monkeypatch):
         train_loop(CountingSteps)(trial.to_dict())
     failure = FailedAttempt.read(trial.directory / "failed.json")
     assert failure.error.startswith("InjectedFailure: trial lr=0.001")
-
-
-def grid(tmp_path: Path, epochs: int = 1) -> tuple[list[TrialConfig], dict]:
-    """Two configurations of a data-mode run on 2 workers, one retry each, and the
-    ``config`` Ray Train hands every worker (as data_parallel builds it)."""
-    config = validate_config({"train": {"backend": "torch", "epochs": epochs, "max_failures": 1}})
-    settings = TrainSettings.from_config(
-        config["train"], mode="data", gpus=2, tfrecord_dir=tmp_path, out_dir=tmp_path / "out"
-    )
-    proposals = [
-        Proposal(number, HParams(lr=lr, norm="batch", beta_2=0.99, amsgrad=False), sampled=False)
-        for number, lr in enumerate((1e-3, 5e-3))
-    ]
-    trials = [settings.trial_config(p) for p in proposals]
-    entries = [settings.grid_entry(p) for p in proposals]
-    worker = settings.worker_settings().to_dict()
-    return trials, {"trials": entries, "settings": worker, "submitted_at": 50.0, "asha": None}
-
-
-def log_attempts(trial: TrialConfig, *times: float) -> None:
-    for started in times:
-        run_folder.log_attempt(trial.directory, started)
-
-
-def trained(tmp_path: Path) -> list[str]:
-    return sorted(p.parent.parent.name for p in (tmp_path / "out").glob("trials/*/workers/*.json"))
-
-
-def test_rank_zero_skips_a_configuration_whose_attempts_are_used_up(tmp_path):
-    (first, second), config = grid(tmp_path)
-    log_attempts(first, 10.0, 20.0)  # 1 + max_failures, before this group's fit (50)
-    runner = RecordingRunner(rank=0, world_size=2)
-    train_group_grid(config, runner.runner, CountingSteps, started=60.0)
-    assert runner.broadcasts == [(False, (0,))]
-    assert trained(tmp_path) == [second.trial_id]
-    # Not restarted: the first configuration trained counts its start-up from fit().
-    result = TrialResult.read(second.directory / "result.json")
-    assert result.startup_seconds == pytest.approx(result.fit_start_time - 50.0)
-
-
-def test_rank_zero_sees_a_restarted_group_by_an_attempt_since_fit(tmp_path):
-    (first, _), config = grid(tmp_path)
-    log_attempts(first, 55.0)  # an attempt after fit (50): Ray restarted the group
-    runner = RecordingRunner(rank=0, world_size=2)
-    train_group_grid(config, runner.runner, CountingSteps, started=60.0)
-    assert runner.broadcasts == [(True, ())]
-    result = TrialResult.read(first.directory / "result.json")
-    assert result.startup_seconds == pytest.approx(result.fit_start_time - 60.0)
-
-
-def test_other_ranks_train_what_rank_zero_decided_not_what_they_count(tmp_path):
-    # Rank 0 decided with one attempt logged, then logged its second as it started: a rank
-    # reading the log now counts the attempts used up, and skipping would leave rank 0
-    # alone in the configuration's collectives.
-    (first, second), config = grid(tmp_path)
-    log_attempts(first, 10.0, 55.0)
-    runner = RecordingRunner(rank=1, world_size=2, rank_zero_says=(True, ()))
-    train_group_grid(config, runner.runner, CountingSteps, started=60.0)
-    assert runner.broadcasts == [None]  # rank 1 decides nothing itself
-    assert trained(tmp_path) == sorted([first.trial_id, second.trial_id])
-    # and the other way round: rank 0 said skip, though this rank's count says train
-    shutil.rmtree(tmp_path / "out")
-    runner = RecordingRunner(rank=1, world_size=2, rank_zero_says=(False, (1,)))
-    train_group_grid(config, runner.runner, CountingSteps, started=60.0)
-    assert trained(tmp_path) == [first.trial_id]
-
-
-class LrSteps(CountingSteps):
-    """Validation Dice 0.2 per epoch at lr 1e-3, a fifth of that at 5e-3."""
-
-    def __init__(self, trial: TrialConfig, runner: Runner) -> None:
-        super().__init__(trial, runner)
-        self.scale = 1e-3 / trial.hparams.lr
-
-    def validate(self, epoch: int) -> dict[str, float]:
-        return {"val_loss": 0.9, "val_dice": 0.2 * self.epochs_trained * self.scale}
-
-
-class ScriptedRunner(RecordingRunner):
-    """A rank other than 0, told rank 0's broadcasts in turn."""
-
-    def __init__(self, *rank_zero_says) -> None:
-        super().__init__(rank=1, world_size=2)
-        self.says = list(rank_zero_says)
-
-    def broadcast(self, value):
-        self.broadcasts.append(value)
-        return self.says.pop(0)
-
-
-def asha_grid(tmp_path: Path) -> tuple[list[TrialConfig], dict]:
-    """grid() over 3 epochs with ASHA (rungs at epochs 1 and 2), as data_parallel builds it."""
-    trials, config = grid(tmp_path, epochs=3)
-    rule = AshaRule(max_t=3, grace_period=1, reduction_factor=2)
-    return trials, {
-        **config,
-        "asha": {"rule": rule.to_dict(), "grid": [t.trial_id for t in trials]},
-    }
-
-
-def test_rank_zero_stops_a_configuration_that_trails_its_rung_and_a_restart_skips_it(tmp_path):
-    (good, hopeless), config = asha_grid(tmp_path)
-    runner = RecordingRunner(rank=0, world_size=2)
-    train_group_grid(config, runner.runner, LrSteps, started=60.0)
-    # good: asked after epochs 1 and 2 (not 3, its last); hopeless: 0.04 < 0.2 at rung 1
-    assert runner.broadcasts == [(False, ()), False, False, True]
-    assert (good.directory / "result.json").is_file()
-    assert not (hopeless.directory / "result.json").is_file()
-    assert [e.epoch for e in run_folder.read_epochs(hopeless.directory)] == [1]
-    assert len(runner.reports) == 3  # good's epochs; the stopped epoch is not reported
-    assert LrSteps.last.board.closed
-    # Ray restarts the group: rank 0 rebuilds the rungs from epochs.jsonl and skips it.
-    again = RecordingRunner(rank=0, world_size=2)
-    train_group_grid(config, again.runner, LrSteps, started=70.0)
-    assert again.broadcasts == [(True, (1,))]
-    assert [e.epoch for e in run_folder.read_epochs(hopeless.directory)] == [1]
-
-
-def test_other_ranks_stop_when_rank_zero_says_so(tmp_path):
-    (good, hopeless), config = asha_grid(tmp_path)
-    runner = ScriptedRunner((False, ()), False, False, True)
-    train_group_grid(config, runner.runner, LrSteps, started=60.0)
-    assert runner.broadcasts == [None, None, None, None]  # rank 1 decides nothing itself
-    assert LrSteps.last.epochs_trained == 1  # hopeless's steps, left after epoch 1
-    assert len(runner.reports) == 3
 
 
 class FailingSteps(CountingSteps):

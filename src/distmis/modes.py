@@ -39,8 +39,6 @@ class Mode:
     ray_train: str | None = None
     # Why Tune's ASHA cannot stop configurations in this mode; None where it can.
     asha_refused: str | None = None
-    # Why the Ray runner cannot search this mode with TPE yet; None where it can.
-    tpe_refused: str | None = None
     # The mode whose one-GPU run is this mode's speedup baseline (hybrid: experiment at G = 1).
     baseline: str = ""
 
@@ -89,9 +87,6 @@ DATA = Mode(
     # ASHA's rule applied by the workers themselves, configuration after configuration
     # (distmis.sequential_asha), since no Tune scheduler runs in data mode.
     asha_refused=None,
-    # Its workers would ask on rank 0 inside the one group's loop and broadcast each proposal
-    # (issue 27); not wired in yet.
-    tpe_refused="its one worker group's loop does not ask a searcher yet",
     baseline="data",
 )
 EXPERIMENT = Mode(

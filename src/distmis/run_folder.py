@@ -72,7 +72,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -738,13 +738,15 @@ SEARCH_STATES = ("COMPLETE", "PRUNED", "FAIL")
 class SearchEvent(_Versioned):
     """One line of ``search.jsonl``: the search proposed configuration ``number`` (``ask``,
     with its ``params``, written before it trains) or learnt how it did (``tell``, with its
-    ``value``, ``state`` and the validation Dice of each epoch it reported, ``steps``). The
-    fields an event does not have are ``null``."""
+    ``value``, ``state`` and the validation Dice of each epoch it reported, ``steps``), at
+    ``time`` (epoch seconds; an ask's is the proposal's ``proposed_time``, which a resumed
+    search keeps). The fields an event does not have are ``null``."""
 
     FORMAT: ClassVar[str] = "distmis-search-proposal/1"
 
     event: str
     number: int
+    time: float
     params: Mapping[str, Any] | None
     value: float | None
     state: str | None
@@ -765,8 +767,8 @@ class SearchEvent(_Versioned):
             raise ValueError("an ask event has no value, state or steps")
 
     @classmethod
-    def ask(cls, number: int, params: Mapping[str, Any]) -> SearchEvent:
-        return cls("ask", number, dict(params), None, None, None)
+    def ask(cls, number: int, params: Mapping[str, Any], time: float) -> SearchEvent:
+        return cls("ask", number, time, dict(params), None, None, None)
 
     @classmethod
     def tell(
@@ -775,9 +777,14 @@ class SearchEvent(_Versioned):
         value: float | None,
         state: str,
         steps: Mapping[int, float] | None = None,
+        time: float | None = None,
     ) -> SearchEvent:
+        """``time``: when it was told (None: now)."""
+        import time as clock
+
         plain_steps = {str(step): float(v) for step, v in (steps or {}).items()}
-        return cls("tell", number, None, value, state, plain_steps)
+        told = clock.time() if time is None else time
+        return cls("tell", number, told, None, value, state, plain_steps)
 
 
 def append_search_event(run_dir: Path, event: SearchEvent) -> None:
@@ -791,6 +798,12 @@ def append_search_event(run_dir: Path, event: SearchEvent) -> None:
         fh.write(json.dumps(event.to_json()) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def rewrite_search_events(run_dir: Path, events: Sequence[SearchEvent]) -> None:
+    """Replace the run's ``search.jsonl`` with ``events`` at once (atomically)."""
+    with atomic_path(Path(run_dir) / SEARCH_FILE) as tmp:
+        tmp.write_text("".join(json.dumps(e.to_json()) + "\n" for e in events))
 
 
 def read_search_events(run_dir: Path) -> list[SearchEvent]:

@@ -47,6 +47,7 @@ from distmis.run_folder import (
     SEARCH_STATES,
     SearchEvent,
     append_search_event,
+    read_epochs,
     read_search_events,
     rule_for,
 )
@@ -138,8 +139,8 @@ class Proposal:
     is exactly :attr:`HParams.trial_id`, what results folders have always been named by).
 
     ``proposed_time``: when it was handed out (epoch seconds; trials.csv's ``proposed_time``).
-    A proposal replayed from ``search.jsonl`` after a resume is stamped when it is replayed.
-    It is not part of a proposal's identity: the same seed proposes equal proposals."""
+    A proposal replayed from ``search.jsonl`` keeps the time its ask was recorded at. It is
+    not part of a proposal's identity: the same seed proposes equal proposals."""
 
     number: int
     hparams: HParams
@@ -334,6 +335,7 @@ class Search:
                         f"{path}: proposal {event.number} was {recorded.to_dict()}, asked again "
                         f"it is {proposal.number}: {proposal.hparams.to_dict()}; {fix}"
                     )
+                proposal = replace(proposal, proposed_time=event.time)
                 self._open[proposal.number] = proposal
                 self.asked.append(proposal)
             else:
@@ -348,9 +350,9 @@ class Search:
         self.pending = [self._open[number] for number in sorted(self._open)]
         if events:
             log.info(
-                "search.jsonl: resumed %s after %d proposals, %d to train again",
+                "search.jsonl: replayed %d %s proposals, %d of them not told yet",
+                len(self.asked),
                 type(self.searcher).__name__,
-                len(self._open) + sum(e.event == "tell" for e in events),
                 len(self.pending),
             )
 
@@ -360,7 +362,10 @@ class Search:
         if proposal is not None:
             self._open[proposal.number] = proposal
             self.asked.append(proposal)
-            self._record(SearchEvent.ask(proposal.number, proposal.hparams.to_dict()))
+            assert proposal.proposed_time is not None, "Searcher.ask stamps it"
+            self._record(
+                SearchEvent.ask(proposal.number, proposal.hparams.to_dict(), proposal.proposed_time)
+            )
         return proposal
 
     def ask_all(self) -> list[Proposal]:
@@ -405,3 +410,9 @@ class Search:
     def _record(self, event: SearchEvent) -> None:
         if self.run_dir is not None:
             append_search_event(self.run_dir, event)
+
+
+def epoch_steps(trial_dir: Path) -> dict[int, float]:
+    """The validation Dice of every epoch a trial validated (its ``epochs.jsonl``), by epoch:
+    the ``steps`` told with its result."""
+    return {record.epoch: record.val_dice for record in read_epochs(trial_dir)}

@@ -64,11 +64,9 @@ from distmis.run_folder import (
     WorkerInfo,
     append_epoch,
     log_attempt,
-    read_attempts,
-    trial_folder,
     worker_path,
 )
-from distmis.sequential_asha import AshaRule, SequentialASHA
+from distmis.search import Proposal
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +160,19 @@ class TrialConfig:
     # When the runner asked for this configuration (epoch seconds; None: when the trial's
     # function was entered): the start of its startup_seconds.
     submitted_at: float | None = None
+
+    @classmethod
+    def of_proposal(
+        cls, proposal: Proposal, settings: WorkerSettings, lr_scale: int
+    ) -> TrialConfig:
+        """``proposal``'s trial (folder ``trials/<trial id>``), its lr times ``lr_scale``
+        (:attr:`distmis.train.settings.TrainSettings.lr_scale`)."""
+        return cls(
+            trial_id=proposal.trial_id,
+            hparams=proposal.hparams,
+            lr_effective=proposal.hparams.lr * lr_scale,
+            settings=settings,
+        )
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TrialConfig:
@@ -345,135 +356,6 @@ def train_loop(build_steps: StepsBuilder) -> Callable[[dict], None]:
         run_attempt(trial, Runner.from_ray(trial.settings.mode), build_steps, started)
 
     return train_loop_per_worker
-
-
-def train_grid(build_steps: StepsBuilder) -> Callable[[dict], None]:
-    """The per-worker function of a Ray Train run that trains a whole grid, one configuration
-    after another, in one worker group (data mode): the group starts once per run, not once
-    per configuration.
-
-    ``config``: ``{"trials": [TrialConfig dicts without settings], "settings": ...,
-    "submitted_at": t, "asha": None or {"rule": AshaRule dict, "grid": [every trial id of
-    the grid, in grid order]}}``. Each configuration is its own trial, with its own fresh
-    model, seed, files and checkpoints (a checkpoint is only restored into the configuration
-    that wrote it). A finished one is reported again, not retrained; one whose attempts are
-    used up (``1 + max_failures``) is skipped, so it stays failed. Any other error propagates:
-    Ray Train restarts the whole group (a rank that failed alone may have left the others
-    inside a collective), which skips what finished and retries this configuration from its
-    last checkpoint.
-
-    With ``asha``, rank 0 keeps ASHA's rungs (:class:`~distmis.sequential_asha.SequentialASHA`,
-    rebuilt from the grid's ``epochs.jsonl`` files whenever the group starts) and decides
-    after each validated epoch whether the configuration stops; a stopped one leaves no
-    ``result.json`` and is skipped when the group restarts.
-    """
-
-    def train_grid_per_worker(config: dict) -> None:
-        train_group_grid(config, Runner.from_ray("data"), build_steps, time.time())
-
-    return train_grid_per_worker
-
-
-def train_group_grid(
-    config: dict, runner: Runner, build_steps: StepsBuilder, started: float
-) -> None:
-    """One worker's part of a data-mode grid (:func:`train_grid`, whose ``config`` it takes).
-
-    Rank 0 decides, from the attempt logs, which configurations this group skips (attempts
-    used up, or stopped by ASHA before a restart) and whether Ray restarted the group, and
-    every rank takes its decision: rank 0 logs an attempt as it starts a configuration, so a
-    rank counting for itself could skip what rank 0 trains and leave it waiting in a
-    collective for good. Likewise only rank 0 holds ASHA's rungs, and every rank stops a
-    configuration when it says so (:func:`_asha_stop`).
-    """
-    settings = config["settings"]
-    trials = [TrialConfig.from_dict({**entry, "settings": settings}) for entry in config["trials"]]
-    submitted = config["submitted_at"]
-    asha = None
-    decision = None
-    if runner.rank == 0:
-        if config["asha"] is not None:
-            out_dir = Path(settings["out_dir"])
-            asha = SequentialASHA.from_trial_folders(
-                AshaRule.from_dict(config["asha"]["rule"]),
-                {trial_id: trial_folder(out_dir, trial_id) for trial_id in config["asha"]["grid"]},
-            )
-        restarted = any(attempt_times(trial, after=submitted) for trial in trials)
-        skipped = []
-        for index, trial in enumerate(trials):
-            if (trial.directory / RESULT_FILE).is_file():
-                continue
-            if len(attempt_times(trial)) > trial.settings.max_failures:
-                log.info("%s used all its attempts; left failed", trial.trial_id)
-                skipped.append(index)
-            elif asha is not None and trial.trial_id in asha.stopped:
-                log.info(
-                    "%s was stopped by ASHA after epoch %d; left stopped",
-                    trial.trial_id,
-                    asha.stopped[trial.trial_id],
-                )
-                skipped.append(index)
-        decision = (restarted, tuple(skipped))
-    restarted, skipped = runner.broadcast_from_rank_zero(decision)
-    # The first configuration counts the group's start-up from the driver's fit(); after Ray
-    # restarted the group (an attempt began since that fit), from this entry; each later
-    # configuration from the end of the previous one.
-    if restarted:
-        submitted = started
-    for index, trial in enumerate(trials):
-        if index in skipped:
-            continue
-        trial = dataclasses.replace(trial, submitted_at=submitted)
-        stop_early = None if config["asha"] is None else _asha_stop(runner, asha, trial.trial_id)
-        run_attempt(
-            trial,
-            _own_checkpoints(runner, trial.trial_id),
-            build_steps,
-            time.time(),
-            stop_early=stop_early,
-        )
-        submitted = time.time()
-
-
-def _asha_stop(runner: Runner, asha: SequentialASHA | None, trial_id: str) -> StopEarly:
-    """``trial_id``'s ASHA decision after each epoch: rank 0's (the one holding ``asha``),
-    broadcast, so every rank leaves the configuration at the same epoch and none is left in
-    its next collective alone."""
-
-    def stop_early(epoch: int, metrics: Mapping[str, float]) -> bool:
-        decision = None
-        if runner.rank == 0:
-            assert asha is not None, "rank 0 holds ASHA's rungs"
-            decision = asha.on_result(trial_id, epoch, metrics["val_dice"])
-            if decision:
-                log.info(
-                    "%s stopped by ASHA after epoch %d: val_dice %.4f trails its rung",
-                    trial_id,
-                    epoch,
-                    metrics["val_dice"],
-                )
-        return bool(runner.broadcast_from_rank_zero(decision))
-
-    return stop_early
-
-
-def attempt_times(trial: TrialConfig, after: float = 0.0) -> list[float]:
-    """Start times in ``trial``'s attempts.log later than ``after``."""
-    return [t for t in read_attempts(trial.directory) if t > after]
-
-
-def _own_checkpoints(runner: Runner, trial_id: str) -> Runner:
-    """``runner`` whose ``get_checkpoint`` returns only ``trial_id``'s own checkpoints."""
-
-    def get_checkpoint():
-        checkpoint = runner.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as folder:
-            state = CheckpointState.read(Path(folder) / CHECKPOINT_STATE_FILE)
-        return checkpoint if state.trial_id == trial_id else None
-
-    return dataclasses.replace(runner, get_checkpoint=get_checkpoint)
 
 
 def run_attempt(

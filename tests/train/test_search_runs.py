@@ -1,7 +1,7 @@
 """Random search and TPE through the runners (issue 27): the same seed trains the same
 configurations, each recorded with its proposal number and time; a killed TPE run resumes the
-same study without repeating or losing a configuration, in the local runner and under Ray
-Tune (experiment mode)."""
+same study without repeating or losing a configuration: in the local runner, under Ray Tune
+(experiment mode) and in data mode's one worker group."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import yaml
 from distmis.config import validate_config
 from distmis.hparams import HParams
 from distmis.run_folder import SEARCH_FILE, read_attempts, read_search_events
-from distmis.search import Proposal
+from distmis.search import Proposal, Search
 from distmis.train.settings import TrainSettings
 from tests.conftest import synthetic_tfrecords
 from tests.train.test_local import run_cli
@@ -245,3 +245,61 @@ def test_a_killed_tpe_experiment_run_is_restored_with_its_searcher(tfrecords, tm
         assert len(read_attempts(out / "trials" / name)) == 1, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trial_count"] == 3 and summary["resumed"] is True
+
+
+@pytest.mark.slow
+def test_a_killed_tpe_data_run_resumes_the_search_its_rank_zero_asked(tfrecords, tmp_path):
+    """Data mode, two workers: rank 0 asks TPE for each configuration and tells it the result.
+    The whole job SIGKILLed once a configuration finished and run again: three proposals,
+    asked once each, the finished one not trained again; told in training order, they are
+    the very proposals a fresh seeded search makes from the same results."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"train": train_section(TPE)}))
+    out = tmp_path / "data"
+    command = [sys.executable, "-m", "distmis.cli", "train", "--mode", "data", "--gpus", "2",
+               "--data", str(tfrecords), "--out", str(out), "--config", str(config)]  # fmt: skip
+    job = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 300
+        while not list((out / "trials").glob("*/result.json")):
+            assert job.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline, "no configuration ever finished"
+            time.sleep(0.1)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    finished = [p.parent for p in (out / "trials").glob("*/result.json")]
+    assert finished and len(finished) < 3, finished
+    before = {folder.name: (folder / "result.json").read_text() for folder in finished}
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming the interrupted run" in rerun.stderr
+    rows = trials_rows(out)
+    assert [int(r["proposal"]) for r in rows] == [0, 1, 2]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert asked_trial_ids(out) == {int(r["proposal"]): r["trial_id"] for r in rows}
+    for name, result in before.items():  # trained once, before the kill
+        assert (out / "trials" / name / "result.json").read_text() == result
+        assert len(read_attempts(out / "trials" / name)) == 1, name
+    events = read_search_events(out)
+    told = [(e.number, e.state, e.value) for e in events if e.event == "tell"]
+    assert told == [(int(r["proposal"]), "COMPLETE", float(r["val_dice"])) for r in rows]
+    # One at a time, each told before the next is asked: the seeded search is reproducible.
+    assert [(e.event, e.number) for e in events] == [
+        (event, n) for n in range(3) for event in ("ask", "tell")
+    ]
+    settings = TrainSettings.from_config(
+        validate_config({"train": train_section(TPE)})["train"],
+        mode="data", gpus=2, tfrecord_dir=tfrecords, out_dir=out,
+    )  # fmt: skip
+    fresh = Search.open(settings.search, settings.search_space, None)
+    for row in rows:
+        assert fresh.ask().trial_id == row["trial_id"]
+        fresh.tell(int(row["proposal"]), float(row["val_dice"]))
+    for row in rows:  # recorded when rank 0 asked, before the configuration started
+        assert float(row["proposed_time"]) <= float(row["start_time"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trial_count"] == 3 and summary["search"]["algorithm"] == "tpe"

@@ -195,8 +195,8 @@ def _attributes_read(path: Path, owner: str) -> set[str]:
 def test_every_worker_setting_is_read_by_the_skeleton_or_a_backend_loop():
     # A setting nobody reads is a switch that silently does nothing.
     src = Path(distmis.__file__).parent
-    loops = [src / "trial.py", *sorted(src.glob("backends/*/loop.py"))]
-    assert len(loops) == 3
+    loops = [src / "trial.py", src / "worker_group.py", *sorted(src.glob("backends/*/loop.py"))]
+    assert len(loops) == 4
     read = set().union(*(_attributes_read(path, "settings") for path in loops))
     assert {f.name for f in fields(WorkerSettings)} - read == set()
 
@@ -243,15 +243,13 @@ def test_the_search_is_read_from_the_config_and_random_search_is_a_seeded_list(t
         settings(tmp_path, seed=5, search={"algorithm": "random", "samples": 3}).configurations()
         != first
     )
-    # TPE proposes as results arrive: the local runner and Ray Tune ask it; data mode not yet.
+    # TPE proposes as results arrive: data mode's worker group asks it (rank 0), the local
+    # runner asks it, and in experiment and hybrid mode Ray Tune's searcher does.
     tpe = settings(tmp_path, search={"algorithm": "tpe", "samples": 3, "startup_trials": 1})
-    with pytest.raises(ConfigError, match="data mode with the Ray runner does not run it yet"):
-        tpe.check_search_runs()
     assert not tpe.tune_proposes
     # Experiment and hybrid mode: Ray Tune's searcher proposes (distmis.train.tune_search).
     for mode in ("experiment", "hybrid"):
         under_tune = replace(tpe, mode=mode, gpus_per_trial=2 if mode == "hybrid" else 1)
-        under_tune.check_search_runs()
         assert under_tune.tune_proposes
     assert not replace(tpe, mode="experiment", gpus=1, runner="local").tune_proposes
     with pytest.raises(ValueError, match="TPE proposes as results arrive"):

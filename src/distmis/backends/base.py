@@ -85,7 +85,7 @@ class Backend(ABC):
 
     def train_grid_per_worker(self) -> Callable[[dict], None]:
         """What each worker of data mode's one Ray Train run executes: the whole grid, one
-        configuration after another (:func:`distmis.trial.train_grid`)."""
+        configuration after another (:func:`distmis.worker_group.train_grid`)."""
         return self._loop().train_grid_per_worker
 
     def _loop(self) -> ModuleType:

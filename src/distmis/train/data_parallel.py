@@ -4,7 +4,7 @@ in ONE worker group.
 The trainer is the backend's (:meth:`distmis.backends.base.Backend.ray_trainer`):
 ``TensorflowTrainer`` with ``MultiWorkerMirroredStrategy``, or ``TorchTrainer`` with
 ``DistributedDataParallel`` (NCCL on GPUs, Gloo on CPUs). Its workers run
-:func:`distmis.trial.train_grid`: the group (processes, framework imports, process
+:func:`distmis.worker_group.train_grid`: the group (processes, framework imports, process
 group) starts once for the run, and every configuration after the first only builds its model
 and data inside it. A Ray Train run per configuration cost 10–13 s of start-up each on the
 demo, more than a whole epoch at paper size on 32 GPUs.
@@ -14,10 +14,18 @@ ASHA's rule themselves, configuration after configuration (:mod:`distmis.sequent
 Ray's own rule: data mode stops what experiment mode's ASHA would, given the results in the
 same order). A stopped configuration leaves its ``epochs.jsonl`` and no ``result.json``; the
 driver finds it by replaying the same rule over the grid's files and records it ``stopped``.
+
+TPE (``train.search.algorithm: tpe``) proposes from the results so far, so the group's rank 0
+asks it, one configuration after another (:func:`distmis.worker_group.train_group_search`);
+the driver hands over the search's settings instead of a list and, when the run ends, reads
+the proposals back from ``search.jsonl`` to record them (:func:`search_in_one_group`).
+Told in the order they train, as here, TPE proposes the same configurations for the same
+seed: data mode's TPE is reproducible, as the local runner's is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -25,9 +33,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 from distmis import backends
 from distmis.run_folder import FAILED_FILE, RESULT_FILE
-from distmis.search import Proposal
+from distmis.search import Proposal, Search
 from distmis.sequential_asha import SequentialASHA
-from distmis.train.grid import Outcome, run_grid
+from distmis.train.grid import Outcome, run_grid, tell_record, tell_recorded
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import TrialRecord, trial_dir
 
@@ -38,13 +46,49 @@ RUN_NAME = "grid"  # <out>/ray/grid: the one Ray Train run's storage (checkpoint
 
 def run_data_parallel(
     settings: TrainSettings,
-    grid: Sequence[Proposal],
+    configurations: Sequence[Proposal] | Search,
     on_record: Callable[[TrialRecord], None],
 ) -> list[TrialRecord]:
-    """Train every configuration with G Ray Train workers, in proposal order, in one group
-    (:func:`distmis.train.grid.run_grid` around :func:`train_in_one_group`)."""
-    trainer = functools.partial(train_in_one_group, settings, grid)
-    return run_grid(settings, grid, on_record, trainer)
+    """Train every configuration with G Ray Train workers, one after another, in one group:
+    a list (the grid, random search) in proposal order (:func:`distmis.train.grid.run_grid`
+    around :func:`train_in_one_group`), or a search's (TPE) as the group's rank 0 asks for
+    them (:func:`search_in_one_group`)."""
+    if isinstance(configurations, Search):
+        return search_in_one_group(settings, configurations, on_record)
+    trainer = functools.partial(train_in_one_group, settings, configurations)
+    return run_grid(settings, configurations, on_record, trainer)
+
+
+def search_in_one_group(
+    settings: TrainSettings, search: Search, on_record: Callable[[TrialRecord], None]
+) -> list[TrialRecord]:
+    """The search's configurations, each proposed by the group's rank 0 as the last one ends,
+    recorded in proposal order.
+
+    ``search`` was opened on the run's ``search.jsonl``. Before the group starts, a proposal
+    whose record a killed driver saved but never told is told from it; the group then asks
+    and trains the rest of the budget (none when it is spent), telling each result itself.
+    When the run ends the driver opens the record again, records every proposal the group
+    asked (:func:`outcomes_of_run`), and tells those the group could not (the run failed
+    while they trained), so the record and the saved records agree on a rerun.
+    """
+    tell_recorded(settings, search)
+    started = ended = time.time()
+    run_error = None
+    if search.pending or len(search.asked) < search.budget:
+        started, run_error = time.time(), _fit_one_group(settings, search=search)
+        ended = time.time()
+    search = settings.search_record(settings.out_dir)  # what the group asked and told
+    stopped = stopped_by_asha(settings, search.asked)
+
+    def outcomes(pending: Sequence[Proposal]) -> Iterator[Outcome]:
+        return outcomes_of_run(settings, pending, run_error, started, ended, stopped=stopped)
+
+    records = run_grid(settings, search.asked, on_record, outcomes)
+    for proposal, record in zip(search.asked, records, strict=True):
+        if search.is_open(proposal.number):
+            tell_record(settings, search, proposal, record)
+    return records
 
 
 def stopped_by_asha(settings: TrainSettings, grid: Sequence[Proposal]) -> frozenset[str]:
@@ -70,21 +114,69 @@ def train_in_one_group(
     failed and the next one starts. With ASHA, the rungs count every configuration of
     ``grid`` that trained, those recorded by an earlier run too.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-
-    backend = backends.get(settings.backend)
     log.info(
         "training %d configuration(s) one after another on one group of %d workers",
         len(pending),
         settings.gpus,
     )
-    worker_settings = settings.worker_settings().to_dict()
-    entries = [settings.grid_entry(proposal) for proposal in pending]  # settings once, below
-    rule = settings.asha
-    asha = None if rule is None else {"rule": rule.to_dict(), "grid": [p.trial_id for p in grid]}
     started = time.time()
+    run_error = _fit_one_group(settings, trials=pending, grid=grid)
+    ended = time.time()
+    stopped = stopped_by_asha(settings, grid)
+    yield from outcomes_of_run(settings, pending, run_error, started, ended, stopped=stopped)
+
+
+def group_config(
+    settings: TrainSettings,
+    *,
+    trials: Sequence[Proposal] | None = None,
+    grid: Sequence[Proposal] = (),
+    search: Search | None = None,
+) -> dict:
+    """What every worker of the group is handed (:func:`distmis.worker_group.train_grid`'s
+    ``config``): ``trials`` of ``grid`` to train, or the settings of ``search`` to ask."""
+    rule = settings.asha
+    if search is None:
+        assert trials is not None, "a list of trials or a search"
+        entries, searched = [settings.grid_entry(proposal) for proposal in trials], None
+    else:
+        entries = None
+        searched = {
+            "settings": dataclasses.asdict(settings.search),
+            "space": settings.search_space,
+            "lr_scale": settings.lr_scale,
+        }
+    return {
+        "settings": settings.worker_settings().to_dict(),  # once, not per configuration
+        "submitted_at": time.time(),
+        "asha": None
+        if rule is None
+        else {"rule": rule.to_dict(), "grid": [p.trial_id for p in grid]},
+        "trials": entries,
+        "search": searched,
+    }
+
+
+def _fit_one_group(
+    settings: TrainSettings,
+    *,
+    trials: Sequence[Proposal] | None = None,
+    grid: Sequence[Proposal] = (),
+    search: Search | None = None,
+) -> str | None:
+    """Run data mode's one Ray Train run over ``trials`` (of ``grid``) or over what
+    ``search`` proposes (:func:`distmis.worker_group.train_grid`'s ``config``); None, or the
+    error that ended the run (each configuration's own is in its files)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+
+    backend = backends.get(settings.backend)
+    config = group_config(settings, trials=trials, grid=grid, search=search)
+    if search is None:
+        configurations = len(config["trials"])
+    else:
+        configurations = search.budget - len(search.asked) + len(search.pending)
     trainer = backend.ray_trainer(
-        {"trials": entries, "settings": worker_settings, "submitted_at": started, "asha": asha},
+        config,
         use_gpu=settings.use_gpu,
         whole_grid=True,
         scaling_config=ScalingConfig(
@@ -100,18 +192,16 @@ def train_in_one_group(
             storage_path=str((settings.out_dir / "ray").resolve()),
             # Every restart uses up one attempt of one configuration, which the workers
             # then skip: the run ends after at most this many.
-            failure_config=FailureConfig(max_failures=(settings.max_failures + 1) * len(pending)),
+            failure_config=FailureConfig(max_failures=(settings.max_failures + 1) * configurations),
         ),
     )
-    run_error = None
     try:
         trainer.fit()
-    except Exception as exc:  # noqa: BLE001 - recorded per configuration below
+    except Exception as exc:  # noqa: BLE001 - recorded per configuration by the caller
         run_error = f"{type(exc).__name__}: {exc}"
         log.error("the data-parallel run failed: %s", run_error.splitlines()[0])
-    ended = time.time()
-    stopped = stopped_by_asha(settings, grid)
-    yield from outcomes_of_run(settings, pending, run_error, started, ended, stopped=stopped)
+        return run_error
+    return None
 
 
 def outcomes_of_run(

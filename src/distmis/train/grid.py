@@ -5,8 +5,9 @@ hyperparameters, trial id): the grid's combinations or random search's samples, 
 training starts (:meth:`TrainSettings.configurations`). TPE proposes one configuration at a
 time from the results told so far: the local runner's sequential loop is :func:`run_search`;
 under Ray Tune (experiment, hybrid) Tune's searcher asks
-(:func:`distmis.train.experiment_parallel.search_with_tune`), and its records still come from
-:func:`record_outcome`.
+(:func:`distmis.train.experiment_parallel.search_with_tune`), in data mode rank 0 of the one
+worker group (:func:`distmis.train.data_parallel.search_in_one_group`); their records still
+come from :func:`run_grid` or :func:`record_outcome`.
 
 The local runner and each Ray mode differ only in how they train the configurations that have
 no record yet; everything around that is :func:`run_grid`'s:
@@ -22,7 +23,7 @@ no record yet; everything around that is :func:`run_grid`'s:
 4. the records come back in proposal order, finished and new alike.
 
 In ``train/``, a new mode therefore writes only its trainer of pending configurations.
-(Not :func:`distmis.trial.train_grid`: that is a data-mode worker's loop over the
+(Not :func:`distmis.worker_group.train_grid`: that is a data-mode worker's loop over the
 configurations its Ray Train run was given, inside one data-mode trainer.)
 """
 
@@ -33,8 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from distmis.run_folder import STATUS_FAILED, STATUS_STOPPED, read_epochs
-from distmis.search import Proposal, Search
+from distmis.run_folder import STATUS_FAILED, STATUS_STOPPED
+from distmis.search import Proposal, Search, epoch_steps
 from distmis.train.settings import TrainSettings
 from distmis.train.trials import TrialRecord, build_record, load_record, save_record, trial_dir
 
@@ -146,14 +147,7 @@ def run_search(
     between the two) is told from its record, not trained again; one without a record is
     trained again (from its last checkpoint).
     """
-    records: dict[int, TrialRecord] = {}
-    for proposal in search.asked:
-        done = load_record(settings, proposal.trial_id)
-        if done is None:
-            continue
-        records[proposal.number] = done
-        if search.is_open(proposal.number):
-            tell_record(settings, search, proposal, done)
+    records = tell_recorded(settings, search)
     while (proposal := search.next_proposal()) is not None:
         log.info("[%d/%d] proposed %s", proposal.number + 1, search.budget, proposal.trial_id)
         record = record_outcome(settings, train_one(proposal), on_record)
@@ -162,13 +156,27 @@ def run_search(
     return [records[number] for number in sorted(records)]
 
 
+def tell_recorded(settings: TrainSettings, search: Search) -> dict[int, TrialRecord]:
+    """The saved record of every proposal ``search`` asked that has one, by number; each
+    still open (the run died between saving its record and telling it) is told from it."""
+    records: dict[int, TrialRecord] = {}
+    for proposal in search.asked:
+        done = load_record(settings, proposal.trial_id)
+        if done is None:
+            continue
+        records[proposal.number] = done
+        if search.is_open(proposal.number):
+            tell_record(settings, search, proposal, done)
+    return records
+
+
 def tell_record(
     settings: TrainSettings, search: Search, proposal: Proposal, record: TrialRecord
 ) -> None:
     """Tell ``search`` how ``proposal`` ended, from its record: ``COMPLETE`` with its final
     validation Dice, ``PRUNED`` when stopped early, ``FAIL`` when it failed; the validation
     Dice of every epoch it validated are its steps."""
-    steps = {e.epoch: e.val_dice for e in read_epochs(trial_dir(settings, proposal.trial_id))}
+    steps = epoch_steps(trial_dir(settings, proposal.trial_id))
     state = {STATUS_FAILED: "FAIL", STATUS_STOPPED: "PRUNED"}.get(record.status, "COMPLETE")
     value = None if state == "FAIL" else record.val_dice
     search.tell(proposal.number, value, state, steps)

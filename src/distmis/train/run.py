@@ -159,7 +159,6 @@ def run_training(settings: TrainSettings) -> dict:
     ``summary.json``, the best model (``best_model.keras`` or ``best_model.pt``) and its card
     ``best_model.json``; returns the summary as written (its JSON object).
     """
-    settings.check_search_runs()
     if settings.use_gpu:
         # Before Ray, the data or any trial: a framework that cannot use the GPUs would
         # train on the CPU and file the timings as GPU ones.

@@ -253,21 +253,6 @@ class TrainSettings(WorkerSettings):
         record_in = run_dir if self.search.algorithm != "grid" else None  # a grid has no record
         return Search.open(self.search, self.search_space, record_in).ask_all()
 
-    def check_search_runs(self) -> None:
-        """ConfigError when this run's runner cannot run its search algorithm. Checked when
-        the run starts, not in ``__post_init__``: the CLI picks the runner after the config.
-
-        TPE asks for each configuration as results arrive: the local runner's sequential
-        loop and Ray Tune's searcher (experiment, hybrid) do; a mode's ``tpe_refused`` says
-        why it cannot yet (data mode, issue 27)."""
-        refused = self.mode_spec.tpe_refused
-        if self.search.algorithm == "tpe" and self.runner == "ray" and refused:
-            raise ConfigError(
-                f"train.search.algorithm tpe: {self.mode} mode with the Ray runner does not run "
-                f"it yet ({refused}); use --mode experiment or hybrid, --runner local, or "
-                "train.search.algorithm random"
-            )
-
     @property
     def tune_proposes(self) -> bool:
         """Whether Ray Tune's searcher proposes this run's configurations (TPE in experiment
@@ -306,12 +291,14 @@ class TrainSettings(WorkerSettings):
         """Configurations training at once: 1 (data), G (experiment), G/k (hybrid)."""
         return self.mode_spec.trials_at_once(self.gpus, self.gpus_per_trial)
 
+    @property
+    def lr_scale(self) -> int:
+        """What a trial's lr is multiplied by: its workers when ``scale_lr`` is on and it has
+        more than one (data and hybrid mode; linear scaling), else 1."""
+        return self.workers_per_trial if self.scale_lr and self.workers_per_trial > 1 else 1
+
     def lr_effective(self, hparams: HParams) -> float:
-        """Linear scaling (lr × a trial's workers) applies when switched on and a trial has
-        more than one worker (data and hybrid mode)."""
-        if self.scale_lr and self.workers_per_trial > 1:
-            return hparams.lr * self.workers_per_trial
-        return hparams.lr
+        return hparams.lr * self.lr_scale
 
     def worker_settings(self) -> WorkerSettings:
         """What every worker of this run is told: the :class:`WorkerSettings` part of these
@@ -321,12 +308,7 @@ class TrainSettings(WorkerSettings):
     def trial_config(self, proposal: Proposal) -> TrialConfig:
         """The configuration every worker of ``proposal``'s trial receives; its folder is
         ``trials/<proposal.trial_id>``."""
-        return TrialConfig(
-            trial_id=proposal.trial_id,
-            hparams=proposal.hparams,
-            lr_effective=self.lr_effective(proposal.hparams),
-            settings=self.worker_settings(),
-        )
+        return TrialConfig.of_proposal(proposal, self.worker_settings(), self.lr_scale)
 
     def grid_entry(self, proposal: Proposal) -> dict:
         """``trial_config(proposal)`` as a dict without the settings, which a Ray run sends

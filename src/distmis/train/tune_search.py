@@ -27,7 +27,6 @@ distributions), numbered (:class:`NumberedOptunaSearch`):
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -39,9 +38,13 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from distmis.fileio import atomic_path
 from distmis.hparams import HParams, parse_space
-from distmis.run_folder import SEARCH_FILE, SearchEvent, append_search_event, read_search_events
+from distmis.run_folder import (
+    SearchEvent,
+    append_search_event,
+    read_search_events,
+    rewrite_search_events,
+)
 from distmis.search import Proposal
 from distmis.train.settings import TrainSettings
 
@@ -148,15 +151,14 @@ def record_ask(settings: TrainSettings, proposal: Proposal) -> None:
     (the file rewritten whole) rather than standing beside it."""
     events = read_search_events(settings.out_dir)
     stale = [e for e in events if e.event == "ask" and e.number == proposal.number]
-    ask = SearchEvent.ask(proposal.number, proposal.hparams.to_dict())
+    assert proposal.proposed_time is not None, "suggest stamps it"
+    ask = SearchEvent.ask(proposal.number, proposal.hparams.to_dict(), proposal.proposed_time)
     if not stale:
         append_search_event(settings.out_dir, ask)
         return
     log.info("search.jsonl: proposal %d asked again after a restore", proposal.number)
     kept = [e for e in events if not (e.event == "ask" and e.number == proposal.number)]
-
-    with atomic_path(settings.out_dir / SEARCH_FILE) as tmp:
-        tmp.write_text("".join(json.dumps(e.to_json()) + "\n" for e in [*kept, ask]))
+    rewrite_search_events(settings.out_dir, [*kept, ask])
 
 
 def tpe_search_alg(settings: TrainSettings) -> Searcher:

@@ -38,9 +38,9 @@ from distmis.trial import (
     TrialConfig,
     TrialSteps,
     cpu_name,
-    train_grid,
     train_loop,
 )
+from distmis.worker_group import train_grid
 
 log = logging.getLogger(__name__)
 
