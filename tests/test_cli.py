@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -9,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.scaling.helpers import BACKENDS, MODES, make_results, timeline_names
+from distmis.run_folder import RunSearch
+from tests.scaling.helpers import (
+    BACKENDS,
+    MODES,
+    make_results,
+    timeline_names,
+    write_search_runs,
+)
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -154,3 +162,25 @@ def test_scaling_reads_the_results_folder(tmp_path):
     assert set(written) == figures | timeline_names((1, 2, 4)) | {"scaling_csv"}
     table = (out / "scaling.csv").read_text().splitlines()
     assert len(table) == 1 + len(BACKENDS) * len(MODES) * 3
+
+
+def test_scaling_of_several_results_folders_is_one_study_of_their_searches(tmp_path):
+    # The search study's layout: each search's runs in a results folder of its own.
+    grid, random8 = RunSearch("grid", None, 0), RunSearch("random", 8, 0)
+    write_search_runs(tmp_path, [(grid, "data", 1, 100.0), (grid, "data", 2, 60.0)])
+    write_search_runs(tmp_path, [(random8, "data", 1, 80.0), (random8, "data", 2, 40.0)])
+    out = tmp_path / "scaling"
+    folders = [str(tmp_path / "grid_0"), str(tmp_path / "random8_0")]
+    result = run_cli("scaling", "--results", *folders, "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with (out / "scaling.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["search"], r["gpus"], float(r["speedup_vs_1gpu"])) for r in rows] == [
+        ("grid", "1", 1.0),
+        ("grid", "2", pytest.approx(100.0 / 60.0, rel=1e-5)),  # written to 6 digits
+        ("random×8", "1", 1.0),
+        ("random×8", "2", 2.0),
+    ]
+    # The same folder twice holds every run twice: refused, naming both.
+    twice = run_cli("scaling", "--results", folders[0], folders[0], "--out", str(out), cwd=tmp_path)
+    assert twice.returncode != 0 and "may have only one run" in twice.stderr

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from distmis import backends
 from distmis.config import load_config, load_schema, validate_config
 from distmis.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_fill_everything():
@@ -259,10 +263,29 @@ def test_bf16_with_channels_last_is_a_gpu_combination():
 
 
 def test_asha_overlay_is_a_valid_config():
-    from pathlib import Path
+    assert load_config([ROOT / "config.yaml", ROOT / "config.asha.yaml"])["train"]["scheduler"] == (
+        "asha"
+    )
 
-    root = Path(__file__).resolve().parents[1]
-    base = yaml.safe_load((root / "config.yaml").read_text())
-    overlay = yaml.safe_load((root / "config.asha.yaml").read_text())
-    merged = {**base, "train": {**base["train"], **overlay["train"]}}
-    assert validate_config(merged)["train"]["scheduler"] == "asha"
+
+def test_search_overlay_is_a_valid_config_searching_8_with_tpe_and_asha():
+    train = load_config([ROOT / "config.yaml", ROOT / "config.search.yaml"])["train"]
+    assert train["search"] == {"algorithm": "tpe", "samples": 8, "seed": 0, "startup_trials": 3}
+    assert train["scheduler"] == "asha" and train["search_space"]["lr"] == {
+        "loguniform": [0.001, 0.01]
+    }
+    # Merged key by key, as snakemake --configfile merges: config.yaml's model stays.
+    assert train["model"] == load_config(ROOT / "config.yaml")["train"]["model"]
+
+
+def test_later_config_files_overlay_earlier_ones_key_by_key(tmp_path):
+    base, update = tmp_path / "base.yaml", tmp_path / "update.yaml"
+    base.write_text(yaml.safe_dump({"train": {"epochs": 2, "asha": {"grace_period": 2}}}))
+    update.write_text(
+        yaml.safe_dump({"train": {"asha": {"reduction_factor": 3}, "modes": ["data"]}})
+    )
+    train = load_config([base, update])["train"]
+    assert (train["epochs"], train["modes"]) == (2, ["data"])
+    assert train["asha"] == {"grace_period": 2, "reduction_factor": 3}
+    with pytest.raises(ConfigError, match="nope.yaml does not exist"):
+        load_config([base, tmp_path / "nope.yaml"])

@@ -53,7 +53,7 @@ def _convert_params(args: argparse.Namespace):
     from distmis.prepare.convert import ConvertParams
     from distmis.prepare.msd import open_task
 
-    raw = read_config(Path(args.config) if args.config else None)
+    raw = read_config(_config_paths(args))
     preprocess = raw.setdefault("data", {}).setdefault("preprocess", {})
     # Command-line flags override the config file, key by key, before validation.
     overrides = {
@@ -98,7 +98,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from distmis.train.run import run_training
     from distmis.train.settings import TrainSettings
 
-    config = load_config(Path(args.config) if args.config else None)
+    config = load_config(_config_paths(args))
     gpus = args.g if args.g is not None else args.gpus
     settings = TrainSettings.from_config(
         config["train"],
@@ -174,18 +174,31 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     print(json.dumps({"plan_csv": str(path)}))
 
 
+def _config_paths(args: argparse.Namespace) -> list[Path] | None:
+    """``--config``'s files, in order (later ones overlay earlier ones), or None."""
+    return [Path(path) for path in args.config] if args.config else None
+
+
+def _runs_under(folder: Path) -> list[Path]:
+    """The ``{backend}/{mode}/{G}gpu`` runs under ``folder`` (ContractError if none)."""
+    from distmis.scaling.timings import load_runs
+
+    return [run.directory for run in load_runs(folder)]
+
+
 def _cmd_scaling(args: argparse.Namespace) -> None:
     from distmis.config import load_config
     from distmis.scaling.run import run_scaling
 
-    config = load_config(Path(args.config) if args.config else None)
+    config = load_config(_config_paths(args))
     report = config["report"]
     written = run_scaling(
-        Path(args.results),
+        None,
         Path(args.out),
         report["references"],
         quality_tolerance=report["quality_tolerance"],
         quality_target=report["quality_target"],
+        run_dirs=[run for folder in args.results for run in _runs_under(Path(folder))],
     )
     print(
         json.dumps(
@@ -266,7 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--msd-dir", required=True, help="the task folder (holding dataset.json) or its parent"
     )
     p.add_argument("--out", required=True, help="output folder for shards and info.json")
-    p.add_argument("--config", default=None, help="config.yaml to take data.preprocess from")
+    p.add_argument(
+        "--config",
+        nargs="+",
+        default=None,
+        help="config.yaml to take data.preprocess from (later files overlay earlier ones)",
+    )
     _three_ints(p, "--shape", default=None, help="stored volume size after crop/pad")
     _three_ints(
         p,
@@ -324,7 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="results folder, e.g. results/train/torch/data/2gpu"
     )
-    p.add_argument("--config", default=None, help="config.yaml (its train section)")
+    p.add_argument(
+        "--config",
+        nargs="+",
+        default=None,
+        help="config.yaml (its train section); later files overlay earlier ones, as "
+        "snakemake --configfile config.yaml config.asha.yaml does",
+    )
     p.add_argument(
         "--seed-config",
         default=None,
@@ -349,14 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scaling", help="speedup table and figures from the training results")
     p.add_argument(
         "--results",
-        default="results/train",
-        help="folder holding {backend}/{mode}/{G}gpu/ (mode: data, experiment, hybrid{k})",
+        nargs="+",
+        default=["results/train"],
+        help="folder(s) holding {backend}/{mode}/{G}gpu/ (mode: data, experiment, hybrid{k}); "
+        "several: one study of all their runs (e.g. the searches of the search study)",
     )
     p.add_argument("--out", default="results/scaling", help="folder for scaling.csv and figures")
     p.add_argument(
         "--config",
+        nargs="+",
         default=None,
-        help="config.yaml (its report.references, quality_tolerance and quality_target)",
+        help="config.yaml (its report.references, quality_tolerance and quality_target); "
+        "later files overlay earlier ones",
     )
     p.set_defaults(func=_cmd_scaling)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -216,19 +216,40 @@ def validate_config(config: dict, cases: int | None = None) -> dict:
     return config
 
 
-def read_config(path: Path | None) -> dict:
-    """The YAML config file as written (``{}`` when ``path`` is None), not yet validated."""
-    raw: Any = {}
-    if path is not None:
+def read_config(paths: Path | Sequence[Path] | None) -> dict:
+    """The YAML config file as written (``{}`` when ``paths`` is None), not yet validated.
+
+    Several files are overlays, read as ``snakemake --configfile a.yaml b.yaml`` reads them:
+    each later file's mappings are merged into the earlier ones key by key, at every depth,
+    and any other value (a list, a number) replaces the earlier one whole.
+    """
+    if paths is None:
+        return {}
+    merged: dict = {}
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return raw
+        raw: Any = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        merged = overlay(merged, raw)
+    return merged
 
 
-def load_config(path: Path | None) -> dict:
-    """Read a YAML config file (or the schema defaults when ``path`` is None) and validate it."""
-    return validate_config(read_config(path))
+def overlay(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict:
+    """``base`` with ``update`` merged in: mappings key by key at every depth (as Snakemake
+    merges its config files), anything else replaced whole."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(paths: Path | Sequence[Path] | None) -> dict:
+    """Read a YAML config file, or several overlaid (:func:`read_config`; the schema defaults
+    when None), and validate it."""
+    return validate_config(read_config(paths))

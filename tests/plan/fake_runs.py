@@ -33,6 +33,7 @@ from distmis.run_folder import (
 
 TRAIN_VOLUMES, VAL_VOLUMES, BATCH, EPOCHS = 8, 2, 2, 2
 START = 1000.0  # makespan_start
+GRID = RunSearch("grid", None, 0)
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,13 @@ def write_run(
     node_count: int = 1,
     epochs_per_trial: list[int] | None = None,
     train_volumes: int = TRAIN_VOLUMES,
+    search: RunSearch = GRID,
 ) -> Path:
     """One run folder under ``root/{mode label}/{G}gpu`` (module docstring); returns it.
 
     ``workers``: per trial (default G for data, 1 for experiment; give k for hybrid).
     ``epochs_per_trial``: where ASHA stopped a trial early (status ``stopped``, no result).
+    ``search``: how summary.json says the configurations were chosen (``grid`` of them).
     ``tfrecord_dir`` is only recorded (summary.json's settings); the split sizes the run
     trained on are ``train_volumes`` and VAL_VOLUMES.
     """
@@ -183,7 +186,7 @@ def write_run(
         runner="ray",
         gpus_per_trial=workers,
         scheduler="asha" if any(e < EPOCHS for e in epochs_per_trial) else "none",
-        search=RunSearch("grid", None, 0),
+        search=search,
         startup_seconds=sum(r.startup_seconds or 0.0 for r in rows),
         gpus=gpus,
         workers=workers,

@@ -11,6 +11,7 @@ start-up 4, start-up 2, first-epoch extra 0.5, epoch gap 0.1, finish 0.2, teardo
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 
 import pytest
@@ -26,6 +27,7 @@ from distmis.plan.model import (
     validate,
 )
 from distmis.plan.run import run_plan
+from distmis.run_folder import RunSearch
 from tests.plan.fake_runs import Timing, write_info, write_run
 
 PARAMETERS = 1000  # 4000 bytes: the fitted bandwidth is 8000 bytes/s
@@ -223,3 +225,24 @@ def test_data_mode_with_asha_trains_the_epochs_experiment_mode_would(calibration
     assert experiment.assumptions["epochs_per_trial"]["value"] == [2, 1]
     assert data.trial_seconds[1] < data.trial_seconds[0] == plain.trial_seconds[0]
     assert data.makespan_seconds < plain.makespan_seconds
+
+
+def test_a_sampled_search_is_planned_as_its_samples(tmp_path):
+    """TPE runs with ASHA: the planner sizes the study by the runs' trial_count (the samples
+    proposed, not a grid's product), and runs timed as the model assumes, each configuration
+    the epochs ASHA let it train, come back exactly."""
+    data = write_info(tmp_path / "tfrecords")
+    results = tmp_path / "results" / "torch"
+    tpe = RunSearch("tpe", 4, 0)
+    # ASHA (grace 1, reduction factor 2) over 2 epochs: 2 of the 4 go past epoch 1.
+    rungs = [2, 2, 1, 1]
+    shared = Timing(step=1.25, val_step=0.3125)
+    for gpus, timing in ((1, Timing()), (2, shared)):
+        write_run(results, "experiment", gpus, timing=timing, grid=4, search=tpe,
+                  epochs_per_trial=rungs, tfrecord_dir=data)  # fmt: skip
+    plan = run_plan(tmp_path / "results", tmp_path / "plan", gpus=[1, 2], ks=[2])
+    measured = [r for r in csv.DictReader(plan.open()) if r["measured_makespan_seconds"]]
+    assert [(r["mode"], r["gpus"]) for r in measured] == [("experiment", "1"), ("experiment", "2")]
+    assert all(float(r["relative_error"]) == pytest.approx(0.0, abs=1e-9) for r in measured)
+    calibration = json.loads((tmp_path / "plan" / "calibration_torch.json").read_text())
+    assert calibration["grid_size"] == 4

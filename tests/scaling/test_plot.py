@@ -277,11 +277,12 @@ def test_every_figure_draws_both_searches_under_their_own_labels(
 
 
 def test_a_grid_only_study_labels_its_series_as_before(results: Path):
-    # The labels these figures had before series had a search (checked against that code).
+    # The labels these figures had before series had a search (checked against that code),
+    # but for the hybrid runs' early stopping, which a series now says (and only where on).
     runs = load_runs(results)
     table = scaling_table(runs)
     labels = [
-        f"{mode} ({backend})"
+        f"{mode} ({backend}{', ASHA' if 'hybrid' in mode else ''})"
         for backend in ("tensorflow", "torch")
         for mode in (
             "data parallelism",
@@ -299,15 +300,20 @@ def test_a_grid_only_study_labels_its_series_as_before(results: Path):
     assert _legend_labels(makespan_figure(table)) == [*labels, "resumed run"]
     assert _legend_labels(quality_figure([quality_curve(r) for r in runs]))[:-2] == labels
     assert "timeline_torch_experiment_4gpu" in timeline_stems(runs)
-    # The markers stay filled, the bars unhatched but for resumed runs.
-    assert {line.get_fillstyle() for line in speedup_figure(table).axes[0].lines} == {"full"}
+    # The markers stay filled, but for the ASHA runs' (another search of the study).
+    fills = {line.get_label(): line.get_fillstyle() for line in speedup_figure(table).axes[0].lines}
+    assert {fill for label, fill in fills.items() if label in labels} == {"full"}
+    assert {fill for label, fill in fills.items() if "ASHA" in label} == {"none"}
 
 
 def test_no_two_series_ever_share_a_label():
     # Every study of up to three of these series: a label names each series apart.
     pool = list(
         itertools.product(
-            ("tensorflow", "torch"), ("data", "hybrid2"), ("grid", "random×8", "tpe×8")
+            ("tensorflow", "torch"),
+            ("data", "hybrid2"),
+            ("grid", "random×8", "tpe×8"),
+            ("none", "asha"),
         )
     )
     for size in (1, 2, 3):
@@ -315,9 +321,12 @@ def test_no_two_series_ever_share_a_label():
             labels = [style.label for style in series_styles(keys).values()]
             assert len(set(labels)) == size, keys
     styles = series_styles(pool)
-    assert styles[("tensorflow", "data", "grid")].label == (
+    assert styles[("tensorflow", "data", "grid", "none")].label == (
         "data parallelism (tensorflow, grid search)"
     )
+    assert styles[("tensorflow", "data", "grid", "asha")].label == (
+        "data parallelism (tensorflow, grid search, ASHA)"
+    )
     # A study of one non-default value still says it, as a torch-only study says torch.
-    (only,) = series_styles([("tensorflow", "data", "random×8")]).values()
+    (only,) = series_styles([("tensorflow", "data", "random×8", "none")]).values()
     assert only.label == "data parallelism (random×8 search)"

@@ -52,6 +52,7 @@ def test_columns_in_documented_order(tmp_path: Path):
         "backend",
         "mode",
         "search",
+        "scheduler",
         "gpus",
         "gpus_per_trial",
         "base_gpus",
@@ -70,7 +71,6 @@ def test_columns_in_documented_order(tmp_path: Path):
         "resumed",
         "device",
         "runner",
-        "scheduler",
         "startup_seconds",
     ]
     assert (table.loc[0, "backend"], table.loc[0, "runner"]) == ("tensorflow", "ray")
@@ -279,12 +279,13 @@ def test_time_to_target_without_any_validation_is_empty(tmp_path: Path):
     assert table["time_to_target_seconds"].isna().all()
 
 
-def test_series_mixing_schedulers_is_flagged(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def test_a_run_with_asha_is_its_own_series_never_the_base_of_one_without(tmp_path: Path):
+    # Early stopping trains less of each configuration: other work, so no speedup between.
     write_run(tmp_path, "data", 1, 100.0)
     write_run(tmp_path, "data", 2, 40.0, scheduler="asha")
-    with caplog.at_level(logging.WARNING):
-        scaling_table(load_runs(tmp_path))
-    assert "tensorflow/data/grid mixes schedulers (asha, none)" in caplog.text
+    table = scaling_table(load_runs(tmp_path)).set_index("scheduler")
+    assert table.loc["asha", "base_gpus"] == 2 and table.loc["asha", "speedup_vs_2gpu"] == 1.0
+    assert table.loc["none", "base_gpus"] == 1
 
 
 def test_scaling_csv_of_a_run_validated_once_per_trial(tmp_path: Path):
@@ -350,10 +351,10 @@ def test_grid_and_random_runs_of_one_mode_and_g_are_two_series(tmp_path: Path):
     write_epochs(random_2, "t1", [(1, 12.0, 0.5)])  # never reaches it
     runs = load_runs(directories=[grid_1, grid_2, random_1, random_2])
     assert [r.series for r in runs] == [
-        ("tensorflow", "data", "grid"),
-        ("tensorflow", "data", "grid"),
-        ("tensorflow", "data", "random×8"),
-        ("tensorflow", "data", "random×8"),
+        ("tensorflow", "data", "grid", "none"),
+        ("tensorflow", "data", "grid", "none"),
+        ("tensorflow", "data", "random×8", "none"),
+        ("tensorflow", "data", "random×8", "none"),
     ]
     table = scaling_table(runs)
     assert list(zip(table["search"], table["gpus"], strict=True)) == [
@@ -406,7 +407,8 @@ def test_runs_differing_only_in_the_seed_are_one_series_and_refused(tmp_path: Pa
     )
     with pytest.raises(
         ContractError,
-        match=r"backend=tensorflow mode=data search=random×8 G=2: one \(backend, mode, search, G\)",
+        match=r"backend=tensorflow mode=data search=random×8 scheduler=none G=2: one \(backend, "
+        r"mode, search, scheduler, G\)",
     ):
         load_runs(directories=directories)
 

@@ -161,10 +161,10 @@ def test_each_hybrid_k_is_its_own_series_labelled_hybrid_k(tmp_path: Path):
     write_run(tmp_path, "data", 4, 20.0)
     runs = load_runs(tmp_path)
     assert [(r.directory.relative_to(tmp_path).as_posix(), r.series) for r in runs] == [
-        ("tensorflow/data/4gpu", ("tensorflow", "data", "grid")),
-        ("tensorflow/hybrid2/2gpu", ("tensorflow", "hybrid2", "grid")),
-        ("tensorflow/hybrid2/4gpu", ("tensorflow", "hybrid2", "grid")),
-        ("tensorflow/hybrid4/4gpu", ("tensorflow", "hybrid4", "grid")),
+        ("tensorflow/data/4gpu", ("tensorflow", "data", "grid", "none")),
+        ("tensorflow/hybrid2/2gpu", ("tensorflow", "hybrid2", "grid", "none")),
+        ("tensorflow/hybrid2/4gpu", ("tensorflow", "hybrid2", "grid", "none")),
+        ("tensorflow/hybrid4/4gpu", ("tensorflow", "hybrid4", "grid", "none")),
     ]
     assert [(r.summary.mode, r.summary.gpus_per_trial) for r in runs] == [
         ("data", 4),

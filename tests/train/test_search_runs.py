@@ -138,14 +138,21 @@ def test_a_killed_tpe_local_run_resumes_the_same_study(tfrecords, tmp_path):
 
 
 @pytest.mark.slow
-def test_random_search_in_experiment_mode_trains_the_same_seeded_samples(tfrecords, tmp_path):
-    """Ray Tune, two trials at once: the very configurations the local runner trains for the
-    seed (each its own s### folder), whichever finishes first."""
+@pytest.mark.parametrize(("mode", "k"), [("experiment", None), ("hybrid", 2)])
+def test_random_search_under_tune_trains_the_same_seeded_samples(tfrecords, tmp_path, mode, k):
+    """Ray Tune (experiment: two trials at once; hybrid: Train runs of two workers): the very
+    configurations the local runner trains for the seed (each its own s### folder), whichever
+    finishes first."""
     from distmis.train.run import run_training
 
     config = validate_config({"train": train_section(RANDOM)})
     settings = TrainSettings.from_config(
-        config["train"], mode="experiment", gpus=2, tfrecord_dir=tfrecords, out_dir=tmp_path / "exp"
+        config["train"],
+        mode=mode,
+        gpus=2,
+        gpus_per_trial=k,
+        tfrecord_dir=tfrecords,
+        out_dir=tmp_path / mode,
     )
     local = local_settings(tfrecords, tmp_path / "local", RANDOM).configurations()
     summary = run_training(settings)

@@ -31,8 +31,9 @@ HYBRID_LABEL = re.compile(r"^hybrid(\d+)$")
 BACKEND_STYLES = {DEFAULT_BACKEND: ("o", "-"), "torch": ("s", "--")}
 BACKEND_SHADES = {DEFAULT_BACKEND: 1.0, "torch": 0.5}  # bar fill opacity
 FAILED_COLOUR = "tab:red"
-# Per search of the study, in sorted order (grid sorts first): the marker fill of its lines and
-# the hatch of its bars, so two searches of one mode and backend are told apart off the legend.
+# Per search of the study (each search and scheduler), in sorted order (grid sorts first, no
+# early stopping before ASHA): the marker fill of its lines and the hatch of its bars, so two
+# searches of one mode and backend are told apart off the legend.
 SEARCH_FILLS = ("full", "none", "left", "bottom", "right", "top")
 SEARCH_HATCHES = (None, "..", "\\\\", "oo", "++", "**")
 # How each series column other than the mode reads in a legend, after the mode's name, and the
@@ -42,9 +43,15 @@ SEARCH_HATCHES = (None, "..", "\\\\", "oo", "++", "**")
 SERIES_WORDS = {
     "backend": ("{}", DEFAULT_BACKEND),
     "search": ("{} search", GRID_SEARCH),
+    "scheduler": ("ASHA", "none"),
 }
+# Columns whose default is never said, even beside another value: "(ASHA)" against nothing
+# reads as with and without early stopping.
+UNSAID_DEFAULTS = {"scheduler"}
 
 SeriesKey = tuple[str, ...]  # one value per SERIES_COLUMNS
+SEARCH_INDEX = SERIES_COLUMNS.index("search")
+SCHEDULER_INDEX = SERIES_COLUMNS.index("scheduler")
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,11 @@ def series_styles(keys: Iterable[SeriesKey], noun: str = "GPUs") -> dict[SeriesK
     """
     keys = sorted(set(keys))
     values = {column: sorted({key[i] for key in keys}) for i, column in enumerate(SERIES_COLUMNS)}
+    # The marker fill and bar hatch tell the searches apart: each (search, scheduler).
+    variants = sorted(
+        {(key[SEARCH_INDEX], key[SCHEDULER_INDEX]) for key in keys},
+        key=lambda variant: (variant[0], variant[1] != "none", variant[1]),
+    )
     styles = {}
     for key in keys:
         series = dict(zip(SERIES_COLUMNS, key, strict=True))
@@ -108,9 +120,10 @@ def series_styles(keys: Iterable[SeriesKey], noun: str = "GPUs") -> dict[SeriesK
             if column == "mode":
                 continue
             words, default = SERIES_WORDS.get(column, (f"{column} {{}}", None))
-            if len(values[column]) > 1 or (default is not None and value != default):
+            varied = len(values[column]) > 1 and column not in UNSAID_DEFAULTS
+            if varied or (default is not None and value != default):
                 said.append(words.format(value))
-        search = values["search"].index(series["search"])
+        search = variants.index((series["search"], series["scheduler"]))
         marker, linestyle = BACKEND_STYLES.get(series["backend"], ("^", ":"))
         styles[key] = SeriesStyle(
             label=mode_name(series["mode"], noun) + (f" ({', '.join(said)})" if said else ""),

@@ -1,13 +1,15 @@
 """The scaling table: one row per run, speedup and efficiency against the series' base run.
 
-A series is the runs of one (backend, mode label, search), the columns of
+A series is the runs of one (backend, mode label, search, scheduler), the columns of
 :data:`SERIES_COLUMNS`; ``mode`` holds the label: ``data``, ``experiment`` or ``hybrid{k}``
 (each k its own series), ``search`` how the run chose its configurations: ``grid``, or the
 algorithm and the configurations it proposed, ``random×8`` or ``tpe×8`` (summary.json
-``search``; its seed is not part of it), and ``gpus_per_trial`` the GPUs one configuration
+``search``; its seed is not part of it), ``scheduler`` ``none``, or ``asha`` when early
+stopping ended poor configurations (other work than the same search without), and
+``gpus_per_trial`` the GPUs one configuration
 trains on (G, 1 or k). Its base is the series' own run with the fewest GPUs measured, ``B``
-(normally 1): always a run of the same backend, mode label and search, so a grid run is never
-a random search's base (they train different configurations, so their makespans' ratio is
+(normally 1): always a run of the same backend, mode label, search and scheduler, so a grid
+run is never a random search's base, nor a run without ASHA one with it (they train different configurations, so their makespans' ratio is
 no speedup). For a run on ``G`` GPUs:
 
 - ``speedup_vs_{B}gpu``    = makespan(B) / makespan(G)
@@ -41,8 +43,7 @@ speedup, and every row's in its series if it is the base, is not a clean measure
 summary.json ``resources.requested.use_gpu``; ``unknown`` if not recorded); ``runner``
 (``ray``, or ``local`` for ``distmis train --runner local``: one process without Ray's
 start-up, so a series mixing the two compares unlike makespans and is warned about);
-``scheduler`` (``none``, or ``asha`` when early stopping ended poor trials: a series mixing
-the two is warned about); ``startup_seconds`` (summary.json: every trial's time from being
+``startup_seconds`` (summary.json: every trial's time from being
 asked for to its first training epoch, summed; empty where not recorded).
 
 :func:`read_scaling_csv` also reads a table from before the newer columns, filling them as
@@ -75,7 +76,7 @@ log = logging.getLogger(__name__)
 
 # What makes a series (a line in every figure, the runs a speedup compares): the columns of
 # timings.SERIES, its one home, where a run's value of each is read from its summary.
-SERIES_COLUMNS = list(SERIES)  # backend, mode (the label), search
+SERIES_COLUMNS = list(SERIES)  # backend, mode (the label), search, scheduler
 # What identifies and times a run; add_speedup puts base_gpus before makespan_seconds and the
 # speedup columns after these, then RUN_COLUMNS.
 LEAD_COLUMNS = [
@@ -97,7 +98,6 @@ RUN_COLUMNS = [
     "resumed",
     "device",
     "runner",
-    "scheduler",
     "startup_seconds",
 ]
 # Columns newer than scaling.csv itself, each with what an older table's run had: an older
@@ -162,7 +162,6 @@ def run_metrics(
                 "resumed": run.summary.resumed,
                 "device": DEVICE_NAMES[summary.uses_gpus],
                 "runner": summary.runner,
-                "scheduler": summary.scheduler,
                 "startup_seconds": (
                     math.nan if summary.startup_seconds is None else summary.startup_seconds
                 ),
@@ -194,13 +193,6 @@ def add_speedup(metrics: pd.DataFrame) -> pd.DataFrame:
                 "compare unlike makespans",
                 "/".join(key),
                 ", ".join(sorted(series["runner"].unique())),
-            )
-        if series["scheduler"].nunique() > 1:
-            log.warning(
-                "%s mixes schedulers (%s): early stopping trains less of the grid, so its "
-                "speedups compare unlike work",
-                "/".join(key),
-                ", ".join(sorted(series["scheduler"].unique())),
             )
     speedup = table["base_makespan"] / table["makespan_seconds"]
     efficiency = speedup / (table["gpus"] / table["base_gpus"])

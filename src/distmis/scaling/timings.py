@@ -207,6 +207,9 @@ SERIES: dict[str, Callable[[RunSummary], str]] = {
     "backend": attrgetter("backend"),
     "mode": attrgetter("mode_label"),  # data | experiment | hybrid{k}
     "search": attrgetter("search"),  # grid | random×8 | tpe×8
+    # none | asha: early stopping trains less of each configuration, so a search with it is
+    # other work than the same search without (and the demo study compares the two).
+    "scheduler": attrgetter("scheduler"),
 }
 SERIES_COLUMNS = tuple(SERIES)
 
