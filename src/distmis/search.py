@@ -230,21 +230,10 @@ class TPESearcher(Searcher):
         import optuna
 
         super().__init__()
-        # Optuna prints a line per finished trial at INFO; the runners log results themselves.
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self._distributions = {
-            name: domain.to_optuna() for name, domain in parse_space(search_space).items()
-        }
-        with warnings.catch_warnings():
-            # multivariate and constant_liar are marked experimental; pinned Optuna (5.0.0).
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(
-                seed=seed,
-                n_startup_trials=startup_trials,
-                multivariate=True,
-                constant_liar=True,
-            )
-        self._study = optuna.create_study(direction="maximize", sampler=sampler)
+        self._distributions = optuna_space(search_space)
+        self._study = optuna.create_study(
+            direction="maximize", sampler=tpe_sampler(seed, startup_trials)
+        )
         self._trials: dict[int, Any] = {}
         self.budget = samples
 
@@ -269,6 +258,27 @@ class TPESearcher(Searcher):
                 trial.report(step_value, int(step))
         # A pruned trial's value is its last reported step (Optuna's rule); a failed one has none.
         self._study.tell(trial, value if state == "COMPLETE" else None, state=TrialState[state])
+
+
+def tpe_sampler(seed: int, startup_trials: int) -> Any:
+    """The one TPE sampler every runner's TPE uses (the local runner's, data mode's and Ray
+    Tune's): ``TPESampler(seed, n_startup_trials, multivariate=True, constant_liar=True)``,
+    passed explicitly so no Optuna default decides it. Quiets Optuna's line per trial (the
+    runners log results themselves)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        # multivariate and constant_liar are marked experimental; pinned Optuna (5.0.0).
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup_trials, multivariate=True, constant_liar=True
+        )
+
+
+def optuna_space(search_space: Mapping[str, Any]) -> dict[str, Any]:
+    """``train.search_space`` as Optuna distributions, by hyperparameter name."""
+    return {name: domain.to_optuna() for name, domain in parse_space(search_space).items()}
 
 
 def searcher(settings: SearchSettings, search_space: Mapping[str, Any]) -> Searcher:

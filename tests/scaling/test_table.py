@@ -493,10 +493,11 @@ def test_attach_test_dice_leaves_a_g_measured_with_two_searches_empty(
 ):
     table = pd.DataFrame(
         {
-            "backend": ["tensorflow"] * 3,
-            "mode": ["data"] * 3,
-            "search": ["grid", "grid", "random×8"],
-            "gpus": [1, 2, 2],
+            "backend": ["tensorflow"] * 4,
+            "mode": ["data"] * 4,
+            "search": ["grid", "grid", "random×8", "random×8"],
+            "scheduler": ["none", "none", "none", "asha"],
+            "gpus": [1, 2, 2, 2],
         }
     )
     evals = [
@@ -509,7 +510,8 @@ def test_attach_test_dice_leaves_a_g_measured_with_two_searches_empty(
     ]
     with caplog.at_level(logging.WARNING):
         out = attach_test_dice(table, evals)
-    # G = 1: only the grid ran it. G = 2: grid and random; which one was scored is unknown.
+    # G = 1: only the grid ran it. G = 2: grid and random, with and without ASHA; which one
+    # was scored is unknown.
     assert out.loc[0, "test_dice"] == pytest.approx(0.8)
     assert out["test_dice"][1:].isna().all()
-    assert "several searches (grid, random×8)" in caplog.text
+    assert "several searches (grid, random×8, random×8 with asha)" in caplog.text

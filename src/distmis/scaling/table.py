@@ -346,7 +346,12 @@ def attach_test_dice(table: pd.DataFrame, eval_summaries: Sequence[Path]) -> pd.
                 backend,
                 mode,
                 gpus,
-                ", ".join(table.loc[rows, "search"]),
+                ", ".join(
+                    search + ("" if scheduler == "none" else f" with {scheduler}")
+                    for search, scheduler in zip(
+                        table.loc[rows, "search"], table.loc[rows, "scheduler"], strict=True
+                    )
+                ),
             )
             continue
         table.loc[rows, "test_dice"] = sum(dice) / len(dice)

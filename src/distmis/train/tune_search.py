@@ -31,21 +31,20 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from distmis.hparams import HParams, parse_space
+from distmis.hparams import HParams
 from distmis.run_folder import (
     SearchEvent,
     append_search_event,
     read_search_events,
     rewrite_search_events,
 )
-from distmis.search import Proposal
+from distmis.search import Proposal, optuna_space, tpe_sampler
 from distmis.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -60,21 +59,9 @@ class NumberedOptunaSearch(OptunaSearch):
     experiment state."""
 
     def __init__(self, settings: TrainSettings) -> None:
-        import optuna
-
         search = settings.search
-        # Optuna prints a line per finished trial at INFO; the records say it.
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        with warnings.catch_warnings():
-            # multivariate and constant_liar are marked experimental; pinned Optuna (5.0.0).
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(
-                seed=search.seed,
-                n_startup_trials=search.startup_trials,
-                multivariate=True,
-                constant_liar=True,
-            )
-        space = {name: d.to_optuna() for name, d in parse_space(settings.search_space).items()}
+        sampler = tpe_sampler(search.seed, search.startup_trials)
+        space = optuna_space(settings.search_space)
         super().__init__(space=space, metric=METRIC, mode="max", sampler=sampler)
         self._settings = settings
         self._numbers: dict[str, int] = {}  # Tune's trial id -> proposal number
