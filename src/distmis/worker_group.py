@@ -132,14 +132,7 @@ def train_group_grid(
         if index in skipped:
             continue
         trial = dataclasses.replace(trial, submitted_at=submitted)
-        stop_early = None if config["asha"] is None else asha_stop(runner, asha, trial.trial_id)
-        run_attempt(
-            trial,
-            own_checkpoints(runner, trial.trial_id),
-            build_steps,
-            time.time(),
-            stop_early=stop_early,
-        )
+        _train_in_group(trial, runner, build_steps, config["asha"] is not None, asha)
         submitted = time.time()
 
 
@@ -191,19 +184,31 @@ def train_group_search(
             TrialConfig.of_proposal(proposal, settings, search_config["lr_scale"]),
             submitted_at=submitted,
         )
-        stop_early = None if rule is None else asha_stop(runner, asha, trial.trial_id)
-        run_attempt(
-            trial,
-            own_checkpoints(runner, trial.trial_id),
-            build_steps,
-            time.time(),
-            stop_early=stop_early,
-        )
+        _train_in_group(trial, runner, build_steps, rule is not None, asha)
         if runner.rank == 0:
             assert search is not None
             if not _settle(search, proposal, trial.directory, asha, settings.max_failures):
                 raise RuntimeError(f"{trial.trial_id} returned without result.json or an ASHA stop")
         submitted = time.time()
+
+
+def _train_in_group(
+    trial: TrialConfig,
+    runner: Runner,
+    build_steps: StepsBuilder,
+    with_asha: bool,
+    asha: SequentialASHA | None,
+) -> None:
+    """One attempt at ``trial`` on every rank of the group: only its own checkpoints restored,
+    and with ASHA, stopped when rank 0 (which holds ``asha``) says so."""
+    stop_early = asha_stop(runner, asha, trial.trial_id) if with_asha else None
+    run_attempt(
+        trial,
+        own_checkpoints(runner, trial.trial_id),
+        build_steps,
+        time.time(),
+        stop_early=stop_early,
+    )
 
 
 def _settle(

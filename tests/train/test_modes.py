@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from distmis.errors import ConfigError
 from distmis.run_folder import read_attempts, read_epochs
 from distmis.train.settings import TrainSettings
 from tests.conftest import synthetic_tfrecords
+from tests.train.kill import kill_after_a_result
 
 GRID = {"lr": [0.001, 0.005], "norm": ["batch"], "beta_2": [0.999], "amsgrad": [False]}
 # Generous: the target (<= 2 s) is measured by the demo and README, not asserted here.
@@ -310,20 +309,8 @@ def test_killed_hybrid_run_resumes_without_retraining_finished_trials(tfrecords,
     command = [sys.executable, "-m", "distmis.cli", "train", "--mode", "hybrid", "--gpus", "2",
                "--gpus-per-trial", "2", "--data", str(tfrecords), "--out", str(out),
                "--config", str(config)]  # fmt: skip
-    job = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 300
-        while not list((out / "trials").glob("*/result.json")):
-            assert job.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline, "no trial ever finished"
-            time.sleep(0.5)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)  # like a SLURM time limit: the whole job goes
-        job.wait()
-    (finished,) = [p.parent for p in (out / "trials").glob("*/result.json")]
-    before = (finished / "result.json").read_text()
+    ((name, before),) = kill_after_a_result(command, out).items()
+    finished = out / "trials" / name
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from distmis.run_folder import SEARCH_FILE, read_attempts, read_search_events
 from distmis.search import Proposal, Search
 from distmis.train.settings import TrainSettings
 from tests.conftest import synthetic_tfrecords
+from tests.train.kill import kill_after_a_result
 from tests.train.test_local import run_cli
 
 # A distribution and a list: the samples are real draws, not grid points.
@@ -50,6 +50,16 @@ def local_settings(tfrecords: Path, out: Path, search: dict) -> TrainSettings:
         config["train"], mode="experiment", gpus=1, tfrecord_dir=tfrecords, out_dir=out
     )
     return replace(settings, runner="local")
+
+
+def ray_settings(
+    tfrecords: Path, out: Path, search: dict, mode: str, k: int | None = None
+) -> TrainSettings:
+    """A Ray run of ``mode`` on two workers (hybrid: trials of ``k``)."""
+    config = validate_config({"train": train_section(search)})
+    return TrainSettings.from_config(
+        config["train"], mode=mode, gpus=2, gpus_per_trial=k, tfrecord_dir=tfrecords, out_dir=out
+    )
 
 
 def trials_rows(out: Path) -> list[dict]:
@@ -145,15 +155,7 @@ def test_random_search_under_tune_trains_the_same_seeded_samples(tfrecords, tmp_
     finishes first."""
     from distmis.train.run import run_training
 
-    config = validate_config({"train": train_section(RANDOM)})
-    settings = TrainSettings.from_config(
-        config["train"],
-        mode=mode,
-        gpus=2,
-        gpus_per_trial=k,
-        tfrecord_dir=tfrecords,
-        out_dir=tmp_path / mode,
-    )
+    settings = ray_settings(tfrecords, tmp_path / mode, RANDOM, mode, k)
     local = local_settings(tfrecords, tmp_path / "local", RANDOM).configurations()
     summary = run_training(settings)
 
@@ -183,15 +185,7 @@ def test_tpe_under_tune_is_proposed_by_its_searcher(tfrecords, tmp_path, mode, k
     recorded as asked (search.jsonl) and told how it ended."""
     from distmis.train.run import run_training
 
-    config = validate_config({"train": train_section(TPE)})
-    settings = TrainSettings.from_config(
-        config["train"],
-        mode=mode,
-        gpus=2,
-        gpus_per_trial=k,
-        tfrecord_dir=tfrecords,
-        out_dir=tmp_path / mode,
-    )
+    settings = ray_settings(tfrecords, tmp_path / mode, TPE, mode, k)
     assert settings.tune_proposes
     started = time.time()
     summary = run_training(settings)
@@ -215,34 +209,31 @@ def test_tpe_under_tune_is_proposed_by_its_searcher(tfrecords, tmp_path, mode, k
 
 
 @pytest.mark.slow
-def test_a_killed_tpe_experiment_run_is_restored_with_its_searcher(tfrecords, tmp_path):
-    """The whole job SIGKILLed once a trial has finished, then run again: Tune restores its
-    searcher, so the three proposals keep their numbers, none is asked twice or lost, and the
-    trial that finished before the kill is not trained again."""
+@pytest.mark.parametrize(
+    ("mode", "resumed"),
+    [
+        ("experiment", "restoring the interrupted experiment"),
+        ("data", "resuming the interrupted run"),
+    ],
+)
+def test_a_killed_tpe_run_resumes_its_search(tfrecords, tmp_path, mode, resumed):
+    """The whole job SIGKILLed once a configuration has finished, then run again: three
+    proposals keep their numbers, none is asked twice or lost, and the one that finished
+    before the kill is not trained again. Experiment mode (two at once): Tune restores its
+    searcher. Data mode (two workers): the group's rank 0 replays search.jsonl; one at a time,
+    each told before the next is asked, so they are the very proposals a fresh seeded search
+    makes from the same results."""
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"train": train_section(TPE)}))
-    out = tmp_path / "exp"
-    command = [sys.executable, "-m", "distmis.cli", "train", "--mode", "experiment", "--gpus",
-               "2", "--data", str(tfrecords), "--out", str(out), "--config", str(config)]  # fmt: skip
-    job = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 300
-        while not list((out / "trials").glob("*/result.json")):
-            assert job.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline, "no trial ever finished"
-            time.sleep(0.2)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)  # like a SLURM time limit: the whole job goes
-        job.wait()
-    finished = [p.parent for p in (out / "trials").glob("*/result.json")]
-    assert finished and len(finished) < 3, finished
-    before = {folder.name: (folder / "result.json").read_text() for folder in finished}
+    out = tmp_path / mode
+    command = [sys.executable, "-m", "distmis.cli", "train", "--mode", mode, "--gpus", "2",
+               "--data", str(tfrecords), "--out", str(out), "--config", str(config)]  # fmt: skip
+    before = kill_after_a_result(command, out)
+    assert before and len(before) < 3, before
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "restoring the interrupted experiment" in rerun.stderr
+    assert resumed in rerun.stderr
     rows = trials_rows(out)
     assert [int(r["proposal"]) for r in rows] == [0, 1, 2]
     assert {r["status"] for r in rows} == {"ok"}
@@ -252,61 +243,18 @@ def test_a_killed_tpe_experiment_run_is_restored_with_its_searcher(tfrecords, tm
         assert len(read_attempts(out / "trials" / name)) == 1, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trial_count"] == 3 and summary["resumed"] is True
-
-
-@pytest.mark.slow
-def test_a_killed_tpe_data_run_resumes_the_search_its_rank_zero_asked(tfrecords, tmp_path):
-    """Data mode, two workers: rank 0 asks TPE for each configuration and tells it the result.
-    The whole job SIGKILLed once a configuration finished and run again: three proposals,
-    asked once each, the finished one not trained again; told in training order, they are
-    the very proposals a fresh seeded search makes from the same results."""
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"train": train_section(TPE)}))
-    out = tmp_path / "data"
-    command = [sys.executable, "-m", "distmis.cli", "train", "--mode", "data", "--gpus", "2",
-               "--data", str(tfrecords), "--out", str(out), "--config", str(config)]  # fmt: skip
-    job = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 300
-        while not list((out / "trials").glob("*/result.json")):
-            assert job.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline, "no configuration ever finished"
-            time.sleep(0.1)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
-    finished = [p.parent for p in (out / "trials").glob("*/result.json")]
-    assert finished and len(finished) < 3, finished
-    before = {folder.name: (folder / "result.json").read_text() for folder in finished}
-
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming the interrupted run" in rerun.stderr
-    rows = trials_rows(out)
-    assert [int(r["proposal"]) for r in rows] == [0, 1, 2]
-    assert {r["status"] for r in rows} == {"ok"}
-    assert asked_trial_ids(out) == {int(r["proposal"]): r["trial_id"] for r in rows}
-    for name, result in before.items():  # trained once, before the kill
-        assert (out / "trials" / name / "result.json").read_text() == result
-        assert len(read_attempts(out / "trials" / name)) == 1, name
     events = read_search_events(out)
-    told = [(e.number, e.state, e.value) for e in events if e.event == "tell"]
+    told = sorted((e.number, e.state, e.value) for e in events if e.event == "tell")
     assert told == [(int(r["proposal"]), "COMPLETE", float(r["val_dice"])) for r in rows]
-    # One at a time, each told before the next is asked: the seeded search is reproducible.
+    if mode == "experiment":
+        return
     assert [(e.event, e.number) for e in events] == [
         (event, n) for n in range(3) for event in ("ask", "tell")
     ]
-    settings = TrainSettings.from_config(
-        validate_config({"train": train_section(TPE)})["train"],
-        mode="data", gpus=2, tfrecord_dir=tfrecords, out_dir=out,
-    )  # fmt: skip
+    settings = ray_settings(tfrecords, out, TPE, "data")
     fresh = Search.open(settings.search, settings.search_space, None)
     for row in rows:
         assert fresh.ask().trial_id == row["trial_id"]
         fresh.tell(int(row["proposal"]), float(row["val_dice"]))
     for row in rows:  # recorded when rank 0 asked, before the configuration started
         assert float(row["proposed_time"]) <= float(row["start_time"])
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["trial_count"] == 3 and summary["search"]["algorithm"] == "tpe"
