@@ -330,3 +330,18 @@ def test_no_two_series_ever_share_a_label():
     # A study of one non-default value still says it, as a torch-only study says torch.
     (only,) = series_styles([("tensorflow", "data", "random×8", "none")]).values()
     assert only.label == "data parallelism (random×8 search)"
+
+
+def test_runs_of_one_search_with_and_without_asha_get_a_timeline_each(tmp_path: Path):
+    # The search study: grid with and without ASHA at the same (backend, mode, G), and a run
+    # no other shares its name with, which keeps the workflow's name.
+    without = write_run(tmp_path / "grid_none", "data", 2, 60.0)
+    with_asha = write_run(tmp_path / "grid_asha", "data", 2, 40.0, scheduler="asha")
+    alone = write_run(tmp_path / "grid_none", "data", 1, 90.0)
+    runs = load_runs(directories=[without, with_asha, alone])
+    stems = dict(zip((r.directory for r in runs), timeline_stems(runs), strict=True))
+    assert stems == {
+        alone: "timeline_tensorflow_data_1gpu",
+        without: "timeline_tensorflow_data_2gpu_grid",
+        with_asha: "timeline_tensorflow_data_2gpu_grid_asha",
+    }

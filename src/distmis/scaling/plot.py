@@ -474,17 +474,31 @@ def _bar_style(status: str, colour: str) -> dict[str, Any]:
 def timeline_stem(run: Run, *, with_search: bool = False) -> str:
     """``timeline_{backend}_{mode}_{G}gpu``: unique per run of one search, as
     rules/scaling.smk names it; the mode is the label (hybrid runs: ``hybrid{k}``), as in the
-    run's folder. ``with_search`` (a study of several searches, where two runs may share the
-    rest) adds ``_{search}``, ``×`` written ``x``: ``..._2gpu_grid``, ``..._2gpu_randomx8``."""
-    stem = f"timeline_{run.summary.backend}_{run.summary.mode_label}_{run.gpus}gpu"
-    return f"{stem}_{run.summary.search.replace('×', 'x')}" if with_search else stem
+    run's folder. ``with_search`` (for a run that shares the rest with another of the study)
+    adds ``_{search}``, ``×`` written ``x``, and ``_asha`` where ASHA stopped configurations:
+    ``..._2gpu_grid``, ``..._2gpu_grid_asha``, ``..._2gpu_randomx8``."""
+    summary = run.summary
+    stem = f"timeline_{summary.backend}_{summary.mode_label}_{run.gpus}gpu"
+    if not with_search:
+        return stem
+    scheduler = "" if summary.scheduler == "none" else f"_{summary.scheduler}"
+    return f"{stem}_{summary.search.replace('×', 'x')}{scheduler}"
 
 
 def timeline_stems(runs: Sequence[Run]) -> list[str]:
-    """The timeline stem of each of ``runs``: with the search only when they hold more than
-    one (the workflow's runs, all of one search, keep the names its rule declares)."""
-    with_search = len({run.summary.search for run in runs}) > 1
-    return [timeline_stem(run, with_search=with_search) for run in runs]
+    """The timeline stem of each of ``runs``: with the search (and scheduler) only where two
+    runs would share a name (the workflow's runs, all of one search, keep the names its rule
+    declares). Two runs that still share one are a ValueError: one figure would overwrite the
+    other and hide its run."""
+    plain = [timeline_stem(run) for run in runs]
+    stems = [
+        timeline_stem(run, with_search=plain.count(stem) > 1)
+        for run, stem in zip(runs, plain, strict=True)
+    ]
+    shared = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if shared:
+        raise ValueError(f"runs would share a timeline, hiding one: {shared}")
+    return stems
 
 
 def plot_all(

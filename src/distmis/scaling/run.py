@@ -42,8 +42,8 @@ def run_scaling(
     the best validation Dice of all the runs), the common bar of ``time_to_target_seconds``.
     The result maps ``"scaling_csv"`` to the table's path and each figure name
     (``speedup``, ``efficiency``, ``makespan``, ``quality``, ``time_to_target``,
-    ``timeline_{backend}_{mode}_{G}gpu``, ending ``_{search}`` when the runs hold several
-    searches) to its PNG and PDF paths.
+    ``timeline_{backend}_{mode}_{G}gpu``, ending ``_{search}`` and ``_asha`` where two runs
+    would otherwise share the name) to its PNG and PDF paths.
     """
     parsed = parse_references(references)
     quality_tolerance = check_tolerance(quality_tolerance)
