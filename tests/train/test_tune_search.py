@@ -71,3 +71,16 @@ def test_suggestions_are_numbered_recorded_and_each_end_is_told_as_it_ended(tmp_
     asks = [e for e in read_search_events(run.out_dir) if e.event == "ask"]
     assert [e.number for e in asks] == [0, 1, 2, 3]
     assert all(e.time <= t.time for e, t in zip(asks, tells, strict=True))
+
+
+def test_a_restored_searcher_telling_again_leaves_one_tell_in_the_record(tmp_path):
+    # Tune saved the searcher before the tell; the driver died after it. Restored, the
+    # searcher has the trial open again and Tune completes it once more.
+    run = settings(tmp_path)
+    searcher = NumberedOptunaSearch(run)
+    searcher.suggest("tune_a")
+    searcher.on_trial_complete("tune_a", {"epoch": 2, "val_dice": 0.6})
+    searcher._completed_trials.discard("tune_a")  # as the state saved before the tell holds
+    searcher.on_trial_complete("tune_a", {"epoch": 2, "val_dice": 0.6})
+    tells = [e.number for e in read_search_events(run.out_dir) if e.event == "tell"]
+    assert tells == [0]

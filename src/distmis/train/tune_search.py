@@ -120,14 +120,17 @@ class NumberedOptunaSearch(OptunaSearch):
         except Exception as exc:  # noqa: BLE001 - as OptunaSearch: a bad tell must not end the run
             log.warning("Optuna refused the tell of %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+        number = self._numbers[trial_id]
+        steps = self._steps.pop(trial_id, {})
+        recorded = read_search_events(self._settings.out_dir)
+        if any(e.event == "tell" and e.number == number for e in recorded):
+            # Told before the driver died, after Tune's last save of this searcher: the
+            # restored one tells Optuna again (its study lost the tell), the record keeps one.
+            log.info("search.jsonl: proposal %d was told before the restore", number)
+            return
         append_search_event(
             self._settings.out_dir,
-            SearchEvent.tell(
-                self._numbers[trial_id],
-                None if state == "FAIL" else value,
-                state,
-                self._steps.pop(trial_id, {}),
-            ),
+            SearchEvent.tell(number, None if state == "FAIL" else value, state, steps),
         )
 
 
