@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from distmis.config import validate_config
 from distmis.run_folder import read_attempts
 from distmis.train.settings import TrainSettings
 from tests.conftest import synthetic_tfrecords
+from tests.train.kill import kill_after_a_result
 
 pytestmark = pytest.mark.slow
 
@@ -138,20 +136,9 @@ def test_killed_experiment_resumes_without_retraining_finished_trials(tfrecords,
     ]
     first_id = "lr=0.001_norm=batch_beta2=0.999_amsgrad=0"
     second_id = "lr=0.005_norm=batch_beta2=0.999_amsgrad=0"
-    job = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 240
-        while not (out / "trials" / first_id / "result.json").is_file():
-            assert job.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline, "first trial never finished"
-            time.sleep(0.5)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)  # like a SLURM time limit: the whole job goes
-        job.wait()
+    # One trial at a time, in grid order: the first to finish is the first configuration.
+    first_result = kill_after_a_result(command, out, timeout=240)[first_id]
     assert not (out / "summary.json").exists()
-    first_result = (out / "trials" / first_id / "result.json").read_text()
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
